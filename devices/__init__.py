@@ -1,0 +1,1 @@
+"""Device drivers behind a gateway (speakers, sensors, the Pi itself) and simulators of each."""

@@ -1,0 +1,31 @@
+"""``loaxa sim …``: simulators of speakers, sensors and serial nodes, for the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+#: Modules that add a simulator: each has ``register_sim(simsub) -> None``.
+SIM_MODULES: tuple[str, ...] = (
+    "devices.sim.speakers_cli",
+    "devices.sim.sensors_cli",
+    "firmware_bridge.sim_cli",
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "sim",
+        help="run simulated speakers, sensors or serial nodes",
+        description="Simulated devices that speak the real protocols (MQTT device topics, serial frames).",
+    )
+    simsub = p.add_subparsers(title="simulators", metavar="KIND")
+    for name in SIM_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue
+            raise
+        module.register_sim(simsub)
+    p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])

@@ -1,0 +1,1 @@
+"""Simulators of devices: same wire behaviour as the real ones."""

@@ -1,0 +1,1 @@
+"""Framed serial protocol to microcontroller firmware in speakers and sensor nodes."""

@@ -1,0 +1,101 @@
+"""Gateway configuration (YAML, validated here). See configs/gateway.example.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from devices.config import DeviceConfig
+from loaxa.mqttconf import MqttEndpoint
+from loaxa.yamlconf import Secret, StrictModel, load_config
+from protocol.ids import GatewayId
+
+
+class GatewaySection(StrictModel):
+    id: GatewayId = Field(description="commune code or slug, [a-z0-9-]{1,64}")
+    commune: str | None = Field(default=None, max_length=200, description="commune name, used as a tag")
+    data_dir: Path = Field(default=Path("/var/lib/loaxa/gateway"), description="spool, plans, media cache")
+
+
+class TrustedKey(StrictModel):
+    id: str = Field(min_length=1, max_length=128)
+    public_key: str = Field(min_length=40, max_length=200, description="base64 of the 32-byte Ed25519 key")
+
+    @field_validator("public_key")
+    @classmethod
+    def _valid(cls, v: str) -> str:
+        from protocol.signing import load_public_key
+
+        load_public_key(v)
+        return v
+
+
+class TrustSection(StrictModel):
+    keys: list[TrustedKey] = Field(min_length=1)
+    clock_skew_s: int = Field(default=120, ge=0, le=3600)
+
+
+class InfluxSection(StrictModel):
+    api: Literal["v1", "v2"] = Field(description="v1: InfluxDB 1.x /write; v2: InfluxDB 2.x/3.x write API")
+    url: str = Field(pattern=r"^https?://")
+    database: str | None = Field(default=None, description="v1: database name")
+    retention_policy: str | None = None
+    bucket: str | None = Field(default=None, description="v2: bucket")
+    org: str | None = Field(default=None, description="v2: organisation")
+    token: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=600)
+    gzip: bool = True
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    ca_file: Path | None = None
+    verify_tls: bool = True
+
+    @model_validator(mode="after")
+    def _target(self) -> InfluxSection:
+        if self.api == "v1" and not self.database:
+            raise ValueError("api v1 needs 'database'")
+        if self.api == "v2" and not self.bucket:
+            raise ValueError("api v2 needs 'bucket'")
+        return self
+
+
+class SpoolSection(StrictModel):
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    retain_days: int = Field(default=60, ge=0, le=3650, description="keep delivered readings this long")
+
+
+class HealthSection(StrictModel):
+    interval_s: float = Field(default=30.0, ge=1, le=3600)
+
+
+class MediaSection(StrictModel):
+    max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024, description="media cache size cap")
+
+
+class GatewayConfig(StrictModel):
+    gateway: GatewaySection
+    uplink: MqttEndpoint
+    local_broker: MqttEndpoint
+    trust: TrustSection
+    influx: InfluxSection | None = None
+    spool: SpoolSection = SpoolSection()
+    health: HealthSection = HealthSection()
+    media: MediaSection = MediaSection()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for dev in self.devices:
+            if dev.id in seen:
+                raise ValueError(f"device id {dev.id!r} appears twice")
+            seen.add(dev.id)
+        return self
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    return load_config(path, GatewayConfig)

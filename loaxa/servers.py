@@ -1,0 +1,282 @@
+"""Start and stop the real servers Loa Xã talks to: Mosquitto, InfluxDB 1.x, VictoriaMetrics.
+
+Used by the test fixtures, the demo and the benchmarks. Every server gets a free loopback port and a
+directory of its own, is waited for until it answers, and is stopped (SIGTERM, then SIGKILL) on
+``stop()``. A missing binary raises :class:`ServerUnavailable` naming the Debian package to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
+
+
+class ServerUnavailable(RuntimeError):
+    """A server binary is missing or the server did not come up."""
+
+
+def find_binary(name: str, package: str) -> str:
+    path = shutil.which(name, path=SEARCH_PATH)
+    if path is None:
+        raise ServerUnavailable(f"{name} not found: install the Debian package '{package}' (apt-get install {package})")
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerUnavailable(f"{what} exited with code {proc.returncode}; log: {tail(log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise ServerUnavailable(f"{what} did not listen on port {port} within {timeout:.0f}s; log: {tail(log)}")
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class _Process:
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    log_path: Path = field(init=False)
+
+    def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / log_name
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        try:
+            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
+        finally:
+            log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM), then forcefully."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@dataclass
+class MosquittoUser:
+    username: str
+    password: str
+    #: ACL lines for this user, e.g. ``["topic readwrite loaxa/v1/gw-1/#"]``.
+    acl: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Mosquitto(_Process):
+    """A Mosquitto broker on 127.0.0.1. Anonymous unless ``users`` is given (then password file + ACL)."""
+
+    port: int = 0
+    users: list[MosquittoUser] = field(default_factory=list)
+    persistence: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "protocol mqtt",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "max_queued_messages 100000",
+            "max_inflight_messages 100",
+            # payloads are limited to 256 KiB by the contract; the packet adds topic and properties
+            "max_packet_size 270000",
+        ]
+        if os.geteuid() == 0:  # mosquitto drops root privileges unless told to keep the current user
+            import pwd
+
+            lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
+        if self.users:
+            passwd = self.workdir / "passwd"
+            passwd.write_text("")
+            mosquitto_passwd = find_binary("mosquitto_passwd", "mosquitto")
+            for user in self.users:
+                subprocess.run([mosquitto_passwd, "-b", str(passwd), user.username, user.password], check=True,
+                               capture_output=True)
+            acl = self.workdir / "acl"
+            acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
+                                   for u in self.users))
+            lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
+        else:
+            lines.append("allow_anonymous true")
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self, timeout: float = 15.0) -> Mosquitto:
+        binary = find_binary("mosquitto", "mosquitto")
+        if not self.port:
+            self.port = free_port()
+        conf = self.write_config()
+        self.proc = self._spawn([binary, "-c", str(conf)], "mosquitto.log")
+        wait_for_port(self.port, self.proc, timeout, "mosquitto", self.log_path)
+        return self
+
+
+def _http(url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path,
+               ok: tuple[int, ...] = (200, 204)) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerUnavailable(f"{what} exited with code {proc.returncode}; log: {tail(log)}")
+        with contextlib.suppress(OSError):
+            status, _ = _http(url, timeout=1.0)
+            if status in ok:
+                return
+        time.sleep(0.1)
+    raise ServerUnavailable(f"{what} did not answer {url} within {timeout:.0f}s; log: {tail(log)}")
+
+
+@dataclass
+class InfluxDB1(_Process):
+    """InfluxDB 1.x (Debian ``influxdb``): v1 ``/write`` and InfluxQL ``/query``, with ``database`` created."""
+
+    port: int = 0
+    database: str = "loaxa"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> InfluxDB1:
+        binary = find_binary("influxd", "influxdb")
+        if not self.port:
+            self.port = free_port()
+        rpc_port = free_port()
+        d = self.workdir
+        conf = d / "influxdb.conf"
+        d.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            f'reporting-disabled = true\nbind-address = "127.0.0.1:{rpc_port}"\n'
+            f'[meta]\n  dir = "{d}/meta"\n'
+            f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
+            f'  wal-fsync-delay = "0s"\n'
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            f"  max-body-size = 0\n"
+            "[monitor]\n  store-enabled = false\n"
+            "[subscriber]\n  enabled = false\n"
+            "[continuous_queries]\n  enabled = false\n"
+        )
+        self.proc = self._spawn([binary, "-config", str(conf)], "influxd.log")
+        _wait_http(f"{self.url}/ping", self.proc, timeout, "influxd", self.log_path)
+        self.query(f'CREATE DATABASE "{self.database}"')
+        return self
+
+    def query(self, q: str, *, database: str | None = None, epoch: str = "ms") -> dict[str, object]:
+        """Run InfluxQL and return the decoded JSON answer (raises on HTTP errors)."""
+        params = {"q": q, "epoch": epoch, "db": database or self.database}
+        status, body = _http(f"{self.url}/query", data=urllib.parse.urlencode(params).encode())
+        if status != 200:
+            raise RuntimeError(f"InfluxQL {q!r} failed with HTTP {status}: {body[:300]!r}")
+        result: dict[str, object] = json.loads(body)
+        return result
+
+    def points(self, measurement: str, *, where: str = "") -> list[dict[str, object]]:
+        """All points of a measurement as dicts (time in ms), for tests and checks."""
+        ans = self.query(f'SELECT * FROM "{measurement}" {where}')
+        out: list[dict[str, object]] = []
+        for res in ans.get("results", []):  # type: ignore[union-attr]
+            for series in res.get("series", []) or []:
+                cols = series["columns"]
+                out.extend(dict(zip(cols, row, strict=True)) for row in series["values"])
+        return out
+
+
+@dataclass
+class VictoriaMetrics(_Process):
+    """VictoriaMetrics (Debian ``victoria-metrics``): accepts the InfluxDB v2 write API."""
+
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> VictoriaMetrics:
+        binary = find_binary("victoria-metrics", "victoria-metrics")
+        if not self.port:
+            self.port = free_port()
+        self.proc = self._spawn(
+            [binary, f"-storageDataPath={self.workdir / 'data'}", f"-httpListenAddr=127.0.0.1:{self.port}",
+             "-loggerLevel=WARN", "-retentionPeriod=100y", "-search.latencyOffset=0s", "-search.disableCache"],
+            "victoria-metrics.log",
+        )
+        _wait_http(f"{self.url}/health", self.proc, timeout, "victoria-metrics", self.log_path)
+        return self
+
+    def flush(self) -> None:
+        """Make recently written samples visible to queries."""
+        _http(f"{self.url}/internal/force_flush")
+
+    def export(self, match: str = '{__name__!=""}') -> list[dict[str, object]]:
+        """Every series matching ``match`` as VictoriaMetrics' JSON-lines export (values and ms timestamps)."""
+        self.flush()
+        q = urllib.parse.urlencode({"match[]": match})
+        status, body = _http(f"{self.url}/api/v1/export?{q}")
+        if status != 200:
+            raise RuntimeError(f"export failed with HTTP {status}: {body[:300]!r}")
+        return [json.loads(line) for line in body.splitlines() if line.strip()]

@@ -1,0 +1,258 @@
+"""Pydantic models for every payload of contract v1.
+
+Times are UTC epoch milliseconds (``int``). Models that the gateway or devices may extend later
+accept unknown keys (``extra="allow"``) so that old readers keep working; command bodies are strict.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from protocol.ids import DeviceId, MessageId
+
+EpochMs = Annotated[int, Field(ge=0, le=2**53)]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+#: Line-protocol safe field and tag names: a letter or underscore, then letters, digits, underscores.
+FIELD_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+_FIELD_NAME_RE = re.compile(FIELD_NAME_PATTERN)
+
+#: Priorities of Thông tư 39/2020/TT-BTTTT mapped onto the 0–9 scale of the wire.
+PRIORITY_NORMAL = 3
+PRIORITY_HIGH = 6
+PRIORITY_EMERGENCY = 9
+PRIORITY_NAMES: dict[str, int] = {
+    "normal": PRIORITY_NORMAL,
+    "priority": PRIORITY_HIGH,
+    "emergency": PRIORITY_EMERGENCY,
+}
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------- gateway → central
+
+
+class Status(_Open):
+    """``loaxa/v1/{gw}/status`` (retained). ``offline`` is also the MQTT will."""
+
+    state: Literal["online", "offline"]
+    ts: EpochMs
+    version: str | None = None
+
+
+class Health(_Open):
+    """``loaxa/v1/{gw}/health`` (retained): gateway metrics. Extra metrics may be added."""
+
+    ts: EpochMs
+    uptime_s: float | None = None
+    cpu_temp_c: float | None = None
+    load1: float | None = None
+    mem_used_pct: float | None = None
+    disk_used_pct: float | None = None
+    spool_depth: int | None = None
+    clock_offset_ms: float | None = None
+    clock_synced: bool | None = None
+    devices_online: int | None = None
+    devices_total: int | None = None
+    version: str | None = None
+
+
+class Ack(_Open):
+    """``loaxa/v1/{gw}/ack``: the gateway's answer to every command it receives."""
+
+    id: str = Field(max_length=128)
+    ok: bool
+    error: str | None = None
+    reason: str | None = None
+    ts: EpochMs
+
+
+PlaybackState = Literal["started", "finished", "failed", "preempted", "skipped"]
+
+
+class PlaybackEvent(_Open):
+    """``loaxa/v1/{gw}/event`` with ``kind = "playback"``: what really played, per device."""
+
+    kind: Literal["playback"] = "playback"
+    broadcast_id: MessageId
+    device: DeviceId
+    state: PlaybackState
+    at: EpochMs
+    reason: str | None = None
+
+
+class AlarmEvent(_Open):
+    """``loaxa/v1/{gw}/event`` with ``kind = "alarm"``: something a technician should know."""
+
+    kind: Literal["alarm"] = "alarm"
+    code: str = Field(max_length=64)
+    severity: Literal["info", "warning", "critical"] = "warning"
+    message: str = Field(max_length=2000)
+    at: EpochMs
+    device: DeviceId | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- devices
+
+
+class DeviceState(_Open):
+    """``loaxa/v1/{gw}/dev/{dev}/state`` (retained)."""
+
+    online: bool
+    ts: EpochMs | None = None
+    volume: int | None = Field(default=None, ge=0, le=100)
+    playing: str | None = None
+    power: bool | None = None
+    rssi: int | None = None
+    firmware: str | None = None
+
+
+class DeviceCommand(_Open):
+    """``loaxa/v1/{gw}/dev/{dev}/cmd`` on the commune LAN: play, stop, volume, power."""
+
+    id: MessageId
+    op: Literal["play", "stop", "volume", "power"]
+    ts: EpochMs
+    broadcast_id: MessageId | None = None
+    url: str | None = Field(default=None, max_length=2048)
+    sha256: Sha256Hex | None = None
+    start_at: EpochMs | None = None
+    volume: int | None = Field(default=None, ge=0, le=100)
+    priority: int | None = Field(default=None, ge=0, le=9)
+    power: bool | None = None
+
+
+def _check_fields(fields: dict[str, float]) -> dict[str, float]:
+    if not fields:
+        raise ValueError("a reading needs at least one field")
+    for name, value in fields.items():
+        if not _FIELD_NAME_RE.fullmatch(name):
+            raise ValueError(f"field name {name!r} must match {FIELD_NAME_PATTERN}")
+        if isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"field {name!r} must be a finite number")
+    return fields
+
+
+class Reading(_Strict):
+    """One timestamped set of numeric fields."""
+
+    ts: EpochMs
+    fields: dict[str, float] = Field(max_length=256)
+
+    _fields_ok = field_validator("fields")(_check_fields)
+
+
+class Telemetry(_Strict):
+    """``loaxa/v1/{gw}/dev/{dev}/telemetry``: a single reading (``ts``+``fields``) or a batch (``readings``)."""
+
+    ts: EpochMs | None = None
+    fields: dict[str, float] | None = Field(default=None, max_length=256)
+    readings: list[Reading] | None = Field(default=None, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Telemetry:
+        single = self.ts is not None or self.fields is not None
+        if single and self.readings is not None:
+            raise ValueError("use either ts+fields or readings, not both")
+        if self.readings is None:
+            if self.ts is None or self.fields is None:
+                raise ValueError("a single reading needs both ts and fields")
+            _check_fields(self.fields)
+        return self
+
+    def as_readings(self) -> list[Reading]:
+        if self.readings is not None:
+            return list(self.readings)
+        assert self.ts is not None and self.fields is not None
+        return [Reading(ts=self.ts, fields=self.fields)]
+
+
+# ---------------------------------------------------------------- commands (central → gateway)
+
+
+class MediaRef(_Strict):
+    """Content-addressed media: the gateway fetches ``url`` and checks the bytes against ``sha256``."""
+
+    sha256: Sha256Hex
+    url: str = Field(min_length=1, max_length=2048)
+    bytes: int = Field(ge=1, le=2**31)
+    duration_ms: int = Field(ge=0, le=24 * 3600 * 1000)
+    content_type: str | None = Field(default=None, max_length=64)
+
+
+Targets = Literal["*"] | list[DeviceId | Literal["*"]]
+
+
+class PlanItem(_Strict):
+    broadcast_id: MessageId
+    media: MediaRef
+    start_at: EpochMs | None = None
+    targets: Targets = "*"
+    volume: int = Field(default=70, ge=0, le=100)
+    priority: int = Field(default=PRIORITY_NORMAL, ge=0, le=9)
+    repeat: int = Field(default=1, ge=1, le=100)
+    title: str | None = Field(default=None, max_length=200)
+
+    def targets_all(self) -> bool:
+        return self.targets == "*" or (isinstance(self.targets, list) and "*" in self.targets)
+
+
+class BroadcastPlanBody(_Strict):
+    """``kind = "broadcast.plan"``."""
+
+    items: list[PlanItem] = Field(min_length=1, max_length=500)
+
+
+class BroadcastCancelBody(_Strict):
+    """``kind = "broadcast.cancel"``."""
+
+    broadcast_ids: list[MessageId] = Field(min_length=1, max_length=500)
+
+
+class DeviceSetBody(_Strict):
+    """``kind = "device.set"``."""
+
+    targets: Targets = "*"
+    volume: int | None = Field(default=None, ge=0, le=100)
+    power: bool | None = None
+
+
+class PingBody(_Strict):
+    """``kind = "ping"``."""
+
+
+COMMAND_BODIES: dict[str, type[BaseModel]] = {
+    "broadcast.plan": BroadcastPlanBody,
+    "broadcast.cancel": BroadcastCancelBody,
+    "device.set": DeviceSetBody,
+    "ping": PingBody,
+}
+
+
+class Envelope(_Strict):
+    """A signed command on ``loaxa/v1/{gw}/cmd``. ``sig`` covers the canonical JSON of all other keys."""
+
+    v: Literal[1] = 1
+    id: MessageId
+    kind: str = Field(min_length=1, max_length=64)
+    issued_at: EpochMs
+    expires_at: EpochMs
+    key: str = Field(min_length=1, max_length=128)
+    body: dict[str, Any]
+    sig: str = Field(default="", max_length=200)
+
+    def signed_part(self) -> dict[str, Any]:
+        """The envelope as a dict without ``sig``: what the signature covers."""
+        return self.model_dump(exclude={"sig"})

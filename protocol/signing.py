@@ -1,0 +1,180 @@
+"""Ed25519 signing and verification of command envelopes.
+
+The signature is Ed25519 over ``canonical_json(envelope without "sig")``, base64 (standard alphabet,
+with padding). Keys travel as base64 of the 32 raw bytes; a private key may also be a PKCS#8 PEM file.
+Replay protection (a command id seen before) needs storage and lives with the receiver; this module
+checks signature, trusted key and time window.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ValidationError
+
+from protocol.canonical import canonical_json
+from protocol.errors import PayloadError, VerifyError
+from protocol.limits import describe_validation_error, parse_json
+from protocol.models import COMMAND_BODIES, Envelope
+
+#: Accepted difference between the sender's and the receiver's clocks.
+DEFAULT_CLOCK_SKEW_MS = 120_000
+
+B = TypeVar("B", bound=BaseModel)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def key_id_for(public_key: Ed25519PublicKey) -> str:
+    """A short, stable id for a public key: ``ed25519-`` and the first 16 hex digits of its SHA-256."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519-" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def public_key_b64(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def private_key_b64(private_key: Ed25519PrivateKey) -> str:
+    raw = private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return base64.b64encode(raw).decode("ascii")
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    """A public key from base64 of its 32 raw bytes, or from a PEM ``PUBLIC KEY`` block."""
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        key = serialization.load_pem_public_key(text.encode("ascii"))
+        if not isinstance(key, Ed25519PublicKey):
+            raise ValueError("PEM key is not an Ed25519 public key")
+        return key
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"public key is not valid base64: {exc}") from exc
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def load_private_key(text: str) -> Ed25519PrivateKey:
+    """A private key from base64 of its 32 raw bytes (the seed), or from a PKCS#8 PEM block."""
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError("PEM key is not an Ed25519 private key")
+        return key
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"private key is not valid base64: {exc}") from exc
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 private key is 32 bytes, this one is {len(raw)}")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs envelopes with one private key under one key id."""
+
+    key_id: str
+    private_key: Ed25519PrivateKey
+
+    def envelope(
+        self,
+        kind: str,
+        body: BaseModel | Mapping[str, Any],
+        *,
+        ttl_ms: int = 24 * 3600 * 1000,
+        issued_at: int | None = None,
+        cmd_id: str | None = None,
+    ) -> Envelope:
+        """Build and sign a command envelope."""
+        issued = now_ms() if issued_at is None else issued_at
+        body_dict = (
+            body.model_dump(mode="json", exclude_none=True) if isinstance(body, BaseModel) else dict(body)
+        )
+        env = Envelope(
+            id=cmd_id or uuid.uuid4().hex,
+            kind=kind,
+            issued_at=issued,
+            expires_at=issued + ttl_ms,
+            key=self.key_id,
+            body=body_dict,
+        )
+        return self.sign(env)
+
+    def sign(self, env: Envelope) -> Envelope:
+        sig = self.private_key.sign(canonical_json(env.signed_part()))
+        return env.model_copy(update={"sig": base64.b64encode(sig).decode("ascii")})
+
+
+class Verifier:
+    """Checks envelopes against a set of trusted public keys (key id → key)."""
+
+    def __init__(self, trusted: Mapping[str, Ed25519PublicKey], *, skew_ms: int = DEFAULT_CLOCK_SKEW_MS):
+        self._trusted = dict(trusted)
+        self._skew_ms = skew_ms
+
+    def parse(self, raw: bytes | str) -> Envelope:
+        """Parse an envelope off the wire (size limit, JSON, schema); raises :class:`PayloadError`."""
+        data = parse_json(raw)
+        try:
+            return Envelope.model_validate(data)
+        except ValidationError as exc:
+            raise PayloadError(describe_validation_error(exc), reason="malformed") from exc
+
+    def verify(self, env: Envelope, *, at_ms: int | None = None) -> None:
+        """Raise :class:`VerifyError` (with ``reason``) unless the envelope may be acted on."""
+        key = self._trusted.get(env.key)
+        if key is None:
+            raise VerifyError(f"key {env.key!r} is not trusted", reason="unknown_key")
+        try:
+            sig = base64.b64decode(env.sig, validate=True)
+        except binascii.Error as exc:
+            raise VerifyError("signature is not valid base64", reason="bad_signature") from exc
+        try:
+            key.verify(sig, canonical_json(env.signed_part()))
+        except InvalidSignature as exc:
+            raise VerifyError("signature does not verify", reason="bad_signature") from exc
+        now = now_ms() if at_ms is None else at_ms
+        if env.expires_at <= now:
+            raise VerifyError(f"command expired at {env.expires_at} (now {now})", reason="expired")
+        if env.issued_at > now + self._skew_ms:
+            raise VerifyError(f"command issued in the future ({env.issued_at}, now {now})", reason="future")
+        if env.expires_at < env.issued_at:
+            raise VerifyError("expires_at is before issued_at", reason="malformed")
+
+
+def parse_body(env: Envelope) -> BaseModel:
+    """Validate the body of a verified envelope against the model for its kind."""
+    model = COMMAND_BODIES.get(env.kind)
+    if model is None:
+        raise PayloadError(f"unknown command kind {env.kind!r}", reason="unknown_kind")
+    try:
+        return model.model_validate(env.body)
+    except ValidationError as exc:
+        raise PayloadError(f"body of {env.kind}: {describe_validation_error(exc)}", reason="malformed") from exc
+
+
+def parse_body_as(env: Envelope, model: type[B]) -> B:
+    body = parse_body(env)
+    if not isinstance(body, model):
+        raise PayloadError(f"{env.kind} is not a {model.__name__}", reason="unknown_kind")
+    return body

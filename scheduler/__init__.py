@@ -1,0 +1,1 @@
+"""The central scheduler: registry, audio library, schedules, plan dispatch, REST API and web UI."""

@@ -1,0 +1,100 @@
+"""Fixtures that start real servers (Mosquitto, InfluxDB 1.6.7, VictoriaMetrics) on free ports.
+
+Each server lives in the test's temporary directory and is stopped after the test. A missing binary
+fails the test with the Debian package to install; nothing here fakes a broker or a database.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loaxa.servers import InfluxDB1, Mosquitto, MosquittoUser, ServerUnavailable, VictoriaMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(server: Any) -> Any:
+    try:
+        return server.start()
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """Call it to start a Mosquitto (optionally ``users=[MosquittoUser(...)]``); all are stopped after."""
+    started: list[Mosquitto] = []
+
+    def make(name: str = "mosquitto", users: list[MosquittoUser] | None = None) -> Mosquitto:
+        broker = _start(Mosquitto(tmp_path / f"{name}-{len(started)}", users=users or []))
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    return mosquitto_factory("central")
+
+
+@pytest.fixture
+def influxdb1(tmp_path: Path) -> Iterator[InfluxDB1]:
+    server = _start(InfluxDB1(tmp_path / "influxdb"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    server = _start(VictoriaMetrics(tmp_path / "victoria-metrics"))
+    yield server
+    server.stop()
+
+
+def loaxa_env(**extra: str) -> dict[str, str]:
+    """Environment for a ``loaxa`` child process that imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_loaxa(*args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``loaxa ARGS`` from this checkout and capture its output."""
+    return subprocess.run([sys.executable, "-m", "loaxa", *args], capture_output=True, text=True,
+                          timeout=timeout, env=loaxa_env(), cwd=ROOT, **kw)
+
+
+def spawn_loaxa(*args: str, log: Path, **kw: Any) -> subprocess.Popen[bytes]:
+    """Start ``loaxa ARGS`` in the background, output to ``log``; the caller stops it."""
+    out = open(log, "ab")  # noqa: SIM115
+    try:
+        return subprocess.Popen([sys.executable, "-m", "loaxa", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=loaxa_env(), cwd=ROOT, start_new_session=True, **kw)
+    finally:
+        out.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1,
+               what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
