@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from devices.base import PlayRequest, SpeakerDriver
@@ -90,6 +90,7 @@ class Executor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slots: dict[str, Slot] = {}
         self._changed = asyncio.Condition()
+        self._bg: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = {"accepted": 0, "duplicates": 0, "started": 0, "finished": 0,
                                       "failed": 0, "preempted": 0, "skipped": 0}
 
@@ -278,7 +279,9 @@ class Executor:
                     break
                 if slot.priority < item.priority:
                     victim = slot.broadcast_id
-                    asyncio.create_task(self._preempt_at(dev, victim, bid, start))
+                    t = asyncio.create_task(self._preempt_at(dev, victim, bid, start))
+                    self._bg.add(t)
+                    t.add_done_callback(self._bg.discard)
                     break
                 # same or higher priority holds the speaker: wait for its end (or for its slot to expire)
                 with contextlib.suppress(TimeoutError):

@@ -121,16 +121,16 @@ class MediaCache:
         return final
 
     async def _download(self, client: httpx.AsyncClient, media: MediaRef, part: Path) -> None:
-        have = part.stat().st_size if part.exists() else 0
+        have = _size(part)
         if have > media.bytes:
-            part.unlink()
+            _rm(part)
             have = 0
         if have == media.bytes:
             return
         headers = {"Range": f"bytes={have}-"} if have else {}
         async with client.stream("GET", media.url, headers=headers) as resp:
             if resp.status_code == 416 and have:  # our partial file is stale: start over
-                part.unlink()
+                _rm(part)
                 raise httpx.TransportError("range not satisfiable, restarting")
             if resp.status_code == 404:
                 raise MediaError(f"{media.url}: HTTP 404", "media_unavailable")
@@ -148,7 +148,7 @@ class MediaCache:
                         break
                     f.write(chunk)
         if have > media.bytes:
-            part.unlink(missing_ok=True)
+            _rm(part)
             self.stats["mismatch"] += 1
             raise MediaError(f"{media.url} sent more than the announced {media.bytes} bytes", "media_mismatch")
         if have < media.bytes:
@@ -186,6 +186,17 @@ class MediaCache:
     def evict_now(self) -> None:
         """Bring the cache under its cap (used after plans finish)."""
         self._make_room(0, "")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _rm(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _sha256_file(path: Path) -> str:

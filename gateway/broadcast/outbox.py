@@ -1,8 +1,8 @@
 """Persistent outbox of events for the centre (``loaxa/v1/{gw}/event``).
 
 An event is written to the plan store's ``outbox`` table first (often in the same transaction as the
-outcome it reports), then handed to the uplink in order, and deleted only once the uplink is
-connected and the publish call returned. Reports therefore survive both an uplink outage and a
+outcome it reports), then handed to the uplink in order, and deleted only once the publish call
+reports it sent (not merely queued in memory). Reports therefore survive both an uplink outage and a
 gateway restart; after a crash an event may be sent twice, which the centre tolerates (the outcome
 only moves forward).
 """
@@ -19,8 +19,9 @@ from gateway.broadcast.store import PlanStore
 
 log = logging.getLogger(__name__)
 
-#: ``await publish(payload_json)``: hands one event to the uplink.
-Publish = Callable[[str], Awaitable[None]]
+#: ``await publish(payload_json)``: hands one event to the uplink; False when it was only queued in
+#: memory (the link went down): the event then stays in the outbox and is sent again later.
+Publish = Callable[[str], Awaitable[bool]]
 
 
 class Outbox:
@@ -51,7 +52,9 @@ class Outbox:
             last = None
             try:
                 for seq, payload in batch:
-                    await self._publish(payload)
+                    if not await self._publish(payload):
+                        await asyncio.sleep(0.5)
+                        break
                     last = seq
                     self.sent += 1
             except Exception:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +51,7 @@ class BroadcastService:
                 from devices.speakers.amplifier import Amplifier
 
                 self.drivers[dev.id] = Amplifier(dev)
+        self.hub.subscribe()  # before the LAN link connects; MqttLink re-subscribes on reconnect
         self.outbox = Outbox(self.store, self._publish_event, connected=getattr(gw.uplink, "connected", None))
         settings = ExecutorSettings(
             now_lead_ms=self.cfg.now_lead_ms, dispatch_ahead_ms=self.cfg.dispatch_ahead_ms,
@@ -66,8 +66,8 @@ class BroadcastService:
             return f"{self.cfg.media_public_url.rstrip('/')}/media/{media.sha256}"
         return media.url
 
-    async def _publish_event(self, payload: str) -> None:
-        await self.gw.uplink.publish(event_topic(self.gw.id), payload, qos=1)
+    async def _publish_event(self, payload: str) -> bool:
+        return bool(await self.gw.uplink.publish(event_topic(self.gw.id), payload, qos=1))
 
     # ---------------------------------------------------------------- commands
 
@@ -104,12 +104,6 @@ class BroadcastService:
     # ---------------------------------------------------------------- run
 
     async def run(self) -> None:
-        for kind in ("ack", "event", "state"):
-            from protocol.topics import filter_devices
-
-            r = self.gw.local.subscribe(filter_devices(self.gw.id, kind), self.hub._on_message, qos=1)  # type: ignore[arg-type]
-            if inspect.isawaitable(r):
-                await r
         for drv in self.drivers.values():
             await drv.start(self.executor.report)
         runner = None
