@@ -36,7 +36,8 @@ def now_ms() -> int:
 
 
 class Bench:
-    def __init__(self, tmp: Path, central: Mosquitto, lan: Mosquitto, count: int, faults: list[str]) -> None:
+    def __init__(self, tmp: Path, central: Mosquitto, lan: Mosquitto, count: int, faults: list[str],
+                 extra_devices: list[dict[str, Any]] | None = None) -> None:
         self.tmp = tmp
         self.central = central
         self.lan = lan
@@ -45,7 +46,8 @@ class Bench:
         self.speakers = [f"loa-{i:02d}" for i in range(1, count + 1)]
         media_port = free_port()
         cfg = gateway_config(GW, data_dir=tmp / "gw", uplink_url=central.url, lan_url=lan.url, signer=self.signer,
-                             devices=[{"id": s, "type": "ip_speaker"} for s in self.speakers], health_interval_s=2)
+                             devices=[{"id": s, "type": "ip_speaker"} for s in self.speakers] + (extra_devices or []),
+                             health_interval_s=2)
         cfg["broadcast"] = {"now_lead_ms": 400, "dispatch_ahead_ms": 1500, "report_grace_s": 3,
                             "ack_timeout_s": 0.5, "retries": 2, "media_listen": f"127.0.0.1:{media_port}",
                             "media_public_url": f"http://127.0.0.1:{media_port}"}
@@ -109,8 +111,8 @@ class Bench:
 def make_bench(tmp_path: Path, mosquitto_factory: Any) -> Iterator[Any]:
     made: list[Bench] = []
 
-    def make(count: int = 3, faults: list[str] | None = None) -> Bench:
-        b = Bench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"), count, faults or [])
+    def make(count: int = 3, faults: list[str] | None = None, extra_devices: list[dict[str, Any]] | None = None) -> Bench:
+        b = Bench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"), count, faults or [], extra_devices)
         made.append(b)
         return b
 
@@ -292,3 +294,18 @@ def test_speaker_faults_are_reported(make_bench: Any) -> None:
     assert failed["loa-02"]["reason"] == "no_ack"
     assert failed["loa-03"]["reason"] == "device_offline"
     assert b.up.playback("b-faults", "started").keys() == {"loa-03"}
+
+
+def test_local_amplifier_plays_with_the_ip_speakers(make_bench: Any, tmp_path: Path) -> None:
+    out = tmp_path / "amp-out.wav"
+    b = make_bench(1, extra_devices=[{"id": "amp", "type": "amplifier", "gpio": "mock", "output": f"file:{out}",
+                                      "warmup_s": 0.1, "cooldown_s": 1}])
+    media = b.media.add(tone_wav(600), 600)
+    assert b.plan("b-amp", media, start_at=now_ms() + 2500)["ok"] is True
+    started = b.wait_states("b-amp", "started", ["loa-01", "amp"])
+    b.wait_states("b-amp", "finished", ["loa-01", "amp"])
+    assert _spread(started) <= 60, started
+    assert out.stat().st_size > 600 * 8  # ffmpeg decoded the cached file into the sink
+    health = wait_until(lambda: [h for h in b.up.on(f"{GW}/health") if h.get("speakers_total") == 2],
+                        what="health with speaker counts")
+    assert health[-1]["speakers_online"] == 2

@@ -101,6 +101,7 @@ class MediaCache:
                     await self._download(client, media, part)
                     break
                 except MediaError:
+                    _rm(part)
                     raise
                 except (httpx.HTTPError, OSError) as exc:
                     last = exc
@@ -139,8 +140,13 @@ class MediaCache:
             mode = "ab"
             if resp.status_code == 200:
                 mode, have = "wb", 0
+                total = resp.headers.get("content-length")
             else:
                 self.stats["resumed"] += 1
+                total = resp.headers.get("content-range", "").rpartition("/")[2]
+            if total and total.isdigit() and int(total) != media.bytes:
+                self.stats["mismatch"] += 1
+                raise MediaError(f"{media.url} has {total} bytes, the plan announced {media.bytes}", "media_mismatch")
             with open(part, mode) as f:  # noqa: ASYNC230 - small chunked writes
                 async for chunk in resp.aiter_bytes(CHUNK):
                     have += len(chunk)
