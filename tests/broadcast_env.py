@@ -16,7 +16,6 @@ import time
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -57,7 +56,7 @@ class MediaServer:
             def log_message(self, *_a: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 sha = self.path.rsplit("/", 1)[-1]
                 rng = self.headers.get("Range")
                 server.requests.append((sha, rng))

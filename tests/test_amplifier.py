@@ -51,8 +51,8 @@ def _peak(path: Path) -> tuple[int, float]:
     return max(abs(s) for s in samples), n
 
 
-async def _wait(pred: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait(pred: Any, within: float = 10) -> None:
+    deadline = time.monotonic() + within
     while not pred():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.02)

@@ -92,7 +92,8 @@ class Bench:
         item = PlanItem(broadcast_id=bid, media=media, start_at=start_at, priority=priority, targets=targets, volume=60)
         return self.ack(self.send("broadcast.plan", BroadcastPlanBody(items=[item])))
 
-    def wait_states(self, bid: str, state: str, devices: list[str] | None = None, timeout: float = 20) -> dict[str, Any]:
+    def wait_states(self, bid: str, state: str, devices: list[str] | None = None,
+                    timeout: float = 20) -> dict[str, Any]:
         want = set(devices or self.speakers)
         return wait_until(lambda: (lambda got: got if want <= set(got) else None)(self.up.playback(bid, state)),
                           timeout=timeout, what=f"{state} of {bid} on {sorted(want)}")
@@ -111,8 +112,10 @@ class Bench:
 def make_bench(tmp_path: Path, mosquitto_factory: Any) -> Iterator[Any]:
     made: list[Bench] = []
 
-    def make(count: int = 3, faults: list[str] | None = None, extra_devices: list[dict[str, Any]] | None = None) -> Bench:
-        b = Bench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"), count, faults or [], extra_devices)
+    def make(count: int = 3, faults: list[str] | None = None,
+             extra_devices: list[dict[str, Any]] | None = None) -> Bench:
+        b = Bench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"), count, faults or [],
+                  extra_devices)
         made.append(b)
         return b
 

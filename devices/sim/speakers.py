@@ -242,6 +242,10 @@ class SimSpeaker:
             await self._event(play, "failed", problem)
             return
         await sleep_until(cmd.start_at)
+        # a real speaker starts by itself: take the start time now, before this process also does the
+        # work of the other simulated speakers that wake at the same moment
+        started_at = now_ms()
+        await asyncio.sleep(0)
         cur = self.current
         if cur is not None and not cur.ended and cur is not play:
             if (cur.cmd.priority or 0) > (cmd.priority or 0):
@@ -252,7 +256,7 @@ class SimSpeaker:
             await self._event(cur, "preempted", f"preempted by {cmd.broadcast_id}")
         self.current = play
         play.started = True
-        await self._event(play, "started", at=now_ms())
+        await self._event(play, "started", at=started_at)
         await self._publish_state()
         total = cmd.duration_ms * (cmd.repeat or 1)
         if "die-mid-play" in self.faults:

@@ -238,8 +238,9 @@ class Executor:
         except MediaError as exc:
             reason, msg = exc.reason, str(exc)
         else:
-            if plan.now_plan and now_ms() > plan.start_at - self.s.now_lead_ms // 2:
-                plan.start_at = now_ms() + self.s.now_lead_ms
+            margin = self.s.now_lead_ms // 2  # the speakers still need the command and the media
+            if plan.now_plan and now_ms() > plan.start_at - margin:
+                plan.start_at = now_ms() + margin
                 plan.end_at = plan.start_at + item.media.duration_ms * item.repeat
                 await self.store.reschedule(plan.broadcast_id, plan.start_at, plan.end_at)
             return path
