@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loaxa.localsetup import gateway_config, make_signer, write_yaml  # noqa: E402
-from loaxa.servers import Mosquitto, free_port  # noqa: E402
+from loaxa.servers import Mosquitto  # noqa: E402
 from protocol.models import PRIORITY_NORMAL, BroadcastPlanBody, MediaRef, PlanItem  # noqa: E402
 from tests.broadcast_env import MediaServer, Recorder, tone_wav  # noqa: E402
 
@@ -50,7 +51,7 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))
     return s[k]
 
 
@@ -87,13 +88,28 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
+def port_below_ephemeral(start: int) -> int:
+    """A free port from ``start`` up, below Linux's ephemeral range (so no broker started later by
+    ``free_port`` can take it before the gateway binds it)."""
+    import socket
+
+    for port in range(start, 32000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("no free port below 32000")
+
+
 class Commune:
     def __init__(self, work: Path, index: int, speakers: int, central: Mosquitto, signer: Any) -> None:
         self.gw = f"xa-{index:03d}"
         self.dir = work / self.gw
         self.lan = Mosquitto(self.dir / "lan").start()
         self.speakers = [f"loa-{i:02d}" for i in range(1, speakers + 1)]
-        media_port = free_port()
+        media_port = port_below_ephemeral(20000 + 7 * index)
         cfg = gateway_config(self.gw, data_dir=self.dir / "data", uplink_url=central.url, lan_url=self.lan.url,
                              signer=signer, devices=[{"id": s, "type": "ip_speaker"} for s in self.speakers],
                              health_interval_s=5)
@@ -152,6 +168,7 @@ def main() -> int:
     ap.add_argument("--ahead-s", type=float, default=5.0, help="lead of the scheduled broadcast")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))  # clean up the fleet on SIGTERM too
 
     work = Path(tempfile.mkdtemp(prefix="loaxa-fanout-"))
     central = Mosquitto(work / "central").start()

@@ -214,7 +214,8 @@ class SimSpeaker:
             return
         if play.task is not None:
             play.task.cancel()
-        state: PlaybackState = "preempted" if cmd.reason == "preempted" else "skipped"
+        # interrupted while playing → preempted; stopped before it began → skipped
+        state: PlaybackState = "preempted" if play.started else "skipped"
         await self._event(play, state, cmd.reason)
         if self.current is play:
             self.current = None

@@ -112,7 +112,7 @@ class IpSpeaker(SpeakerDriver):
 
     async def stop(self, broadcast_id: str, state: PlaybackState = "preempted", reason: str | None = None) -> None:
         cmd = DeviceCommand(id=uuid.uuid4().hex, op="stop", ts=now_ms(), broadcast_id=broadcast_id,
-                            reason="preempted" if state == "preempted" else (reason or "cancelled")[:64])
+                            reason=(reason or state)[:64])
         ack = await self.command(cmd)
         if ack is None or not ack.ok:
             # the speaker did not confirm: report what we asked for, so the centre is not left waiting

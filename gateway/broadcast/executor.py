@@ -131,7 +131,7 @@ class Executor:
         return True
 
     async def cancel(self, broadcast_ids: Iterable[str]) -> dict[str, str]:
-        """Cancel broadcasts: not yet started → ``skipped``; playing → stopped and ``skipped``."""
+        """Cancel broadcasts: not yet started → ``skipped``; playing → stopped, ``preempted`` (``cancelled``)."""
         result: dict[str, str] = {}
         for bid in broadcast_ids:
             plan = await self.store.get(bid)
@@ -151,7 +151,9 @@ class Executor:
                 if out.state == "pending":
                     await self.report(dev, bid, "skipped", at, "cancelled")
                 elif out.state not in TERMINAL and dev in self.drivers:
-                    stops.append(self._stop(dev, bid, "skipped", "cancelled"))
+                    # interrupted while playing → preempted; told but not yet started → skipped
+                    state: PlaybackState = "preempted" if out.state == "started" else "skipped"
+                    stops.append(self._stop(dev, bid, state, "cancelled"))
             await asyncio.gather(*stops)
             self._plans.pop(bid, None)
             result[bid] = "cancelled"
@@ -306,7 +308,11 @@ class Executor:
     async def _preempt_at(self, dev: str, victim: str, by: str, start: int) -> None:
         await sleep_until(start - self.s.preempt_early_ms)
         if victim in self._plans:
-            await self._stop(dev, victim, "preempted", f"preempted by {by}")
+            out = (await self.store.outcomes(victim)).get(dev)
+            if out is None or out.state in TERMINAL:
+                return
+            state: PlaybackState = "preempted" if out.state == "started" else "skipped"
+            await self._stop(dev, victim, state, f"preempted by {by}")
 
     async def _stop(self, dev: str, bid: str, state: PlaybackState, reason: str) -> None:
         try:

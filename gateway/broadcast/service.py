@@ -106,11 +106,7 @@ class BroadcastService:
     async def run(self) -> None:
         for drv in self.drivers.values():
             await drv.start(self.executor.report)
-        runner = None
-        if self.cfg.media_listen:
-            from gateway.broadcast.mediaserver import serve
-
-            runner = await serve(self.media, self.cfg.media_listen)
+        server = asyncio.create_task(self._serve_media(), name="media-server") if self.cfg.media_listen else None
         outbox = asyncio.create_task(self.outbox.run(), name="event-outbox")
         await self.executor.start()
         try:
@@ -125,9 +121,36 @@ class BroadcastService:
             for drv in self.drivers.values():
                 with contextlib.suppress(Exception):
                     await drv.close()
-            if runner is not None:
-                await runner.cleanup()
+            if server is not None:
+                server.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await server
             self.store.close()
+
+    async def _serve_media(self) -> None:
+        """Serve the cache to the speakers; if the port is taken, say so and keep trying."""
+        from gateway.broadcast.mediaserver import serve
+        from protocol.models import AlarmEvent
+        from protocol.signing import now_ms
+
+        assert self.cfg.media_listen is not None
+        alarmed = False
+        while True:
+            try:
+                runner = await serve(self.media, self.cfg.media_listen)
+                break
+            except OSError as exc:
+                log.error("media server on %s: %s (retrying)", self.cfg.media_listen, exc)
+                if not alarmed:
+                    alarmed = True
+                    await self.outbox.put(AlarmEvent(
+                        code="media_server", severity="critical", at=now_ms(),
+                        message=f"cannot serve media to the speakers on {self.cfg.media_listen}: {exc}"))
+                await asyncio.sleep(5)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
 
 
 def attach(gw: Any) -> BroadcastService:
