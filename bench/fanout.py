@@ -62,9 +62,11 @@ def env() -> dict[str, str]:
 
 
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    prof = os.environ.get("LOAXA_BENCH_PROFILE")  # a folder: gateways run under cProfile (for development)
+    pre = ["-m", "cProfile", "-o", str(Path(prof) / f"{log.parent.name}-{args[0]}.prof")] if prof else []
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "loaxa", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env(), cwd=ROOT, start_new_session=True)
+        return subprocess.Popen([sys.executable, *pre, "-m", "loaxa", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env(), cwd=ROOT, start_new_session=True)
 
 
 def wait(pred: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -101,6 +103,16 @@ def port_below_ephemeral(start: int) -> int:
                 continue
             return port
     raise SystemExit("no free port below 32000")
+
+
+def cpu_by_kind(communes: list[Commune]) -> dict[str, float]:
+    """CPU seconds so far of all gateways, all simulators, all commune brokers."""
+    out = {"gateways": 0.0, "simulators": 0.0, "lan_brokers": 0.0}
+    for c in communes:
+        for kind, proc in (("gateways", c.gateway), ("simulators", c.sim), ("lan_brokers", c.lan.proc)):
+            if proc is not None and proc.poll() is None:
+                out[kind] += proc_stats(proc.pid)[1]
+    return out
 
 
 class Commune:
@@ -202,14 +214,17 @@ def main() -> int:
 
         # ---- 1. broadcast now
         media_now = media_srv.add(tone_wav(1000), 1000)
+        cpu_before = cpu_by_kind(communes)
         t0 = publish_plans(rec, signer, communes, "bench-now", media_now, None)
         got = wait(lambda: (lambda e: e if len(e) == total else None)(started_events(rec, "bench-now")), 60,
                    "every speaker started (now)")
+        cpu_now = {k: round(v - cpu_before[k], 2) for k, v in cpu_by_kind(communes).items()}
         lat = [(at - t0) / 1000 for at, _ in got.values()]
         arrive = [arr - t0 / 1000 for _, arr in got.values()]
         now_p50, now_p99, now_max = pct(lat, 50), pct(lat, 99), max(lat)
         print(f"now → started ({total} speakers): p50 {now_p50:.3f} s, p99 {now_p99:.3f} s, all {now_max:.3f} s; "
               f"report at the centre: p50 {pct(arrive, 50):.3f} s, max {max(arrive):.3f} s", flush=True)
+        print(f"  CPU seconds spent meanwhile: {cpu_now}", flush=True)
         time.sleep(2.5)
 
         # ---- 2. scheduled ahead

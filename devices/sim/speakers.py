@@ -64,9 +64,41 @@ class _Play:
     ended: bool = False
 
 
+class SharedFetch:
+    """Downloads shared by the simulated speakers of one process: each (url, sha256) is fetched and
+    checked once. A real speaker fetches on its own CPU; a simulator running many speakers on a small
+    machine would otherwise measure its own HTTP overhead instead of the system's."""
+
+    def __init__(self) -> None:
+        self._results: OrderedDict[tuple[str, str | None], asyncio.Task[str | None]] = OrderedDict()
+
+    async def fetch(self, http: httpx.AsyncClient, url: str, sha256: str | None) -> str | None:
+        key = (url, sha256)
+        task = self._results.get(key)
+        if task is None or (task.done() and task.result() is not None):  # retry failures
+            task = asyncio.create_task(self._get(http, url, sha256))
+            self._results[key] = task
+            while len(self._results) > 64:
+                self._results.popitem(last=False)
+        return await asyncio.shield(task)
+
+    @staticmethod
+    async def _get(http: httpx.AsyncClient, url: str, sha256: str | None) -> str | None:
+        try:
+            resp = await http.get(url)
+        except httpx.HTTPError as exc:
+            return f"media_unavailable: {exc}"[:200]
+        if resp.status_code != 200:
+            return f"media_unavailable: HTTP {resp.status_code}"
+        if sha256 and hashlib.sha256(resp.content).hexdigest() != sha256:
+            return "media_mismatch"
+        return None
+
+
 class SimSpeaker:
     def __init__(self, endpoint: MqttEndpoint, gateway: str, device_id: str, *, faults: Iterable[str] = (),
-                 fetch: bool = True, volume: int = 70, http: httpx.AsyncClient | None = None) -> None:
+                 fetch: bool = True, volume: int = 70, http: httpx.AsyncClient | None = None,
+                 fetcher: SharedFetch | None = None) -> None:
         self.endpoint = endpoint
         self.gateway = gateway
         self.device_id = device_id
@@ -75,6 +107,7 @@ class SimSpeaker:
         self.volume = volume
         self.power = True
         self.http = http
+        self.fetcher = fetcher or SharedFetch()
         self.plays: OrderedDict[str, _Play] = OrderedDict()
         self.current: _Play | None = None
         self._acks: OrderedDict[str, Ack] = OrderedDict()
@@ -225,15 +258,7 @@ class SimSpeaker:
         """Fetch and check the media; returns a failure reason or None."""
         if not self.fetch or not cmd.url or self.http is None:
             return None
-        try:
-            resp = await self.http.get(cmd.url)
-        except httpx.HTTPError as exc:
-            return f"media_unavailable: {exc}"[:200]
-        if resp.status_code != 200:
-            return f"media_unavailable: HTTP {resp.status_code}"
-        if cmd.sha256 and hashlib.sha256(resp.content).hexdigest() != cmd.sha256:
-            return "media_mismatch"
-        return None
+        return await self.fetcher.fetch(self.http, cmd.url, cmd.sha256)
 
     async def _play(self, play: _Play) -> None:
         cmd = play.cmd
@@ -298,8 +323,9 @@ async def run_fleet(endpoint: MqttEndpoint, gateway: str, ids: list[str], faults
                     *, fetch: bool = True, ready: asyncio.Event | None = None) -> list[SimSpeaker]:
     """Run simulated speakers until cancelled."""
     async with httpx.AsyncClient(timeout=30) as http:
-        speakers = [SimSpeaker(endpoint, gateway, i, faults=(faults or {}).get(i, ()), fetch=fetch, http=http)
-                    for i in ids]
+        fetcher = SharedFetch()
+        speakers = [SimSpeaker(endpoint, gateway, i, faults=(faults or {}).get(i, ()), fetch=fetch, http=http,
+                               fetcher=fetcher) for i in ids]
         tasks = [asyncio.create_task(s.run(), name=f"sim-{s.device_id}") for s in speakers]
         try:
             await asyncio.gather(*(s.connected.wait() for s in speakers))

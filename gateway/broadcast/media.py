@@ -52,8 +52,20 @@ class MediaCache:
         self._timeout_s = timeout_s
         self._retries = retries
         self._inflight: dict[str, asyncio.Task[Path]] = {}
+        self._client: httpx.AsyncClient | None = None
         self.stats: dict[str, int] = {"fetched": 0, "resumed": 0, "mismatch": 0, "evicted": 0, "errors": 0}
         root.mkdir(parents=True, exist_ok=True)
+
+    def client(self) -> httpx.AsyncClient:
+        """One HTTP client for the life of the cache (building one costs tens of ms of CPU on a Pi)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=True)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     # ------------------------------------------------------------------ queries
 
@@ -90,27 +102,27 @@ class MediaCache:
         final = self.path(media.sha256)
         if final.is_file():
             with contextlib.suppress(OSError):
-                os.utime(final)
+                os.utime(final)  # most recently used: evicted last
             return final
         part = final.with_name(final.name + ".part")
         delay = 0.5
         last: Exception | None = None
-        async with httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=True) as client:
-            for _attempt in range(self._retries + 1):
-                try:
-                    await self._download(client, media, part)
-                    break
-                except MediaError:
-                    _rm(part)
-                    raise
-                except (httpx.HTTPError, OSError) as exc:
-                    last = exc
-                    self.stats["errors"] += 1
-                    log.warning("media %s from %s: %s (will resume)", media.sha256[:12], media.url, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-            else:
-                raise MediaError(f"could not fetch {media.url}: {last}", "media_unavailable")
+        client = self.client()
+        for _attempt in range(self._retries + 1):
+            try:
+                await self._download(client, media, part)
+                break
+            except MediaError:
+                _rm(part)
+                raise
+            except (httpx.HTTPError, OSError) as exc:
+                last = exc
+                self.stats["errors"] += 1
+                log.warning("media %s from %s: %s (will resume)", media.sha256[:12], media.url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        else:
+            raise MediaError(f"could not fetch {media.url}: {last}", "media_unavailable")
         digest = await asyncio.to_thread(_sha256_file, part)
         if digest != media.sha256:
             part.unlink(missing_ok=True)

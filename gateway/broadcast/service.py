@@ -108,6 +108,7 @@ class BroadcastService:
             await drv.start(self.executor.report)
         server = asyncio.create_task(self._serve_media(), name="media-server") if self.cfg.media_listen else None
         outbox = asyncio.create_task(self.outbox.run(), name="event-outbox")
+        self.media.client()  # build the HTTP client now, not when the first broadcast is waiting for it
         await self.executor.start()
         try:
             while True:
@@ -125,6 +126,7 @@ class BroadcastService:
                 server.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await server
+            await self.media.aclose()
             self.store.close()
 
     async def _serve_media(self) -> None:
