@@ -115,6 +115,25 @@ def cpu_by_kind(communes: list[Commune]) -> dict[str, float]:
     return out
 
 
+def plan_stages(communes: list[Commune], bid: str, t0: int,
+                got: dict[tuple[str, str], tuple[int, float]]) -> dict[str, list[float]]:
+    """Where the time went, from each gateway's plan store: command → accepted, accepted → the start
+    the gateway fixed (media download + lead), and that start → each speaker's real start."""
+    import sqlite3
+
+    out: dict[str, list[float]] = {"received": [], "fixed_start": [], "speaker_late": []}
+    for c in communes:
+        db = sqlite3.connect(c.dir / "data" / "broadcast.sqlite")
+        row = db.execute("SELECT received_at, start_at FROM plans WHERE broadcast_id=?", (bid,)).fetchone()
+        db.close()
+        if row is None:
+            continue
+        out["received"].append((row[0] - t0) / 1000)
+        out["fixed_start"].append((row[1] - row[0]) / 1000)
+        out["speaker_late"] += [(at - row[1]) / 1000 for (gw, _d), (at, _a) in got.items() if gw == c.gw]
+    return out
+
+
 class Commune:
     def __init__(self, work: Path, index: int, speakers: int, central: Mosquitto, signer: Any) -> None:
         self.gw = f"xa-{index:03d}"
@@ -225,6 +244,9 @@ def main() -> int:
         print(f"now → started ({total} speakers): p50 {now_p50:.3f} s, p99 {now_p99:.3f} s, all {now_max:.3f} s; "
               f"report at the centre: p50 {pct(arrive, 50):.3f} s, max {max(arrive):.3f} s", flush=True)
         print(f"  CPU seconds spent meanwhile: {cpu_now}", flush=True)
+        stages = plan_stages(communes, "bench-now", t0, got)
+        print("  stages (p50 / max, s): " + ", ".join(f"{k} {pct(v, 50):.3f} / {max(v):.3f}"
+                                                    for k, v in stages.items()), flush=True)
         time.sleep(2.5)
 
         # ---- 2. scheduled ahead

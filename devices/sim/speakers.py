@@ -119,6 +119,7 @@ class SimSpeaker:
         self.t_event = device_topic(gateway, device_id, "event")
         self.t_state = device_topic(gateway, device_id, "state")
         self.connected = asyncio.Event()
+        self._pending: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- connection
 
@@ -147,10 +148,19 @@ class SimSpeaker:
                 self._client = None
 
     async def _pub(self, topic: str, payload: str, retain: bool = False) -> None:
-        if self._client is None or self.dead:
+        """Hand a message to the client without waiting for the broker's PUBACK, so a speaker answers
+        the next command at once (messages still leave in order)."""
+        client = self._client
+        if client is None or self.dead:
             return
+        task = asyncio.create_task(self._pub_wait(client, topic, payload, retain))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    @staticmethod
+    async def _pub_wait(client: aiomqtt.Client, topic: str, payload: str, retain: bool) -> None:
         with contextlib.suppress(aiomqtt.MqttError):
-            await self._client.publish(topic, payload, qos=1, retain=retain)
+            await client.publish(topic, payload, qos=1, retain=retain)
 
     async def _publish_state(self) -> None:
         playing = self.current.cmd.broadcast_id if self.current and not self.current.ended else None

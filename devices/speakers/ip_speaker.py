@@ -154,6 +154,7 @@ class IpSpeakerHub:
         self.link = link
         self.speakers: dict[str, IpSpeaker] = {}
         self.bad_messages = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def add(self, device_id: str, **kw: Any) -> IpSpeaker:
         spk = IpSpeaker(self.gateway_id, device_id, self.link, **kw)
@@ -179,14 +180,22 @@ class IpSpeakerHub:
                 ev = PlaybackEvent.model_validate(data)
                 if ev.device != spk.device_id:
                     raise ProtocolError(f"event names device {ev.device!r}")
-                await spk.on_event(ev)
+                self._later(spk.on_event(ev))
             elif parsed.kind == "state":
                 if not msg.payload:
                     return
-                await spk.on_state(DeviceState.model_validate(data))
+                self._later(spk.on_state(DeviceState.model_validate(data)))
         except (ProtocolError, ValidationError) as exc:
             self.bad_messages += 1
             log.warning("ignored message on %s: %s", topic, exc)
+
+    def _later(self, coro: Any) -> None:
+        """Handle a report without holding up the LAN message loop (acks of other speakers must not
+        wait behind disk writes). Tasks start in creation order and the plan store applies writes in
+        submission order, so a speaker's ``started`` is still recorded before its ``finished``."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def online_count(self) -> int:
         return sum(1 for s in self.speakers.values() if s.online)

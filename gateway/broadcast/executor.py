@@ -226,7 +226,7 @@ class Executor:
         await self._wait_ends(plan)
         await self.store.set_plan_state(bid, "done")
         self._plans.pop(bid, None)
-        await asyncio.to_thread(self.media.evict_now)
+        await self.media.evict()
         log.info("plan %s (%s) done", bid, item.title or item.media.sha256[:12])
 
     async def _wait_media(self, plan: StoredPlan) -> object | None:

@@ -128,7 +128,7 @@ class MediaCache:
             part.unlink(missing_ok=True)
             self.stats["mismatch"] += 1
             raise MediaError(f"bytes from {media.url} hash to {digest}, expected {media.sha256}", "media_mismatch")
-        await asyncio.to_thread(self._make_room, media.bytes, media.sha256)
+        await asyncio.to_thread(self._make_room, set(self._pinned()) | {media.sha256})
         os.replace(part, final)
         self.stats["fetched"] += 1
         return final
@@ -174,8 +174,9 @@ class MediaCache:
 
     # ------------------------------------------------------------------ eviction
 
-    def _make_room(self, incoming: int, keep: str) -> None:
-        pinned = set(self._pinned()) | {keep}
+    def _make_room(self, pinned: set[str]) -> None:
+        """Delete least recently used files until under the cap, sparing ``pinned`` (runs in a thread;
+        ``pinned`` is computed on the event loop)."""
         files = []
         total = 0
         for p in self.root.iterdir():
@@ -201,9 +202,9 @@ class MediaCache:
                 return
         log.warning("media cache over its cap by %d bytes: everything left is needed by a pending plan", over)
 
-    def evict_now(self) -> None:
-        """Bring the cache under its cap (used after plans finish)."""
-        self._make_room(0, "")
+    async def evict(self) -> None:
+        """Bring the cache under its cap (after a plan is done)."""
+        await asyncio.to_thread(self._make_room, set(self._pinned()))
 
 
 def _size(path: Path) -> int:

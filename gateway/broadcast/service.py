@@ -40,7 +40,7 @@ class BroadcastService:
         self.cfg: BroadcastSection = getattr(cfg, "broadcast", None) or BroadcastSection()
         data_dir = gw.data_dir
         self.store = PlanStore(data_dir / "broadcast.sqlite")
-        self.media = MediaCache(data_dir / "media", cfg.media.max_bytes, pinned=self.store.needed_media_sync)
+        self.media = MediaCache(data_dir / "media", cfg.media.max_bytes, pinned=lambda: self.executor.needed_media())
         self.hub = IpSpeakerHub(gw.id, gw.local)
         self.drivers: dict[str, SpeakerDriver] = {}
         for dev in cfg.devices:

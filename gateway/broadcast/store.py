@@ -11,16 +11,18 @@ Three tables:
 - ``outbox``: events for the centre not yet handed to the uplink, so reports survive a restart.
 
 A plan is written (and fsynced, ``synchronous=FULL``) before the command that carried it is acked.
-All calls run on one worker thread, off the event loop.
+All calls run on one writer thread, off the event loop, batched into shared transactions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -89,20 +91,74 @@ class Outcome:
 
 
 class PlanStore:
+    """All access goes through one writer thread that runs whatever is queued in ONE transaction
+    (group commit): forty speakers reporting at the same moment cost one fsync, not forty, and the
+    event loop never waits for the disk. Operations run in the order they were submitted."""
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planstore")
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._q: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._worker, name="planstore", daemon=True)
+        self._thread.start()
+        self.commits = 0
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._q.put(_Op(fn, args, fut, loop))
+        return await fut
+
+    def _worker(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while True:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            results: list[tuple[_Op, Any, BaseException | None]] = []
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for op in batch:
+                    self._db.execute("SAVEPOINT op")
+                    try:
+                        results.append((op, op.fn(*op.args), None))
+                        self._db.execute("RELEASE op")
+                    except Exception as exc:  # one bad operation does not undo the others
+                        self._db.execute("ROLLBACK TO op")
+                        self._db.execute("RELEASE op")
+                        results.append((op, None, exc))
+                self._db.execute("COMMIT")
+                self.commits += 1
+            except Exception as exc:  # the commit itself failed (disk full, I/O error)
+                with contextlib.suppress(Exception):
+                    self._db.execute("ROLLBACK")
+                results = [(op, None, exc) for op in batch]
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Op, Any, BaseException | None]]] = {}
+            for r in results:
+                by_loop.setdefault(r[0].loop, []).append(r)
+            for loop, rs in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(_resolve, rs)
+            if stop:
+                return
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._q.put(None)
+        self._thread.join(10)
         self._db.close()
 
     # ---------------------------------------------------------------- plans
@@ -110,23 +166,22 @@ class PlanStore:
     def add_sync(self, item: PlanItem, start_at: int, end_at: int, now_plan: bool, received_at: int,
                  devices: Iterable[str], cmd_id: str | None, skipped: dict[str, str]) -> bool:
         """Insert a plan and its outcomes; False (and nothing changed) if the broadcast id is known."""
-        with self._tx():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO plans(broadcast_id,item,start_at,end_at,priority,sha256,now_plan,"
-                "received_at,cmd_id) VALUES (?,?,?,?,?,?,?,?,?)",
-                (item.broadcast_id, item.model_dump_json(), start_at, end_at, item.priority, item.media.sha256,
-                 int(now_plan), received_at, cmd_id),
-            )
-            if cur.rowcount == 0:
-                return False
-            self._db.executemany(
-                "INSERT OR IGNORE INTO outcomes(broadcast_id,device,state) VALUES (?,?,'pending')",
-                [(item.broadcast_id, d) for d in devices],
-            )
-            self._db.executemany(
-                "INSERT OR IGNORE INTO outcomes(broadcast_id,device,state,at,reason) VALUES (?,?,'skipped',?,?)",
-                [(item.broadcast_id, d, received_at, why) for d, why in skipped.items()],
-            )
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO plans(broadcast_id,item,start_at,end_at,priority,sha256,now_plan,"
+            "received_at,cmd_id) VALUES (?,?,?,?,?,?,?,?,?)",
+            (item.broadcast_id, item.model_dump_json(), start_at, end_at, item.priority, item.media.sha256,
+             int(now_plan), received_at, cmd_id),
+        )
+        if cur.rowcount == 0:
+            return False
+        self._db.executemany(
+            "INSERT OR IGNORE INTO outcomes(broadcast_id,device,state) VALUES (?,?,'pending')",
+            [(item.broadcast_id, d) for d in devices],
+        )
+        self._db.executemany(
+            "INSERT OR IGNORE INTO outcomes(broadcast_id,device,state,at,reason) VALUES (?,?,'skipped',?,?)",
+            [(item.broadcast_id, d, received_at, why) for d, why in skipped.items()],
+        )
         return True
 
     async def add(self, item: PlanItem, start_at: int, end_at: int, now_plan: bool, received_at: int,
@@ -134,9 +189,6 @@ class PlanStore:
                   skipped: dict[str, str] | None = None) -> bool:
         return bool(await self._run(self.add_sync, item, start_at, end_at, now_plan, received_at,
                                     list(devices), cmd_id, skipped or {}))
-
-    def _tx(self) -> _Tx:
-        return _Tx(self._db)
 
     def _pending_sync(self) -> list[StoredPlan]:
         rows = self._db.execute(
@@ -175,10 +227,6 @@ class PlanStore:
         self._db.execute("UPDATE plans SET start_at=?, end_at=? WHERE broadcast_id=?",
                          (start_at, end_at, broadcast_id))
 
-    def needed_media_sync(self) -> set[str]:
-        """sha256 of every media a pending plan still needs (never evicted from the cache)."""
-        return {r[0] for r in self._db.execute("SELECT DISTINCT sha256 FROM plans WHERE state='pending'")}
-
     # ---------------------------------------------------------------- outcomes
 
     def _outcomes_sync(self, broadcast_id: str) -> dict[str, Outcome]:
@@ -191,15 +239,14 @@ class PlanStore:
 
     def _advance_sync(self, broadcast_id: str, device: str, state: str, at: int | None, reason: str | None,
                       event: str | None) -> bool:
-        with self._tx():
-            row = self._db.execute("SELECT state FROM outcomes WHERE broadcast_id=? AND device=?",
-                                   (broadcast_id, device)).fetchone()
-            if row is None or row[0] in TERMINAL or RANK[state] <= RANK[row[0]]:
-                return False
-            self._db.execute("UPDATE outcomes SET state=?, at=?, reason=? WHERE broadcast_id=? AND device=?",
-                             (state, at, reason, broadcast_id, device))
-            if event is not None:
-                self._db.execute("INSERT INTO outbox(payload) VALUES (?)", (event,))
+        row = self._db.execute("SELECT state FROM outcomes WHERE broadcast_id=? AND device=?",
+                               (broadcast_id, device)).fetchone()
+        if row is None or row[0] in TERMINAL or RANK[state] <= RANK[row[0]]:
+            return False
+        self._db.execute("UPDATE outcomes SET state=?, at=?, reason=? WHERE broadcast_id=? AND device=?",
+                         (state, at, reason, broadcast_id, device))
+        if event is not None:
+            self._db.execute("INSERT INTO outbox(payload) VALUES (?)", (event,))
         return True
 
     async def advance(self, broadcast_id: str, device: str, state: str, at: int | None, reason: str | None,
@@ -229,24 +276,23 @@ class PlanStore:
     def _outbox_delete_sync(self, upto_seq: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE seq<=?", (upto_seq,))
 
-    def outbox_depth_sync(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
-    def counts_sync(self) -> dict[str, Any]:
-        plans = dict(self._db.execute("SELECT state, COUNT(*) FROM plans GROUP BY state").fetchall())
-        return {"plans_pending": plans.get("pending", 0), "plans_done": plans.get("done", 0),
-                "plans_cancelled": plans.get("cancelled", 0)}
+@dataclass
+class _Op:
+    fn: Any
+    args: tuple[Any, ...]
+    fut: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
 
 
-class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+def _resolve(results: list[tuple[_Op, Any, BaseException | None]]) -> None:
+    for op, value, exc in results:
+        if op.fut.done():
+            continue
+        if exc is not None:
+            op.fut.set_exception(exc)
+        else:
+            op.fut.set_result(value)
 
 
 def dumps(obj: Any) -> str:
