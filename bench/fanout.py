@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from loaxa.localsetup import gateway_config, make_signer, write_yaml  # noqa: E402
 from loaxa.servers import Mosquitto  # noqa: E402
 from protocol.models import PRIORITY_NORMAL, BroadcastPlanBody, MediaRef, PlanItem  # noqa: E402
-from tests.broadcast_env import MediaServer, Recorder, tone_wav  # noqa: E402
+from tests.broadcast_env import Recorder, tone_wav  # noqa: E402
 
 
 def now_ms() -> int:
@@ -103,6 +103,54 @@ def port_below_ephemeral(start: int) -> int:
                 continue
             return port
     raise SystemExit("no free port below 32000")
+
+
+class MediaDir:
+    """The centre's media server for the benchmark: files named by sha256 in a folder, served by
+    aiohttp (with Range) in its own process, as a real central server would be."""
+
+    SERVER = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from gateway.broadcast.media import MediaCache\n"
+        "from gateway.broadcast.mediaserver import serve\n"
+        "async def main():\n"
+        "    await serve(MediaCache(Path(sys.argv[1]), 1 << 40), '127.0.0.1:' + sys.argv[2])\n"
+        "    await asyncio.Event().wait()\n"
+        "asyncio.run(main())\n"
+    )
+
+    def __init__(self, folder: Path) -> None:
+        import socket
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        with open(folder.parent / "central-media.log", "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-c", self.SERVER, str(folder), str(self.port)],
+                                         stdout=out, stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
+        wait(lambda: _listening(self.port), 30, "central media server")
+
+    def add(self, data: bytes, duration_ms: int) -> MediaRef:
+        import hashlib
+
+        sha = hashlib.sha256(data).hexdigest()
+        (self.folder / sha).write_bytes(data)
+        return MediaRef(sha256=sha, url=f"http://127.0.0.1:{self.port}/media/{sha}", bytes=len(data),
+                        duration_ms=duration_ms, content_type="audio/wav")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def cpu_by_kind(communes: list[Commune]) -> dict[str, float]:
@@ -198,13 +246,14 @@ def main() -> int:
     ap.add_argument("--big", type=int, default=50, help="speakers of the gateway measured for RSS/CPU (0: skip)")
     ap.add_argument("--ahead-s", type=float, default=5.0, help="lead of the scheduled broadcast")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--dump", help="write every start of the scheduled broadcast to this JSON file")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))  # clean up the fleet on SIGTERM too
 
     work = Path(tempfile.mkdtemp(prefix="loaxa-fanout-"))
     central = Mosquitto(work / "central").start()
     rec = Recorder(central.port)
-    media_srv = MediaServer()
+    media_srv = MediaDir(work / "central-media")
     signer = make_signer()
     communes: list[Commune] = []
     big: Commune | None = None
@@ -255,6 +304,9 @@ def main() -> int:
         publish_plans(rec, signer, communes, "bench-at", media_at, start_at)
         got = wait(lambda: (lambda e: e if len(e) == total else None)(started_events(rec, "bench-at")),
                    args.ahead_s + 60, "every speaker started (scheduled)")
+        if args.dump:
+            Path(args.dump).write_text(json.dumps({"start_at": start_at, "started": [
+                [gw, dev, at, arr] for (gw, dev), (at, arr) in sorted(got.items())]}))
         per_gw: dict[str, list[int]] = {}
         for (gw, _dev), (at, _arr) in got.items():
             per_gw.setdefault(gw, []).append(at)

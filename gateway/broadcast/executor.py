@@ -117,6 +117,7 @@ class Executor:
         start = received + self.s.now_lead_ms if item.start_at is None else item.start_at
         end = start + item.media.duration_ms * item.repeat
         devices, skipped = self._resolve(item)
+        self.media.prefetch(item.media)  # start the download while the plan is being written
         added = await self.store.add(item, start, end, now_plan, received, devices, cmd_id, skipped)
         if not added:
             self.stats["duplicates"] += 1
@@ -126,7 +127,6 @@ class Executor:
             await self.outbox.put(PlaybackEvent(broadcast_id=item.broadcast_id, device=dev, state="skipped",
                                                 at=received, reason=why, scheduled_at=start))
         plan = StoredPlan(item, start, end, now_plan, "pending", received)
-        self.media.prefetch(item.media)
         self._schedule(plan)
         return True
 
