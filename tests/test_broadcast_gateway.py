@@ -37,7 +37,7 @@ def now_ms() -> int:
 
 class Bench:
     def __init__(self, tmp: Path, central: Mosquitto, lan: Mosquitto, count: int, faults: list[str],
-                 extra_devices: list[dict[str, Any]] | None = None) -> None:
+                 extra_devices: list[dict[str, Any]] | None = None, settings: dict[str, Any] | None = None) -> None:
         self.tmp = tmp
         self.central = central
         self.lan = lan
@@ -50,7 +50,7 @@ class Bench:
                              health_interval_s=2)
         cfg["broadcast"] = {"now_lead_ms": 400, "dispatch_ahead_ms": 1500, "report_grace_s": 3,
                             "ack_timeout_s": 0.5, "retries": 2, "media_listen": f"127.0.0.1:{media_port}",
-                            "media_public_url": f"http://127.0.0.1:{media_port}"}
+                            "media_public_url": f"http://127.0.0.1:{media_port}", **(settings or {})}
         self.config = write_yaml(tmp / "gw.yaml", cfg)
         self.up = Recorder(central.port)
         self.down = Recorder(lan.port)
@@ -112,10 +112,10 @@ class Bench:
 def make_bench(tmp_path: Path, mosquitto_factory: Any) -> Iterator[Any]:
     made: list[Bench] = []
 
-    def make(count: int = 3, faults: list[str] | None = None,
-             extra_devices: list[dict[str, Any]] | None = None) -> Bench:
+    def make(count: int = 3, faults: list[str] | None = None, extra_devices: list[dict[str, Any]] | None = None,
+             settings: dict[str, Any] | None = None) -> Bench:
         b = Bench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"), count, faults or [],
-                  extra_devices)
+                  extra_devices, settings)
         made.append(b)
         return b
 
@@ -312,3 +312,47 @@ def test_local_amplifier_plays_with_the_ip_speakers(make_bench: Any, tmp_path: P
     health = wait_until(lambda: [h for h in b.up.on(f"{GW}/health") if h.get("speakers_total") == 2],
                         what="health with speaker counts")
     assert health[-1]["speakers_online"] == 2
+
+
+def test_reports_survive_uplink_outage_and_gateway_restart(make_bench: Any) -> None:
+    b = make_bench(2)
+    media = b.media.add(tone_wav(400), 400)
+    start = now_ms() + 3000
+    assert b.plan("b-outbox", media, start_at=start)["ok"] is True
+    b.central.stop()
+    wait_until(lambda: len(b.down.on("/event", lambda p: p.get("broadcast_id") == "b-outbox"
+                                     and p.get("state") == "finished")) == 2, timeout=15, what="played on LAN")
+    time.sleep(1.0)  # the gateway has recorded the reports in its outbox
+    b.kill_gateway()  # the reports were never sent: they are only on the gateway's disk
+    b.central.start()
+    b.start_gateway()
+    finished = b.wait_states("b-outbox", "finished", timeout=30)
+    started = b.wait_states("b-outbox", "started")
+    assert all(abs(e["at"] - start) <= 50 for e in started.values()), started
+    assert set(finished) == set(b.speakers)
+
+
+def test_missed_start_after_long_outage_is_skipped(make_bench: Any) -> None:
+    b = make_bench(1, settings={"late_max_s": 1})
+    media = b.media.add(tone_wav(300), 300)
+    start = now_ms() + 2500
+    assert b.plan("b-missed", media, start_at=start)["ok"] is True
+    b.kill_gateway()  # down across the start, for longer than late_max_s
+    wait_until(lambda: now_ms() > start + 2500, timeout=10, what="the start to pass")
+    b.start_gateway()
+    skipped = b.wait_states("b-missed", "skipped")
+    assert skipped["loa-01"]["reason"] == "missed_start"
+    assert not b.down.on("/cmd", lambda p: p.get("op") == "play")
+
+
+def test_device_set_volume_reaches_speakers(make_bench: Any) -> None:
+    from protocol.models import DeviceSetBody
+
+    b = make_bench(2)
+    assert b.ack(b.send("device.set", DeviceSetBody(targets="*", volume=35)))["ok"] is True
+    wait_until(lambda: all(b.down.on(f"/dev/{s}/state")[-1].get("volume") == 35 for s in b.speakers),
+               what="speakers at volume 35")
+    refused = b.ack(b.send("device.set", DeviceSetBody(targets=["loa-01", "loa-99"], volume=90)))
+    assert refused["ok"] is False and refused["reason"] == "unknown_device"
+    time.sleep(0.5)
+    assert b.down.on("/dev/loa-01/state")[-1].get("volume") == 35  # refused: nothing changed

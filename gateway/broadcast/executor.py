@@ -231,7 +231,12 @@ class Executor:
 
     async def _wait_media(self, plan: StoredPlan) -> object | None:
         item = plan.item
-        deadline = plan.received_at + self.s.now_media_wait_ms if plan.now_plan else plan.start_at
+        if self.media.has(item.media.sha256):
+            return self.media.path(item.media.sha256)
+        # a scheduled item must have its media by its start; one restored after its start (gateway
+        # outage) gets a moment, then the late-start rule decides
+        deadline = (plan.received_at + self.s.now_media_wait_ms if plan.now_plan
+                    else max(plan.start_at, now_ms() + 1000))
         task = self.media.prefetch(item.media)
         try:
             path = await asyncio.wait_for(asyncio.shield(task), max(0.0, (deadline - now_ms()) / 1000))
