@@ -124,7 +124,9 @@ async def test_eviction_drops_retained_rows_before_undelivered(tmp_path: Path) -
     await spool.put([(NOW + 3000 + i, "d", "m", "v=4.0") for i in range(300)])  # now undelivered go too
     assert spool.dropped > 0 and spool.bytes <= 10_000
     left = await spool.next_batch(0, 10_000)
-    assert len(left) == spool.pending and left[0].ts == NOW + 1000 + spool.dropped
+    undelivered = ([NOW + 1000 + i for i in range(100)] + [NOW + 2000 + i for i in range(50)]
+                   + [NOW + 3000 + i for i in range(300)])
+    assert [r.ts for r in left] == undelivered[spool.dropped:]  # exactly the oldest were dropped
     await _stop(spool, task)
     conn = sqlite3.connect(tmp_path / "spool.sqlite3")
     assert conn.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()[0] == spool.dropped
