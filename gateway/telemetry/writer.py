@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import http.client
 import ssl
+import urllib.parse
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
-
-import aiohttp
 
 from gateway.config import InfluxSection
 
@@ -70,15 +71,22 @@ def ssl_context(cfg: InfluxSection) -> ssl.SSLContext | None:
 
 
 class V1Writer:
-    """``POST {url}/write?db=…&rp=…&precision=ms`` (InfluxDB 1.x, also 2.x/3.x v1 compatibility)."""
+    """``POST {url}/write?db=…&rp=…&precision=ms`` (InfluxDB 1.x, also 2.x/3.x v1 compatibility).
+
+    Uses the standard library's ``http.client`` on one worker thread with a kept-alive connection:
+    one request at a time is all the writer ever sends, and it keeps the gateway's memory small
+    (aiohttp alone costs a Pi about 20 MB)."""
 
     def __init__(self, cfg: InfluxSection) -> None:
         self.cfg = cfg
-        self._session: aiohttp.ClientSession | None = None
+        u = urllib.parse.urlsplit(cfg.url)
+        self._https = u.scheme == "https"
+        self._host = u.hostname or "localhost"
+        self._port = u.port or (443 if self._https else 80)
         params = {"db": cfg.database or "", "precision": "ms"}
         if cfg.retention_policy:
             params["rp"] = cfg.retention_policy
-        self._params = params
+        self._path = u.path.rstrip("/") + "/write?" + urllib.parse.urlencode(params)
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         if cfg.token is not None:
             headers["Authorization"] = f"Token {cfg.token.get()}"
@@ -88,35 +96,49 @@ class V1Writer:
         if cfg.gzip:
             headers["Content-Encoding"] = "gzip"
         self._headers = headers
-        self._url = cfg.url.rstrip("/") + "/write"
+        self._conn: http.client.HTTPConnection | None = None
+        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="influx-v1")
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            ctx = ssl_context(self.cfg)
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
-                connector=aiohttp.TCPConnector(ssl=ctx if ctx is not None else False, limit=4),
-            )
-        return self._session
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.cfg.timeout_s,
+                                                         context=ssl_context(self.cfg))
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.cfg.timeout_s)
+        return self._conn
 
-    async def write(self, lines: Sequence[str]) -> None:
+    def _post(self, lines: Sequence[str]) -> tuple[int, str]:
         body = "\n".join(lines).encode()
         if self.cfg.gzip:
-            body = await asyncio.to_thread(gzip.compress, body, 1) if len(body) > 256_000 else gzip.compress(body, 1)
+            body = gzip.compress(body, 1)
+        conn = self._connection()
         try:
-            async with self._get_session().post(self._url, params=self._params, data=body,
-                                                headers=self._headers) as resp:
-                if 200 <= resp.status < 300:
-                    return
-                raise classify(resp.status, await resp.text(errors="replace"))
-        except WriteError:
+            conn.request("POST", self._path, body=body, headers=self._headers)
+            resp = conn.getresponse()
+            text = resp.read().decode(errors="replace")
+        except BaseException:
+            conn.close()
+            self._conn = None
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        if resp.will_close:
+            conn.close()
+            self._conn = None
+        return resp.status, text
+
+    async def write(self, lines: Sequence[str]) -> None:
+        try:
+            status, text = await asyncio.get_running_loop().run_in_executor(self._exec, self._post, lines)
+        except (OSError, http.client.HTTPException) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+        if not 200 <= status < 300:
+            raise classify(status, text)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._exec.shutdown(wait=False)
 
 
 class V2Writer:
@@ -142,6 +164,7 @@ class V2Writer:
         return self._client.write_api()  # type: ignore[attr-defined]
 
     async def write(self, lines: Sequence[str]) -> None:
+        import aiohttp  # influxdb-client's async client runs on aiohttp
         from influxdb_client import WritePrecision
         from influxdb_client.rest import ApiException
 
@@ -152,7 +175,7 @@ class V2Writer:
         except ApiException as exc:
             body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or exc.reason)
             raise classify(int(exc.status or 0), body) from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
     async def close(self) -> None:
