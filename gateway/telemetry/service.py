@@ -75,7 +75,7 @@ class TelemetryService:
         self.driver_crashes: Counter[str] = Counter()
         self._alarm_pending: Counter[str] = Counter()
         self._alarm_examples: dict[str, str] = {}
-        self._tags: dict[str, str] = {}
+        self._prefixes: dict[tuple[str, str], str] = {}
         self.last_driver_error: str | None = None
         self.started = asyncio.Event()
 
@@ -126,15 +126,23 @@ class TelemetryService:
 
     # ------------------------------------------------------------------ delivery
 
+    def _prefix(self, measurement: str, device: str) -> str:
+        """``measurement,commune=…,device=…,gateway=… `` (cached: few distinct pairs per gateway)."""
+        key = (measurement, device)
+        p = self._prefixes.get(key)
+        if p is None:
+            tags = tag_set({"gateway": self.gateway_id, "device": device, "commune": self.commune})
+            p = line(measurement, tags, "", 0)[:-2]  # "measurement,tags " without the fields and time
+            if len(self._prefixes) < 10_000:
+                self._prefixes[key] = p
+        return p
+
     def _lines(self, rows: Sequence[Row]) -> list[str]:
+        prefixes = self._prefixes
         out = []
-        tags = self._tags
         for r in rows:
-            t = tags.get(r.device)
-            if t is None:
-                t = tags[r.device] = tag_set({"gateway": self.gateway_id, "device": r.device,
-                                              "commune": self.commune})
-            out.append(line(r.measurement, t, r.fields, r.ts))
+            p = prefixes.get((r.measurement, r.device)) or self._prefix(r.measurement, r.device)
+            out.append(f"{p}{r.fields} {r.ts}")
         return out
 
     async def _write_split(self, writer: Writer, rows: Sequence[Row]) -> list[tuple[Row, str]]:
