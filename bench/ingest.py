@@ -79,7 +79,9 @@ class Pipeline:
             "gateway": {"id": GW, "commune": "Xã Benchmark", "data_dir": str(self.data_dir)},
             "uplink": {"url": broker.url},
             "local_broker": {"url": broker.url},
-            "trust": {"keys": [{"id": "k", "public_key": public_key_b64(Ed25519PrivateKey.generate().public_key())}]},
+            "trust": {
+                "keys": [{"id": "k", "public_key": public_key_b64(Ed25519PrivateKey.generate().public_key())}]
+            },
             "influx": {"api": "v1", "url": influx.url, "database": influx.database},
             "devices": [{"id": d, "type": "mqtt_sensor", "measurement": "environment"} for d in devices],
         }
@@ -91,10 +93,22 @@ class Pipeline:
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         health = self.data_dir / "telemetry-health.json"
         health.unlink(missing_ok=True)
-        out = open(self.workdir / "pipeline.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.telemetry", "--config", str(self.config),
-                                      "--health-interval", "0.1"], stdout=out, stderr=subprocess.STDOUT, env=env,
-                                     cwd=ROOT)
+        out = open(self.workdir / "pipeline.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.telemetry",
+                "--config",
+                str(self.config),
+                "--health-interval",
+                "0.1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
         out.close()
         deadline = time.monotonic() + 20
         while not health.exists():
@@ -115,7 +129,9 @@ class Pipeline:
             if self.health().get("influx_written", 0) >= n:
                 return time.monotonic()
             time.sleep(0.02)
-        raise RuntimeError(f"only {self.health().get('influx_written')} of {n} readings written in {timeout}s")
+        raise RuntimeError(
+            f"only {self.health().get('influx_written')} of {n} readings written in {timeout}s"
+        )
 
     @property
     def pid(self) -> int:
@@ -131,9 +147,27 @@ class Pipeline:
 def start_publisher(broker: Mosquitto, topic_: str, payloads: list[bytes]) -> subprocess.Popen[bytes]:
     """The sensors: ``mosquitto_pub -l`` (C, QoS 1, one message per line), so the benchmark's own
     publishing costs little CPU next to the gateway, as real sensors are other devices."""
-    proc = subprocess.Popen(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic_, "-l",
-                             "-q", "1", "-M", "1000", "-V", "mqttv5", "-i", f"pub-{time.monotonic_ns()}"],
-                            stdin=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker.port),
+            "-t",
+            topic_,
+            "-l",
+            "-q",
+            "1",
+            "-M",
+            "1000",
+            "-V",
+            "mqttv5",
+            "-i",
+            f"pub-{time.monotonic_ns()}",
+        ],
+        stdin=subprocess.PIPE,
+    )
     assert proc.stdin is not None
     threading.Thread(target=_feed, args=(proc, payloads), daemon=True).start()
     return proc
@@ -160,17 +194,25 @@ def topic(dev: str) -> str:
 # ---------------------------------------------------------------- phases
 
 
-def durable_rate(pipe: Pipeline, broker: Mosquitto, dev: str, n_readings: int, per_msg: int,
-                 t_base: int) -> tuple[float, float]:
+def durable_rate(
+    pipe: Pipeline, broker: Mosquitto, dev: str, n_readings: int, per_msg: int, t_base: int
+) -> tuple[float, float]:
     """Readings/s from first publish to all in InfluxDB; CPU-seconds of the pipeline per 10k readings."""
     msgs: list[bytes] = []
     for m in range(n_readings // per_msg):
         if per_msg == 1:
             msgs.append(json.dumps({"ts": t_base + m, "fields": {"v": m * 0.5}}).encode())
         else:
-            msgs.append(json.dumps({"readings": [
-                {"ts": t_base + m * per_msg + j, "fields": {"v": (m * per_msg + j) * 0.5}} for j in range(per_msg)]
-            }).encode())
+            msgs.append(
+                json.dumps(
+                    {
+                        "readings": [
+                            {"ts": t_base + m * per_msg + j, "fields": {"v": (m * per_msg + j) * 0.5}}
+                            for j in range(per_msg)
+                        ]
+                    }
+                ).encode()
+            )
     before = pipe.health().get("influx_written", 0)
     cpu0 = cpu_seconds(pipe.pid)
     t0 = time.monotonic()
@@ -222,13 +264,17 @@ def ceiling_rate(influx: InfluxDB1, n_points: int, t_base: int, batch: int = 500
     influx.query('CREATE DATABASE "ceiling"')
     bodies = []
     for start in range(0, n_points, batch):
-        text = "\n".join(f"environment,gateway={GW},device=c{i % 50} v={i * 0.5!r} {t_base + i}"
-                         for i in range(start, min(start + batch, n_points)))
+        text = "\n".join(
+            f"environment,gateway={GW},device=c{i % 50} v={i * 0.5!r} {t_base + i}"
+            for i in range(start, min(start + batch, n_points))
+        )
         bodies.append(gzip.compress(text.encode(), 1))
     conn = http.client.HTTPConnection("127.0.0.1", influx.port, timeout=30)
     t0 = time.monotonic()
     for body in bodies:
-        conn.request("POST", "/write?db=ceiling&precision=ms", body=body, headers={"Content-Encoding": "gzip"})
+        conn.request(
+            "POST", "/write?db=ceiling&precision=ms", body=body, headers={"Content-Encoding": "gzip"}
+        )
         resp = conn.getresponse()
         resp.read()
         if resp.status != 204:
@@ -254,7 +300,9 @@ def prefill_spool(pipe: Pipeline, n_sensors: int, interval_ms: int, hours: int) 
         for k in range(steps):
             ts = start + k * interval_ms
             for s in range(n_sensors):
-                chunk.append((ts, f"sim-{s}", "environment", format_fields({"v": 100.0 + (k % 500) * 0.25 + s})))
+                chunk.append(
+                    (ts, f"sim-{s}", "environment", format_fields({"v": 100.0 + (k % 500) * 0.25 + s}))
+                )
             if len(chunk) >= 20_000:
                 await spool.put(chunk)
                 n += len(chunk)
@@ -296,12 +344,17 @@ def main() -> int:
         log(f"work dir {work}; pipeline pid {pipe.pid}")
 
         batch_rate, batch_cpu = durable_rate(pipe, broker, "batch", args.batch_readings, 100, t_base)
-        log(f"durable, 100-reading messages: {batch_rate:12,.0f} readings/s   "
-            f"({batch_cpu:.2f} CPU-s per 10k readings)")
-        single_rate, single_cpu = durable_rate(pipe, broker, "single", args.single_readings, 1,
-                                               t_base + 10_000_000)
-        log(f"durable, 1-reading messages:   {single_rate:12,.0f} readings/s   "
-            f"({single_cpu:.2f} CPU-s per 10k readings)")
+        log(
+            f"durable, 100-reading messages: {batch_rate:12,.0f} readings/s   "
+            f"({batch_cpu:.2f} CPU-s per 10k readings)"
+        )
+        single_rate, single_cpu = durable_rate(
+            pipe, broker, "single", args.single_readings, 1, t_base + 10_000_000
+        )
+        log(
+            f"durable, 1-reading messages:   {single_rate:12,.0f} readings/s   "
+            f"({single_cpu:.2f} CPU-s per 10k readings)"
+        )
         rss_after_stream = peak_rss_mb(pipe.pid)
         pipe.stop()
 
@@ -312,8 +365,10 @@ def main() -> int:
 
         t_fill = time.monotonic()
         n_spooled = prefill_spool(pipe, args.drain_sensors, 10_000, 24)
-        log(f"spooled {n_spooled:,} readings (24 h of {args.drain_sensors} sensors at 10 s) in "
-            f"{time.monotonic() - t_fill:.1f} s")
+        log(
+            f"spooled {n_spooled:,} readings (24 h of {args.drain_sensors} sensors at 10 s) in "
+            f"{time.monotonic() - t_fill:.1f} s"
+        )
         t0 = time.monotonic()
         pipe.start()
         t1 = pipe.wait_written(n_spooled)
@@ -322,8 +377,10 @@ def main() -> int:
         drain_cpu = cpu_seconds(pipe.pid) / n_spooled * 10_000
         pipe.stop()
         in_db = influx_count(influx, "WHERE device =~ /^sim-/")
-        log(f"drain of {n_spooled:,} spooled readings: {drain:.1f} s including start-up "
-            f"({n_spooled / (t1 - t0):,.0f} readings/s); InfluxDB holds {in_db:,}")
+        log(
+            f"drain of {n_spooled:,} spooled readings: {drain:.1f} s including start-up "
+            f"({n_spooled / (t1 - t0):,.0f} readings/s); InfluxDB holds {in_db:,}"
+        )
         checks = {
             "batch": influx_count(influx, "WHERE device = 'batch'") == args.batch_readings,
             "single": influx_count(influx, "WHERE device = 'single'") == args.single_readings,
@@ -331,13 +388,21 @@ def main() -> int:
         }
         rss = max(rss_after_stream, rss_drain)
         log(f"pipeline peak RSS: {rss_after_stream:.1f} MB (streaming), {rss_drain:.1f} MB (drain)")
-        log(f"CPU-seconds per 10,000 readings: batch {batch_cpu:.2f}, single {single_cpu:.2f}, "
-            f"drain {drain_cpu:.2f}")
-        log(f"ratios: batch/baseline {batch_rate / base:.1f}x, single/baseline {single_rate / base:.1f}x, "
-            f"batch/ceiling {batch_rate / ceiling:.2f}, drain-rate/ceiling {n_spooled / drain / ceiling:.2f}")
+        log(
+            f"CPU-seconds per 10,000 readings: batch {batch_cpu:.2f}, single {single_cpu:.2f}, "
+            f"drain {drain_cpu:.2f}"
+        )
+        log(
+            f"ratios: batch/baseline {batch_rate / base:.1f}x, single/baseline {single_rate / base:.1f}x, "
+            f"batch/ceiling {batch_rate / ceiling:.2f}, drain-rate/ceiling {n_spooled / drain / ceiling:.2f}"
+        )
         log(f"counts exact in InfluxDB: {checks}")
-        targets = {"batch>=50000": batch_rate >= 50_000, "single>=5000": single_rate >= 5_000,
-                   "drain<=30s": drain <= 30, "rss<=80MB": rss <= 80}
+        targets = {
+            "batch>=50000": batch_rate >= 50_000,
+            "single>=5000": single_rate >= 5_000,
+            "drain<=30s": drain <= 30,
+            "rss<=80MB": rss <= 80,
+        }
         log(f"targets met: {targets}")
         result = {
             "batch_readings_per_s": round(batch_rate),

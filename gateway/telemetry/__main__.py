@@ -60,14 +60,18 @@ async def amain(config_path: str, health_interval: float | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m gateway.telemetry",
-                                description="Run only the telemetry pipeline of a gateway (MQTT ingest → spool → InfluxDB).")
+    p = argparse.ArgumentParser(
+        prog="python -m gateway.telemetry",
+        description="Run only the telemetry pipeline of a gateway (MQTT ingest → spool → InfluxDB).",
+    )
     p.add_argument("--config", required=True, help="gateway YAML")
     p.add_argument("--health-interval", type=float, default=None, help="seconds between health-file updates")
     p.add_argument("-v", "--verbose", action="count", default=0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return asyncio.run(amain(args.config, args.health_interval))
     except ConfigError as exc:

@@ -64,8 +64,17 @@ Process = Callable[[list[InMsg]], list[NewRow]]
 
 
 class TelemetryIngest:
-    def __init__(self, endpoint: MqttEndpoint, *, topic_filter: str, client_id: str, process: Process,
-                 spool: Spool, session_expiry_s: int = 7 * 86400, receive_maximum: int = 1000) -> None:
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        *,
+        topic_filter: str,
+        client_id: str,
+        process: Process,
+        spool: Spool,
+        session_expiry_s: int = 7 * 86400,
+        receive_maximum: int = 1000,
+    ) -> None:
         self.endpoint = endpoint
         self.topic_filter = topic_filter
         self.client_id = client_id
@@ -100,8 +109,11 @@ class TelemetryIngest:
         self.connects += 1
         self._backoff = 1.0
         client.subscribe(self.topic_filter, qos=1)
-        log.info("telemetry ingest connected to %s (session present: %s)", self.endpoint.url,
-                 getattr(flags, "session_present", "?"))
+        log.info(
+            "telemetry ingest connected to %s (session present: %s)",
+            self.endpoint.url,
+            getattr(flags, "session_present", "?"),
+        )
         self.connected.set()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -114,7 +126,7 @@ class TelemetryIngest:
             self._lost.set_result(None)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self._inbox.append(InMsg(msg.topic, msg.payload, msg.mid, msg.qos, self._epoch))
+        self._inbox.append(InMsg(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch))
         self._n_in += 1
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
@@ -232,8 +244,13 @@ class TelemetryIngest:
 
     def _make_client(self) -> paho.Client:
         ep = self.endpoint
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5,
-                             manual_ack=True, reconnect_on_failure=False)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=True,
+            reconnect_on_failure=False,
+        )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -252,7 +269,7 @@ class TelemetryIngest:
         """Connect, and reconnect with backoff whenever the connection is lost, until cancelled."""
         self._loop = loop = asyncio.get_running_loop()
         ep = self.endpoint
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
         client = self.client = self._make_client()
@@ -260,8 +277,12 @@ class TelemetryIngest:
             while True:
                 self._lost = loop.create_future()
                 try:
-                    await loop.run_in_executor(None, lambda: client.connect(
-                        ep.host, ep.port, keepalive=ep.keepalive_s, clean_start=False, properties=props))
+                    await loop.run_in_executor(
+                        None,
+                        lambda: client.connect(
+                            ep.host, ep.port, keepalive=ep.keepalive_s, clean_start=False, properties=props
+                        ),
+                    )
                 except (OSError, ValueError) as exc:
                     self.last_error = f"cannot connect to {ep.url}: {exc}"
                     log.warning("telemetry ingest: %s; retrying in %.0f s", self.last_error, self._backoff)
@@ -293,7 +314,9 @@ class TelemetryIngest:
 
     async def _misc_forever(self, client: paho.Client) -> None:
         """Keepalive pings and timeouts (paho's ``loop_misc``)."""
-        while client.loop_misc() == paho.MQTT_ERR_SUCCESS:
+        while True:
+            if client.loop_misc() != paho.MQTT_ERR_SUCCESS:
+                break
             await asyncio.sleep(1)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)

@@ -42,27 +42,39 @@ def now_ms() -> int:
 
 
 class TelemetryService:
-    def __init__(self, config: GatewayConfig, *, data_dir: Path | None = None,
-                 publish_event: PublishEvent | None = None, drivers: Sequence[SensorDriver] = (),
-                 writer: Writer | None = None, health_source: Callable[[], Mapping[str, Any]] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        data_dir: Path | None = None,
+        publish_event: PublishEvent | None = None,
+        drivers: Sequence[SensorDriver] = (),
+        writer: Writer | None = None,
+        health_source: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         self.config = config
         self.gateway_id = config.gateway.id
         self.commune = config.gateway.commune
         self.influx: InfluxSection | None = config.influx
         data_dir = Path(data_dir or config.gateway.data_dir)
-        self.spool = Spool(data_dir / SPOOL_FILE, max_bytes=config.spool.max_bytes,
-                           retain_days=config.spool.retain_days)
+        self.spool = Spool(
+            data_dir / SPOOL_FILE, max_bytes=config.spool.max_bytes, retain_days=config.spool.retain_days
+        )
         self.limits = Limits(max_age_ms=(config.spool.retain_days or 60) * DAY_MS)
         self.publish_event = publish_event
         self.drivers = list(drivers)
         self.writer = writer if writer is not None else (make_writer(self.influx) if self.influx else None)
         self.health_source = health_source
-        self.mqtt_devices: dict[str, str] = {d.id: d.measurement for d in config.devices
-                                              if isinstance(d, MqttSensorConfig)}
+        self.mqtt_devices: dict[str, str] = {
+            d.id: d.measurement for d in config.devices if isinstance(d, MqttSensorConfig)
+        }
         self.ingest = TelemetryIngest(
-            config.local_broker, topic_filter=filter_devices(self.gateway_id, "telemetry"),
-            client_id=f"{self.gateway_id}-telemetry"[:128], process=self._process, spool=self.spool)
+            config.local_broker,
+            topic_filter=filter_devices(self.gateway_id, "telemetry"),
+            client_id=f"{self.gateway_id}-telemetry"[:128],
+            process=self._process,
+            spool=self.spool,
+        )
         # counters
         self.rejected: Counter[str] = Counter()
         self.rejected_by_device: Counter[str] = Counter()
@@ -100,8 +112,10 @@ class TelemetryService:
                 continue
             meas = self.mqtt_devices.get(dev)
             if meas is None:
-                self._reject([Rejection("unknown_device", f"device {dev[:64]!r} is not in the gateway configuration")],
-                             None)
+                self._reject(
+                    [Rejection("unknown_device", f"device {dev[:64]!r} is not in the gateway configuration")],
+                    None,
+                )
                 continue
             checked = check_payload(m.payload, now, self.limits)
             if checked.rejected:
@@ -114,8 +128,16 @@ class TelemetryService:
     async def accept_polled(self, device_id: str, measurement: str, readings: Sequence[Reading]) -> None:
         """The :data:`devices.base.ReadingSink`: returns once the valid readings are committed."""
         if not _MEASUREMENT_RE.fullmatch(measurement):
-            self._reject([Rejection("bad_field_name", f"measurement {measurement[:80]!r} is not a safe name",
-                                    len(readings))], device_id)
+            self._reject(
+                [
+                    Rejection(
+                        "bad_field_name",
+                        f"measurement {measurement[:80]!r} is not a safe name",
+                        len(readings),
+                    )
+                ],
+                device_id,
+            )
             return
         checked = check_polled(readings, now_ms(), self.limits)
         if checked.rejected:
@@ -153,7 +175,9 @@ class TelemetryService:
             return []
         except (RejectedData, TooLarge) as exc:
             if len(rows) == 1:
-                log.warning("InfluxDB refused a reading of %s (%s): %s", rows[0].device, rows[0].measurement, exc)
+                log.warning(
+                    "InfluxDB refused a reading of %s (%s): %s", rows[0].device, rows[0].measurement, exc
+                )
                 return [(rows[0], str(exc))]
             mid = len(rows) // 2
             return await self._write_split(writer, rows[:mid]) + await self._write_split(writer, rows[mid:])
@@ -187,7 +211,9 @@ class TelemetryService:
                 except TransientError as exc:
                     self.last_error, self.last_error_ms = str(exc), now_ms()
                     sleep = delay / 2 + random.uniform(0, delay / 2)  # exponential backoff, "equal jitter"
-                    log.warning("InfluxDB write of %d readings failed (%s); retrying in %.1f s", len(rows), exc, sleep)
+                    log.warning(
+                        "InfluxDB write of %d readings failed (%s); retrying in %.1f s", len(rows), exc, sleep
+                    )
                     await asyncio.sleep(sleep)
                     delay = min(delay * 2, cfg.retry_max_s)
                     continue
@@ -225,10 +251,14 @@ class TelemetryService:
             self._alarm_examples.clear()
             total = sum(counts.values())
             summary = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
-            event = AlarmEvent(code="telemetry_rejected", severity="warning", at=now_ms(),
-                               message=f"{total} telemetry readings/messages refused in the last "
-                                       f"{interval:.0f} s: {summary}",
-                               details={"counts": counts, "examples": examples})
+            event = AlarmEvent(
+                code="telemetry_rejected",
+                severity="warning",
+                at=now_ms(),
+                message=f"{total} telemetry readings/messages refused in the last "
+                f"{interval:.0f} s: {summary}",
+                details={"counts": counts, "examples": examples},
+            )
             log.warning("%s", event.message)
             if self.publish_event is not None:
                 try:
@@ -247,7 +277,7 @@ class TelemetryService:
         out: dict[str, dict[str, Any]] = {}
         for d in self.drivers:
             try:
-                stats = dict(d.stats())
+                stats: dict[str, Any] = dict(d.stats())
             except Exception as exc:  # a driver's stats must not break health
                 stats = {"stats_error": str(exc)[:200]}
             if self.driver_crashes[d.device_id]:
@@ -330,9 +360,13 @@ def attach(gw: Any) -> TelemetryService:
     ``gw.sensor_drivers`` before services are attached; each runs with this service's sink.
     """
     health_snapshot = getattr(gw.health, "snapshot", None)
-    svc = TelemetryService(gw.config, data_dir=Path(gw.data_dir), publish_event=gw.publish_event,
-                           drivers=list(getattr(gw, "sensor_drivers", ()) or ()),
-                           health_source=health_snapshot if callable(health_snapshot) else None)
+    svc = TelemetryService(
+        gw.config,
+        data_dir=Path(gw.data_dir),
+        publish_event=gw.publish_event,
+        drivers=list(getattr(gw, "sensor_drivers", ()) or ()),
+        health_source=health_snapshot if callable(health_snapshot) else None,
+    )
     gw.health.add_provider(svc.health)
     gw.add_task(svc.run)
     gw.telemetry = svc

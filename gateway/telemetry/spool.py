@@ -96,8 +96,15 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 class Spool:
     """See the module docstring. ``await open()``, run :meth:`run` as a task, ``await close()``."""
 
-    def __init__(self, path: Path, *, max_bytes: int, retain_days: int = 0, max_group_rows: int = 50_000,
-                 evict_to: float = 0.95) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        retain_days: int = 0,
+        max_group_rows: int = 50_000,
+        evict_to: float = 0.95,
+    ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.retain_days = retain_days
@@ -135,8 +142,7 @@ class Spool:
         self.delivered_upto = int(meta["delivered_upto"])
         self.dropped = int(meta["dropped"])
         self.quarantined = int(meta["quarantined"])
-        n, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM readings WHERE id > ?",
-                               (self.delivered_upto,)).fetchone()
+        (n,) = conn.execute("SELECT COUNT(*) FROM readings WHERE id > ?", (self.delivered_upto,)).fetchone()
         self.pending = int(n)
         (total,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM readings").fetchone()
         self.bytes = int(total)
@@ -220,8 +226,9 @@ class Spool:
         added = sum(r[4] for r in sized)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT INTO readings(ts, device, measurement, fields, size) VALUES (?,?,?,?,?)",
-                             sized)
+            conn.executemany(
+                "INSERT INTO readings(ts, device, measurement, fields, size) VALUES (?,?,?,?,?)", sized
+            )
             evicted = self._evict_sync(self.bytes + added) if self.bytes + added > self.max_bytes else None
             conn.execute("COMMIT")
         except BaseException:
@@ -247,8 +254,9 @@ class Spool:
         cut = 0
         after = 0
         while freed < target:
-            chunk = conn.execute("SELECT id, size FROM readings WHERE id > ? ORDER BY id LIMIT 2000",
-                                 (after,)).fetchall()
+            chunk = conn.execute(
+                "SELECT id, size FROM readings WHERE id > ? ORDER BY id LIMIT 2000", (after,)
+            ).fetchall()
             if not chunk:
                 break
             for rid, size in chunk:
@@ -259,15 +267,21 @@ class Spool:
             after = chunk[-1][0]
         if not cut:
             return 0, 0, 0
-        (retained,) = conn.execute("SELECT COUNT(*) FROM readings WHERE id <= ? AND id <= ?",
-                                   (cut, self.delivered_upto)).fetchone()
-        (pending,) = conn.execute("SELECT COUNT(*) FROM readings WHERE id <= ? AND id > ?",
-                                  (cut, self.delivered_upto)).fetchone()
+        (retained,) = conn.execute(
+            "SELECT COUNT(*) FROM readings WHERE id <= ? AND id <= ?", (cut, self.delivered_upto)
+        ).fetchone()
+        (pending,) = conn.execute(
+            "SELECT COUNT(*) FROM readings WHERE id <= ? AND id > ?", (cut, self.delivered_upto)
+        ).fetchone()
         conn.execute("DELETE FROM readings WHERE id <= ?", (cut,))
         if pending:
             conn.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (pending,))
-            log.warning("spool full (%d bytes > %d): dropped the %d oldest undelivered readings",
-                        total, self.max_bytes, pending)
+            log.warning(
+                "spool full (%d bytes > %d): dropped the %d oldest undelivered readings",
+                total,
+                self.max_bytes,
+                pending,
+            )
         return freed, int(pending), int(retained)
 
     # ------------------------------------------------------------------ delivery
@@ -278,7 +292,8 @@ class Spool:
     def _next_batch_sync(self, after_id: int, limit: int) -> list[Row]:
         cur = self.conn.execute(
             "SELECT id, ts, device, measurement, fields FROM readings WHERE id > ? ORDER BY id LIMIT ?",
-            (max(after_id, self.delivered_upto), limit))
+            (max(after_id, self.delivered_upto), limit),
+        )
         return [Row(*r) for r in cur.fetchall()]
 
     async def mark_delivered(self, upto_id: int, quarantine: Sequence[tuple[Row, str]] = ()) -> None:
@@ -301,16 +316,22 @@ class Spool:
                     continue
                 q_bytes += int(got[0])
                 q_n += 1
-                conn.execute("INSERT INTO quarantine(reading_id, ts, device, measurement, fields, error, at) "
-                             "VALUES (?,?,?,?,?,?,?)",
-                             (row.id, row.ts, row.device, row.measurement, row.fields, error[:2000], now))
+                conn.execute(
+                    "INSERT INTO quarantine(reading_id, ts, device, measurement, fields, error, at) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (row.id, row.ts, row.device, row.measurement, row.fields, error[:2000], now),
+                )
                 conn.execute("DELETE FROM readings WHERE id = ?", (row.id,))
             if q_n:
                 conn.execute("UPDATE meta SET value = value + ? WHERE key = 'quarantined'", (q_n,))
-                conn.execute("DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?",
-                             (QUARANTINE_KEEP,))
-            n, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM readings WHERE id > ? AND id <= ?",
-                                   (self.delivered_upto, upto_id)).fetchone()
+                conn.execute(
+                    "DELETE FROM quarantine WHERE id <= (SELECT MAX(id) FROM quarantine) - ?",
+                    (QUARANTINE_KEEP,),
+                )
+            n, size = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM readings WHERE id > ? AND id <= ?",
+                (self.delivered_upto, upto_id),
+            ).fetchone()
             new_mark = max(upto_id, self.delivered_upto)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'delivered_upto'", (new_mark,))
             if not self.retain_days:
@@ -329,7 +350,9 @@ class Spool:
 
     def _delete_delivered_sync(self, upto: int) -> None:
         conn = self.conn
-        (size,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM readings WHERE id <= ?", (upto,)).fetchone()
+        (size,) = conn.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM readings WHERE id <= ?", (upto,)
+        ).fetchone()
         conn.execute("DELETE FROM readings WHERE id <= ?", (upto,))
         self.bytes -= int(size)
 
@@ -344,10 +367,14 @@ class Spool:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            n, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM readings WHERE id <= ? AND ts < ?",
-                                   (self.delivered_upto, cutoff_ms)).fetchone()
+            n, size = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM readings WHERE id <= ? AND ts < ?",
+                (self.delivered_upto, cutoff_ms),
+            ).fetchone()
             if n:
-                conn.execute("DELETE FROM readings WHERE id <= ? AND ts < ?", (self.delivered_upto, cutoff_ms))
+                conn.execute(
+                    "DELETE FROM readings WHERE id <= ? AND ts < ?", (self.delivered_upto, cutoff_ms)
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -367,8 +394,9 @@ class Spool:
         }
 
 
-def iter_readings(path: Path, from_ms: int, to_ms: int, *, device: str | None = None,
-                  measurement: str | None = None) -> Iterator[tuple[int, str, str, str, bool]]:
+def iter_readings(
+    path: Path, from_ms: int, to_ms: int, *, device: str | None = None, measurement: str | None = None
+) -> Iterator[tuple[int, str, str, str, bool]]:
     """Readings in the spool file with ``from_ms <= ts < to_ms`` (delivered-and-retained and not yet
     delivered), ordered by time: ``(ts, device, measurement, fields, delivered)``. Read-only; safe
     while the gateway runs (WAL)."""

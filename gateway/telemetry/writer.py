@@ -102,8 +102,9 @@ class V1Writer:
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             if self._https:
-                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.cfg.timeout_s,
-                                                         context=ssl_context(self.cfg))
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self.cfg.timeout_s, context=ssl_context(self.cfg)
+                )
             else:
                 self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.cfg.timeout_s)
         return self._conn
@@ -159,21 +160,33 @@ class V2Writer:
                 kw["username"] = self.cfg.username
                 kw["password"] = self.cfg.password.get() if self.cfg.password else ""
             self._client = InfluxDBClientAsync(
-                url=self.cfg.url, token=self.cfg.token.get() if self.cfg.token else None,
-                org=self.cfg.org or "-", timeout=int(self.cfg.timeout_s * 1000), enable_gzip=self.cfg.gzip, **kw)
+                url=self.cfg.url,
+                token=self.cfg.token.get() if self.cfg.token else "",
+                org=self.cfg.org or "-",
+                timeout=int(self.cfg.timeout_s * 1000),
+                enable_gzip=self.cfg.gzip,
+                **kw,
+            )
         return self._client.write_api()  # type: ignore[attr-defined]
 
     async def write(self, lines: Sequence[str]) -> None:
         import aiohttp  # influxdb-client's async client runs on aiohttp
-        from influxdb_client import WritePrecision
+        from influxdb_client.domain.write_precision import WritePrecision
         from influxdb_client.rest import ApiException
 
         try:
             await self._get_api().write(  # type: ignore[attr-defined]
-                bucket=self.cfg.bucket, org=self.cfg.org or "-", record="\n".join(lines),
-                write_precision=WritePrecision.MS)
+                bucket=self.cfg.bucket,
+                org=self.cfg.org or "-",
+                record="\n".join(lines),
+                write_precision=WritePrecision.MS,
+            )
         except ApiException as exc:
-            body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or exc.reason)
+            body = (
+                exc.body.decode(errors="replace")
+                if isinstance(exc.body, bytes)
+                else str(exc.body or exc.reason)
+            )
             raise classify(int(exc.status or 0), body) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc

@@ -23,8 +23,15 @@ from protocol.signing import public_key_b64
 GW = "gw-test"
 
 
-def config_dict(tmp_path: Path, broker_url: str, *, influx: dict[str, Any] | None, devices: Iterable[str] = ("s1",),
-                measurement: str = "environment", **spool: Any) -> dict[str, Any]:
+def config_dict(
+    tmp_path: Path,
+    broker_url: str,
+    *,
+    influx: dict[str, Any] | None,
+    devices: Iterable[str] = ("s1",),
+    measurement: str = "environment",
+    **spool: Any,
+) -> dict[str, Any]:
     key = public_key_b64(Ed25519PrivateKey.generate().public_key())
     return {
         "gateway": {"id": GW, "commune": "Xã Thử Nghiệm", "data_dir": str(tmp_path / "gwdata")},
@@ -48,8 +55,15 @@ def load(tmp_path: Path, data: dict[str, Any]) -> GatewayConfig:
 
 
 def v1(influxdb1: Any, **kw: Any) -> dict[str, Any]:
-    return {"api": "v1", "url": influxdb1.url, "database": influxdb1.database, "flush_interval_s": 0.2,
-            "retry_initial_s": 0.1, "retry_max_s": 0.5, **kw}
+    return {
+        "api": "v1",
+        "url": influxdb1.url,
+        "database": influxdb1.database,
+        "flush_interval_s": 0.2,
+        "retry_initial_s": 0.1,
+        "retry_max_s": 0.5,
+        **kw,
+    }
 
 
 def topic(dev: str, gw: str = GW) -> str:
@@ -71,7 +85,9 @@ class Publisher:
         if not self._connected.wait(10):
             raise RuntimeError("publisher could not connect")
 
-    def publish(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> paho.MQTTMessageInfo:
+    def publish(
+        self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1
+    ) -> paho.MQTTMessageInfo:
         data = json.dumps(payload) if isinstance(payload, dict) else payload
         return self.client.publish(topic, data, qos=qos)
 
@@ -101,20 +117,24 @@ async def running(svc: TelemetryService) -> AsyncIterator[TelemetryService]:
             await task
 
 
-async def eventually(pred: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
+async def eventually(pred: Any, within: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + within
     last = None
     while time.monotonic() < deadline:
         last = pred()
         if last:
             return last
         await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
 
 
 def influx_values(influxdb1: Any, measurement: str, field: str) -> dict[tuple[str, int], float]:
     """{(device, ts_ms): value} of one field, from InfluxDB 1.x."""
-    return {(p["device"], int(p["time"])): p[field] for p in influxdb1.points(measurement) if p.get(field) is not None}
+    return {
+        (p["device"], int(p["time"])): p[field]
+        for p in influxdb1.points(measurement)
+        if p.get(field) is not None
+    }
 
 
 def influx_count(influxdb1: Any, measurement: str, field: str) -> int:

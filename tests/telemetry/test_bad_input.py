@@ -16,8 +16,10 @@ from .helpers import Publisher, config_dict, eventually, influx_values, load, ru
 
 
 async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
-    cfg = load(tmp_path, config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), retain_days=30,
-                                     alarm_interval_s=1))
+    cfg = load(
+        tmp_path,
+        config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), retain_days=30, alarm_interval_s=1),
+    )
     alarms: list[AlarmEvent] = []
 
     async def publish_event(ev: AlarmEvent) -> None:
@@ -28,9 +30,9 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
     cases: list[tuple[str, bytes | str, int]] = [  # (expected reason, payload, readings refused)
         ("bad_json", b'{"ts": 1, "fields": {', 1),
         ("not_utf8", b"\xff\xfe", 1),
-        ("not_finite", '{"ts": %d, "fields": {"t": NaN}}' % now, 1),
-        ("not_finite", '{"ts": %d, "fields": {"t": Infinity}}' % now, 1),
-        ("not_finite", '{"ts": %d, "fields": {"t": 1e999}}' % now, 1),
+        ("not_finite", f'{{"ts": {now}, "fields": {{"t": NaN}}}}', 1),
+        ("not_finite", f'{{"ts": {now}, "fields": {{"t": Infinity}}}}', 1),
+        ("not_finite", f'{{"ts": {now}, "fields": {{"t": 1e999}}}}', 1),
         ("non_numeric", json.dumps({"ts": now, "fields": {"t": "21.5"}}), 1),
         ("non_numeric", json.dumps({"ts": now, "fields": {"t": True}}), 1),
         ("non_numeric", json.dumps({"ts": now, "fields": {"t": None}}), 1),
@@ -46,9 +48,20 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
         ("bad_shape", json.dumps({"ts": now}), 1),
         ("bad_shape", json.dumps({"readings": []}), 1),
         # a batch with 2 good and 2 bad readings: only the bad ones are refused
-        ("future_timestamp", json.dumps({"readings": [good | {"ts": now - 10}, {"ts": now + 9 * 86_400_000,
-                                         "fields": {"t": 1}}, {"ts": now - 20, "fields": {"t": "x"}},
-                                         good | {"ts": now - 30}]}), 1),
+        (
+            "future_timestamp",
+            json.dumps(
+                {
+                    "readings": [
+                        good | {"ts": now - 10},
+                        {"ts": now + 9 * 86_400_000, "fields": {"t": 1}},
+                        {"ts": now - 20, "fields": {"t": "x"}},
+                        good | {"ts": now - 30},
+                    ]
+                }
+            ),
+            1,
+        ),
     ]
     svc = TelemetryService(cfg, publish_event=publish_event)
     async with running(svc):
@@ -58,9 +71,11 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
         items.append((topic("s1"), json.dumps(good)))  # and life goes on
         await asyncio.to_thread(pub.publish_all, items)
         pub.close()
-        got = await eventually(lambda: len(v := influx_values(influxdb1, "environment", "temp_c")) >= 3 and v,
-                               what="good readings written")
-        await eventually(lambda: alarms, timeout=10, what="an alarm on event")
+        got = await eventually(
+            lambda: len(v := influx_values(influxdb1, "environment", "temp_c")) >= 3 and v,
+            what="good readings written",
+        )
+        await eventually(lambda: alarms, within=10, what="an alarm on event")
         await asyncio.sleep(1.5)
     expected: dict[str, int] = {}
     for reason, _, n in cases:

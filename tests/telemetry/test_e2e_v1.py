@@ -27,7 +27,10 @@ async def test_every_reading_arrives_exactly(tmp_path: Path, mosquitto: Any, inf
     for b in range(20):  # batch form, 50 readings each
         readings = []
         for j in range(50):
-            ts, v = t0 + 1 + (b * 50 + j) * 10, rng.choice([0.1, 1e-300, 123456789.123456789, -0.0, 42, rng.random()])
+            ts, v = (
+                t0 + 1 + (b * 50 + j) * 10,
+                rng.choice([0.1, 1e-300, 123456789.123456789, -0.0, 42, rng.random()]),
+            )
             sent[("s2", ts)] = float(v)
             readings.append({"ts": ts, "fields": {"temp_c": v}})
         msgs.append((topic("s2"), {"readings": readings}))
@@ -36,8 +39,10 @@ async def test_every_reading_arrives_exactly(tmp_path: Path, mosquitto: Any, inf
         pub = Publisher(mosquitto.url)
         await asyncio.to_thread(pub.publish_all, msgs)
         pub.close()
-        got = await eventually(lambda: (v := influx_values(influxdb1, "environment", "temp_c")) and len(v) >= len(sent)
-                               and v, what="all readings in InfluxDB")
+        got = await eventually(
+            lambda: (v := influx_values(influxdb1, "environment", "temp_c")) and len(v) >= len(sent) and v,
+            what="all readings in InfluxDB",
+        )
         # polled sink: a driver's readings go through the same spool
         await svc.accept_polled("pi", "gateway_probe", [Reading(ts=t0, fields={"cpu_temp_c": 51.25})])
         probe = await eventually(lambda: influxdb1.points("gateway_probe"), what="polled reading")

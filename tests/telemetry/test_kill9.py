@@ -23,11 +23,16 @@ from .helpers import Publisher, config_dict, influx_values, topic, v1, write_con
 
 
 def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115
+    out = open(log, "ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "gateway.telemetry", "--config", str(config),
-                                 "--health-interval", "0.5"], stdout=out, stderr=subprocess.STDOUT,
-                                env=loaxa_env(), cwd=ROOT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.telemetry", "--config", str(config), "--health-interval", "0.5"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=loaxa_env(),
+            cwd=ROOT,
+            start_new_session=True,
+        )
     finally:
         out.close()
 
@@ -44,7 +49,9 @@ def test_kill9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb
     sent: dict[tuple[str, int], float] = {}
     batches = []
     for b in range(1500):  # 15,000 readings in 10-reading messages
-        readings = [{"ts": t0 + b * 10 + j, "fields": {"level_cm": round(b * 0.37 + j * 0.011, 6)}} for j in range(10)]
+        readings = [
+            {"ts": t0 + b * 10 + j, "fields": {"level_cm": round(b * 0.37 + j * 0.011, 6)}} for j in range(10)
+        ]
         for r in readings:
             sent[("s1", r["ts"])] = r["fields"]["level_cm"]
         batches.append((topic("s1"), {"readings": readings}))
@@ -54,7 +61,7 @@ def test_kill9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb
 
     def stream() -> None:
         for i in range(0, len(batches), 50):
-            pub.publish_all(batches[i:i + 50])
+            pub.publish_all(batches[i : i + 50])
             time.sleep(0.02)
         done.set()
 
@@ -68,8 +75,11 @@ def test_kill9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb
     proc = spawn(cfg, log)
     try:
         assert done.wait(60), "publisher did not finish"
-        got = wait_until(lambda: (v := influx_values(influxdb1, "environment", "level_cm")) and len(v) >= len(sent)
-                         and v, 60, what="all readings after restart")
+        got = wait_until(
+            lambda: (v := influx_values(influxdb1, "environment", "level_cm")) and len(v) >= len(sent) and v,
+            60,
+            what="all readings after restart",
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)

@@ -46,15 +46,30 @@ async def test_influx_outage_then_broker_restart(tmp_path: Path, mosquitto: Any,
         # --- InfluxDB outage
         await asyncio.to_thread(influxdb1.stop)
         pub = Publisher(mosquitto.url)
-        first = [(topic("s1"), {"readings": [{"ts": t0 + (b * 20 + j) * 1000, "fields": {"rain_mm": b + j / 100}}
-                                             for j in range(20)]}) for b in range(150)]
+        first = [
+            (
+                topic("s1"),
+                {
+                    "readings": [
+                        {"ts": t0 + (b * 20 + j) * 1000, "fields": {"rain_mm": b + j / 100}}
+                        for j in range(20)
+                    ]
+                },
+            )
+            for b in range(150)
+        ]
         await asyncio.to_thread(pub.publish_all, first)
-        await eventually(lambda: svc.spool.pending == 3000 and rec.failures >= 2, what="readings spooled, writes failing")
+        await eventually(
+            lambda: svc.spool.pending == 3000 and rec.failures >= 2, what="readings spooled, writes failing"
+        )
         assert svc.health()["influx_last_error"]
         assert rec.accepted == []
         await asyncio.to_thread(influxdb1.start)
-        got = await eventually(lambda: len(v := influx_values(influxdb1, "environment", "rain_mm")) >= 3000 and v,
-                               timeout=30, what="spooled readings after InfluxDB came back")
+        got = await eventually(
+            lambda: len(v := influx_values(influxdb1, "environment", "rain_mm")) >= 3000 and v,
+            within=30,
+            what="spooled readings after InfluxDB came back",
+        )
         assert len(got) == 3000
         assert rec.accepted == sorted(rec.accepted) and len(rec.accepted) == 3000  # in order, once each
         assert svc.spool.pending == 0
@@ -65,13 +80,18 @@ async def test_influx_outage_then_broker_restart(tmp_path: Path, mosquitto: Any,
         await asyncio.to_thread(mosquitto.stop)
         await asyncio.sleep(0.5)
         await asyncio.to_thread(mosquitto.start)
-        await eventually(lambda: svc.ingest.connects > connects, timeout=20, what="ingest reconnected")
+        await eventually(lambda: svc.ingest.connects > connects, within=20, what="ingest reconnected")
         pub = Publisher(mosquitto.url)
-        second = [(topic("s1"), {"ts": t0 + 10_000_000 + i, "fields": {"rain_mm": i * 0.5}}) for i in range(500)]
+        second = [
+            (topic("s1"), {"ts": t0 + 10_000_000 + i, "fields": {"rain_mm": i * 0.5}}) for i in range(500)
+        ]
         await asyncio.to_thread(pub.publish_all, second)
         pub.close()
-        got = await eventually(lambda: len(v := influx_values(influxdb1, "environment", "rain_mm")) >= 3500 and v,
-                               timeout=30, what="readings after broker restart")
+        got = await eventually(
+            lambda: len(v := influx_values(influxdb1, "environment", "rain_mm")) >= 3500 and v,
+            within=30,
+            what="readings after broker restart",
+        )
     expected = {("s1", t0 + (b * 20 + j) * 1000): b + j / 100 for b in range(150) for j in range(20)}
     expected.update({("s1", t0 + 10_000_000 + i): i * 0.5 for i in range(500)})
     assert got == expected

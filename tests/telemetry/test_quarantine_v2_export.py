@@ -17,24 +17,43 @@ from typing import Any
 from gateway.telemetry.service import SPOOL_FILE, TelemetryService
 from tests.conftest import ROOT, loaxa_env
 
-from .helpers import GW, Publisher, config_dict, eventually, influx_values, load, running, topic, v1, write_config
+from .helpers import (
+    GW,
+    Publisher,
+    config_dict,
+    eventually,
+    influx_values,
+    load,
+    running,
+    topic,
+    v1,
+    write_config,
+)
 
 
-async def test_refused_readings_are_quarantined_and_do_not_block(tmp_path: Path, mosquitto: Any,
-                                                                 influxdb1: Any) -> None:
+async def test_refused_readings_are_quarantined_and_do_not_block(
+    tmp_path: Path, mosquitto: Any, influxdb1: Any
+) -> None:
     now = int(time.time() * 1000)
     # someone already wrote temp_c as a string into this measurement: float temp_c is a type conflict (400)
-    req = urllib.request.Request(f"{influxdb1.url}/write?db={influxdb1.database}&precision=ms", method="POST",
-                                 data=f'environment,device=other,gateway={GW} temp_c="hot" {now - 5000}'.encode())
-    urllib.request.urlopen(req, timeout=5).close()
+    req = urllib.request.Request(
+        f"{influxdb1.url}/write?db={influxdb1.database}&precision=ms",
+        method="POST",
+        data=f'environment,device=other,gateway={GW} temp_c="hot" {now - 5000}'.encode(),
+    )
+    await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=5).close())
     cfg = load(tmp_path, config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1)))
-    readings = [{"ts": now - 4000 + i, "fields": {"temp_c": 30.0 + i} if i % 10 == 3 else {"hum_pct": 50.0 + i}}
-                for i in range(200)]
+    readings = [
+        {"ts": now - 4000 + i, "fields": {"temp_c": 30.0 + i} if i % 10 == 3 else {"hum_pct": 50.0 + i}}
+        for i in range(200)
+    ]
     svc = TelemetryService(cfg)
     async with running(svc):
         pub = Publisher(mosquitto.url)
-        await asyncio.to_thread(pub.publish_all, [(topic("s1"), {"readings": readings[:100]}),
-                                                  (topic("s1"), {"readings": readings[100:]})])
+        await asyncio.to_thread(
+            pub.publish_all,
+            [(topic("s1"), {"readings": readings[:100]}), (topic("s1"), {"readings": readings[100:]})],
+        )
         pub.close()
         await eventually(lambda: svc.written + svc.spool.quarantined == 200, what="spool drained")
         health = svc.health()
@@ -48,19 +67,32 @@ async def test_refused_readings_are_quarantined_and_do_not_block(tmp_path: Path,
 
 
 async def test_v2_write_api_to_victoriametrics(tmp_path: Path, mosquitto: Any, victoria: Any) -> None:
-    influx = {"api": "v2", "url": victoria.url, "bucket": "loaxa", "org": "loaxa", "token": {"value": "t0ken"},
-              "flush_interval_s": 0.2}
-    cfg = load(tmp_path, config_dict(tmp_path, mosquitto.url, influx=influx, devices=("river-1",),
-                                     measurement="water_level"))
+    influx = {
+        "api": "v2",
+        "url": victoria.url,
+        "bucket": "loaxa",
+        "org": "loaxa",
+        "token": {"value": "t0ken"},
+        "flush_interval_s": 0.2,
+    }
+    cfg = load(
+        tmp_path,
+        config_dict(tmp_path, mosquitto.url, influx=influx, devices=("river-1",), measurement="water_level"),
+    )
     t0 = int(time.time() * 1000) - 600_000
     sent = {t0 + i * 1000: round(120 + i * 0.25, 2) for i in range(400)}
     svc = TelemetryService(cfg)
     async with running(svc):
         pub = Publisher(mosquitto.url)
-        msgs: list[tuple[str, Any]] = [(topic("river-1"), {"ts": ts, "fields": {"level_cm": v}})
-                                       for ts, v in list(sent.items())[:100]]
-        msgs.append((topic("river-1"), {"readings": [{"ts": ts, "fields": {"level_cm": v}}
-                                                     for ts, v in list(sent.items())[100:]]}))
+        msgs: list[tuple[str, Any]] = [
+            (topic("river-1"), {"ts": ts, "fields": {"level_cm": v}}) for ts, v in list(sent.items())[:100]
+        ]
+        msgs.append(
+            (
+                topic("river-1"),
+                {"readings": [{"ts": ts, "fields": {"level_cm": v}} for ts, v in list(sent.items())[100:]]},
+            )
+        )
         await asyncio.to_thread(pub.publish_all, msgs)
         pub.close()
         await eventually(lambda: svc.spool.pending == 0 and svc.written == 400, what="all written")
@@ -68,7 +100,7 @@ async def test_v2_write_api_to_victoriametrics(tmp_path: Path, mosquitto: Any, v
     def series() -> list[dict[str, Any]]:
         return [s for s in victoria.export('{__name__="water_level_level_cm"}') if len(s["values"]) >= 400]
 
-    found = await eventually(lambda: series(), timeout=20, what="series in VictoriaMetrics")
+    found = await eventually(lambda: series(), within=20, what="series in VictoriaMetrics")
     assert len(found) == 1
     s = found[0]
     assert s["metric"]["gateway"] == GW and s["metric"]["device"] == "river-1"
@@ -83,24 +115,61 @@ async def test_export_retained_readings_as_csv(tmp_path: Path, mosquitto: Any, i
     svc = TelemetryService(cfg)
     async with running(svc):
         pub = Publisher(mosquitto.url)
-        msgs = [(topic("s1" if i % 2 else "s2"), {"ts": base + i * 3_600_000, "fields": {"a": i * 1.5, "b": -i}})
-                for i in range(24)]
+        msgs = [
+            (topic("s1" if i % 2 else "s2"), {"ts": base + i * 3_600_000, "fields": {"a": i * 1.5, "b": -i}})
+            for i in range(24)
+        ]
         await asyncio.to_thread(pub.publish_all, msgs)
         pub.close()
         await eventually(lambda: svc.written == 24, what="readings delivered")
     assert svc.spool.bytes > 0  # delivered but retained
     day = time.strftime("%Y-%m-%d", time.gmtime(base / 1000))
-    out = subprocess.run([sys.executable, "-m", "gateway.telemetry.export_cli", "--config", str(path),
-                          "--from", f"{day}T06:00:00Z", "--to", f"{day}T12:00:00Z"],
-                         capture_output=True, text=True, env=loaxa_env(), cwd=ROOT, timeout=30)
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "gateway.telemetry.export_cli",
+            "--config",
+            str(path),
+            "--from",
+            f"{day}T06:00:00Z",
+            "--to",
+            f"{day}T12:00:00Z",
+        ],
+        capture_output=True,
+        text=True,
+        env=loaxa_env(),
+        cwd=ROOT,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
-    assert [(int(r["ts_ms"]), r["field"]) for r in rows] == [(base + h * 3_600_000, f) for h in range(6, 12)
-                                                              for f in ("a", "b")]
+    assert [(int(r["ts_ms"]), r["field"]) for r in rows] == [
+        (base + h * 3_600_000, f) for h in range(6, 12) for f in ("a", "b")
+    ]
     first = rows[0]
     assert first["time_utc"] == f"{day}T06:00:00.000Z" and first["gateway"] == GW and first["device"] == "s2"
-    assert float(first["value"]) == 9.0 and first["measurement"] == "environment" and first["delivered"] == "yes"
-    bad = subprocess.run([sys.executable, "-m", "gateway.telemetry.export_cli", "--config", str(path),
-                          "--from", "yesterday", "--to", day], capture_output=True, text=True, env=loaxa_env(),
-                         cwd=ROOT, timeout=30)
+    assert (
+        float(first["value"]) == 9.0 and first["measurement"] == "environment" and first["delivered"] == "yes"
+    )
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "gateway.telemetry.export_cli",
+            "--config",
+            str(path),
+            "--from",
+            "yesterday",
+            "--to",
+            day,
+        ],
+        capture_output=True,
+        text=True,
+        env=loaxa_env(),
+        cwd=ROOT,
+        timeout=30,
+    )
     assert bad.returncode == 2 and "'yesterday' is not an ISO date" in bad.stderr

@@ -22,8 +22,18 @@ async def test_full_spool_drops_oldest_and_counts(tmp_path: Path, mosquitto: Any
     svc = TelemetryService(cfg)
     async with running(svc):
         pub = Publisher(mosquitto.url)
-        msgs = [(topic("s1"), {"readings": [{"ts": t0 + (m * per_msg + j) * 10, "fields": {"level_cm": 1000.0 + j}}
-                                            for j in range(per_msg)]}) for m in range(n_msgs)]
+        msgs = [
+            (
+                topic("s1"),
+                {
+                    "readings": [
+                        {"ts": t0 + (m * per_msg + j) * 10, "fields": {"level_cm": 1000.0 + j}}
+                        for j in range(per_msg)
+                    ]
+                },
+            )
+            for m in range(n_msgs)
+        ]
         await asyncio.to_thread(pub.publish_all, msgs)
         pub.close()
         await eventually(lambda: svc.accepted == sent, what="all readings accepted")
@@ -38,8 +48,11 @@ async def test_full_spool_drops_oldest_and_counts(tmp_path: Path, mosquitto: Any
     svc2 = TelemetryService(cfg)
     async with running(svc2):
         assert svc2.health()["spool_dropped"] == dropped
-        got = await eventually(lambda: len(v := influx_values(influxdb1, "environment", "level_cm")) >= pending
-                               and v, timeout=30, what="surviving readings written")
+        got = await eventually(
+            lambda: len(v := influx_values(influxdb1, "environment", "level_cm")) >= pending and v,
+            within=30,
+            what="surviving readings written",
+        )
         await asyncio.sleep(0.5)
         got = influx_values(influxdb1, "environment", "level_cm")
     oldest_kept = t0 + dropped * 10

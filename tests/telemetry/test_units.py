@@ -18,8 +18,14 @@ from gateway.telemetry.validate import REASONS, check_payload
 NOW = 1_780_000_000_000
 
 
-@given(st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True),
-                       st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=8))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True),
+        st.floats(allow_nan=False, allow_infinity=False),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_fields_round_trip_exactly(fields: dict[str, float]) -> None:
     back = parse_fields(format_fields(fields))
     assert back.keys() == fields.keys()
@@ -35,23 +41,26 @@ def test_tags_are_escaped_and_sorted() -> None:
         format_fields({"x": float("nan")})
 
 
-@pytest.mark.parametrize(("payload", "reason"), [
-    (b"{", "bad_json"),
-    (b"\xc3\x28", "not_utf8"),
-    (b'{"ts": 1780000000000, "fields": {"x": NaN}}', "not_finite"),
-    (b'{"ts": 1780000000000, "fields": {"x": -Infinity}}', "not_finite"),
-    (b'{"ts": 1780000000000, "fields": {"x": "1"}}', "non_numeric"),
-    (b'{"ts": 1780000000000, "fields": {"x y": 1}}', "bad_field_name"),
-    (b'{"ts": 1780000000000, "fields": {"9x": 1}}', "bad_field_name"),
-    (b'{"ts": -1, "fields": {"x": 1}}', "bad_timestamp"),
-    (b'{"ts": true, "fields": {"x": 1}}', "bad_timestamp"),
-    (b'{"ts": 1790000000000, "fields": {"x": 1}}', "future_timestamp"),
-    (b'{"ts": 1000, "fields": {"x": 1}}', "too_old"),
-    (b'{"ts": 1780000000000, "fields": {}}', "bad_shape"),
-    (b'{"ts": 1780000000000, "fields": {"x": 1}, "readings": []}', "bad_shape"),
-    (b'"just a string"', "bad_shape"),
-    (b"{" + b" " * 300_000 + b"}", "too_large"),
-])
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{", "bad_json"),
+        (b"\xc3\x28", "not_utf8"),
+        (b'{"ts": 1780000000000, "fields": {"x": NaN}}', "not_finite"),
+        (b'{"ts": 1780000000000, "fields": {"x": -Infinity}}', "not_finite"),
+        (b'{"ts": 1780000000000, "fields": {"x": "1"}}', "non_numeric"),
+        (b'{"ts": 1780000000000, "fields": {"x y": 1}}', "bad_field_name"),
+        (b'{"ts": 1780000000000, "fields": {"9x": 1}}', "bad_field_name"),
+        (b'{"ts": -1, "fields": {"x": 1}}', "bad_timestamp"),
+        (b'{"ts": true, "fields": {"x": 1}}', "bad_timestamp"),
+        (b'{"ts": 1790000000000, "fields": {"x": 1}}', "future_timestamp"),
+        (b'{"ts": 1000, "fields": {"x": 1}}', "too_old"),
+        (b'{"ts": 1780000000000, "fields": {}}', "bad_shape"),
+        (b'{"ts": 1780000000000, "fields": {"x": 1}, "readings": []}', "bad_shape"),
+        (b'"just a string"', "bad_shape"),
+        (b"{" + b" " * 300_000 + b"}", "too_large"),
+    ],
+)
 def test_each_bad_payload_has_its_reason(payload: bytes, reason: str) -> None:
     checked = check_payload(payload, NOW)
     assert checked.accepted == []
@@ -60,8 +69,11 @@ def test_each_bad_payload_has_its_reason(payload: bytes, reason: str) -> None:
 
 
 def test_integers_are_stored_as_floats_and_batches_checked_per_reading() -> None:
-    checked = check_payload(b'{"readings": [{"ts": 1780000000000, "fields": {"n": 3}},'
-                            b' {"ts": 1780000000001, "fields": {"n": "3"}}]}', NOW)
+    checked = check_payload(
+        b'{"readings": [{"ts": 1780000000000, "fields": {"n": 3}},'
+        b' {"ts": 1780000000001, "fields": {"n": "3"}}]}',
+        NOW,
+    )
     assert checked.accepted == [(1780000000000, "n=3.0")]
     assert [(r.reason, r.count) for r in checked.rejected] == [("non_numeric", 1)]
 
@@ -82,8 +94,9 @@ async def _stop(spool: Spool, task: asyncio.Task[None]) -> None:
 async def test_group_commit_delivery_and_restart(tmp_path: Path) -> None:
     spool, task = await _spool(tmp_path)
     # many concurrent producers → few transactions
-    await asyncio.gather(*(spool.put([(NOW + i * 10 + j, f"d{i}", "m", f"v={j}.0") for j in range(10)])
-                           for i in range(50)))
+    await asyncio.gather(
+        *(spool.put([(NOW + i * 10 + j, f"d{i}", "m", f"v={j}.0") for j in range(10)]) for i in range(50))
+    )
     assert spool.pending == 500 and spool.commits < 50
     batch = await spool.next_batch(0, 200)
     assert [r.ts for r in batch[:3]] == [NOW, NOW + 1, NOW + 2] and len(batch) == 200
@@ -124,9 +137,12 @@ async def test_eviction_drops_retained_rows_before_undelivered(tmp_path: Path) -
     await spool.put([(NOW + 3000 + i, "d", "m", "v=4.0") for i in range(300)])  # now undelivered go too
     assert spool.dropped > 0 and spool.bytes <= 10_000
     left = await spool.next_batch(0, 10_000)
-    undelivered = ([NOW + 1000 + i for i in range(100)] + [NOW + 2000 + i for i in range(50)]
-                   + [NOW + 3000 + i for i in range(300)])
-    assert [r.ts for r in left] == undelivered[spool.dropped:]  # exactly the oldest were dropped
+    undelivered = (
+        [NOW + 1000 + i for i in range(100)]
+        + [NOW + 2000 + i for i in range(50)]
+        + [NOW + 3000 + i for i in range(300)]
+    )
+    assert [r.ts for r in left] == undelivered[spool.dropped :]  # exactly the oldest were dropped
     await _stop(spool, task)
     conn = sqlite3.connect(tmp_path / "spool.sqlite3")
     assert conn.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()[0] == spool.dropped
