@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from loaxa.localsetup import make_signer
 from protocol import canonical_json, parse_json, parse_payload
 from protocol.errors import PayloadError, TopicError, VerifyError
 from protocol.models import Envelope, PingBody, Status, Telemetry
 from protocol.signing import Verifier, key_id_for, load_private_key, load_public_key, parse_body, private_key_b64
 from protocol.topics import device_topic, filter_devices, parse_topic, status_topic
-from loaxa.localsetup import make_signer
 
 
 @pytest.mark.parametrize("gw", ["xa-an-binh", "26701", "a", "a" * 64])
