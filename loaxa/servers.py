@@ -116,6 +116,8 @@ class Mosquitto(_Process):
     port: int = 0
     users: list[MosquittoUser] = field(default_factory=list)
     persistence: bool = True
+    #: a whole ACL file's text; when given it replaces the per-user ``acl`` lines
+    acl_text: str | None = None
 
     @property
     def url(self) -> str:
@@ -150,8 +152,11 @@ class Mosquitto(_Process):
                 subprocess.run([mosquitto_passwd, "-b", str(passwd), user.username, user.password], check=True,
                                capture_output=True)
             acl = self.workdir / "acl"
-            acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
-                                   for u in self.users))
+            if self.acl_text is not None:
+                acl.write_text(self.acl_text)
+            else:
+                acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
+                                       for u in self.users))
             lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
         else:
             lines.append("allow_anonymous true")
