@@ -72,7 +72,7 @@ class Demo:
     endpoints: dict[str, Any] = field(default_factory=dict)
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115
+        log = open(self.root / "logs" / f"{name}.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen([sys.executable, "-m", "loaxa", *args], stdout=log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)

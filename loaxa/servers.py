@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
@@ -232,20 +233,20 @@ class InfluxDB1(_Process):
         self.query(f'CREATE DATABASE "{self.database}"')
         return self
 
-    def query(self, q: str, *, database: str | None = None, epoch: str = "ms") -> dict[str, object]:
+    def query(self, q: str, *, database: str | None = None, epoch: str = "ms") -> dict[str, Any]:
         """Run InfluxQL and return the decoded JSON answer (raises on HTTP errors)."""
         params = {"q": q, "epoch": epoch, "db": database or self.database}
         status, body = _http(f"{self.url}/query", data=urllib.parse.urlencode(params).encode())
         if status != 200:
             raise RuntimeError(f"InfluxQL {q!r} failed with HTTP {status}: {body[:300]!r}")
-        result: dict[str, object] = json.loads(body)
+        result: dict[str, Any] = json.loads(body)
         return result
 
     def points(self, measurement: str, *, where: str = "") -> list[dict[str, object]]:
         """All points of a measurement as dicts (time in ms), for tests and checks."""
         ans = self.query(f'SELECT * FROM "{measurement}" {where}')
         out: list[dict[str, object]] = []
-        for res in ans.get("results", []):  # type: ignore[union-attr]
+        for res in ans.get("results", []):
             for series in res.get("series", []) or []:
                 cols = series["columns"]
                 out.extend(dict(zip(cols, row, strict=True)) for row in series["values"])
