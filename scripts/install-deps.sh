@@ -39,6 +39,6 @@ fi
 extras="."
 [ "$want_test" = 1 ] && extras=".[dev]"
 echo "==> pip install -e $extras"
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e "$extras"
+.venv/bin/python -m pip install -q --upgrade pip > .venv/pip.log 2>&1 || { cat .venv/pip.log; exit 1; }
+.venv/bin/python -m pip install -q -e "$extras" >> .venv/pip.log 2>&1 || { cat .venv/pip.log; exit 1; }
 echo "==> ready: .venv/bin/loaxa --help"
