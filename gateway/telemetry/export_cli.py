@@ -147,6 +147,10 @@ def register_export(gateway_sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+#: the name ``gateway/cli.py`` looks for
+register_gateway = register_export
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="loaxa gateway export",

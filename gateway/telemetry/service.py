@@ -175,9 +175,7 @@ class TelemetryService:
             return []
         except (RejectedData, TooLarge) as exc:
             if len(rows) == 1:
-                log.warning(
-                    "InfluxDB refused a reading of %s (%s): %s", rows[0].device, rows[0].measurement, exc
-                )
+                log.warning("InfluxDB refused a reading of %s (%s): %s", rows[0].device, rows[0].measurement, exc)
                 return [(rows[0], str(exc))]
             mid = len(rows) // 2
             return await self._write_split(writer, rows[:mid]) + await self._write_split(writer, rows[mid:])
@@ -211,9 +209,7 @@ class TelemetryService:
                 except TransientError as exc:
                     self.last_error, self.last_error_ms = str(exc), now_ms()
                     sleep = delay / 2 + random.uniform(0, delay / 2)  # exponential backoff, "equal jitter"
-                    log.warning(
-                        "InfluxDB write of %d readings failed (%s); retrying in %.1f s", len(rows), exc, sleep
-                    )
+                    log.warning("InfluxDB write of %d readings failed (%s); retrying in %.1f s", len(rows), exc, sleep)
                     await asyncio.sleep(sleep)
                     delay = min(delay * 2, cfg.retry_max_s)
                     continue
@@ -255,8 +251,7 @@ class TelemetryService:
                 code="telemetry_rejected",
                 severity="warning",
                 at=now_ms(),
-                message=f"{total} telemetry readings/messages refused in the last "
-                f"{interval:.0f} s: {summary}",
+                message=f"{total} telemetry readings/messages refused in the last {interval:.0f} s: {summary}",
                 details={"counts": counts, "examples": examples},
             )
             log.warning("%s", event.message)
@@ -283,7 +278,7 @@ class TelemetryService:
             if self.driver_crashes[d.device_id]:
                 stats["crashes"] = self.driver_crashes[d.device_id]
             out[d.device_id] = stats
-        for dev, n in self.rejected_by_device.items():
+        for dev, n in dict(self.rejected_by_device).items():  # copy: health runs on another thread
             out.setdefault(dev, {})["rejected"] = n
         return out
 
@@ -353,22 +348,41 @@ class TelemetryService:
             await self.spool.close()
 
 
-def attach(gw: Any) -> TelemetryService:
-    """Plug telemetry into the gateway: health provider, long-running task, reading sink.
+def _build_drivers(gw: Any) -> list[SensorDriver]:
+    """The sensor drivers of this gateway: ``gw.sensor_drivers`` if the gateway built them already,
+    else ``devices.sensors.build_sensor_drivers`` (Modbus, GPIO, 1-wire, Pi health, simulated)."""
+    given = getattr(gw, "sensor_drivers", None)
+    if given is not None:
+        return list(given)
+    try:
+        from devices.sensors import build_sensor_drivers
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and "devices.sensors".startswith(exc.name):
+            return []
+        raise
+    drivers: list[SensorDriver] = build_sensor_drivers(gw.config.devices, gateway_id=gw.id, data_dir=Path(gw.data_dir))
+    gw.sensor_drivers = drivers
+    return drivers
 
-    Sensor drivers: the gateway (or the devices package) puts the built drivers in
-    ``gw.sensor_drivers`` before services are attached; each runs with this service's sink.
-    """
-    health_snapshot = getattr(gw.health, "snapshot", None)
+
+def attach(gw: Any) -> TelemetryService:
+    """Plug telemetry into the gateway (``gateway.app.SERVICE_MODULES``): the spool, the MQTT ingest,
+    the InfluxDB writer and the sensor drivers run as one gateway task; the service's counters join
+    the retained ``health``; ``gw.reading_sink`` is the sink for any other in-process producer."""
+
+    def last_health() -> Mapping[str, Any]:
+        last = getattr(gw.health, "last", None)
+        return last.model_dump() if last is not None else {}
+
     svc = TelemetryService(
         gw.config,
         data_dir=Path(gw.data_dir),
         publish_event=gw.publish_event,
-        drivers=list(getattr(gw, "sensor_drivers", ()) or ()),
-        health_source=health_snapshot if callable(health_snapshot) else None,
+        drivers=_build_drivers(gw),
+        health_source=last_health,
     )
     gw.health.add_provider(svc.health)
-    gw.add_task(svc.run)
+    gw.add_task(svc.run, name="telemetry")
     gw.telemetry = svc
     gw.reading_sink = svc.accept_polled
     return svc

@@ -226,9 +226,7 @@ class Spool:
         added = sum(r[4] for r in sized)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT INTO readings(ts, device, measurement, fields, size) VALUES (?,?,?,?,?)", sized
-            )
+            conn.executemany("INSERT INTO readings(ts, device, measurement, fields, size) VALUES (?,?,?,?,?)", sized)
             evicted = self._evict_sync(self.bytes + added) if self.bytes + added > self.max_bytes else None
             conn.execute("COMMIT")
         except BaseException:
@@ -350,9 +348,7 @@ class Spool:
 
     def _delete_delivered_sync(self, upto: int) -> None:
         conn = self.conn
-        (size,) = conn.execute(
-            "SELECT COALESCE(SUM(size), 0) FROM readings WHERE id <= ?", (upto,)
-        ).fetchone()
+        (size,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM readings WHERE id <= ?", (upto,)).fetchone()
         conn.execute("DELETE FROM readings WHERE id <= ?", (upto,))
         self.bytes -= int(size)
 
@@ -372,9 +368,7 @@ class Spool:
                 (self.delivered_upto, cutoff_ms),
             ).fetchone()
             if n:
-                conn.execute(
-                    "DELETE FROM readings WHERE id <= ? AND ts < ?", (self.delivered_upto, cutoff_ms)
-                )
+                conn.execute("DELETE FROM readings WHERE id <= ? AND ts < ?", (self.delivered_upto, cutoff_ms))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

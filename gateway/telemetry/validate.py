@@ -90,9 +90,7 @@ def _check_reading(item: Any, now_ms: int, limits: Limits) -> tuple[int, str] | 
             return Rejection("bad_shape", f"unknown keys in a reading: {sorted(extra)}")
     ts = item.get("ts")
     if type(ts) is not int or ts < 0:
-        return Rejection(
-            "bad_timestamp", f"ts must be a non-negative integer of epoch milliseconds, got {ts!r}"
-        )
+        return Rejection("bad_timestamp", f"ts must be a non-negative integer of epoch milliseconds, got {ts!r}")
     if ts > now_ms + limits.max_future_ms:
         return Rejection("future_timestamp", f"ts {ts} is more than {limits.max_future_ms} ms in the future")
     if ts < now_ms - limits.max_age_ms:
@@ -150,16 +148,12 @@ def check_payload(raw: bytes, now_ms: int, limits: Limits = Limits()) -> Checked
         if not isinstance(items, list) or not items:
             return Checked(rejected=[Rejection("bad_shape", "readings must be a non-empty list")])
         if len(items) > MAX_READINGS:
-            return Checked(
-                rejected=[Rejection("too_large", f"{len(items)} readings, at most {MAX_READINGS}")]
-            )
+            return Checked(rejected=[Rejection("too_large", f"{len(items)} readings, at most {MAX_READINGS}")])
         return check_readings(items, now_ms, limits)
     return check_readings([data], now_ms, limits)
 
 
-def check_polled(
-    readings: Sequence[Reading | Mapping[str, Any]], now_ms: int, limits: Limits = Limits()
-) -> Checked:
+def check_polled(readings: Sequence[Reading | Mapping[str, Any]], now_ms: int, limits: Limits = Limits()) -> Checked:
     """Check readings handed over by an in-process driver (same rules as the wire)."""
     items = [r.model_dump() if isinstance(r, Reading) else dict(r) for r in readings]
     return check_readings(items, now_ms, limits)

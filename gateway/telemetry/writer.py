@@ -182,11 +182,7 @@ class V2Writer:
                 write_precision=WritePrecision.MS,
             )
         except ApiException as exc:
-            body = (
-                exc.body.decode(errors="replace")
-                if isinstance(exc.body, bytes)
-                else str(exc.body or exc.reason)
-            )
+            body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or exc.reason)
             raise classify(int(exc.status or 0), body) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TransientError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc

@@ -85,9 +85,7 @@ class Publisher:
         if not self._connected.wait(10):
             raise RuntimeError("publisher could not connect")
 
-    def publish(
-        self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1
-    ) -> paho.MQTTMessageInfo:
+    def publish(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> paho.MQTTMessageInfo:
         data = json.dumps(payload) if isinstance(payload, dict) else payload
         return self.client.publish(topic, data, qos=qos)
 
@@ -130,11 +128,7 @@ async def eventually(pred: Any, within: float = 20.0, what: str = "condition") -
 
 def influx_values(influxdb1: Any, measurement: str, field: str) -> dict[tuple[str, int], float]:
     """{(device, ts_ms): value} of one field, from InfluxDB 1.x."""
-    return {
-        (p["device"], int(p["time"])): p[field]
-        for p in influxdb1.points(measurement)
-        if p.get(field) is not None
-    }
+    return {(p["device"], int(p["time"])): p[field] for p in influxdb1.points(measurement) if p.get(field) is not None}
 
 
 def influx_count(influxdb1: Any, measurement: str, field: str) -> int:

@@ -1,4 +1,4 @@
-"""kill -9 of the telemetry process in the middle of a stream, then restart: nothing lost.
+"""kill -9 of the gateway (``loaxa gateway run``) in the middle of a stream, then restart: nothing lost.
 
 Delivery is at-least-once (docs/telemetry.md): readings committed but not yet acknowledged to the
 broker, or written to InfluxDB but not yet marked delivered, are sent again after the restart.
@@ -9,49 +9,61 @@ value and timestamp, nothing else is, and the point count equals the number of r
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT, loaxa_env, wait_until
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
-from .helpers import Publisher, config_dict, influx_values, topic, v1, write_config
+from protocol.topics import health_topic
+from tests.conftest import spawn_loaxa, wait_until
+
+from .helpers import GW, Publisher, config_dict, influx_values, topic, v1, write_config
+
+
+class HealthWatcher:
+    """Keeps the latest retained ``health`` of the gateway from the central broker."""
+
+    def __init__(self, port: int) -> None:
+        self.latest: dict[str, Any] = {}
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(health_topic(GW), qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        self.latest = json.loads(msg.payload)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway.telemetry", "--config", str(config), "--health-interval", "0.5"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=loaxa_env(),
-            cwd=ROOT,
-            start_new_session=True,
-        )
-    finally:
-        out.close()
+    return spawn_loaxa("gateway", "run", "--config", str(config), log=log)
 
 
 def test_kill9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
-    cfg = write_config(tmp_path, config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), devices=("s1",)))
-    log = tmp_path / "telemetry.log"
+    data = config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), devices=("s1",))
+    data["health"] = {"interval_s": 1}
+    cfg = write_config(tmp_path, data)
+    log = tmp_path / "gateway.log"
+    watcher = HealthWatcher(mosquitto.port)
     proc = spawn(cfg, log)
-    health = tmp_path / "gwdata" / "telemetry-health.json"
-    wait_until(health.exists, 15, what="telemetry process up")
+    wait_until(lambda: "spool_depth" in watcher.latest, 20, what="gateway health with spool figures")
     time.sleep(0.5)
 
     t0 = int(time.time() * 1000) - 600_000
     sent: dict[tuple[str, int], float] = {}
     batches = []
     for b in range(1500):  # 15,000 readings in 10-reading messages
-        readings = [
-            {"ts": t0 + b * 10 + j, "fields": {"level_cm": round(b * 0.37 + j * 0.011, 6)}} for j in range(10)
-        ]
+        readings = [{"ts": t0 + b * 10 + j, "fields": {"level_cm": round(b * 0.37 + j * 0.011, 6)}} for j in range(10)]
         for r in readings:
             sent[("s1", r["ts"])] = r["fields"]["level_cm"]
         batches.append((topic("s1"), {"readings": readings}))
@@ -80,9 +92,21 @@ def test_kill9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb
             60,
             what="all readings after restart",
         )
+        # the retained health tells the same story: nothing pending, nothing dropped, nothing refused
+        health = wait_until(
+            lambda: (h := watcher.latest).get("spool_depth") == 0 and h.get("influx_written") and h,
+            20,
+            what="health after the catch-up",
+        )
+        # the gateway writes its own health to InfluxDB too (every health.interval_s)
+        gw_health = wait_until(lambda: influxdb1.points("gateway_health"), 10, what="gateway_health points")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         pub.close()
+        watcher.close()
     assert got == sent
     assert len(got) == 15_000
+    assert health["spool_dropped"] == 0 and health["telemetry_rejected"] == {}
+    assert health["influx_last_write_ts"] > 0 and health["spool_quarantined"] == 0
+    assert gw_health[-1]["gateway"] == GW and "spool_depth" in gw_health[-1] and "mem_used_pct" in gw_health[-1]

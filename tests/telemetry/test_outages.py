@@ -49,12 +49,7 @@ async def test_influx_outage_then_broker_restart(tmp_path: Path, mosquitto: Any,
         first = [
             (
                 topic("s1"),
-                {
-                    "readings": [
-                        {"ts": t0 + (b * 20 + j) * 1000, "fields": {"rain_mm": b + j / 100}}
-                        for j in range(20)
-                    ]
-                },
+                {"readings": [{"ts": t0 + (b * 20 + j) * 1000, "fields": {"rain_mm": b + j / 100}} for j in range(20)]},
             )
             for b in range(150)
         ]
@@ -82,9 +77,7 @@ async def test_influx_outage_then_broker_restart(tmp_path: Path, mosquitto: Any,
         await asyncio.to_thread(mosquitto.start)
         await eventually(lambda: svc.ingest.connects > connects, within=20, what="ingest reconnected")
         pub = Publisher(mosquitto.url)
-        second = [
-            (topic("s1"), {"ts": t0 + 10_000_000 + i, "fields": {"rain_mm": i * 0.5}}) for i in range(500)
-        ]
+        second = [(topic("s1"), {"ts": t0 + 10_000_000 + i, "fields": {"rain_mm": i * 0.5}}) for i in range(500)]
         await asyncio.to_thread(pub.publish_all, second)
         pub.close()
         got = await eventually(

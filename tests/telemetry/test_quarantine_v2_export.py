@@ -150,9 +150,7 @@ async def test_export_retained_readings_as_csv(tmp_path: Path, mosquitto: Any, i
     ]
     first = rows[0]
     assert first["time_utc"] == f"{day}T06:00:00.000Z" and first["gateway"] == GW and first["device"] == "s2"
-    assert (
-        float(first["value"]) == 9.0 and first["measurement"] == "environment" and first["delivered"] == "yes"
-    )
+    assert float(first["value"]) == 9.0 and first["measurement"] == "environment" and first["delivered"] == "yes"
     bad = await asyncio.to_thread(
         subprocess.run,
         [

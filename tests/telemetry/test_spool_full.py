@@ -27,8 +27,7 @@ async def test_full_spool_drops_oldest_and_counts(tmp_path: Path, mosquitto: Any
                 topic("s1"),
                 {
                     "readings": [
-                        {"ts": t0 + (m * per_msg + j) * 10, "fields": {"level_cm": 1000.0 + j}}
-                        for j in range(per_msg)
+                        {"ts": t0 + (m * per_msg + j) * 10, "fields": {"level_cm": 1000.0 + j}} for j in range(per_msg)
                     ]
                 },
             )

@@ -70,8 +70,7 @@ def test_each_bad_payload_has_its_reason(payload: bytes, reason: str) -> None:
 
 def test_integers_are_stored_as_floats_and_batches_checked_per_reading() -> None:
     checked = check_payload(
-        b'{"readings": [{"ts": 1780000000000, "fields": {"n": 3}},'
-        b' {"ts": 1780000000001, "fields": {"n": "3"}}]}',
+        b'{"readings": [{"ts": 1780000000000, "fields": {"n": 3}}, {"ts": 1780000000001, "fields": {"n": "3"}}]}',
         NOW,
     )
     assert checked.accepted == [(1780000000000, "n=3.0")]
