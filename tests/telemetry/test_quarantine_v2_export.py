@@ -7,15 +7,13 @@ import asyncio
 import csv
 import io
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from gateway.telemetry.service import SPOOL_FILE, TelemetryService
-from tests.conftest import ROOT, loaxa_env
+from tests.conftest import run_loaxa
 
 from .helpers import (
     GW,
@@ -125,11 +123,10 @@ async def test_export_retained_readings_as_csv(tmp_path: Path, mosquitto: Any, i
     assert svc.spool.bytes > 0  # delivered but retained
     day = time.strftime("%Y-%m-%d", time.gmtime(base / 1000))
     out = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "gateway.telemetry.export_cli",
+        run_loaxa,
+        *[
+            "gateway",
+            "export",
             "--config",
             str(path),
             "--from",
@@ -137,11 +134,6 @@ async def test_export_retained_readings_as_csv(tmp_path: Path, mosquitto: Any, i
             "--to",
             f"{day}T12:00:00Z",
         ],
-        capture_output=True,
-        text=True,
-        env=loaxa_env(),
-        cwd=ROOT,
-        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
@@ -152,11 +144,10 @@ async def test_export_retained_readings_as_csv(tmp_path: Path, mosquitto: Any, i
     assert first["time_utc"] == f"{day}T06:00:00.000Z" and first["gateway"] == GW and first["device"] == "s2"
     assert float(first["value"]) == 9.0 and first["measurement"] == "environment" and first["delivered"] == "yes"
     bad = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "gateway.telemetry.export_cli",
+        run_loaxa,
+        *[
+            "gateway",
+            "export",
             "--config",
             str(path),
             "--from",
@@ -164,10 +155,5 @@ async def test_export_retained_readings_as_csv(tmp_path: Path, mosquitto: Any, i
             "--to",
             day,
         ],
-        capture_output=True,
-        text=True,
-        env=loaxa_env(),
-        cwd=ROOT,
-        timeout=30,
     )
     assert bad.returncode == 2 and "'yesterday' is not an ISO date" in bad.stderr
