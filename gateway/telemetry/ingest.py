@@ -47,7 +47,8 @@ from .spool import NewRow, Spool
 
 log = logging.getLogger(__name__)
 
-DRAIN_MAX = 5000  # messages handled per event-loop turn
+DRAIN_MAX = 1000  # messages handled per event-loop turn ...
+DRAIN_MAX_BYTES = 256 * 1024  # ... or this much payload, so that commits start early and stay small
 
 
 @dataclass(slots=True)
@@ -206,8 +207,11 @@ class TelemetryIngest:
     def _drain(self) -> None:
         self._scheduled = False
         batch: list[InMsg] = []
-        while self._inbox and len(batch) < DRAIN_MAX:
-            batch.append(self._inbox.popleft())
+        size = 0
+        while self._inbox and len(batch) < DRAIN_MAX and size < DRAIN_MAX_BYTES:
+            msg = self._inbox.popleft()
+            size += len(msg.payload)
+            batch.append(msg)
         if self._inbox and not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._drain)

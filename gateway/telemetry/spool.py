@@ -102,7 +102,7 @@ class Spool:
         *,
         max_bytes: int,
         retain_days: int = 0,
-        max_group_rows: int = 50_000,
+        max_group_rows: int = 20_000,
         evict_to: float = 0.95,
     ) -> None:
         self.path = Path(path)
