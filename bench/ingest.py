@@ -45,6 +45,7 @@ from protocol.signing import public_key_b64  # noqa: E402
 
 GW = "bench-gw"
 TICKS = os.sysconf("SC_CLK_TCK")
+EXTRA_ENV = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_PIPELINE_ENV", "").split() if "=" in kv)
 
 
 def log(msg: str) -> None:
@@ -90,7 +91,7 @@ class Pipeline:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **EXTRA_ENV)
         health = self.data_dir / "telemetry-health.json"
         health.unlink(missing_ok=True)
         out = open(self.workdir / "pipeline.log", "ab")

@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 
 DRAIN_MAX = 1000  # messages handled per event-loop turn ...
 DRAIN_MAX_BYTES = 256 * 1024  # ... or this much payload, so that commits start early and stay small
+#: Flow control: received but not yet committed+acked. Above the high mark the socket is not read
+#: (TCP pushes back on the broker, which keeps the messages) until the spool catches up. This bounds
+#: the gateway's memory whatever the broker's in-flight window is.
+HOLD_HIGH_MSGS = 1000
+HOLD_HIGH_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -74,7 +79,7 @@ class TelemetryIngest:
         process: Process,
         spool: Spool,
         session_expiry_s: int = 7 * 86400,
-        receive_maximum: int = 1000,
+        receive_maximum: int = 200,
     ) -> None:
         self.endpoint = endpoint
         self.topic_filter = topic_filter
@@ -87,9 +92,13 @@ class TelemetryIngest:
         self.received = 0
         self.acked = 0
         self.connects = 0
+        self.pauses = 0
         self.last_error: str | None = None
         self._inbox: deque[InMsg] = deque()
         self._n_in = 0
+        self._held_msgs = 0
+        self._held_bytes = 0
+        self._paused = False
         self._scheduled = False
         self._epoch = 0
         self._backoff = 1.0
@@ -129,6 +138,8 @@ class TelemetryIngest:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         self._inbox.append(InMsg(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self._epoch))
         self._n_in += 1
+        self._held_msgs += 1
+        self._held_bytes += len(msg.payload)
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
             self._loop.call_soon(self._drain)
@@ -144,6 +155,7 @@ class TelemetryIngest:
     def _add_reader(self, sock: Any) -> None:
         assert self._loop is not None
         self._fd = sock.fileno()
+        self._paused = False
         self._loop.add_reader(self._fd, self._readable)
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -186,6 +198,9 @@ class TelemetryIngest:
                     continue
                 if self._n_in == before:
                     break
+                if self._held_msgs >= HOLD_HIGH_MSGS or self._held_bytes >= HOLD_HIGH_BYTES:
+                    self._pause()
+                    break
         except Exception as exc:  # a broken connection surfaces here
             log.info("telemetry MQTT read failed: %s", exc)
             if self._lost is not None and not self._lost.done():
@@ -201,6 +216,26 @@ class TelemetryIngest:
             log.info("telemetry MQTT write failed: %s", exc)
             if self._lost is not None and not self._lost.done():
                 self._lost.set_result(None)
+
+    def _pause(self) -> None:
+        if not self._paused and self._loop is not None and self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            self._paused = True
+            self.pauses += 1
+
+    def _release(self, msgs: int, nbytes: int) -> None:
+        self._held_msgs -= msgs
+        self._held_bytes -= nbytes
+        if (
+            self._paused
+            and self._held_msgs <= HOLD_HIGH_MSGS // 2
+            and self._held_bytes <= HOLD_HIGH_BYTES // 2
+            and self._loop is not None
+            and self._fd is not None
+        ):
+            self._paused = False
+            self._loop.add_reader(self._fd, self._readable)
+            self._loop.call_soon(self._readable)  # bytes may already sit in paho's or the TLS buffer
 
     # ------------------------------------------------------------------ event loop
 
@@ -222,17 +257,19 @@ class TelemetryIngest:
             rows = self.process(batch)
         except Exception:  # a bug in validation must not stop the ingest; the messages get redelivered
             log.exception("telemetry processing failed for %d messages; not acknowledging them", len(batch))
+            self._release(len(batch), size)
             return
         acks = [(m.mid, m.qos, m.epoch) for m in batch if m.qos > 0]
-        self._submit(rows, acks)
+        self._submit(rows, acks, len(batch), size)
 
-    def _submit(self, rows: list[NewRow], acks: list[tuple[int, int, int]]) -> None:
+    def _submit(self, rows: list[NewRow], acks: list[tuple[int, int, int]], msgs: int, nbytes: int) -> None:
         def done(exc: BaseException | None) -> None:
             if exc is None:
                 self._ack(acks)
+                self._release(msgs, nbytes)
             elif self._loop is not None and not self._loop.is_closed():
                 # keep the messages unacknowledged and try the commit again: nothing is lost
-                self._loop.call_later(1.0, self._submit, rows, acks)
+                self._loop.call_later(1.0, self._submit, rows, acks, msgs, nbytes)
 
         self.spool.submit(rows, done)
 
@@ -326,4 +363,9 @@ class TelemetryIngest:
             self._lost.set_result(None)
 
     def stats(self) -> dict[str, int | str | None]:
-        return {"mqtt_received": self.received, "mqtt_acked": self.acked, "mqtt_connects": self.connects}
+        return {
+            "mqtt_received": self.received,
+            "mqtt_acked": self.acked,
+            "mqtt_connects": self.connects,
+            "mqtt_pauses": self.pauses,
+        }
