@@ -17,10 +17,19 @@ Flow
     handed, one event-loop turn at a time, to ``process`` (validation) and then to the spool's
     group commit; when the commit is done, ``Client.ack`` sends the PUBACKs, in arrival order.
 
+MQTT 3.1.1 for this one client
+    Devices publish with MQTT 5 or 3.1.1 as they like; the broker delivers to each subscriber in the
+    subscriber's own protocol. This subscriber uses 3.1.1 by default (``mqtt_version=5`` is
+    available): paho decodes an MQTT 5 properties block for every PUBLISH in pure Python, which
+    doubled the gateway's CPU per single-reading message in our measurements, and nothing here uses
+    properties. What MQTT 5 would add for this client (a receive maximum) is done by the ingest's own
+    flow control below, and a 3.1.1 ``clean_session=False`` session is as persistent as an MQTT 5
+    session with a long expiry (Mosquitto keeps it until ``persistent_client_expiration``, if set).
+
 Persistent session
-    The client connects with ``clean_start=False`` and a session expiry (7 days by default), so the
-    broker keeps every unacknowledged and every newly published QoS 1 reading while the gateway is
-    down or restarting, and sends them again when it is back. A PUBACK is only sent on the same
+    The client connects with ``clean_session=False`` (MQTT 5: ``clean_start=False`` and a 7-day
+    session expiry), so the broker keeps every unacknowledged and every newly published QoS 1 reading
+    while the gateway is down or restarting, and sends them again when it is back. A PUBACK is only sent on the same
     connection the message came on (a message id means nothing on the next connection); anything
     not acked before a disconnect is redelivered by the broker: that is where at-least-once
     duplicates come from.
@@ -80,6 +89,7 @@ class TelemetryIngest:
         spool: Spool,
         session_expiry_s: int = 7 * 86400,
         receive_maximum: int = 200,
+        mqtt_version: int = 3,
     ) -> None:
         self.endpoint = endpoint
         self.topic_filter = topic_filter
@@ -88,6 +98,7 @@ class TelemetryIngest:
         self.spool = spool
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
+        self.mqtt_version = mqtt_version
         self.connected = asyncio.Event()
         self.received = 0
         self.acked = 0
@@ -288,7 +299,8 @@ class TelemetryIngest:
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
-            protocol=paho.MQTTv5,
+            protocol=paho.MQTTv5 if self.mqtt_version == 5 else paho.MQTTv311,  # 3 means 3.1.1
+            clean_session=None if self.mqtt_version == 5 else False,
             manual_ack=True,
             reconnect_on_failure=False,
         )
@@ -310,7 +322,7 @@ class TelemetryIngest:
         """Connect, and reconnect with backoff whenever the connection is lost, until cancelled."""
         self._loop = loop = asyncio.get_running_loop()
         ep = self.endpoint
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
         props.ReceiveMaximum = self.receive_maximum
         client = self.client = self._make_client()
@@ -318,12 +330,15 @@ class TelemetryIngest:
             while True:
                 self._lost = loop.create_future()
                 try:
-                    await loop.run_in_executor(
-                        None,
-                        lambda: client.connect(
-                            ep.host, ep.port, keepalive=ep.keepalive_s, clean_start=False, properties=props
-                        ),
-                    )
+                    if self.mqtt_version == 5:
+                        await loop.run_in_executor(
+                            None,
+                            lambda: client.connect(
+                                ep.host, ep.port, keepalive=ep.keepalive_s, clean_start=False, properties=props
+                            ),
+                        )
+                    else:
+                        await loop.run_in_executor(None, lambda: client.connect(ep.host, ep.port, ep.keepalive_s))
                 except (OSError, ValueError) as exc:
                     self.last_error = f"cannot connect to {ep.url}: {exc}"
                     log.warning("telemetry ingest: %s; retrying in %.0f s", self.last_error, self._backoff)
