@@ -305,6 +305,7 @@ class TelemetryService:
             "influx_last_error": self.last_error,
             "influx_last_error_ts": self.last_error_ms,
             "driver_errors": self.driver_stats(),
+            **({"spool_moved_aside": str(self.spool.moved_aside)} if self.spool.moved_aside else {}),
         }
 
     def health_fields(self) -> dict[str, float]:
@@ -338,6 +339,17 @@ class TelemetryService:
     async def run(self) -> None:
         """Run everything until cancelled."""
         await self.spool.open()
+        if self.spool.moved_aside is not None and self.publish_event is not None:
+            event = AlarmEvent(
+                code="spool_unreadable",
+                severity="critical",
+                at=now_ms(),
+                message=f"the telemetry spool could not be opened and was moved to "
+                f"{self.spool.moved_aside.name}; readings it held were not delivered",
+                details={"file": str(self.spool.moved_aside)},
+            )
+            with contextlib.suppress(Exception):
+                await self.publish_event(event)
         tasks: list[asyncio.Task[None]] = []
         try:
             async with asyncio.TaskGroup() as tg:

@@ -127,6 +127,7 @@ class Spool:
         self.delivered_rows = 0
         self.retained_evicted = 0
         self.last_commit_error: str | None = None
+        self.moved_aside: Path | None = None  # set when an unreadable spool file was moved aside
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -135,8 +136,22 @@ class Spool:
 
     def _open_sync(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path)
-        conn.executescript(SCHEMA)
+        try:
+            conn = connect(self.path)
+            conn.executescript(SCHEMA)
+            conn.execute("SELECT value FROM meta WHERE key = 'delivered_upto'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            # an unreadable file (SD card fault, someone else's file): keep it for inspection and start
+            # a new spool rather than keep the gateway from starting
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.critical("spool %s cannot be opened (%s); moved to %s, starting an empty spool", self.path, exc, aside)
+            self.moved_aside = aside
+            for suffix in ("", "-wal", "-shm"):
+                src = self.path.with_name(self.path.name + suffix)
+                if src.exists():
+                    src.rename(aside.with_name(aside.name + suffix))
+            conn = connect(self.path)
+            conn.executescript(SCHEMA)
         self._conn = conn
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.delivered_upto = int(meta["delivered_upto"])

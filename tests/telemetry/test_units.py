@@ -145,3 +145,12 @@ async def test_eviction_drops_retained_rows_before_undelivered(tmp_path: Path) -
     await _stop(spool, task)
     conn = sqlite3.connect(tmp_path / "spool.sqlite3")
     assert conn.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()[0] == spool.dropped
+
+
+async def test_unreadable_spool_file_is_moved_aside(tmp_path: Path) -> None:
+    (tmp_path / "spool.sqlite3").write_bytes(b"this is not an SQLite database, it is a damaged SD card sector" * 100)
+    spool, task = await _spool(tmp_path)
+    assert spool.moved_aside is not None and spool.moved_aside.read_bytes().startswith(b"this is not")
+    await spool.put([(NOW, "d", "m", "v=1.0")])  # the new spool works
+    assert spool.pending == 1
+    await _stop(spool, task)
