@@ -377,10 +377,11 @@ class TelemetryIngest:
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
 
-    def stats(self) -> dict[str, int | str | None]:
+    def stats(self) -> dict[str, int | bool]:
         return {
-            "mqtt_received": self.received,
-            "mqtt_acked": self.acked,
-            "mqtt_connects": self.connects,
-            "mqtt_pauses": self.pauses,
+            "telemetry_mqtt_connected": self.connected.is_set(),
+            "telemetry_mqtt_received": self.received,
+            "telemetry_mqtt_acked": self.acked,
+            "telemetry_mqtt_connects": self.connects,
+            "telemetry_mqtt_pauses": self.pauses,
         }

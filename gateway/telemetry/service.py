@@ -305,6 +305,7 @@ class TelemetryService:
             "influx_last_error": self.last_error,
             "influx_last_error_ts": self.last_error_ms,
             "driver_errors": self.driver_stats(),
+            **(self.ingest.stats() if self.mqtt_devices else {}),
             **({"spool_moved_aside": str(self.spool.moved_aside)} if self.spool.moved_aside else {}),
         }
 
