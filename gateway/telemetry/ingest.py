@@ -4,7 +4,7 @@ Why a dedicated paho client and not the gateway's aiomqtt link
     aiomqtt 2.5 acknowledges every QoS 1 message as soon as paho hands it over: it has no way to
     delay the PUBACK. paho-mqtt 2.x has ``manual_ack=True`` and ``Client.ack(mid, qos)``. Rather than
     reach into aiomqtt's private client, telemetry runs its own paho client (client id
-    ``{gw}-telemetry``) and drives it from the asyncio event loop through paho's documented
+    ``loaxa-gw-{gw}-telemetry``) and drives it from the asyncio event loop through paho's documented
     external-loop API (``on_socket_open`` / ``on_socket_register_write`` → ``loop.add_reader`` /
     ``add_writer`` calling ``loop_read`` / ``loop_write``, and ``loop_misc`` every second) — the same
     technique aiomqtt uses internally. No network thread: the first version ran paho's own thread

@@ -71,7 +71,7 @@ class TelemetryService:
         self.ingest = TelemetryIngest(
             config.local_broker,
             topic_filter=filter_devices(self.gateway_id, "telemetry"),
-            client_id=f"{self.gateway_id}-telemetry"[:128],
+            client_id=f"loaxa-gw-{self.gateway_id}-telemetry"[:128],
             process=self._process,
             spool=self.spool,
         )
