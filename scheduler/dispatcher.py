@@ -19,14 +19,23 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiomqtt
 from pydantic import BaseModel
 
 from protocol.errors import ProtocolError
 from protocol.limits import parse_json, parse_payload
-from protocol.models import Ack, BroadcastPlanBody, Envelope, MediaRef, PlanItem, PlaybackEvent, Status
+from protocol.models import (
+    Ack,
+    BroadcastPlanBody,
+    Envelope,
+    MediaRef,
+    PlanItem,
+    PlaybackEvent,
+    Status,
+    Targets,
+)
 from protocol.signing import Signer, now_ms
 from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
 from scheduler.db import AsyncStore, Outgoing, Store
@@ -87,7 +96,7 @@ class Dispatcher:
                 content_type=m.content_type,
             ),
             start_at=b.start_at,
-            targets=targets,
+            targets=cast(Targets, targets),
             volume=b.volume,
             priority=b.priority,
             repeat=b.repeat,
@@ -116,7 +125,7 @@ class Dispatcher:
         bid, out = await self.store.call(
             self.db.create_broadcast,
             media_sha256=media_sha256,
-            targets=targets,
+            targets=cast(Targets, targets),
             start_at=start_at,
             priority=priority,
             volume=volume,
@@ -195,7 +204,7 @@ class Dispatcher:
         if gw is None or not msg.payload:
             return
         try:
-            status = parse_payload(bytes(msg.payload), Status)  # type: ignore[arg-type]
+            status = parse_payload(bytes(msg.payload), Status)
         except ProtocolError as exc:
             log.warning("bad status on %s: %s", msg.topic, exc)
             return
@@ -210,7 +219,7 @@ class Dispatcher:
         if gw is None:
             return
         try:
-            ack = parse_payload(bytes(msg.payload), Ack)  # type: ignore[arg-type]
+            ack = parse_payload(bytes(msg.payload), Ack)
         except ProtocolError as exc:
             log.warning("bad ack on %s: %s", msg.topic, exc)
             return
@@ -225,7 +234,7 @@ class Dispatcher:
         if gw is None:
             return
         try:
-            data = parse_json(bytes(msg.payload))  # type: ignore[arg-type]
+            data = parse_json(bytes(msg.payload))
         except ProtocolError as exc:
             log.warning("bad event on %s: %s", msg.topic, exc)
             return
@@ -248,7 +257,7 @@ class Dispatcher:
         if t.device is None or not msg.payload:
             return
         try:
-            data = parse_json(bytes(msg.payload))  # type: ignore[arg-type]
+            data = parse_json(bytes(msg.payload))
         except ProtocolError as exc:
             log.warning("bad device state on %s: %s", msg.topic, exc)
             return

@@ -24,7 +24,7 @@ Handler = Callable[[aiomqtt.Message], Awaitable[None]]
 
 
 def publish_properties(*, expiry_s: int | None = None) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     if expiry_s is not None:
         props.MessageExpiryInterval = max(1, min(int(expiry_s), 2**32 - 1))
     return props
@@ -78,7 +78,7 @@ class Link:
     def _client_kwargs(self) -> dict[str, Any]:
         kw = self.endpoint.client_kwargs()
         kw.setdefault("identifier", self.client_id)
-        connect_props = Properties(PacketTypes.CONNECT)
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = self.session_expiry_s
         kw["clean_start"] = False
         kw["properties"] = connect_props
@@ -121,4 +121,3 @@ class Link:
                 self.connected.clear()
                 self._client = None
             await asyncio.sleep(self.reconnect_s)
-

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -92,7 +94,12 @@ class Scheduler:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         import uvicorn
 
-        server = uvicorn.Server(
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:  # the scheduler handles SIGTERM/SIGINT itself
+                yield
+
+        server = _Server(
             uvicorn.Config(
                 self.app,
                 host=self.config.http.host,
@@ -102,7 +109,6 @@ class Scheduler:
                 access_log=False,
             )
         )
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         stop = stop or asyncio.Event()
         disp = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
         http = asyncio.create_task(server.serve(), name="http")

@@ -9,14 +9,13 @@ import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
-import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from loaxa.servers import free_port
-from protocol.models import Ack, Envelope, PlaybackEvent, Status
+from protocol.models import Ack, Envelope, PlaybackEvent, PlaybackState, Status
 from protocol.signing import Verifier, key_id_for, now_ms, private_key_b64
 from protocol.topics import ack_topic, cmd_topic, device_topic, event_topic, status_topic
 
@@ -37,8 +36,9 @@ class Keys:
         return Verifier({self.key_id: self.private.public_key()})
 
 
-def scheduler_config_dict(tmp: Path, broker_url: str, keys: Keys, *, port: int | None = None,
-                          **sections: dict[str, Any]) -> dict[str, Any]:
+def scheduler_config_dict(
+    tmp: Path, broker_url: str, keys: Keys, *, port: int | None = None, **sections: dict[str, Any]
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "scheduler": {"data_dir": str(tmp / "sched-data")},
         "broker": {"url": broker_url},
@@ -54,9 +54,26 @@ def scheduler_config_dict(tmp: Path, broker_url: str, keys: Keys, *, port: int |
 def make_tone(path: Path, seconds: float = 1.0, fmt: str = "wav") -> Path:
     """A sine tone made by the real ffmpeg."""
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-         f"sine=frequency=440:duration={seconds}", "-ac", "1", "-ar", "16000", "-f", fmt, str(path)],
-        check=True, capture_output=True,
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=440:duration={seconds}",
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-f",
+            fmt,
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
     )
     return path
 
@@ -86,19 +103,30 @@ class TestGateway:
         self._task: asyncio.Task[None] | None = None
 
     async def connect(self, *, online: bool = True) -> None:
-        will = aiomqtt.Will(status_topic(self.gw), Status(state="offline", ts=now_ms()).model_dump_json(), 1, True)
-        self._client = aiomqtt.Client(self.host, int(self.port), identifier=f"test-{self.gw}-{now_ms()}",
-                                      protocol=paho.MQTTv5, will=will)
+        will = aiomqtt.Will(
+            status_topic(self.gw), Status(state="offline", ts=now_ms()).model_dump_json(), 1, True
+        )
+        self._client = aiomqtt.Client(
+            self.host,
+            int(self.port),
+            identifier=f"test-{self.gw}-{now_ms()}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=will,
+        )
         await self._client.__aenter__()
         await self._client.subscribe(cmd_topic(self.gw), qos=1)
         self._task = asyncio.create_task(self._loop(self._client))
         if online:
             await self.status("online")
 
-    async def status(self, state: str) -> None:
+    async def status(self, state: Literal["online", "offline"]) -> None:
         assert self._client is not None
-        await self._client.publish(status_topic(self.gw), Status(state=state, ts=now_ms(), version="test")
-                                   .model_dump_json(), qos=1, retain=True)  # type: ignore[arg-type]
+        await self._client.publish(
+            status_topic(self.gw),
+            Status(state=state, ts=now_ms(), version="test").model_dump_json(),
+            qos=1,
+            retain=True,
+        )
 
     async def disconnect(self, *, clean: bool = True) -> None:
         if self._client is None:
@@ -115,7 +143,7 @@ class TestGateway:
         async for msg in client.messages:
             props = msg.properties
             expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
-            env = self.verifier.parse(bytes(msg.payload))  # type: ignore[arg-type]
+            env = self.verifier.parse(bytes(msg.payload))
             err: str | None = None
             try:
                 self.verifier.verify(env)
@@ -130,19 +158,34 @@ class TestGateway:
                     await self.ack(env.id, ok=False, reason="replay", error="command id seen before")
                 else:
                     self.seen.add(env.id)
-                    await self.ack(env.id, ok=err is None, reason=None if err is None else "bad_signature", error=err)
+                    await self.ack(
+                        env.id, ok=err is None, reason=None if err is None else "bad_signature", error=err
+                    )
 
-    async def ack(self, cmd_id: str, *, ok: bool = True, reason: str | None = None, error: str | None = None) -> None:
+    async def ack(
+        self, cmd_id: str, *, ok: bool = True, reason: str | None = None, error: str | None = None
+    ) -> None:
         assert self._client is not None
-        await self._client.publish(ack_topic(self.gw), Ack(id=cmd_id, ok=ok, reason=reason, error=error, ts=now_ms())
-                                   .model_dump_json(), qos=1)  # type: ignore[arg-type]
+        await self._client.publish(
+            ack_topic(self.gw),
+            Ack(id=cmd_id, ok=ok, reason=reason, error=error, ts=now_ms()).model_dump_json(),
+            qos=1,
+        )
 
-    async def playback(self, broadcast_id: str, device: str, state: str, *, at: int | None = None,
-                       reason: str | None = None) -> None:
+    async def playback(
+        self,
+        broadcast_id: str,
+        device: str,
+        state: PlaybackState,
+        *,
+        at: int | None = None,
+        reason: str | None = None,
+    ) -> None:
         assert self._client is not None
-        ev = PlaybackEvent(broadcast_id=broadcast_id, device=device, state=state,  # type: ignore[arg-type]
-                           at=at or now_ms(), reason=reason)
-        await self._client.publish(event_topic(self.gw), ev.model_dump_json(), qos=1)  # type: ignore[arg-type]
+        ev = PlaybackEvent(
+            broadcast_id=broadcast_id, device=device, state=state, at=at or now_ms(), reason=reason
+        )
+        await self._client.publish(event_topic(self.gw), ev.model_dump_json(), qos=1)
 
     async def raw_event(self, payload: bytes) -> None:
         assert self._client is not None
@@ -152,7 +195,7 @@ class TestGateway:
         assert self._client is not None
         await self._client.publish(device_topic(self.gw, dev, "state"), json.dumps(state), qos=1, retain=True)
 
-    async def wait_for(self, n: int, kind: str | None = None, timeout: float = 15.0) -> list[Received]:
+    async def wait_for(self, n: int, kind: str | None = None, within: float = 15.0) -> list[Received]:
         """Wait until at least ``n`` commands (of ``kind``) have arrived; return those."""
 
         def matching() -> list[Received]:
@@ -160,22 +203,25 @@ class TestGateway:
 
         async with self.arrived:
             try:
-                await asyncio.wait_for(self.arrived.wait_for(lambda: len(matching()) >= n), timeout)
+                await asyncio.wait_for(self.arrived.wait_for(lambda: len(matching()) >= n), within)
             except TimeoutError:
-                raise AssertionError(f"{self.gw}: expected {n} {kind or ''} command(s) within {timeout}s, "
-                                     f"got {[r.envelope.kind for r in self.received]}") from None
+                raise AssertionError(
+                    f"{self.gw}: expected {n} {kind or ''} command(s) within {within}s, "
+                    f"got {[r.envelope.kind for r in self.received]}"
+                ) from None
         return matching()
 
 
-async def wait_for_async(predicate: Any, timeout: float = 15.0, what: str = "condition",
-                         interval: float = 0.05) -> Any:
-    """Poll an async predicate until truthy; fail after ``timeout``."""
+async def wait_for_async(
+    predicate: Any, within: float = 15.0, what: str = "condition", interval: float = 0.05
+) -> Any:
+    """Poll an async predicate until truthy; fail after ``within`` seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     last: Any = None
     while loop.time() < deadline:
         last = await predicate()
         if last:
             return last
         await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+    raise AssertionError(f"timed out after {within}s waiting for {what} (last value: {last!r})")

@@ -28,12 +28,16 @@ class Running:
         self.broker = broker
 
     async def upload(self, path: Path) -> dict[str, Any]:
-        r = await self.http.post("/api/media", params={"name": path.name}, content=path.read_bytes())
+        r = await self.http.post(
+            "/api/media", params={"name": path.name}, content=await asyncio.to_thread(path.read_bytes)
+        )
         assert r.status_code == 201, r.text
         return dict(r.json())
 
     async def broadcast(self, media: dict[str, Any], targets: list[str], **kw: Any) -> dict[str, Any]:
-        r = await self.http.post("/api/broadcasts", json={"media_sha256": media["sha256"], "targets": targets, **kw})
+        r = await self.http.post(
+            "/api/broadcasts", json={"media_sha256": media["sha256"], "targets": targets, **kw}
+        )
         assert r.status_code == 201, r.text
         return dict(r.json())
 
@@ -46,9 +50,13 @@ class Running:
         return TestGateway(self.broker.url, gw, self.keys, **kw)
 
 
-async def start_scheduler(tmp_path: Path, broker: Mosquitto, **sections: dict[str, Any]) -> tuple[Scheduler, Keys]:
+async def start_scheduler(
+    tmp_path: Path, broker: Mosquitto, **sections: dict[str, Any]
+) -> tuple[Scheduler, Keys]:
     keys = Keys()
-    cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp_path, broker.url, keys, **sections))
+    cfg = SchedulerConfig.model_validate(
+        scheduler_config_dict(tmp_path, broker.url, keys, port=None, **sections)
+    )
     return Scheduler.build(cfg), keys
 
 
@@ -91,7 +99,9 @@ async def test_signed_plan_arrives_verifies_and_expires(running: Running, tone: 
         assert rec.expiry_s is not None and 3000 < rec.expiry_s <= 3602
         body = parse_body_as(rec.envelope, BroadcastPlanBody)
         [item] = body.items
-        assert item.broadcast_id == st["id"] and item.targets == "*" and item.volume == 90 and item.priority == 9
+        assert (
+            item.broadcast_id == st["id"] and item.targets == "*" and item.volume == 90 and item.priority == 9
+        )
         assert item.start_at is None and item.title == "Bão số 9"
         # the media URL in the plan serves exactly the bytes the hash names
         async with httpx.AsyncClient() as c:
@@ -101,7 +111,7 @@ async def test_signed_plan_arrives_verifies_and_expires(running: Running, tone: 
 
         async def delivered() -> bool:
             s = await running.status(st["id"])
-            return s["gateways"][0]["state"] == "delivered"
+            return bool(s["gateways"][0]["state"] == "delivered")
 
         await wait_for_async(delivered, what="plan acked")
     finally:
@@ -156,13 +166,15 @@ async def test_resend_while_online_until_acked(tmp_path: Path, mosquitto: Mosqui
         await gw.connect()
         media = await sched.store.call(sched.library.ingest, _copy(tone, tmp_path), "t.wav")
         await sched.store.call(sched.dispatcher.db.add_media, media)
-        bid = await sched.dispatcher.create_broadcast(media_sha256=media.sha256, targets=["xa-resend"],
-                                                      start_at=None, priority=3, volume=50)
+        bid = await sched.dispatcher.create_broadcast(
+            media_sha256=media.sha256, targets=["xa-resend"], start_at=None, priority=3, volume=50
+        )
         got = await gw.wait_for(3, "broadcast.plan")
         assert len({r.envelope.id for r in got}) == 1  # the same command each time
         await gw.ack(got[0].envelope.id)
         st = await wait_for_async(
-            lambda: _status_if(sched, bid, lambda s: s["gateways"][0]["state"] == "delivered"), what="acked")
+            lambda: _status_if(sched, bid, lambda s: s["gateways"][0]["state"] == "delivered"), what="acked"
+        )
         n = st["gateways"][0]["attempts"]
         assert n >= 3
     finally:
@@ -204,7 +216,10 @@ async def test_acks_and_playback_drive_speaker_states(running: Running, tone: Pa
         media = await running.upload(tone)
         st = await running.broadcast(media, ["xa-hoa-binh"])
         bid = st["id"]
-        assert [(sp["device"], sp["state"]) for sp in st["speakers"]] == [("loa-1", "pending"), ("loa-2", "pending")]
+        assert [(sp["device"], sp["state"]) for sp in st["speakers"]] == [
+            ("loa-1", "pending"),
+            ("loa-2", "pending"),
+        ]
         await gw.wait_for(1, "broadcast.plan")
 
         async def states(expect: dict[str, str]) -> dict[str, Any] | None:
@@ -226,10 +241,14 @@ async def test_acks_and_playback_drive_speaker_states(running: Running, tone: Pa
         await gw.playback(bid, "loa-3", "preempted", at=t0 + 500, reason="emergency broadcast")
         # garbage on the event topic is ignored without harm
         await gw.raw_event(b"{not json")
-        await gw.raw_event(b'{"kind":"playback","broadcast_id":"x","device":"BAD ID","state":"started","at":1}')
+        await gw.raw_event(
+            b'{"kind":"playback","broadcast_id":"x","device":"BAD ID","state":"started","at":1}'
+        )
 
         s = await wait_for_async(
-            lambda: states({"loa-1": "finished", "loa-2": "finished", "loa-3": "preempted"}), what="final states")
+            lambda: states({"loa-1": "finished", "loa-2": "finished", "loa-3": "preempted"}),
+            what="final states",
+        )
         sp = {x["device"]: x for x in s["speakers"]}
         assert sp["loa-1"]["started_at"] == t0 and sp["loa-1"]["ended_at"] == t0 + 1000
         assert sp["loa-1"]["reason"] is None
@@ -288,7 +307,7 @@ async def test_cancel_publishes_broadcast_cancel(running: Running, tone: Path) -
         assert parse_body_as(plan.envelope, BroadcastPlanBody).items[0].start_at == 4070905200000
 
         async def delivered() -> bool:
-            return (await running.status(bid))["gateways"][0]["state"] == "delivered"
+            return bool((await running.status(bid))["gateways"][0]["state"] == "delivered")
 
         await wait_for_async(delivered, what="plan acked")
         r = await running.http.post(f"/api/broadcasts/{bid}/cancel")
