@@ -69,9 +69,10 @@ class _Process:
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / log_name
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log = open(self.log_path, "ab")
         try:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
+            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                    start_new_session=True)
         finally:
             log.close()
 
