@@ -187,9 +187,7 @@ class Api:
             except ValueError:
                 detail = resp.text[:300]
             if isinstance(detail, list):  # FastAPI validation errors
-                detail = "; ".join(
-                    f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg')}" for d in detail
-                )
+                detail = "; ".join(f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg')}" for d in detail)
             raise CliError(f"{method} {path}: HTTP {resp.status_code}: {detail}")
         return resp.json()
 
@@ -220,9 +218,7 @@ def parse_local_time(text: str, tz_name: str, now: datetime | None = None) -> da
         try:
             dt = dparser.parse(text, default=default, dayfirst=True)
         except (ValueError, OverflowError) as exc:
-            raise CliError(
-                f'cannot read the time {text!r}; write e.g. "18:30" or "2026-12-01 06:00"'
-            ) from exc
+            raise CliError(f'cannot read the time {text!r}; write e.g. "18:30" or "2026-12-01 06:00"') from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
     if dt < now - timedelta(minutes=1):
@@ -240,9 +236,7 @@ def _fmt_ms(ms: int | None, tz_name: str) -> str:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]
-    ]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -269,9 +263,7 @@ def render_status(st: dict[str, Any], tz_name: str) -> str:
         )
     for d in st["gateways"]:
         if d["kind"] == "plan" and d["gateway"] not in with_speakers:
-            rows.append(
-                [d["gateway"], "(all)", d["state"], "-", "-", d.get("error") or "no speaker reported yet"]
-            )
+            rows.append([d["gateway"], "(all)", d["state"], "-", "-", d.get("error") or "no speaker reported yet"])
     out.append(_table(rows, ["GATEWAY", "SPEAKER", "STATE", "STARTED", "FINISHED", "REASON"]))
     gw_rows = [
         [

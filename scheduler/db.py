@@ -217,9 +217,7 @@ class Store:
 
     def gateways(self) -> list[dict[str, Any]]:
         with self.session() as s:
-            rows = s.scalars(
-                select(Gateway).options(selectinload(Gateway.speakers)).order_by(Gateway.id)
-            ).all()
+            rows = s.scalars(select(Gateway).options(selectinload(Gateway.speakers)).order_by(Gateway.id)).all()
             return [
                 {
                     "id": g.id,
@@ -321,9 +319,7 @@ class Store:
             for gw, devs in per_gw.items():
                 self._gateway(s, gw)
                 if devs is None:
-                    speaker_ids = list(
-                        s.scalars(select(Speaker.device_id).where(Speaker.gateway_id == gw)).all()
-                    )
+                    speaker_ids = list(s.scalars(select(Speaker.device_id).where(Speaker.gateway_id == gw)).all())
                     plan_targets: list[str] | str = "*"
                 else:
                     speaker_ids = sorted(devs)
@@ -350,9 +346,7 @@ class Store:
     def cancel_broadcast(self, bid: str, make_envelope: MakeEnvelope, now: int) -> list[Outgoing]:
         """Mark a broadcast cancelled; speakers that have not started are skipped; returns cancel commands."""
         with self.session() as s, s.begin():
-            b = s.get(
-                Broadcast, bid, options=[selectinload(Broadcast.deliveries), selectinload(Broadcast.speakers)]
-            )
+            b = s.get(Broadcast, bid, options=[selectinload(Broadcast.deliveries), selectinload(Broadcast.speakers)])
             if b is None:
                 raise NotFound(f"no broadcast {bid}")
             if b.cancelled:
@@ -375,9 +369,7 @@ class Store:
                     d.error = "cancelled before delivery"
                 elif d.state != GW_DELIVERED:
                     continue
-                env = make_envelope(
-                    "broadcast.cancel", BroadcastCancelBody(broadcast_ids=[bid]), b.expires_at - now
-                )
+                env = make_envelope("broadcast.cancel", BroadcastCancelBody(broadcast_ids=[bid]), b.expires_at - now)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(
@@ -456,9 +448,7 @@ class Store:
             if d is None:
                 return None
             if d.gateway_id != gw:
-                log.warning(
-                    "ack for command %s came from gateway %s, not %s; ignored", ack.id, gw, d.gateway_id
-                )
+                log.warning("ack for command %s came from gateway %s, not %s; ignored", ack.id, gw, d.gateway_id)
                 return None
             self._gateway(s, gw).last_seen = now
             if d.state in (GW_DELIVERED, GW_REFUSED):
@@ -521,9 +511,7 @@ class Store:
                 )
                 s.add(row)
                 if (
-                    s.scalars(
-                        select(Speaker).where(Speaker.gateway_id == gw, Speaker.device_id == ev.device)
-                    ).first()
+                    s.scalars(select(Speaker).where(Speaker.gateway_id == gw, Speaker.device_id == ev.device)).first()
                     is None
                 ):
                     s.add(Speaker(gateway_id=gw, device_id=ev.device, last_seen=now))

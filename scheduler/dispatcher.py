@@ -24,6 +24,7 @@ from typing import Any, cast
 import aiomqtt
 from pydantic import BaseModel
 
+from loaxa.mqttlink import MqttLink
 from protocol.errors import ProtocolError
 from protocol.limits import parse_json, parse_payload
 from protocol.models import (
@@ -39,7 +40,6 @@ from protocol.models import (
 from protocol.signing import Signer, now_ms
 from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
 from scheduler.db import AsyncStore, Outgoing, Store
-from scheduler.link import Link, publish_properties
 from scheduler.models import Broadcast
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Dispatcher:
     def __init__(
         self,
         store: AsyncStore,
-        link: Link,
+        link: MqttLink,
         signer: Signer,
         media_url: Callable[[str], str],
         *,
@@ -153,12 +153,13 @@ class Dispatcher:
         """Publish commands now (those whose publish succeeds are marked sent). Returns how many went."""
         sent: list[str] = []
         for o in out:
+            if not self.link.connected.is_set():
+                break  # not queued in memory: the database has it, and it goes when the gateway is online
+
             remaining_s = math.ceil((o.expires_at - now_ms()) / 1000)
             if remaining_s <= 0:
                 continue
-            ok = await self.link.publish(
-                cmd_topic(o.gateway), o.envelope, qos=1, properties=publish_properties(expiry_s=remaining_s)
-            )
+            ok = await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s)
             if ok:
                 sent.append(o.command_id)
         if sent:

@@ -159,9 +159,7 @@ def create_app(
     @app.api_route("/media/{sha256}", methods=["GET", "HEAD"], summary="Fetch stored audio (byte ranges)")
     async def get_media(
         request: Request,
-        sha256: Annotated[
-            str, PathParam(pattern=SHA256_PATTERN, description="SHA-256 of the file, lowercase hex")
-        ],
+        sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN, description="SHA-256 of the file, lowercase hex")],
     ) -> Response:
         m = await store.call(db.get_media, sha256)
         path = library.path_of(m) if m is not None else None
@@ -228,8 +226,7 @@ def create_app(
                     size += len(chunk)
                     if size > library.max_bytes:
                         raise MediaError(
-                            f"the file is larger than the limit of {library.max_bytes} bytes; "
-                            "nothing was stored"
+                            f"the file is larger than the limit of {library.max_bytes} bytes; nothing was stored"
                         )
                     await asyncio.to_thread(f.write, chunk)
             if size == 0:

@@ -58,8 +58,7 @@ def _binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise MediaError(
-            f"{name} is not installed on the scheduler (apt-get install "
-            f"{'ffmpeg' if name.startswith('ff') else name})"
+            f"{name} is not installed on the scheduler (apt-get install {'ffmpeg' if name.startswith('ff') else name})"
         )
     return path
 
@@ -207,8 +206,7 @@ class MediaLibrary:
             info = probe(upload)
             if info.duration_ms > self.max_duration_s * 1000:
                 raise MediaError(
-                    f"the audio lasts {info.duration_ms / 1000:.0f} s, longer than the limit of "
-                    f"{self.max_duration_s} s"
+                    f"the audio lasts {info.duration_ms / 1000:.0f} s, longer than the limit of {self.max_duration_s} s"
                 )
             if self.transcode_to == "keep":
                 if info.format_name not in KEEP_TYPES:

@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fastapi import FastAPI
 
+from loaxa.mqttlink import MqttLink
 from protocol.signing import Signer, load_private_key
 from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
 from scheduler.http import create_app
-from scheduler.link import Link
 from scheduler.media import MediaLibrary
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,7 @@ class Scheduler:
         def media_url(sha256: str) -> str:
             return f"{root}/media/{sha256}"
 
-        link = Link(
-            cfg.broker, client_id=cfg.broker.client_id or f"loaxa-scheduler-{os.getpid()}", name="central"
-        )
+        link = MqttLink(cfg.broker, client_id=f"loaxa-scheduler-{socket.gethostname()}"[:128], name="central")
         astore = AsyncStore(store)
         dispatcher = Dispatcher(
             astore,
@@ -86,9 +84,7 @@ class Scheduler:
             max_late_s=cfg.dispatch.max_late_s,
         )
         token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
-        app = create_app(
-            dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token
-        )
+        app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
         return cls(cfg, astore, library, dispatcher, app)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -195,11 +195,26 @@ class TestGateway:
         assert self._client is not None
         await self._client.publish(device_topic(self.gw, dev, "state"), json.dumps(state), qos=1, retain=True)
 
-    async def wait_for(self, n: int, kind: str | None = None, within: float = 15.0) -> list[Received]:
-        """Wait until at least ``n`` commands (of ``kind``) have arrived; return those."""
+    async def wait_for(
+        self, n: int, kind: str | None = None, within: float = 15.0, *, copies: bool = False
+    ) -> list[Received]:
+        """Wait until at least ``n`` commands (of ``kind``) have arrived; return those.
+
+        The scheduler may send a command more than once (that is its delivery guarantee); unless
+        ``copies`` is true, only the first copy of each command id counts.
+        """
 
         def matching() -> list[Received]:
-            return [r for r in self.received if kind is None or r.envelope.kind == kind]
+            seen: set[str] = set()
+            out = []
+            for r in self.received:
+                if kind is not None and r.envelope.kind != kind:
+                    continue
+                if not copies and r.envelope.id in seen:
+                    continue
+                seen.add(r.envelope.id)
+                out.append(r)
+            return out
 
         async with self.arrived:
             try:

@@ -169,7 +169,7 @@ async def test_resend_while_online_until_acked(tmp_path: Path, mosquitto: Mosqui
         bid = await sched.dispatcher.create_broadcast(
             media_sha256=media.sha256, targets=["xa-resend"], start_at=None, priority=3, volume=50
         )
-        got = await gw.wait_for(3, "broadcast.plan")
+        got = await gw.wait_for(3, "broadcast.plan", copies=True)
         assert len({r.envelope.id for r in got}) == 1  # the same command each time
         await gw.ack(got[0].envelope.id)
         st = await wait_for_async(
