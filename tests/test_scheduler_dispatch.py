@@ -35,9 +35,7 @@ class Running:
         return dict(r.json())
 
     async def broadcast(self, media: dict[str, Any], targets: list[str], **kw: Any) -> dict[str, Any]:
-        r = await self.http.post(
-            "/api/broadcasts", json={"media_sha256": media["sha256"], "targets": targets, **kw}
-        )
+        r = await self.http.post("/api/broadcasts", json={"media_sha256": media["sha256"], "targets": targets, **kw})
         assert r.status_code == 201, r.text
         return dict(r.json())
 
@@ -50,13 +48,9 @@ class Running:
         return TestGateway(self.broker.url, gw, self.keys, **kw)
 
 
-async def start_scheduler(
-    tmp_path: Path, broker: Mosquitto, **sections: dict[str, Any]
-) -> tuple[Scheduler, Keys]:
+async def start_scheduler(tmp_path: Path, broker: Mosquitto, **sections: dict[str, Any]) -> tuple[Scheduler, Keys]:
     keys = Keys()
-    cfg = SchedulerConfig.model_validate(
-        scheduler_config_dict(tmp_path, broker.url, keys, port=None, **sections)
-    )
+    cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp_path, broker.url, keys, port=None, **sections))
     return Scheduler.build(cfg), keys
 
 
@@ -99,9 +93,7 @@ async def test_signed_plan_arrives_verifies_and_expires(running: Running, tone: 
         assert rec.expiry_s is not None and 3000 < rec.expiry_s <= 3602
         body = parse_body_as(rec.envelope, BroadcastPlanBody)
         [item] = body.items
-        assert (
-            item.broadcast_id == st["id"] and item.targets == "*" and item.volume == 90 and item.priority == 9
-        )
+        assert item.broadcast_id == st["id"] and item.targets == "*" and item.volume == 90 and item.priority == 9
         assert item.start_at is None and item.title == "Bão số 9"
         # the media URL in the plan serves exactly the bytes the hash names
         async with httpx.AsyncClient() as c:
@@ -241,9 +233,7 @@ async def test_acks_and_playback_drive_speaker_states(running: Running, tone: Pa
         await gw.playback(bid, "loa-3", "preempted", at=t0 + 500, reason="emergency broadcast")
         # garbage on the event topic is ignored without harm
         await gw.raw_event(b"{not json")
-        await gw.raw_event(
-            b'{"kind":"playback","broadcast_id":"x","device":"BAD ID","state":"started","at":1}'
-        )
+        await gw.raw_event(b'{"kind":"playback","broadcast_id":"x","device":"BAD ID","state":"started","at":1}')
 
         s = await wait_for_async(
             lambda: states({"loa-1": "finished", "loa-2": "finished", "loa-3": "preempted"}),
@@ -348,3 +338,39 @@ async def test_bad_broadcast_requests_are_refused(running: Running, tone: Path) 
         assert r.status_code in (400, 422), (body, r.text)
         assert words in r.text, (words, r.text)
     assert (await running.http.get("/api/broadcasts")).json() == []
+
+
+async def test_pending_plans_survive_a_scheduler_restart(tmp_path: Path, mosquitto: Mosquitto, tone: Path) -> None:
+    keys = Keys()
+    raw = scheduler_config_dict(tmp_path, mosquitto.url, keys)
+    cfg = SchedulerConfig.model_validate(raw)
+    sched = Scheduler.build(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sched.run(stop))
+    await wait_for_async(lambda: _true(sched.dispatcher.link.connected.is_set()), what="MQTT up")
+    media = await sched.store.call(sched.library.ingest, _copy(tone, tmp_path), "t.wav")
+    await sched.store.call(sched.dispatcher.db.add_media, media)
+    bid = await sched.dispatcher.create_broadcast(
+        media_sha256=media.sha256, targets=["xa-sau-restart"], start_at=None, priority=3, volume=50
+    )
+    stop.set()
+    await asyncio.wait_for(task, 15)
+
+    # a new scheduler process on the same database; the gateway appears only now
+    sched2 = Scheduler.build(SchedulerConfig.model_validate(raw))
+    stop2 = asyncio.Event()
+    task2 = asyncio.create_task(sched2.run(stop2))
+    gw = TestGateway(mosquitto.url, "xa-sau-restart", keys)
+    try:
+        await wait_for_async(lambda: _true(sched2.dispatcher.link.connected.is_set()), what="MQTT up again")
+        await gw.connect()
+        [rec] = await gw.wait_for(1, "broadcast.plan")
+        assert rec.verified
+        assert parse_body_as(rec.envelope, BroadcastPlanBody).items[0].broadcast_id == bid
+        await wait_for_async(
+            lambda: _status_if(sched2, bid, lambda s: s["gateways"][0]["state"] == "delivered"), what="acked"
+        )
+    finally:
+        await gw.disconnect()
+        stop2.set()
+        await asyncio.wait_for(task2, 15)
