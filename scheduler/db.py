@@ -113,6 +113,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Incoming:
+    """A message from a gateway, parsed and validated: Status, Ack, PlaybackEvent, or a speaker's
+    state (a dict, with ``device``)."""
+
+    gateway: str
+    message: Status | Ack | PlaybackEvent | dict[str, Any]
+    device: str | None = None
+
+
+@dataclass(frozen=True)
 class Outgoing:
     """A signed command ready to publish to one gateway."""
 
@@ -168,52 +178,99 @@ class Store:
 
     # ------------------------------------------------------------ gateways and speakers
 
+    # Rows looked up once per session (one transaction, possibly a batch of many messages) are
+    # kept in ``session.info``: a batch of reports for one broadcast then costs a few queries.
+
+    @staticmethod
+    def _memo(s: Session) -> dict[tuple[str, ...], Any]:
+        memo: dict[tuple[str, ...], Any] = s.info.setdefault("memo", {})
+        return memo
+
     def _gateway(self, s: Session, gw: str) -> Gateway:
+        memo = self._memo(s)
+        row: Gateway | None = memo.get(("gw", gw))
+        if row is not None:
+            return row
         row = s.get(Gateway, gw)
         if row is None:
             row = Gateway(id=gw)
             s.add(row)
             s.flush()
+        memo[("gw", gw)] = row
         return row
 
+    def _plan_of(self, s: Session, bid: str, gw: str) -> GatewayDelivery | None:
+        memo = self._memo(s)
+        key = ("plan", bid, gw)
+        if key not in memo:
+            memo[key] = s.scalars(
+                select(GatewayDelivery).where(
+                    GatewayDelivery.broadcast_id == bid,
+                    GatewayDelivery.gateway_id == gw,
+                    GatewayDelivery.kind == KIND_PLAN,
+                )
+            ).first()
+        plan: GatewayDelivery | None = memo[key]
+        return plan
+
+    def _speaker_rows(self, s: Session, bid: str, gw: str) -> dict[str, SpeakerDelivery]:
+        """Every speaker row of one broadcast on one gateway, by device id (new rows go in too)."""
+        memo = self._memo(s)
+        key = ("spk", bid, gw)
+        if key not in memo:
+            rows = s.scalars(
+                select(SpeakerDelivery).where(SpeakerDelivery.broadcast_id == bid, SpeakerDelivery.gateway_id == gw)
+            ).all()
+            memo[key] = {r.device_id: r for r in rows}
+        found: dict[str, SpeakerDelivery] = memo[key]
+        return found
+
+    def _status(self, s: Session, gw: str, status: Status, now: int) -> bool:
+        """Store a gateway's status; returns True when it is online.
+
+        Messages are taken in arrival order (the broker keeps one topic in order), not by ``ts``: a
+        Raspberry Pi without a clock battery may boot with its clock in the past.
+        """
+        row = self._gateway(s, gw)
+        row.last_seen = now
+        row.status = status.state
+        row.status_ts = status.ts
+        if status.version:
+            row.version = status.version[:64]
+        commune = (status.model_extra or {}).get("commune")
+        if isinstance(commune, str) and commune:
+            row.commune = commune[:200]
+        return status.state == "online"
+
     def record_status(self, gw: str, status: Status, now: int) -> bool:
-        """Store a gateway's status; returns True when it is (still) online. Older messages are ignored."""
         with self.session() as s, s.begin():
-            row = self._gateway(s, gw)
-            row.last_seen = now
-            if row.status_ts is not None and status.ts < row.status_ts:
-                return row.status == "online"
-            row.status = status.state
-            row.status_ts = status.ts
-            if status.version:
-                row.version = status.version[:64]
-            commune = (status.model_extra or {}).get("commune")
-            if isinstance(commune, str) and commune:
-                row.commune = commune[:200]
-            return status.state == "online"
+            return self._status(s, gw, status, now)
 
     def touch_gateway(self, gw: str, now: int) -> None:
         with self.session() as s, s.begin():
             self._gateway(s, gw).last_seen = now
 
-    def record_speaker(self, gw: str, dev: str, state: dict[str, Any], now: int) -> None:
+    def _speaker(self, s: Session, gw: str, dev: str, state: dict[str, Any], now: int) -> None:
         """Register or refresh a speaker from its retained device state."""
+        self._gateway(s, gw)
+        row = s.scalars(select(Speaker).where(Speaker.gateway_id == gw, Speaker.device_id == dev)).first()
+        if row is None:
+            row = Speaker(gateway_id=gw, device_id=dev)
+            s.add(row)
+        name = state.get("name")
+        if isinstance(name, str) and name:
+            row.name = name[:200]
+        online = state.get("online")
+        if isinstance(online, bool):
+            row.online = online
+        volume = state.get("volume")
+        if isinstance(volume, int) and not isinstance(volume, bool):
+            row.volume = volume
+        row.last_seen = now
+
+    def record_speaker(self, gw: str, dev: str, state: dict[str, Any], now: int) -> None:
         with self.session() as s, s.begin():
-            self._gateway(s, gw)
-            row = s.scalars(select(Speaker).where(Speaker.gateway_id == gw, Speaker.device_id == dev)).first()
-            if row is None:
-                row = Speaker(gateway_id=gw, device_id=dev)
-                s.add(row)
-            name = state.get("name")
-            if isinstance(name, str) and name:
-                row.name = name[:200]
-            online = state.get("online")
-            if isinstance(online, bool):
-                row.online = online
-            volume = state.get("volume")
-            if isinstance(volume, int) and not isinstance(volume, bool):
-                row.volume = volume
-            row.last_seen = now
+            self._speaker(s, gw, dev, state, now)
 
     def gateways(self) -> list[dict[str, Any]]:
         with self.session() as s:
@@ -431,92 +488,111 @@ class Store:
         now: int,
         reason: str | None,
     ) -> None:
-        rows = s.scalars(
-            select(SpeakerDelivery).where(
-                SpeakerDelivery.broadcast_id == d.broadcast_id,
-                SpeakerDelivery.gateway_id == d.gateway_id,
-                SpeakerDelivery.state.in_(from_states),
-            )
-        ).all()
-        for row in rows:
+        rows = self._speaker_rows(s, d.broadcast_id, d.gateway_id).values()
+        for row in [r for r in rows if r.state in from_states]:
             advance_speaker(row, to, now, now, reason)
 
-    def record_ack(self, gw: str, ack: Ack, now: int) -> str | None:
+    def _ack(self, s: Session, gw: str, ack: Ack, now: int) -> str | None:
         """Apply a gateway's ack; returns the new delivery state, or None for an unknown command id."""
+        d = s.scalars(select(GatewayDelivery).where(GatewayDelivery.command_id == ack.id)).first()
+        if d is None:
+            return None
+        if d.gateway_id != gw:
+            log.warning("ack for command %s came from gateway %s, not %s; ignored", ack.id, gw, d.gateway_id)
+            return None
+        self._gateway(s, gw).last_seen = now
+        if d.state in (GW_DELIVERED, GW_REFUSED):
+            return d.state  # the first answer counts
+        reason = (ack.reason or "").lower()
+        if ack.ok or reason in ALREADY_SEEN_REASONS:
+            d.state = GW_DELIVERED
+            d.acked_at = now
+            if not ack.ok:
+                d.error = f"gateway had already seen it ({ack.reason})"
+            if d.kind == KIND_PLAN:
+                self._speakers_of(s, d, (SPK_PENDING,), SPK_DELIVERED, now, None)
+        else:
+            d.state = GW_REFUSED
+            d.acked_at = now
+            d.error = f"{ack.reason or 'refused'}: {ack.error or ''}".strip().rstrip(":")[:500]
+            if d.kind == KIND_PLAN:
+                self._speakers_of(
+                    s,
+                    d,
+                    (SPK_PENDING, SPK_DELIVERED),
+                    SPK_FAILED,
+                    now,
+                    f"gateway refused the plan: {d.error}",
+                )
+        return d.state
+
+    def record_ack(self, gw: str, ack: Ack, now: int) -> str | None:
         with self.session() as s, s.begin():
-            d = s.scalars(select(GatewayDelivery).where(GatewayDelivery.command_id == ack.id)).first()
-            if d is None:
-                return None
-            if d.gateway_id != gw:
-                log.warning("ack for command %s came from gateway %s, not %s; ignored", ack.id, gw, d.gateway_id)
-                return None
-            self._gateway(s, gw).last_seen = now
-            if d.state in (GW_DELIVERED, GW_REFUSED):
-                return d.state  # the first answer counts
-            reason = (ack.reason or "").lower()
-            if ack.ok or reason in ALREADY_SEEN_REASONS:
-                d.state = GW_DELIVERED
-                d.acked_at = now
-                if not ack.ok:
-                    d.error = f"gateway had already seen it ({ack.reason})"
-                if d.kind == KIND_PLAN:
-                    self._speakers_of(s, d, (SPK_PENDING,), SPK_DELIVERED, now, None)
-            else:
-                d.state = GW_REFUSED
-                d.acked_at = now
-                d.error = f"{ack.reason or 'refused'}: {ack.error or ''}".strip().rstrip(":")[:500]
-                if d.kind == KIND_PLAN:
-                    self._speakers_of(
-                        s,
-                        d,
-                        (SPK_PENDING, SPK_DELIVERED),
-                        SPK_FAILED,
-                        now,
-                        f"gateway refused the plan: {d.error}",
-                    )
-            return d.state
+            return self._ack(s, gw, ack, now)
+
+    def _playback(self, s: Session, gw: str, ev: PlaybackEvent, now: int) -> str | None:
+        """Apply a playback report; returns the speaker's state, or None for a broadcast unknown here."""
+        plan = self._plan_of(s, ev.broadcast_id, gw)
+        if plan is None:
+            return None
+        self._gateway(s, gw).last_seen = now
+        if plan.state in (GW_PENDING, GW_EXPIRED):
+            # a report proves the plan arrived even if its ack was lost
+            plan.state = GW_DELIVERED
+            plan.acked_at = plan.acked_at or now
+            self._speakers_of(s, plan, (SPK_PENDING,), SPK_DELIVERED, now, None)
+        rows = self._speaker_rows(s, ev.broadcast_id, gw)
+        row = rows.get(ev.device)
+        if row is None:  # a speaker we did not know of (targets "*"): learn it
+            row = SpeakerDelivery(
+                broadcast_id=ev.broadcast_id,
+                gateway_id=gw,
+                device_id=ev.device,
+                state=SPK_DELIVERED,
+                delivered_at=now,
+            )
+            s.add(row)
+            rows[ev.device] = row
+            if (
+                s.scalars(select(Speaker).where(Speaker.gateway_id == gw, Speaker.device_id == ev.device)).first()
+                is None
+            ):
+                s.add(Speaker(gateway_id=gw, device_id=ev.device, last_seen=now))
+        advance_speaker(row, ev.state, ev.at, now, ev.reason)
+        return row.state
 
     def record_playback(self, gw: str, ev: PlaybackEvent, now: int) -> str | None:
-        """Apply a playback report; returns the speaker's state, or None for a broadcast unknown here."""
         with self.session() as s, s.begin():
-            plan = s.scalars(
-                select(GatewayDelivery).where(
-                    GatewayDelivery.broadcast_id == ev.broadcast_id,
-                    GatewayDelivery.gateway_id == gw,
-                    GatewayDelivery.kind == KIND_PLAN,
-                )
-            ).first()
-            if plan is None:
-                return None
-            self._gateway(s, gw).last_seen = now
-            if plan.state in (GW_PENDING, GW_EXPIRED):
-                # a report proves the plan arrived even if its ack was lost
-                plan.state = GW_DELIVERED
-                plan.acked_at = plan.acked_at or now
-                self._speakers_of(s, plan, (SPK_PENDING,), SPK_DELIVERED, now, None)
-            row = s.scalars(
-                select(SpeakerDelivery).where(
-                    SpeakerDelivery.broadcast_id == ev.broadcast_id,
-                    SpeakerDelivery.gateway_id == gw,
-                    SpeakerDelivery.device_id == ev.device,
-                )
-            ).first()
-            if row is None:  # a speaker we did not know of (targets "*"): learn it
-                row = SpeakerDelivery(
-                    broadcast_id=ev.broadcast_id,
-                    gateway_id=gw,
-                    device_id=ev.device,
-                    state=SPK_DELIVERED,
-                    delivered_at=now,
-                )
-                s.add(row)
-                if (
-                    s.scalars(select(Speaker).where(Speaker.gateway_id == gw, Speaker.device_id == ev.device)).first()
-                    is None
-                ):
-                    s.add(Speaker(gateway_id=gw, device_id=ev.device, last_seen=now))
-            advance_speaker(row, ev.state, ev.at, now, ev.reason)
-            return row.state
+            return self._playback(s, gw, ev, now)
+
+    def _apply_one(self, s: Session, item: Incoming, now: int) -> Any:
+        gw, what = item.gateway, item.message
+        if isinstance(what, Status):
+            return self._status(s, gw, what, now)
+        if isinstance(what, Ack):
+            return self._ack(s, gw, what, now)
+        if isinstance(what, PlaybackEvent):
+            return self._playback(s, gw, what, now)
+        assert item.device is not None and isinstance(what, dict)
+        return self._speaker(s, gw, item.device, what, now)
+
+    def apply(self, items: Sequence[Incoming], now: int) -> list[Any]:
+        """Apply many incoming messages in arrival order, in one transaction (one disk sync).
+
+        Should the batch fail as a whole, each message is applied again in its own transaction so
+        that one bad message costs only itself. Returns each message's result (None on failure).
+        """
+        try:
+            with self.session() as s, s.begin():
+                return [self._apply_one(s, item, now) for item in items]
+        except Exception:
+            if len(items) == 1:
+                log.exception("could not apply %s from %s", type(items[0].message).__name__, items[0].gateway)
+                return [None]
+        results: list[Any] = []
+        for item in items:
+            results.extend(self.apply([item], now))
+        return results
 
     # ------------------------------------------------------------ reads
 

@@ -39,10 +39,17 @@ from protocol.models import (
 )
 from protocol.signing import Signer, now_ms
 from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
-from scheduler.db import AsyncStore, Outgoing, Store
+from scheduler.db import AsyncStore, Incoming, Outgoing, Store
 from scheduler.models import Broadcast
 
 log = logging.getLogger(__name__)
+
+#: Incoming messages wait here for the database worker; when it is full the MQTT reader waits too.
+INBOX_SIZE = 50_000
+#: At most this many incoming messages are applied in one database transaction.
+BATCH_MAX = 500
+#: Publishes in flight at once when sending many commands.
+PUBLISH_CONCURRENCY = 50
 
 #: Speakers are told apart from sensors by a retained state carrying one of these keys.
 SPEAKER_STATE_KEYS = ("volume", "playing")
@@ -73,6 +80,8 @@ class Dispatcher:
         self.resend_interval_s = resend_interval_s
         self.max_late_ms = max_late_s * 1000
         self.sent = 0
+        self.received = 0
+        self._inbox: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=INBOX_SIZE)
         link.subscribe(filter_all_gateways("status"), self._on_status)
         link.subscribe(filter_all_gateways("ack"), self._on_ack)
         link.subscribe(filter_all_gateways("event"), self._on_event)
@@ -152,16 +161,18 @@ class Dispatcher:
     async def send(self, out: Sequence[Outgoing]) -> int:
         """Publish commands now (those whose publish succeeds are marked sent). Returns how many went."""
         sent: list[str] = []
-        for o in out:
-            if not self.link.connected.is_set():
-                break  # not queued in memory: the database has it, and it goes when the gateway is online
 
+        async def one(o: Outgoing) -> None:
+            if not self.link.connected.is_set():
+                return  # not queued in memory: the database has it, and it goes when the gateway is online
             remaining_s = math.ceil((o.expires_at - now_ms()) / 1000)
             if remaining_s <= 0:
-                continue
-            ok = await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s)
-            if ok:
+                return
+            if await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s):
                 sent.append(o.command_id)
+
+        for i in range(0, len(out), PUBLISH_CONCURRENCY):
+            await asyncio.gather(*(one(o) for o in out[i : i + PUBLISH_CONCURRENCY]))
         if sent:
             await self.store.call(self.db.mark_sent, sent, now_ms())
             self.sent += len(sent)
@@ -209,11 +220,7 @@ class Dispatcher:
         except ProtocolError as exc:
             log.warning("bad status on %s: %s", msg.topic, exc)
             return
-        online = await self.store.call(self.db.record_status, gw, status, now_ms())
-        if online:
-            n = await self.resend_pending([gw])
-            if n:
-                log.info("gateway %s is online: sent %d pending command(s)", gw, n)
+        await self._inbox.put(Incoming(gw, status))
 
     async def _on_ack(self, msg: aiomqtt.Message) -> None:
         gw = self._gateway_of(msg)
@@ -224,11 +231,9 @@ class Dispatcher:
         except ProtocolError as exc:
             log.warning("bad ack on %s: %s", msg.topic, exc)
             return
-        state = await self.store.call(self.db.record_ack, gw, ack, now_ms())
-        if state is None:
-            log.debug("ack for unknown command %s from %s", ack.id, gw)
-        elif not ack.ok:
+        if not ack.ok:
             log.warning("gateway %s answered command %s: %s (%s)", gw, ack.id, ack.reason, ack.error)
+        await self._inbox.put(Incoming(gw, ack))
 
     async def _on_event(self, msg: aiomqtt.Message) -> None:
         gw = self._gateway_of(msg)
@@ -246,9 +251,7 @@ class Dispatcher:
         except ValueError as exc:
             log.warning("bad playback event on %s: %s", msg.topic, exc)
             return
-        state = await self.store.call(self.db.record_playback, gw, ev, now_ms())
-        if state is None:
-            log.debug("playback report for unknown broadcast %s from %s", ev.broadcast_id, gw)
+        await self._inbox.put(Incoming(gw, ev))
 
     async def _on_device_state(self, msg: aiomqtt.Message) -> None:
         try:
@@ -263,7 +266,32 @@ class Dispatcher:
             log.warning("bad device state on %s: %s", msg.topic, exc)
             return
         if isinstance(data, dict) and looks_like_speaker(data):
-            await self.store.call(self.db.record_speaker, t.gateway, t.device, data, now_ms())
+            await self._inbox.put(Incoming(t.gateway, data, t.device))
+
+    async def _apply_loop(self) -> None:
+        """Apply incoming messages to the database in batches, in arrival order."""
+        while True:
+            batch = [await self._inbox.get()]
+            while len(batch) < BATCH_MAX and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            try:
+                results = await self.store.call(self.db.apply, batch, now_ms())
+            except Exception:
+                log.exception("could not apply %d incoming message(s)", len(batch))
+                continue
+            self.received += len(batch)
+            online: list[str] = []
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(item.message, Status) and result and item.gateway not in online:
+                    online.append(item.gateway)
+                elif result is None and isinstance(item.message, Ack | PlaybackEvent):
+                    log.debug(
+                        "%s from %s is about nothing this scheduler sent", type(item.message).__name__, item.gateway
+                    )
+            if online:
+                n = await self.resend_pending(online)
+                if n:
+                    log.info("%s online: sent %d pending command(s)", ", ".join(online), n)
 
     # ------------------------------------------------------------ running
 
@@ -272,3 +300,4 @@ class Dispatcher:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.link.run(), name="dispatcher-mqtt")
             tg.create_task(self._resend_loop(), name="dispatcher-resend")
+            tg.create_task(self._apply_loop(), name="dispatcher-apply")
