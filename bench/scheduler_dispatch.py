@@ -39,6 +39,7 @@ from tests.sched_support import Keys, make_tone, scheduler_config_dict  # noqa: 
 def fleet(port: int, gateways: list[str], speakers: int, ready: Any, done: Any) -> None:
     """Runs in its own process (paho's network thread): all gateways at once, publishing without waiting."""
     import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
 
     expected = len(gateways)
     answered: set[str] = set()
@@ -58,7 +59,7 @@ def fleet(port: int, gateways: list[str], speakers: int, ready: Any, done: Any) 
         if len(answered) == expected:
             done.value = time.time()
 
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="bench-fleet", protocol=paho.MQTTv5)
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-fleet", protocol=paho.MQTTv5)
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
     c.on_message = on_message
