@@ -68,7 +68,7 @@ class Gateway:
 
     def add_task(self, factory: Callable[[], Awaitable[Any]], name: str | None = None) -> None:
         """Run ``factory()`` for the life of the gateway (a failure is logged and stops the gateway)."""
-        self._tasks.append((name or getattr(factory, "__qualname__", "task"), factory))
+        self._tasks.append((name or str(getattr(factory, "__qualname__", "task")), factory))
 
     def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer()`` on a clean stop, before the links are closed."""
