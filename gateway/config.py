@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from devices.config import DeviceConfig
+from gateway.broadcast.config import BroadcastSection
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
 from protocol.ids import GatewayId
@@ -85,6 +86,7 @@ class GatewayConfig(StrictModel):
     spool: SpoolSection = SpoolSection()
     health: HealthSection = HealthSection()
     media: MediaSection = MediaSection()
+    broadcast: BroadcastSection = BroadcastSection()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
