@@ -175,6 +175,11 @@ class StreamDecoder:
             self._buf.clear()
             if not segment:
                 continue  # idle delimiters are allowed (a sender may flush with 0x00)
+            if len(segment) > MAX_ENCODED:
+                self.stats.oversize += 1
+                self.stats.resyncs += 1
+                self.stats.discarded_bytes += len(segment) + 1
+                continue
             try:
                 frame = decode_frame(segment)
             except FrameError as exc:
