@@ -91,6 +91,8 @@ class RefNode:
     seed: int | None = None
     #: fault injection: reboot when an update reaches one of these offsets (each once)
     reboot_at_offsets: list[int] = field(default_factory=list)
+    #: fault injection: a flash write error flips one bit at this image offset (the digest check must catch it)
+    corrupt_flash_at: int | None = None
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -279,6 +281,9 @@ class RefNode:
                 raise _Refuse(NakCode.OUT_OF_ORDER, len(s.data))
             if chunk.offset == len(s.data):
                 s.data += chunk.data
+                bad = self.corrupt_flash_at
+                if bad is not None and chunk.offset <= bad < len(s.data):
+                    s.data[bad] ^= 0x01
                 s.verified = False
                 for mark in list(self.reboot_at_offsets):
                     if len(s.data) >= mark:
