@@ -21,7 +21,7 @@ class GatewaySection(StrictModel):
 
 class TrustedKey(StrictModel):
     id: str = Field(min_length=1, max_length=128)
-    public_key: str = Field(min_length=40, max_length=200, description="base64 of the 32-byte Ed25519 key")
+    public_key: str = Field(max_length=200, description="base64 of the 32-byte Ed25519 key")
 
     @field_validator("public_key")
     @classmethod

@@ -79,7 +79,7 @@ def run_loaxa(*args: str, timeout: float = 60, **kw: Any) -> subprocess.Complete
 
 def spawn_loaxa(*args: str, log: Path, **kw: Any) -> subprocess.Popen[bytes]:
     """Start ``loaxa ARGS`` in the background, output to ``log``; the caller stops it."""
-    out = open(log, "ab")  # noqa: SIM115
+    out = open(log, "ab")
     try:
         return subprocess.Popen([sys.executable, "-m", "loaxa", *args], stdout=out, stderr=subprocess.STDOUT,
                                 env=loaxa_env(), cwd=ROOT, start_new_session=True, **kw)

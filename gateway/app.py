@@ -1,0 +1,179 @@
+"""The gateway process: two MQTT links, the command router, health, and the services that plug in.
+
+Services (telemetry, broadcast, serial nodes) live in their own packages and plug in through
+``attach(gw)``; this module only wires the links and runs everything until stopped.
+Online state follows Sparkplug's birth/death idea: a retained ``status`` ``online`` on every connect,
+``offline`` as the MQTT will (crash, power cut, lost link) and on a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from pydantic import BaseModel
+
+from gateway.commands import CommandRouter, make_ack_sender
+from gateway.config import GatewayConfig
+from gateway.health import HealthReporter
+from loaxa import __version__, sdnotify
+from loaxa.mqttlink import MqttLink
+from protocol.models import Health, Status
+from protocol.signing import now_ms
+from protocol.topics import cmd_topic, event_topic, health_topic, status_topic
+
+log = logging.getLogger(__name__)
+
+#: Packages that add a service; each module has ``attach(gw: Gateway) -> None``. Missing ones are skipped.
+SERVICE_MODULES: tuple[str, ...] = (
+    "gateway.telemetry.service",
+    "gateway.broadcast.service",
+    "gateway.serial.service",
+)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, version: str = __version__) -> None:
+        self.config = config
+        self.id = config.gateway.id
+        self.version = version
+        self.data_dir = Path(config.gateway.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        offline = Status(state="offline", ts=now_ms(), version=version).model_dump_json(exclude_none=True)
+        self.uplink = MqttLink(
+            config.uplink, client_id=f"loaxa-gw-{self.id}", name="uplink",
+            will=aiomqtt.Will(status_topic(self.id), offline, qos=1, retain=True),
+        )
+        self.local = MqttLink(config.local_broker, client_id=f"loaxa-gw-{self.id}-lan", name="lan")
+        self.commands = CommandRouter(
+            self.id, {k.id: k.public_key for k in config.trust.keys}, self.data_dir / "commands.db",
+            make_ack_sender(self.uplink.publish, self.id), skew_s=config.trust.clock_skew_s,
+        )
+        self.health = HealthReporter(self.data_dir, config.health.interval_s, self._publish_health, version)
+        self.health.add_provider(self._link_metrics)
+        self.uplink.subscribe(cmd_topic(self.id), self.commands.on_message)
+        self.uplink.on_connect(self._birth)
+        self._tasks: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.services: list[str] = []
+
+    # ------------------------------------------------------------------ for services
+
+    def add_task(self, factory: Callable[[], Awaitable[Any]], name: str | None = None) -> None:
+        """Run ``factory()`` for the life of the gateway (a failure is logged and stops the gateway)."""
+        self._tasks.append((name or str(getattr(factory, "__qualname__", "task")), factory))
+
+    def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer()`` on a clean stop, before the links are closed."""
+        self._closers.append(closer)
+
+    async def publish_event(self, event: BaseModel) -> None:
+        """Send a playback report or alarm to the centre (queued while the uplink is down)."""
+        await self.uplink.publish(event_topic(self.id), event, qos=1)
+
+    # ------------------------------------------------------------------ internals
+
+    async def _birth(self) -> None:
+        status = Status(state="online", ts=now_ms(), version=self.version)
+        await self.uplink.publish(status_topic(self.id), status, qos=1, retain=True)
+        await self.health.report_once()
+
+    async def _publish_health(self, health: Health) -> None:
+        # health is only worth sending fresh: while the uplink is down it is not queued
+        if self.uplink.connected.is_set():
+            await self.uplink.publish(health_topic(self.id), health, qos=1, retain=True)
+
+    def _link_metrics(self) -> dict[str, Any]:
+        return {
+            "uplink_connected": self.uplink.connected.is_set(),
+            "uplink_queued": self.uplink.queued,
+            "uplink_reconnects": self.uplink.reconnects,
+            "lan_connected": self.local.connected.is_set(),
+            **self.commands.stats(),
+        }
+
+    def attach_services(self) -> None:
+        for name in SERVICE_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name is not None and name.startswith(exc.name):
+                    continue
+                raise
+            module.attach(self)
+            self.services.append(name.rsplit(".", 2)[-2])
+
+    async def _watchdog(self) -> None:
+        interval = sdnotify.watchdog_interval_s()
+        if interval is None:
+            return
+        while True:  # proves to systemd that the event loop is alive
+            sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _ready(self) -> None:
+        await self.uplink.connected.wait()
+        sdnotify.notify(f"READY=1\nSTATUS=gateway {self.id} online")
+        log.info("gateway %s online (services: %s)", self.id, ", ".join(self.services) or "none")
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or forever), then publish ``offline`` and close."""
+        stop = stop or asyncio.Event()
+        self.attach_services()
+        tasks = [
+            asyncio.create_task(self.uplink.run(), name="uplink"),
+            asyncio.create_task(self.local.run(), name="lan"),
+            asyncio.create_task(self.health.run(), name="health"),
+        ]
+        tasks += [asyncio.create_task(_logged(name, f), name=name) for name, f in self._tasks]
+        helpers = [asyncio.create_task(self._watchdog(), name="watchdog"),
+                   asyncio.create_task(self._ready(), name="ready")]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            # a long-running task that ends (it failed: already logged) stops the gateway, so that
+            # systemd restarts it whole rather than leaving a half-working gateway behind
+            await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sdnotify.notify("STOPPING=1")
+            for closer in self._closers:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(closer(), 10)
+            offline = Status(state="offline", ts=now_ms(), version=self.version)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.uplink.disconnect_gracefully([(status_topic(self.id), offline, True)]), 5)
+            for t in [*tasks, *helpers, stopper]:
+                t.cancel()
+            await asyncio.gather(*tasks, *helpers, stopper, return_exceptions=True)
+            self.commands.close()
+
+
+async def _logged(name: str, factory: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        await factory()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("gateway service %s failed", name)
+        raise
+
+
+def run_gateway(config: GatewayConfig) -> int:
+    """Run a gateway in this process until SIGINT/SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Gateway(config).run(stop)
+
+    asyncio.run(main())
+    return 0

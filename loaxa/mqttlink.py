@@ -1,0 +1,181 @@
+"""A long-lived MQTT 5 connection that survives broker restarts and network cuts.
+
+``MqttLink`` wraps ``aiomqtt.Client``: it reconnects with exponential backoff and jitter, re-subscribes,
+runs ``on_connect`` hooks (e.g. publish a retained "online" status), and queues publishes made while
+the broker is unreachable (in memory, bounded, oldest dropped and counted), flushing them in order on
+reconnect. The session is persistent (``clean_start=False`` with a session expiry) so QoS 1 messages
+sent to us while we were away are delivered when we come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import BaseModel
+
+from loaxa.mqttconf import MqttEndpoint
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[aiomqtt.Message], Awaitable[None]]
+Payload = bytes | str | BaseModel
+
+
+def encode_payload(payload: Payload) -> bytes:
+    if isinstance(payload, BaseModel):
+        return payload.model_dump_json(exclude_none=True).encode("utf-8")
+    return payload.encode("utf-8") if isinstance(payload, str) else payload
+
+
+@dataclass(frozen=True)
+class _Pending:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    expiry_s: int | None
+
+
+class MqttLink:
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        *,
+        client_id: str,
+        will: aiomqtt.Will | None = None,
+        name: str = "mqtt",
+        session_expiry_s: int = 3600,
+        max_queue: int = 10_000,
+        max_inflight: int = 100,
+    ) -> None:
+        self.endpoint = endpoint
+        self.client_id = client_id
+        self.will = will
+        self.name = name
+        self.session_expiry_s = session_expiry_s
+        self.connected = asyncio.Event()
+        self.dropped = 0  #: queued publishes dropped because the queue was full
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._max_inflight = max_inflight
+        self._subs: list[tuple[str, int, Handler]] = []
+        self._on_connect: list[Callable[[], Awaitable[None]]] = []
+        self._queue: collections.deque[_Pending] = collections.deque(maxlen=max_queue)
+        self._client: aiomqtt.Client | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Call ``handler`` for every message matching ``topic_filter`` (kept across reconnects)."""
+        self._subs.append((topic_filter, qos, handler))
+        if self._client is not None:  # already connected: subscribe now too
+            asyncio.get_running_loop().create_task(self._client.subscribe(topic_filter, qos))
+
+    def on_connect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` after each (re)connection, before queued publishes are flushed."""
+        self._on_connect.append(hook)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False,
+                      expiry_s: int | None = None) -> bool:
+        """Publish now if connected (True); otherwise queue for the next connection (False)."""
+        item = _Pending(topic, encode_payload(payload), qos, retain, expiry_s)
+        client = self._client
+        if client is not None and not self._queue:
+            try:
+                await self._send(client, item)
+                return True
+            except aiomqtt.MqttError as exc:
+                log.info("%s: publish to %s failed (%s); queued", self.name, topic, exc)
+        self._enqueue(item)
+        return False
+
+    def _enqueue(self, item: _Pending) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append(item)
+
+    @staticmethod
+    async def _send(client: aiomqtt.Client, item: _Pending) -> None:
+        props = None
+        if item.expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = max(1, int(item.expiry_s))
+        await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain, properties=props,
+                             timeout=30)
+
+    async def _flush(self, client: aiomqtt.Client) -> None:
+        while self._queue:
+            item = self._queue[0]
+            await self._send(client, item)
+            self._queue.popleft()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------------ running
+
+    def _client_for_connect(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.session_expiry_s
+        kw: dict[str, Any] = self.endpoint.client_kwargs()
+        kw["identifier"] = self.endpoint.client_id or self.client_id
+        return aiomqtt.Client(**kw, will=self.will, clean_start=False, properties=props,
+                              max_inflight_messages=self._max_inflight, timeout=10)
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        backoff = 0.5
+        while True:
+            try:
+                async with self._client_for_connect() as client:
+                    for topic_filter, qos, _ in self._subs:
+                        await client.subscribe(topic_filter, qos)
+                    self._client = client
+                    self.connected.set()
+                    log.info("%s: connected to %s", self.name, self.endpoint.url)
+                    for hook in self._on_connect:
+                        await hook()
+                    await self._flush(client)
+                    backoff = 0.5
+                    async for message in client.messages:
+                        await self._dispatch(message)
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc)
+                log.warning("%s: connection to %s lost or refused: %s", self.name, self.endpoint.url, exc)
+            finally:
+                self._client = None
+                self.connected.clear()
+            self.reconnects += 1
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 30.0)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        for topic_filter, _, handler in self._subs:
+            if message.topic.matches(topic_filter):
+                try:
+                    await handler(message)
+                except Exception:  # a bad message must never take the link down
+                    log.exception("%s: handler for %s failed on %s", self.name, topic_filter, message.topic)
+
+    async def disconnect_gracefully(self, last: list[tuple[str, Payload, bool]] | None = None) -> None:
+        """Publish ``last`` messages (topic, payload, retain) if connected; the caller then cancels run()."""
+        client = self._client
+        if client is None:
+            return
+        for topic, payload, retain in last or []:
+            try:
+                await self._send(client, _Pending(topic, encode_payload(payload), 1, retain, None))
+            except aiomqtt.MqttError:
+                break
