@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from gateway.serial.config import SerialNodeConfig
 from loaxa.yamlconf import StrictModel
 from protocol.ids import DeviceId
 
@@ -40,6 +41,6 @@ class SimSensorConfig(DeviceBase):
 
 
 DeviceConfig = Annotated[
-    IpSpeakerConfig | MqttSensorConfig | SimSensorConfig,
+    IpSpeakerConfig | MqttSensorConfig | SimSensorConfig | SerialNodeConfig,
     Field(discriminator="type"),
 ]
