@@ -30,10 +30,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(ROOT))
 
 from firmware_bridge.client import NodeClient  # noqa: E402
+from firmware_bridge.frame import Frame  # noqa: E402
 from firmware_bridge.fwupdate import FirmwareUpdater  # noqa: E402
 from firmware_bridge.link import BusMaster  # noqa: E402
 from firmware_bridge.messages import FwChunk, MsgType  # noqa: E402
-from firmware_bridge.frame import Frame  # noqa: E402
 
 
 def start_board(baud: int) -> tuple[subprocess.Popen[str], str]:

@@ -68,9 +68,9 @@ class FirmwareUpdater:
         if self.progress is not None:
             self.progress(done, total, phase)
 
-    async def _hello_when_back(self, timeout: float, accept: Callable[[Hello], bool] = lambda h: True) -> Hello:
+    async def _hello_when_back(self, within_s: float, accept: Callable[[Hello], bool] = lambda h: True) -> Hello:
         """Poll HELLO until the node answers (and ``accept`` likes the answer)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within_s
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
@@ -81,7 +81,7 @@ class FirmwareUpdater:
             except LinkError as exc:
                 last = exc
             await asyncio.sleep(0.1)
-        raise FirmwareError(f"node {self.client.address} did not come back within {timeout:.0f}s"
+        raise FirmwareError(f"node {self.client.address} did not come back within {within_s:.0f}s"
                             + (f": {last}" if last else ""))
 
     async def update(self, image: bytes, version: str, *, expected_sha256: str | None = None,

@@ -164,11 +164,11 @@ class BusMaster:
     def byte_time(self) -> float:
         return 10.0 / self.baud  # 8N1: start + 8 data + stop bits
 
-    async def _wait_connected(self, timeout: float) -> None:
+    async def _wait_connected(self, within_s: float) -> None:
         if self.connected:
             return
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            await asyncio.wait_for(self._connected.wait(), within_s)
         except TimeoutError:
             raise PortUnavailable(self.last_error or f"serial port {self.path} is not open") from None
 

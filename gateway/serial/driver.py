@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from enum import IntEnum
 
 from devices.base import PlaybackReport, PlayRequest, ReadingSink, SensorDriver, SpeakerDriver
 from firmware_bridge.client import NodeClient
@@ -39,6 +40,13 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def enum_name(cls: type[IntEnum], value: int) -> str:
+    try:
+        return cls(value).name.lower()
+    except ValueError:
+        return str(value)
+
+
 def fault_names(flags: int) -> list[str]:
     return [f.name.lower() for f in Fault if f & flags and f.name]
 
@@ -61,8 +69,6 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
         self._last_state: DeviceState | None = None
         self.counters: dict[str, int] = {"polls": 0, "missed_polls": 0, "readings": 0, "events": 0,
                                          "sink_errors": 0, "went_offline": 0}
-        self.paused = asyncio.Event()  # set while a firmware update owns the node
-        self.paused.clear()
 
     # ---------------------------------------------------------------- state and alarms
 
@@ -70,10 +76,10 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
         st, h = self.status, self.hello
         extra: dict[str, object] = {}
         if st is not None:
-            extra = {"source": Source(st.source).name.lower() if st.source in iter(Source) else st.source,
+            extra = {"source": enum_name(Source, st.source),
                      "temperature_c": st.temperature_c, "supply_v": st.supply_v, "faults": fault_names(st.faults)}
         if h is not None:
-            extra["boot_state"] = BootState(h.boot_state).name.lower() if h.boot_state <= 2 else h.boot_state
+            extra["boot_state"] = enum_name(BootState, h.boot_state)
             extra["hardware"] = h.hw_revision
         return DeviceState(online=self.online, ts=now_ms(), volume=st.volume if st else None,
                            power=st.power if st else None, firmware=h.fw_version if h else None,
@@ -107,11 +113,10 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
     async def run(self, sink: ReadingSink | None = None) -> None:
         """Poll until cancelled."""
         while True:
-            if not self.paused.is_set():
-                try:
-                    await self.poll_once(sink)
-                except Exception:  # a bug here must not stop the other nodes or the gateway
-                    log.exception("polling serial node %s failed", self.device_id)
+            try:
+                await self.poll_once(sink)
+            except Exception:  # a bug here must not stop the other nodes or the gateway
+                log.exception("polling serial node %s failed", self.device_id)
             await asyncio.sleep(self.cfg.poll_interval_s)
 
     async def poll_once(self, sink: ReadingSink | None) -> bool:

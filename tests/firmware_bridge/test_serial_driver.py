@@ -43,8 +43,8 @@ class Recorder:
         self.plays.append((dev, bid, state))
 
 
-async def until(pred: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+async def until(pred: Callable[[], object], within_s: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within_s
     while not pred():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
