@@ -53,10 +53,12 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--port", help="serial port path (instead of --gateway-config/--device)")
     g.add_argument("--address", type=int, default=1, help="node bus address with --port (default 1)")
     g.add_argument("--baud", type=int, default=115200, help="baud rate with --port (default 115200)")
+    g.add_argument("--duplex", choices=("full", "half"), default="full",
+                   help="with --port: half for a two-wire RS-485 bus (one request at a time; default full)")
 
 
-def _resolve(args: argparse.Namespace) -> tuple[str, int, int, int]:
-    """(port, baud, address, window) from the arguments; raises SystemExit with a clear message."""
+def _resolve(args: argparse.Namespace) -> tuple[str, int, int, int, str]:
+    """(port, baud, address, window, duplex) from the arguments; raises SystemExit with a clear message."""
     if args.gateway_config:
         from gateway.config import load_gateway_config
         from gateway.serial.config import SerialNodeConfig
@@ -76,12 +78,12 @@ def _resolve(args: argparse.Namespace) -> tuple[str, int, int, int]:
             known = ", ".join(sorted(nodes)) or "none"
             raise SystemExit(f"error: {args.gateway_config} has no serial_node device {args.device!r} "
                              f"(serial nodes there: {known})")
-        return node.port, node.baud, node.address, node.window
+        return node.port, node.baud, node.address, node.window, node.duplex
     if not args.port:
         raise SystemExit("error: say which node: --gateway-config PATH --device DEV, or --port PATH [--address N]")
     if not 1 <= args.address <= 247:
         raise SystemExit(f"error: --address {args.address} is out of 1..247")
-    return args.port, args.baud, args.address, 4
+    return args.port, args.baud, args.address, 4, args.duplex
 
 
 class ProgressBar:
@@ -129,7 +131,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     from firmware_bridge.errors import BridgeError, PortUnavailable
     from firmware_bridge.fwupdate import FirmwareError, FirmwareUpdater
 
-    port, baud, address, window = _resolve(args)
+    port, baud, address, window, duplex = _resolve(args)
     try:
         image = args.image.read_bytes()
     except OSError as exc:
@@ -140,7 +142,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         from firmware_bridge.client import NodeClient
         from firmware_bridge.link import BusMaster
 
-        bus = BusMaster(port, baud)
+        bus = BusMaster(port, baud, duplex=duplex)
         try:
             await bus.open()
         except PortUnavailable as exc:
@@ -179,13 +181,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from firmware_bridge.messages import BootState, Cap, Source
     from gateway.serial.driver import fault_names
 
-    port, baud, address, _ = _resolve(args)
+    port, baud, address, _, duplex = _resolve(args)
 
     async def go() -> int:
         from firmware_bridge.client import NodeClient
         from firmware_bridge.link import BusMaster
 
-        bus = BusMaster(port, baud)
+        bus = BusMaster(port, baud, duplex=duplex)
         try:
             await bus.open()
             node = NodeClient(bus, address)

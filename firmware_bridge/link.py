@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from firmware_bridge.errors import LinkTimeout, MessageError, NakError, PortUnavailable
@@ -30,6 +31,8 @@ from firmware_bridge.port import AsyncSerialPort
 
 log = logging.getLogger(__name__)
 
+MAX_IN_FLIGHT = 16
+
 
 @dataclass
 class LinkStats:
@@ -44,6 +47,7 @@ class LinkStats:
     unexpected: int = 0
     port_opens: int = 0
     port_losses: int = 0
+    max_in_flight: int = 0
 
 
 @dataclass
@@ -64,6 +68,9 @@ class BusMaster:
     retries: int = 3
     reopen_interval_s: float = 0.5
     exclusive: bool = True
+    #: "half": two-wire RS-485, one request on the bus at a time; "full": UART or four-wire, several
+    #: requests to the same node may be in flight (the firmware update's window)
+    duplex: str = "full"
     stats: LinkStats = field(default_factory=LinkStats)
 
     def __post_init__(self) -> None:
@@ -76,6 +83,10 @@ class BusMaster:
         self.events_pending: set[int] = set()
         self.last_error: str | None = None
         self._inflight_bytes = 0
+        self._cond = asyncio.Condition()
+        self._queue: deque[object] = deque()
+        self._busy_addr: int | None = None
+        self._busy_n = 0
 
     # ---------------------------------------------------------------- connection
 
@@ -172,12 +183,53 @@ class BusMaster:
         except TimeoutError:
             raise PortUnavailable(self.last_error or f"serial port {self.path} is not open") from None
 
+    # ---------------------------------------------------------------- who may talk
+
+    def _fits(self, address: int) -> bool:
+        if self._busy_n == 0:
+            return True
+        return self.duplex == "full" and address == self._busy_addr and self._busy_n < MAX_IN_FLIGHT
+
+    async def _acquire(self, address: int) -> None:
+        """Wait for the bus, first come first served. Requests in flight at the same time all go to one
+        node (its answers come one after the other, so nodes never talk over each other), and on a
+        half-duplex bus only one request is in flight at all."""
+        token = object()
+        async with self._cond:
+            self._queue.append(token)
+            try:
+                await self._cond.wait_for(lambda: self._queue[0] is token and self._fits(address))
+            except BaseException:
+                self._queue.remove(token)
+                self._cond.notify_all()
+                raise
+            self._queue.popleft()
+            self._busy_addr = address
+            self._busy_n += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self._busy_n)
+            self._cond.notify_all()
+
+    async def _release(self) -> None:
+        async with self._cond:
+            self._busy_n -= 1
+            if self._busy_n == 0:
+                self._busy_addr = None
+            self._cond.notify_all()
+
     async def request(self, address: int, mtype: int, payload: bytes = b"", *,
                       timeout_s: float | None = None, retries: int | None = None) -> Frame:
         """Send a request and return the node's positive answer. Raises :class:`NakError` when the node
         refuses, :class:`LinkTimeout` when it stays silent, :class:`PortUnavailable` without a port."""
         if not 1 <= address <= MAX_NODE_ADDR:
             raise ValueError(f"node address {address} out of 1..{MAX_NODE_ADDR}")
+        await self._acquire(address)
+        try:
+            return await self._exchange(address, mtype, payload, timeout_s, retries)
+        finally:
+            await asyncio.shield(self._release())
+
+    async def _exchange(self, address: int, mtype: int, payload: bytes, timeout_s: float | None,
+                        retries: int | None) -> Frame:
         retries = self.retries if retries is None else retries
         base = self.timeout_s if timeout_s is None else timeout_s
         seq = self._next_seq()

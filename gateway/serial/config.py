@@ -46,8 +46,10 @@ class SerialNodeConfig(StrictModel):
     timeout_s: float = Field(default=0.1, gt=0, le=10, description="node answer allowance on top of line time")
     retries: int = Field(default=3, ge=0, le=20, description="retransmissions before a request fails")
     volume: int = Field(default=70, ge=0, le=100, description="volume for a broadcast that gives none")
-    window: int = Field(default=4, ge=1, le=16, description=(
-        "firmware chunks in flight; use 1 on a half-duplex RS-485 bus"))
+    duplex: Literal["full", "half"] = Field(default="half", description=(
+        "half: two-wire RS-485 (one request on the bus at a time); full: a UART to one node, or "
+        "four-wire RS-422/485 (several requests to the same node in flight: faster firmware updates)"))
+    window: int = Field(default=4, ge=1, le=16, description="firmware chunks in flight on a full-duplex link")
 
 
 def bus_problems(nodes: Iterable[SerialNodeConfig]) -> list[str]:
@@ -57,6 +59,9 @@ def bus_problems(nodes: Iterable[SerialNodeConfig]) -> list[str]:
     for n in nodes:
         by_port.setdefault(n.port, []).append(n)
     for port, group in by_port.items():
+        duplex = {n.duplex for n in group}
+        if len(duplex) > 1:
+            problems.append(f"serial port {port}: devices {', '.join(n.id for n in group)} disagree on duplex")
         bauds = {n.baud for n in group}
         if len(bauds) > 1:
             problems.append(f"serial port {port}: devices {', '.join(n.id for n in group)} disagree on baud "

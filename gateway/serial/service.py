@@ -38,7 +38,8 @@ class SerialService:
         for n in nodes:
             bus = self.buses.get(n.port)
             if bus is None:
-                bus = self.buses[n.port] = BusMaster(n.port, n.baud, timeout_s=n.timeout_s, retries=n.retries)
+                bus = self.buses[n.port] = BusMaster(n.port, n.baud, timeout_s=n.timeout_s, retries=n.retries,
+                                                     duplex=n.duplex)
             self.drivers[n.id] = SerialNodeDriver(n, bus, on_state=self._publish_state, on_alarm=self._alarm)
 
     async def _publish_state(self, device_id: str, state: DeviceState) -> None:

@@ -145,3 +145,33 @@ async def test_events_survive_lost_answers(pty_factory: Callable[..., PtyDevice]
         for _ in range(5):
             got += [e.code for e in await node.poll_events()]
     assert got == list(range(30))  # each once, in order, none lost
+
+
+@pytest.mark.parametrize("duplex", ["full", "half"])
+async def test_update_and_polls_share_the_bus_fairly(pty_factory: Callable[..., PtyDevice], duplex: str) -> None:
+    """While node 1 is being updated, node 2 is still polled; requests in flight at once always go to a
+    single node, and on a half-duplex bus there is never more than one."""
+    from firmware_bridge.fwupdate import FirmwareUpdater
+
+    dev = pty_factory([RefNode(1, "a", reboot_s=0.1), RefNode(2, "b", kind="sensor")])
+    async with running_bus(dev.path, duplex=duplex) as bus:
+        polls: list[float] = []
+        done = asyncio.Event()
+
+        async def poll() -> None:
+            while not done.is_set():
+                await NodeClient(bus, 2).read_sensors()
+                polls.append(time.monotonic())
+                await asyncio.sleep(0.05)
+
+        poller = asyncio.create_task(poll())
+        t0 = time.monotonic()
+        up = FirmwareUpdater(NodeClient(bus, 1), window=4, health_interval_s=0.05)
+        r = await up.update(os.urandom(12_000), "2.0")
+        t1 = time.monotonic()
+        done.set()
+        await poller
+    assert r.outcome == "confirmed"
+    assert len([t for t in polls if t0 < t < t1]) >= 5
+    assert bus.stats.failures == 0
+    assert bus.stats.max_in_flight == (1 if duplex == "half" else 4)
