@@ -99,12 +99,13 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
         except Exception:
             log.exception("publishing the state of %s failed", self.device_id)
 
-    async def _alarm(self, code: str, severity: str, message: str, **details: object) -> None:
+    async def _alarm(self, code: str, severity: str, message: str, *, at: int | None = None,
+                     **details: object) -> None:
         if self._on_alarm is None:
             return
         try:
             await self._on_alarm(AlarmEvent(code=code, severity=severity, message=message,  # type: ignore[arg-type]
-                                            at=now_ms(), device=self.device_id, details=dict(details)))
+                                            at=at or now_ms(), device=self.device_id, details=dict(details)))
         except Exception:
             log.exception("sending an alarm for %s failed", self.device_id)
 
@@ -166,7 +167,7 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
             kind = EVENT_NAMES.get(ev.kind, f"event_{ev.kind}")  # type: ignore[call-overload]
             await self._alarm(f"device_{kind}", EVENT_SEVERITY.get(ev.kind, "warning"),  # type: ignore[call-overload]
                               f"{self.device_id}: {kind} (code {ev.code}, value {ev.value})",
-                              event_id=ev.id, event_code=ev.code, value=ev.value, age_ms=ev.age_ms)
+                              at=max(0, now_ms() - ev.age_ms), event_id=ev.id, event_code=ev.code, value=ev.value, age_ms=ev.age_ms)
         await self._publish_state()
         if sink is not None:
             ts = now_ms()
