@@ -91,8 +91,9 @@ async def measure(baud: int, kib: int, rtt_count: int) -> dict[str, float]:
                   f"line rate; whole update incl. reboot and health check {r.elapsed_s:.2f} s; "
                   f"image/wire bytes {whole_transfer:.1%}")
         stats = bus.link_stats()
-        print(f"link stats: retries {stats['retries']}, timeouts {stats['timeouts']}, "
-              f"crc errors {stats['rx_crc_errors']}, resyncs {stats['rx_resyncs']}")
+        print(f"link stats: retries {stats['retries']}, timeouts {stats['timeouts']} (HELLOs unanswered while "
+              f"the node restarts into each new image), crc errors {stats['rx_crc_errors']}, "
+              f"resyncs {stats['rx_resyncs']}")
         bus.close()
         return {
             "baud": baud,

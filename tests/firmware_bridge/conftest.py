@@ -30,6 +30,7 @@ def pty_factory(tmp_path: Path) -> Iterator[Callable[..., PtyDevice]]:
 
 @contextlib.asynccontextmanager
 async def running_bus(path: str, baud: int = 115200, **kw: object) -> AsyncIterator[BusMaster]:
+    kw.setdefault("timeout_s", 0.25)  # generous: the build machines are shared and often loaded
     bus = BusMaster(path, baud, reopen_interval_s=0.1, **kw)  # type: ignore[arg-type]
     task = asyncio.create_task(bus.run())
     try:

@@ -63,7 +63,7 @@ async def test_noise_duplicates_and_reordering_never_deliver_a_wrong_value(
     dev = pty_factory([RefNode(1, "loa-a"), RefNode(2, "loa-b")], seed=7)
     f = dev.faults
     f.corrupt, f.duplicate, f.reorder, f.garbage, f.tx_drop, f.rx_drop = 0.1, 0.1, 0.1, 0.1, 0.05, 0.05
-    async with running_bus(dev.path, retries=8, timeout_s=0.05) as bus:
+    async with running_bus(dev.path, retries=10, timeout_s=0.1) as bus:
         clients = [NodeClient(bus, 1), NodeClient(bus, 2)]
         for i in range(80):
             c = clients[i % 2]
