@@ -167,7 +167,8 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
             kind = EVENT_NAMES.get(ev.kind, f"event_{ev.kind}")  # type: ignore[call-overload]
             await self._alarm(f"device_{kind}", EVENT_SEVERITY.get(ev.kind, "warning"),  # type: ignore[call-overload]
                               f"{self.device_id}: {kind} (code {ev.code}, value {ev.value})",
-                              at=max(0, now_ms() - ev.age_ms), event_id=ev.id, event_code=ev.code, value=ev.value, age_ms=ev.age_ms)
+                              at=max(0, now_ms() - ev.age_ms), event_id=ev.id, event_code=ev.code,
+                              value=ev.value, age_ms=ev.age_ms)
         await self._publish_state()
         if sink is not None:
             ts = now_ms()

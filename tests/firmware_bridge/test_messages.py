@@ -88,3 +88,17 @@ def test_out_of_range_status_is_refused() -> None:
     bad[1] = 150  # volume 150
     with pytest.raises(MessageError, match="volume=150"):
         Status.unpack(bytes(bad))
+
+
+@given(st.integers(0, 255), st.binary(max_size=600), st.integers(0, 0xFFFF))
+def test_reference_node_answers_any_request_without_raising(mtype: int, payload: bytes, seq: int) -> None:
+    """Whatever a (buggy or hostile) master sends, the node answers or stays silent; it never crashes."""
+    from firmware_bridge.frame import Frame
+    from firmware_bridge.messages import MsgType
+    from firmware_bridge.refnode import RefNode
+
+    node = RefNode(1, "fuzz", kind="combo", seed=1)
+    answer = node.handle(Frame(1, mtype, seq, payload), now=node.boot_time + 1)
+    if answer is not None:
+        assert answer.seq == seq and answer.is_response and answer.type in (mtype, MsgType.NAK)
+        assert Frame(answer.address, answer.type, answer.seq, answer.payload, answer.flags).encode()
