@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ to its previous image by itself and this command says so (exit status 1).
 Interrupted (Ctrl-C, cable pulled, power cut)? Run the same command again: the transfer resumes where
 the node stopped. The gateway holds its serial ports, so stop it first on a single-user port:
   sudo systemctl stop loaxa-gateway
-  loaxa firmware update --gateway-config /etc/loaxa/gateway.yaml --device loa-cho --version 2.1.0 loa-2.1.0.bin
+  loaxa firmware update --gateway-config /etc/loaxa/gateway.yaml --device loa-cho loa-2.1.0.bin
   sudo systemctl start loaxa-gateway
 Without a gateway config, give the port directly: --port /dev/ttyUSB0 --address 3 [--baud 115200].
 """
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          description=UPDATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     _target_args(up)
     up.add_argument("image", type=Path, metavar="IMAGE", help="the firmware image file")
-    up.add_argument("--version", required=True, help="version of the image, as the node will report it")
+    up.add_argument("--version", help="version of the image, as the node will report it (default: from the "
+                    "file name, e.g. loa-2.1.0.bin → 2.1.0)")
     up.add_argument("--sha256", help="expected SHA-256 (hex) of IMAGE, from the release notes; checked first")
     up.add_argument("--window", type=int, default=None, help="chunks in flight (default: from the config, or 4)")
     up.add_argument("--chunk", type=int, default=256, help="bytes per chunk (the node may ask for fewer)")
@@ -125,12 +127,28 @@ class ProgressBar:
         self.stream.flush()
 
 
+VERSION_IN_NAME = re.compile(r"(\d+\.\d+(?:\.\d+)?(?:[-+][0-9A-Za-z.]+)?)\.(?:bin|img|hex|fw)$")
+
+
+def version_from_name(path: Path) -> str | None:
+    """``loa-speaker-2.1.0.bin`` → ``2.1.0``; None when the name carries no version."""
+    m = VERSION_IN_NAME.search(path.name)
+    return m.group(1) if m else None
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     import asyncio
 
     from firmware_bridge.errors import BridgeError, PortUnavailable
     from firmware_bridge.fwupdate import FirmwareError, FirmwareUpdater
 
+    version = args.version or version_from_name(args.image)
+    if not version:
+        print(f"error: cannot tell the version from the name {args.image.name!r}; give --version", file=sys.stderr)
+        return 2
+    if len(version.encode()) > 32:
+        print(f"error: version {version!r} is longer than 32 bytes", file=sys.stderr)
+        return 2
     port, baud, address, window, duplex = _resolve(args)
     try:
         image = args.image.read_bytes()
@@ -152,7 +170,7 @@ def cmd_update(args: argparse.Namespace) -> int:
         try:
             up = FirmwareUpdater(NodeClient(bus, address), window=args.window or window, chunk_size=args.chunk,
                                  progress=ProgressBar())
-            r = await up.update(image, args.version, expected_sha256=args.sha256, force=args.force)
+            r = await up.update(image, version, expected_sha256=args.sha256, force=args.force)
         except (FirmwareError, BridgeError) as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return 3
@@ -167,7 +185,7 @@ def cmd_update(args: argparse.Namespace) -> int:
             print(f"node {address} on {port}: {r.old_version} → {r.version}, confirmed "
                   f"({r.size} bytes, {rate:.1f} KiB/s, {r.elapsed_s:.1f} s in all)")
             return 0
-        print(f"node {address} on {port}: the new image {args.version} was ROLLED BACK ({r.detail}); "
+        print(f"node {address} on {port}: the new image {version} was ROLLED BACK ({r.detail}); "
               f"it runs {r.version} again", file=sys.stderr)
         return 1
 

@@ -10,6 +10,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from firmware_bridge.cli import version_from_name
 from firmware_bridge.refnode import RefNode
 from firmware_bridge.simbus import PtyDevice
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
@@ -24,7 +27,7 @@ def test_update_through_gateway_config_and_rerun(tmp_path: Path, pty_factory: Ca
     path = write_yaml(tmp_path / "gw.yaml", cfg)
     image = tmp_path / "loa-2.0.0.bin"
     image.write_bytes(os.urandom(6000))
-    r = run_loaxa("firmware", "update", "--gateway-config", str(path), "--device", "loa-cho", "--version", "2.0.0",
+    r = run_loaxa("firmware", "update", "--gateway-config", str(path), "--device", "loa-cho",  # version from name
                   "--sha256", hashlib.sha256(image.read_bytes()).hexdigest(), str(image))
     assert r.returncode == 0, r.stderr
     assert "1.0.0 → 2.0.0, confirmed" in r.stdout and "100%" in r.stderr
@@ -49,6 +52,14 @@ def test_update_errors_are_clear(tmp_path: Path, pty_factory: Callable[..., PtyD
     r = run_loaxa("firmware", "update", "--gateway-config", str(tmp_path / "missing.yaml"), "--device", "x",
                   "--version", "1", str(image))
     assert r.returncode != 0 and "missing.yaml" in r.stderr
+    r = run_loaxa("firmware", "update", "--port", dev.path, str(image))  # fw.bin: no version in the name
+    assert r.returncode == 2 and "give --version" in r.stderr
+
+
+@pytest.mark.parametrize(("name", "version"), [("loa-2.1.0.bin", "2.1.0"), ("node_3.4.img", "3.4"),
+                                               ("x-1.2.3-rc1.bin", "1.2.3-rc1"), ("firmware.bin", None)])
+def test_version_from_file_name(name: str, version: str | None) -> None:
+    assert version_from_name(Path(name)) == version
 
 
 def test_sim_serial_node_prints_its_pty(tmp_path: Path) -> None:
