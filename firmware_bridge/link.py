@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -246,7 +245,11 @@ class BusMaster:
                 line_time = (self._inflight_bytes + 64 + (self._port.pending_out if self._port else 0)) \
                     * self.byte_time()
                 deadline = base + 2 * line_time
-                await self._wait_connected(deadline)
+                try:
+                    await self._wait_connected(deadline)
+                except PortUnavailable:
+                    self.stats.failures += 1
+                    raise
                 assert self._port is not None
                 if attempt:
                     self.stats.retries += 1
@@ -269,11 +272,11 @@ class BusMaster:
                         nak = Nak.unpack(answer.payload)
                     except MessageError as exc:
                         raise NakError(0, 0, f"node {address} refused (unreadable NAK: {exc})") from None
-                    raise NakError(nak.code, nak.detail, f"node {address} refused {MsgType(mtype).name}: "
+                    raise NakError(nak.code, nak.detail, f"node {address} refused {type_name(mtype)}: "
                                    f"{nak.describe()}")
                 return answer
             self.stats.failures += 1
-            raise LinkTimeout(f"node {address} on {self.path} did not answer {MsgType(mtype).name} "
+            raise LinkTimeout(f"node {address} on {self.path} did not answer {type_name(mtype)} "
                               f"after {retries + 1} attempts")
         finally:
             self._inflight_bytes -= len(wire)
@@ -293,5 +296,8 @@ class BusMaster:
         return d
 
 
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000
+def type_name(mtype: int) -> str:
+    try:
+        return MsgType(mtype).name
+    except ValueError:
+        return f"type 0x{mtype:02x}"
