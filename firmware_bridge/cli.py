@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ check its health and confirm it. If the new image does not start or reports faul
 to its previous image by itself and this command says so (exit status 1).
 
 Interrupted (Ctrl-C, cable pulled, power cut)? Run the same command again: the transfer resumes where
-the node stopped. The gateway holds its serial ports, so stop it first on a single-user port:
-  sudo systemctl stop loaxa-gateway
+the node stopped.
+
   loaxa firmware update --gateway-config /etc/loaxa/gateway.yaml --device loa-cho loa-2.1.0.bin
-  sudo systemctl start loaxa-gateway
+
+When the gateway is running, the update goes through it (its control socket in its data folder):
+it keeps polling the other nodes meanwhile. When it is not, this command opens the port itself.
 Without a gateway config, give the port directly: --port /dev/ttyUSB0 --address 3 [--baud 115200].
 """
 
@@ -57,13 +60,29 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--baud", type=int, default=115200, help="baud rate with --port (default 115200)")
     g.add_argument("--duplex", choices=("full", "half"), default="full",
                    help="with --port: half for a two-wire RS-485 bus (one request at a time; default full)")
+    g.add_argument("--direct", action="store_true",
+                   help="open the port ourselves even if the gateway is running (it must be stopped)")
 
 
-def _resolve(args: argparse.Namespace) -> tuple[str, int, int, int, str]:
-    """(port, baud, address, window, duplex) from the arguments; raises SystemExit with a clear message."""
+@dataclass
+class Target:
+    port: str
+    baud: int
+    address: int
+    window: int
+    duplex: str
+    socket: Path | None = None  # the running gateway's control socket, when it has one
+
+    def where(self) -> str:
+        return f"node {self.address} on {self.port}"
+
+
+def _resolve(args: argparse.Namespace) -> Target:
+    """Which node, from the arguments; raises SystemExit with a clear message."""
     if args.gateway_config:
         from gateway.config import load_gateway_config
         from gateway.serial.config import SerialNodeConfig
+        from gateway.serial.control import SOCKET_NAME
         from loaxa.yamlconf import ConfigError
 
         if not args.device:
@@ -80,12 +99,14 @@ def _resolve(args: argparse.Namespace) -> tuple[str, int, int, int, str]:
             known = ", ".join(sorted(nodes)) or "none"
             raise SystemExit(f"error: {args.gateway_config} has no serial_node device {args.device!r} "
                              f"(serial nodes there: {known})")
-        return node.port, node.baud, node.address, node.window, node.duplex
+        sock = Path(cfg.gateway.data_dir) / SOCKET_NAME
+        use_socket = sock.is_socket() and not args.direct
+        return Target(node.port, node.baud, node.address, node.window, node.duplex, sock if use_socket else None)
     if not args.port:
         raise SystemExit("error: say which node: --gateway-config PATH --device DEV, or --port PATH [--address N]")
     if not 1 <= args.address <= 247:
         raise SystemExit(f"error: --address {args.address} is out of 1..247")
-    return args.port, args.baud, args.address, 4, args.duplex
+    return Target(args.port, args.baud, args.address, 4, args.duplex)
 
 
 class ProgressBar:
@@ -139,8 +160,8 @@ def version_from_name(path: Path) -> str | None:
 def cmd_update(args: argparse.Namespace) -> int:
     import asyncio
 
-    from firmware_bridge.errors import BridgeError, PortUnavailable
-    from firmware_bridge.fwupdate import FirmwareError, FirmwareUpdater
+    from firmware_bridge.errors import BridgeError
+    from firmware_bridge.fwupdate import FirmwareError, FirmwareUpdater, UpdateResult
 
     version = args.version or version_from_name(args.image)
     if not version:
@@ -149,84 +170,93 @@ def cmd_update(args: argparse.Namespace) -> int:
     if len(version.encode()) > 32:
         print(f"error: version {version!r} is longer than 32 bytes", file=sys.stderr)
         return 2
-    port, baud, address, window, duplex = _resolve(args)
+    t = _resolve(args)
     try:
         image = args.image.read_bytes()
     except OSError as exc:
         print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
         return 2
 
-    async def go() -> int:
+    async def direct() -> UpdateResult:
         from firmware_bridge.client import NodeClient
         from firmware_bridge.link import BusMaster
 
-        bus = BusMaster(port, baud, duplex=duplex)
-        try:
-            await bus.open()
-        except PortUnavailable as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 3
+        bus = BusMaster(t.port, t.baud, duplex=t.duplex)
+        await bus.open()
         run = asyncio.create_task(bus.run())
         try:
-            up = FirmwareUpdater(NodeClient(bus, address), window=args.window or window, chunk_size=args.chunk,
+            up = FirmwareUpdater(NodeClient(bus, t.address), window=args.window or t.window, chunk_size=args.chunk,
                                  progress=ProgressBar())
-            r = await up.update(image, version, expected_sha256=args.sha256, force=args.force)
-        except (FirmwareError, BridgeError) as exc:
-            print(f"\nerror: {exc}", file=sys.stderr)
-            return 3
+            return await up.update(image, version, expected_sha256=args.sha256, force=args.force)
         finally:
             run.cancel()
             await asyncio.gather(run, return_exceptions=True)
-        if r.outcome == "already_running":
-            print(f"node {address} on {port} already runs {r.version}; nothing sent (use --force to resend)")
-            return 0
-        rate = (r.size - r.resumed_from) / r.transfer_s / 1024 if r.transfer_s else 0.0
-        if r.outcome == "confirmed":
-            print(f"node {address} on {port}: {r.old_version} → {r.version}, confirmed "
-                  f"({r.size} bytes, {rate:.1f} KiB/s, {r.elapsed_s:.1f} s in all)")
-            return 0
-        print(f"node {address} on {port}: the new image {version} was ROLLED BACK ({r.detail}); "
-              f"it runs {r.version} again", file=sys.stderr)
-        return 1
 
-    return asyncio.run(go())
+    async def via_gateway(sock: Path) -> UpdateResult:
+        from gateway.serial.control import ControlRequest, request
+
+        print(f"the gateway is running: it does the update on its own bus ({sock})", file=sys.stderr)
+        req = ControlRequest(op="update", device=args.device, version=version, size=len(image),
+                             sha256=args.sha256, force=args.force)
+        return UpdateResult(**await request(sock, req, image, ProgressBar()))
+
+    try:
+        r = asyncio.run(via_gateway(t.socket) if t.socket else direct())
+    except (FirmwareError, BridgeError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 3
+    if r.outcome == "already_running":
+        print(f"{t.where()} already runs {r.version}; nothing sent (use --force to resend)")
+        return 0
+    rate = (r.size - r.resumed_from) / r.transfer_s / 1024 if r.transfer_s else 0.0
+    if r.outcome == "confirmed":
+        print(f"{t.where()}: {r.old_version} → {r.version}, confirmed "
+              f"({r.size} bytes, {rate:.1f} KiB/s, {r.elapsed_s:.1f} s in all)")
+        return 0
+    print(f"{t.where()}: the new image {version} was ROLLED BACK ({r.detail}); it runs {r.version} again",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     import asyncio
 
     from firmware_bridge.errors import BridgeError
-    from firmware_bridge.messages import BootState, Cap, Source
-    from gateway.serial.driver import fault_names
+    from firmware_bridge.messages import BootState, Cap, Hello, Source, Status
+    from gateway.serial.driver import enum_name, fault_names
 
-    port, baud, address, _, duplex = _resolve(args)
+    t = _resolve(args)
 
-    async def go() -> int:
+    async def direct() -> tuple[Hello, Status]:
         from firmware_bridge.client import NodeClient
         from firmware_bridge.link import BusMaster
 
-        bus = BusMaster(port, baud, duplex=duplex)
+        bus = BusMaster(t.port, t.baud, duplex=t.duplex)
         try:
             await bus.open()
-            node = NodeClient(bus, address)
-            h = await node.hello()
-            s = await node.status()
-        except BridgeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 3
+            node = NodeClient(bus, t.address)
+            return await node.hello(), await node.status()
         finally:
             bus.close()
-        caps = ", ".join(c.name.lower() for c in Cap if c & h.capabilities and c.name)
-        print(f"node {address} on {port} ({baud} baud)")
-        print(f"  device id      {h.device_id}")
-        print(f"  firmware       {h.fw_version} (slot {'AB'[h.active_slot & 1]}, "
-              f"{BootState(h.boot_state).name.lower() if h.boot_state <= 2 else h.boot_state})")
-        print(f"  hardware       {h.hw_revision}")
-        print(f"  capabilities   {caps}")
-        print(f"  amplifier      {'on' if s.power else 'off'}, volume {s.volume}, source "
-              f"{Source(s.source).name.lower()}")
-        print(f"  temperature    {s.temperature_c:.1f} °C, supply {s.supply_v:.2f} V, up {s.uptime_s} s")
-        print(f"  faults         {', '.join(fault_names(s.faults)) or 'none'}")
-        return 0
 
-    return asyncio.run(go())
+    async def via_gateway(sock: Path) -> tuple[Hello, Status]:
+        from gateway.serial.control import ControlRequest, request
+
+        res = await request(sock, ControlRequest(op="info", device=args.device), b"", lambda *_: None)
+        return Hello(**res["hello"]), Status(**res["status"])
+
+    try:
+        h, s = asyncio.run(via_gateway(t.socket) if t.socket else direct())
+    except BridgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    caps = ", ".join(c.name.lower() for c in Cap if c & h.capabilities and c.name)
+    print(f"{t.where()} ({t.baud} baud){' (asked through the running gateway)' if t.socket else ''}")
+    print(f"  device id      {h.device_id}")
+    print(f"  firmware       {h.fw_version} (slot {'AB'[h.active_slot & 1]}, {enum_name(BootState, h.boot_state)})")
+    print(f"  hardware       {h.hw_revision}")
+    print(f"  capabilities   {caps}")
+    print(f"  amplifier      {'on' if s.power else 'off'}, volume {s.volume}, source {enum_name(Source, s.source)}")
+    print(f"  temperature    {s.temperature_c:.1f} °C, supply {s.supply_v:.2f} V, up {s.uptime_s} s")
+    print(f"  faults         {', '.join(fault_names(s.faults)) or 'none'}")
+    return 0

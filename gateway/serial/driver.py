@@ -20,6 +20,7 @@ from enum import IntEnum
 from devices.base import PlaybackReport, PlayRequest, ReadingSink, SensorDriver, SpeakerDriver
 from firmware_bridge.client import NodeClient
 from firmware_bridge.errors import BridgeError, LinkError
+from firmware_bridge.fwupdate import FirmwareError, FirmwareUpdater, Progress, UpdateResult
 from firmware_bridge.link import BusMaster
 from firmware_bridge.messages import BootState, Event, EventKind, Fault, Hello, Source, Status
 from gateway.serial.config import SerialNodeConfig
@@ -69,6 +70,8 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
         self._last_state: DeviceState | None = None
         self.counters: dict[str, int] = {"polls": 0, "missed_polls": 0, "readings": 0, "events": 0,
                                          "sink_errors": 0, "went_offline": 0}
+        self.updating = False  # a firmware update owns the node: polls pause, its restarts are expected
+        self._update_lock = asyncio.Lock()
 
     # ---------------------------------------------------------------- state and alarms
 
@@ -115,7 +118,8 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
         """Poll until cancelled."""
         while True:
             try:
-                await self.poll_once(sink)
+                if not self.updating:
+                    await self.poll_once(sink)
             except Exception:  # a bug here must not stop the other nodes or the gateway
                 log.exception("polling serial node %s failed", self.device_id)
             await asyncio.sleep(self.cfg.poll_interval_s)
@@ -188,6 +192,29 @@ class SerialNodeDriver(SpeakerDriver, SensorDriver):
 
     def stats(self) -> Mapping[str, int | float]:
         return dict(self.counters)
+
+    # ---------------------------------------------------------------- firmware
+
+    async def update_firmware(self, image: bytes, version: str, *, expected_sha256: str | None = None,
+                              force: bool = False, progress: Progress | None = None) -> UpdateResult:
+        """Install ``image`` on this node while the gateway runs (other nodes keep being polled)."""
+        if self._update_lock.locked():
+            raise FirmwareError(f"an update of {self.device_id} is already running")
+        async with self._update_lock:
+            self.updating = True
+            try:
+                window = self.cfg.window if self.cfg.duplex == "full" else 1
+                up = FirmwareUpdater(self.client, window=window, progress=progress)
+                result = await up.update(image, version, expected_sha256=expected_sha256, force=force)
+            finally:
+                self.updating = False
+                self.hello = None  # read who it is again at the next poll
+                self._misses = 0
+        await self._alarm("firmware_" + result.outcome, "info" if result.outcome != "rolled_back" else "warning",
+                          f"{self.device_id}: firmware {result.old_version} → {result.version} ({result.outcome})"
+                          + (f": {result.detail}" if result.detail else ""), size=result.size)
+        await self.poll_once(None)
+        return result
 
     # ---------------------------------------------------------------- speaker (SpeakerDriver)
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import BusMaster
 from gateway.serial.config import SerialNodeConfig, bus_problems
+from gateway.serial.control import SOCKET_NAME, ControlRequest, ControlServer
 from gateway.serial.driver import SerialNodeDriver
 from protocol.models import AlarmEvent, DeviceSetBody, DeviceState, Envelope
 from protocol.topics import device_topic
@@ -75,7 +78,46 @@ class SerialService:
                 "port_losses")}
         return out
 
+    async def control(self, req: ControlRequest, image: bytes,
+                      emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Requests from ``loaxa firmware …`` on the control socket."""
+        drv = self.drivers.get(req.device)
+        if drv is None:
+            raise KeyError(f"no serial_node device {req.device!r} on this gateway "
+                           f"(serial nodes: {', '.join(sorted(self.drivers)) or 'none'})")
+        if req.op == "info":
+            if drv.hello is None or drv.status is None:
+                raise ValueError(f"{req.device} has not answered yet (online: {drv.online})")
+            return {"hello": asdict(drv.hello), "status": asdict(drv.status), "online": drv.online,
+                    "port": drv.cfg.port, "address": drv.cfg.address, "baud": drv.cfg.baud}
+        if not req.version:
+            raise ValueError("an update needs a version")
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def progress(done: int, total: int, phase: str) -> None:
+            now = loop.time()
+            if phase != "transfer" or done >= total or now - last[0] > 0.2:
+                last[0] = now
+                emit({"progress": [done, total, phase]})
+
+        log.info("firmware update of %s to %s (%d bytes) requested locally", req.device, req.version, len(image))
+        result = await drv.update_firmware(image, req.version, expected_sha256=req.sha256, force=req.force,
+                                           progress=progress)
+        return asdict(result)
+
     async def run(self) -> None:
+        control = ControlServer(Path(self.gw.data_dir) / SOCKET_NAME, self.control)
+        try:
+            await control.start()
+        except OSError as exc:
+            log.warning("no serial control socket (%s): loaxa firmware update needs the gateway stopped", exc)
+        try:
+            await self._run()
+        finally:
+            await control.close()
+
+    async def _run(self) -> None:
         sink = getattr(self.gw, "reading_sink", None)
         if sink is None:
             log.warning("no telemetry service: serial node readings are not stored (state and alarms still are)")

@@ -3,6 +3,7 @@ state and alarms reach the centre, device.set reaches the node, a pulled cable i
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from firmware_bridge.refnode import RefNode
 from firmware_bridge.simbus import PtyDevice
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from protocol.models import DeviceSetBody
-from tests.conftest import spawn_loaxa, wait_until
+from tests.conftest import run_loaxa, spawn_loaxa, wait_until
 from tests.test_gateway_core import Watcher
 
 GW = "xa-serial"
@@ -59,6 +60,19 @@ def test_gateway_with_serial_nodes(tmp_path: Path, mosquitto_factory: Callable[.
         health = wait_until(lambda: [h for h in w.on(f"loaxa/v1/{GW}/health") if h.get("serial_nodes_online") == 2],
                             what="health with serial nodes")[-1]
         assert health["serial_nodes_total"] == 2 and dev.path in health["serial_links"]
+
+        # a firmware update while the gateway runs goes through the gateway's control socket
+        image = tmp_path / "loa-2.0.0.bin"
+        image.write_bytes(os.urandom(5000))
+        r = run_loaxa("firmware", "update", "--gateway-config", str(path), "--device", "loa-1", str(image))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "the gateway is running" in r.stderr and "1.0.0 → 2.0.0, confirmed" in r.stdout
+        assert dev.nodes[1].flash.slots[dev.nodes[1].running].image == image.read_bytes()
+        wait_until(lambda: w.on(state)[-1]["firmware"] == "2.0.0", what="state with the new firmware")
+        assert [e for e in w.on(events) if e.get("code") == "firmware_confirmed" and e["device"] == "loa-1"]
+        assert not [e for e in w.on(events) if e.get("code") == "device_offline"]  # its restart was expected
+        r = run_loaxa("firmware", "info", "--gateway-config", str(path), "--device", "cb-2")
+        assert r.returncode == 0 and "running gateway" in r.stdout and "fw-2" in r.stdout
 
         dev.unplug()  # the cable is pulled
         wait_until(lambda: w.on(state)[-1]["online"] is False and w.on(state2)[-1]["online"] is False,
