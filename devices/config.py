@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from devices.speakers.amplifier import AmplifierConfig
+from gateway.serial.config import SerialNodeConfig
 from loaxa.yamlconf import StrictModel
 from protocol.ids import DeviceId
 
@@ -41,6 +42,6 @@ class SimSensorConfig(DeviceBase):
 
 
 DeviceConfig = Annotated[
-    IpSpeakerConfig | MqttSensorConfig | SimSensorConfig | AmplifierConfig,
+    IpSpeakerConfig | MqttSensorConfig | SimSensorConfig | AmplifierConfig | SerialNodeConfig,
     Field(discriminator="type"),
 ]
