@@ -134,7 +134,7 @@ class ModbusBus:
         except ModbusException as exc:
             raise SensorError(f"unit {unit_id} on {self.port}: {exc}") from exc
         if resp.isError():
-            code = getattr(resp, "exception_code", "?")
+            code: int = int(getattr(resp, "exception_code", 0) or 0)
             raise SensorError(f"unit {unit_id} on {self.port}: exception code {code} for {function} registers "
                               f"{address}..{address + count - 1} ({_EXC_NAMES.get(code, 'error')})")
         regs = list(resp.registers)

@@ -164,3 +164,34 @@ def test_cli_refuses_bad_arguments() -> None:
     assert r.returncode == 2 and "snow" in r.stderr
     r = run_loaxa("sim", "sensors", "--broker", "mqtt://127.0.0.1:1", "--gateway", "xa", "--prefix", "Bad_Prefix")
     assert r.returncode == 2 and "Bad_Prefix" in r.stderr
+
+
+async def test_runner_restarts_a_crashing_driver_and_summarises(collector: Collector, monkeypatch: Any) -> None:
+    import devices.sensors.runner as runner_mod
+    from devices.sensors.runner import SensorRunner
+
+    monkeypatch.setattr(runner_mod, "RESTART_MIN_S", 0.05)
+    cfg = SimSensorConfig.model_validate({"id": "sim-a", "type": "sim_sensor", "kind": "rain",
+                                          "interval_s": 0.05, "seed": 2})
+    (good,) = build_sensor_drivers([cfg], gateway_id="xa-test")
+
+    class Flaky(SimSensorDriver):
+        runs = 0
+
+        async def run(self, sink: Any) -> None:
+            Flaky.runs += 1
+            if Flaky.runs <= 2:
+                raise RuntimeError("driver bug")
+            await super().run(sink)
+
+    flaky = Flaky(cfg.model_copy(update={"id": "sim-b"}), gateway_id="xa-test")
+    runner = SensorRunner([good, flaky])
+    task = asyncio.create_task(runner.run(collector))
+    try:
+        await until(lambda: collector.readings("sim-b") and collector.readings("sim-a"), what="both reading")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert runner.stats()["sim-b"]["crashes"] == 2
+    h = runner.health()
+    assert h["sensors_total"] == 2 and h["sensors_online"] == 2 and h["sensor_faults"] == {}
