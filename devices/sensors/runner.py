@@ -41,13 +41,14 @@ class SensorRunner:
                 delay = min(delay * 2, RESTART_MAX_S)
 
     async def run(self, sink: ReadingSink) -> None:
-        """Run all drivers until cancelled."""
-        if not self.drivers:
-            return
-        log.info("reading %d sensor(s): %s", len(self.drivers), ", ".join(d.device_id for d in self.drivers))
-        async with asyncio.TaskGroup() as tg:
-            for d in self.drivers:
-                tg.create_task(self._keep_running(d, sink), name=f"sensor-{d.device_id}")
+        """Run all drivers until cancelled (never returns by itself: the gateway treats a service
+        that ends as failed)."""
+        if self.drivers:
+            log.info("reading %d sensor(s): %s", len(self.drivers), ", ".join(d.device_id for d in self.drivers))
+            async with asyncio.TaskGroup() as tg:
+                for d in self.drivers:
+                    tg.create_task(self._keep_running(d, sink), name=f"sensor-{d.device_id}")
+        await asyncio.Event().wait()
 
     def stats(self) -> dict[str, Mapping[str, Any]]:
         """Each driver's counters, by device id."""
