@@ -21,6 +21,10 @@ from protocol.models import Reading
 
 log = logging.getLogger(__name__)
 
+# pymodbus logs every timeout as an error; the drivers count and report them (once per outage)
+if logging.getLogger("pymodbus").level == logging.NOTSET:
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
 MAX_REGISTERS_PER_REQUEST = 125  # the Modbus limit for functions 3 and 4
 
 
@@ -126,7 +130,8 @@ class ModbusBus:
         try:
             resp = await call(address, count=count, device_id=unit_id)
         except ModbusIOException as exc:
-            raise SensorTimeout(f"unit {unit_id} on {self.port}: no answer within {self.timeout_s:g}s "
+            why = "no answer" if "No response" in str(exc) else f"bad answer ({exc})"
+            raise SensorTimeout(f"unit {unit_id} on {self.port}: {why} within {self.timeout_s:g}s "
                                 f"({function} registers {address}..{address + count - 1})") from exc
         except (ConnectionException, OSError) as exc:
             self.close()

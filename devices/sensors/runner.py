@@ -1,8 +1,10 @@
-"""Run every sensor driver of a gateway, restart one that crashes, and summarise their health.
+"""Run sensor drivers, restart one that crashes, and summarise their health.
 
-The gateway's telemetry service (which owns the spool) plugs the sensors in with one call::
+In the gateway, the telemetry service (which owns the spool) builds the drivers with
+``devices.sensors.build_sensor_drivers`` and runs them itself; :func:`sensors_summary` gives it
+(or anyone holding the drivers) the short summary for the health message. :class:`SensorRunner`
+and :func:`attach_sensors` do the same job for a gateway or tool without that service::
 
-    from devices.sensors.runner import attach_sensors
     attach_sensors(gw, sink)          # sink: await sink(device_id, measurement, readings)
 """
 
@@ -55,18 +57,22 @@ class SensorRunner:
         return {d.device_id: {**d.stats(), "crashes": self.crashes[d.device_id]} for d in self.drivers}
 
     def health(self) -> dict[str, Any]:
-        """Summary for the gateway's health message: how many sensors answer, error totals, and
-        the last error of each sensor that does not answer."""
-        stats = self.stats()
-        online = [dev for dev, s in stats.items() if s.get("online")]
-        faults = {dev: str(s.get("last_error") or "no reading yet") for dev, s in stats.items() if not s.get("online")}
-        return {
-            "sensors_total": len(stats),
-            "sensors_online": len(online),
-            "sensor_errors": sum(int(s.get("errors") or 0) for s in stats.values()),
-            "sensor_timeouts": sum(int(s.get("timeouts") or 0) for s in stats.values()),
-            "sensor_faults": faults,
-        }
+        return sensors_summary(self.drivers)
+
+
+def sensors_summary(drivers: Sequence[SensorDriver]) -> dict[str, Any]:
+    """For the gateway's health message: how many sensors answer, error totals, and the last
+    error of each sensor that does not answer (``sensor_faults``)."""
+    stats = {d.device_id: d.stats() for d in drivers}
+    online = [dev for dev, s in stats.items() if s.get("online")]
+    faults = {dev: str(s.get("last_error") or "no reading yet") for dev, s in stats.items() if not s.get("online")}
+    return {
+        "sensors_total": len(stats),
+        "sensors_online": len(online),
+        "sensor_errors": sum(int(s.get("errors") or 0) for s in stats.values()),
+        "sensor_timeouts": sum(int(s.get("timeouts") or 0) for s in stats.values()),
+        "sensor_faults": faults,
+    }
 
 
 def attach_sensors(gw: Any, sink: ReadingSink) -> SensorRunner:
