@@ -51,10 +51,18 @@ class SensorSide:
         regs = [SimData(0, count=100, values=0, datatype=DataType.REGISTERS)]
         return SimDevice(unit, simdata=(bits, list(bits), regs, list(regs)), action=action)
 
+    def _silent_for_absent_units(self, sending: bool, data: bytes) -> bytes:
+        # On a real RS-485 bus nobody answers an address that no slave has; pymodbus 3.16's
+        # simulator answers "slave device failure" instead, so that answer is not put on the wire.
+        if sending and data and data[0] not in self.units:
+            return b""
+        return data
+
     async def start(self) -> None:
         from pymodbus.server import ModbusSerialServer
 
-        self.server = ModbusSerialServer([self._device(u) for u in self.units], port=self.port, baudrate=19200)
+        self.server = ModbusSerialServer([self._device(u) for u in self.units], port=self.port, baudrate=19200,
+                                         trace_packet=self._silent_for_absent_units)
         self.task = asyncio.create_task(self.server.serve_forever())
         await asyncio.sleep(0.2)
 
@@ -240,3 +248,19 @@ def test_plan_blocks_merges_only_within_gap() -> None:
             [(0, "uint16"), (1, "float32"), (5, "uint16"), (200, "int16")]]
     assert [(b.address, b.count) for b in plan_blocks(regs, 0)] == [(0, 3), (5, 1), (200, 1)]
     assert [(b.address, b.count) for b in plan_blocks(regs, 2)] == [(0, 6), (200, 1)]
+
+
+async def test_absent_slave_does_not_stop_the_others(pty_pair: PtyPair, sensor_side: SensorSide,
+                                                     collector: Collector) -> None:
+    fill(sensor_side, level_raw=42, flow=0.5, offset=0, temp_raw=215, hum_raw=700)
+    absent = env_sensor(pty_pair.a).model_copy(update={"id": "vang-mat", "unit_id": 7})
+    drivers = build_sensor_drivers([level_sensor(pty_pair.a), absent, env_sensor(pty_pair.a)], gateway_id="xa-test")
+    tasks = await run_drivers(drivers, collector)
+    try:
+        await until(lambda: drivers[1].stats()["timeouts"] >= 3 and len(collector.readings("mucnuoc-cau")) >= 3
+                    and len(collector.readings("nhietdo-truong")) >= 3, what="others read while one is absent")
+    finally:
+        await cancel(tasks)
+    assert drivers[0].stats()["errors"] == 0 and drivers[2].stats()["errors"] == 0
+    assert drivers[1].stats()["reads"] == 0 and collector.readings("vang-mat") == []
+    assert collector.readings("nhietdo-truong")[-1].fields["temperature_c"] == pytest.approx(21.5)
