@@ -95,7 +95,9 @@ async def _read(args: argparse.Namespace, devices: list[Any], gateway_id: str, d
                 await asyncio.sleep(args.watch)
             reading = drv.take_reading()  # type: ignore[attr-defined]
             drv._close()
-            print(f"{label} OK     {_fmt(reading.fields)}")
+            changes = f"  ({drv.changes} change(s) in {args.watch:g}s)" if args.watch > 0 and hasattr(
+                drv, "changes") else ""
+            print(f"{label} OK     {_fmt(reading.fields)}{changes}")
     return 1 if failed else 0
 
 

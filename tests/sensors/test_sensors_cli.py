@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 import yaml
 
 from loaxa.localsetup import gateway_config, make_signer
@@ -68,3 +69,23 @@ async def test_scan_finds_the_slaves(pty_pair: PtyPair) -> None:
     assert [ln.split()[1].rstrip(":") for ln in present] == ["2", "4"]
     assert "= 77" in present[1]
     assert "2 slave(s) answered" in r.stdout
+
+
+def test_read_gpio_with_mock_pins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # gpiozero's own simulated pins, in the child process
+    devices = [
+        {"id": "mua", "type": "gpio_rain_gauge", "pin": 5},
+        {"id": "tu-dien", "type": "gpio_inputs", "inputs": [
+            {"field": "door_open", "pin": 17, "pull": "up", "active_when": "high"},
+            {"field": "mains_present", "pin": 27, "pull": "down"}]},
+    ]
+    cfg = gateway_config("xa-cli", data_dir=tmp_path / "gw", uplink_url="mqtt://127.0.0.1:1",
+                         lan_url="mqtt://127.0.0.1:1", signer=make_signer(), devices=devices)
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = run_loaxa("sensors", "read", "--config", str(path), "--watch", "0.2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
+    assert "rain_mm=0 " in lines["mua"] and "tips=0" in lines["mua"]
+    # pull-up holds the open door's pin high; pull-down holds the mains pin low
+    assert "door_open=1 mains_present=0" in lines["tu-dien"] and "0 change(s)" in lines["tu-dien"]
