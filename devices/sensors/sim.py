@@ -65,13 +65,17 @@ class WaterLevel(SensorModel):
         self.base_cm = rng.uniform(80, 200)
         self.tide_cm = rng.uniform(5, 30)
         self.tide_phase = rng.uniform(0, 2 * math.pi)
+        self._waves: dict[int, tuple[float, float, float] | None] = {}
 
     def wave(self, day: int) -> tuple[float, float, float] | None:
         """(peak time, peak height cm, rise time s) of the flood wave that starts on ``day``, if any."""
-        rng = self.event_rng("flood", day)
-        if rng.random() > 0.35:
-            return None
-        return day * DAY + rng.uniform(0, DAY), rng.uniform(50, 400), rng.uniform(3, 12) * HOUR
+        if day not in self._waves:
+            rng = self.event_rng("flood", day)
+            self._waves[day] = None if rng.random() > 0.35 else (
+                day * DAY + rng.uniform(0, DAY), rng.uniform(50, 400), rng.uniform(3, 12) * HOUR)
+            if len(self._waves) > 64:  # keep the recent days only
+                del self._waves[min(self._waves)]
+        return self._waves[day]
 
     def flood_cm(self, t: float) -> float:
         total = 0.0

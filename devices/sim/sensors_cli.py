@@ -168,6 +168,7 @@ async def _main(args: argparse.Namespace) -> int:
             kw = endpoint.client_kwargs()
             kw["identifier"] = f"loaxa-sim-sensors-{args.gateway}-{os.getpid()}"
             async with aiomqtt.Client(**kw) as client:
+                client.pending_calls_threshold = 1000  # many sensors publish at once, by design
                 delay = 0.5
                 await publish_sim_sensors(
                     client, args.gateway, devices, interval_s=args.interval, batch=args.batch, speed=args.speed,
