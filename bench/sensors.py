@@ -80,6 +80,15 @@ async def bench_publish(broker: Mosquitto, devices: int, messages: int, batch: i
             "readings_per_s": round(got / elapsed), "messages_per_s": round(stats.messages / elapsed)}
 
 
+def _pty_pair(socat: str, tmp: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    a, b = f"{tmp}/gw", f"{tmp}/sensor"
+    proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (os.path.exists(a) and os.path.exists(b)):
+        time.sleep(0.02)
+    return proc, a, b
+
+
 async def bench_modbus(polls: int) -> dict[str, Any]:
     from pymodbus.server import ModbusSerialServer
     from pymodbus.simulator import SimData, SimDevice
@@ -92,12 +101,8 @@ async def bench_modbus(polls: int) -> dict[str, Any]:
     if socat is None:
         return {"skipped": "socat not installed"}
     with tempfile.TemporaryDirectory(prefix="loaxa-bench-modbus-") as tmp:
-        a, b = f"{tmp}/gw", f"{tmp}/sensor"
-        proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc, a, b = await asyncio.to_thread(_pty_pair, socat, tmp)
         try:
-            while not (os.path.exists(a) and os.path.exists(b)):
-                await asyncio.sleep(0.02)
             bits = [SimData(0, values=False, datatype=DataType.BITS)]
             regs = [SimData(0, count=10, values=1234, datatype=DataType.REGISTERS)]
             server = ModbusSerialServer([SimDevice(u, simdata=(bits, list(bits), regs, list(regs))) for u in (1, 2)],
@@ -122,7 +127,7 @@ async def bench_modbus(polls: int) -> dict[str, Any]:
             await asyncio.gather(task, return_exceptions=True)
         finally:
             proc.terminate()
-            proc.wait(5)
+            await asyncio.to_thread(proc.wait, 5)
     return {"polls": polls, "ok": ok, "elapsed_s": round(elapsed, 2), "polls_per_s": round(polls / elapsed),
             "ms_per_poll": round(1000 * elapsed / polls, 2)}
 
