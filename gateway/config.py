@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from devices.config import DeviceConfig
+from gateway.broadcast.config import BroadcastSection
+from devices.sensors.config import check_device_set
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
 from protocol.ids import GatewayId
@@ -89,6 +91,7 @@ class GatewayConfig(StrictModel):
     spool: SpoolSection = SpoolSection()
     health: HealthSection = HealthSection()
     media: MediaSection = MediaSection()
+    broadcast: BroadcastSection = BroadcastSection()
     devices: list[DeviceConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -98,6 +101,9 @@ class GatewayConfig(StrictModel):
             if dev.id in seen:
                 raise ValueError(f"device id {dev.id!r} appears twice")
             seen.add(dev.id)
+        problems = check_device_set(self.devices)  # one serial port set up two ways, a GPIO pin used twice
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
