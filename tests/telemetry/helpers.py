@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.telemetry.service import TelemetryService
 from protocol.signing import public_key_b64
+from protocol.topics import health_topic
 
 GW = "gw-test"
 
@@ -137,3 +138,22 @@ def influx_count(influxdb1: Any, measurement: str, field: str) -> int:
         return int(ans["results"][0]["series"][0]["values"][0][1])
     except (KeyError, IndexError):
         return 0
+
+
+class HealthWatcher:
+    """Keeps the latest retained ``health`` of the gateway from the central broker."""
+
+    def __init__(self, port: int) -> None:
+        self.latest: dict[str, Any] = {}
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(health_topic(GW), qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        self.latest = json.loads(msg.payload)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -4,6 +4,7 @@ and its crashes and counters appear in health."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,8 +13,9 @@ from typing import Any
 from devices.base import ReadingSink, SensorDriver
 from gateway.telemetry.service import TelemetryService
 from protocol.models import Reading
+from tests.conftest import spawn_loaxa, wait_until
 
-from .helpers import config_dict, eventually, influx_values, load, running, v1
+from .helpers import GW, HealthWatcher, config_dict, eventually, influx_values, load, running, v1, write_config
 
 
 class Counting(SensorDriver):
@@ -62,3 +64,31 @@ async def test_driver_readings_reach_influx_and_crashes_are_counted(
     assert health["driver_errors"]["mua-1"] == {"errors": 1, "sent": 30, "crashes": 1}
     assert health["driver_errors"]["song-1"] == {"errors": 0, "sent": 40}
     assert health["telemetry_accepted"] == 70
+
+
+def test_gateway_runs_sim_sensors_into_influx(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
+    """``loaxa gateway run`` with simulated sensors (as in the demo): their readings reach InfluxDB
+    through the spool, and the sensors' summary is in the retained health."""
+    data = config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), devices=())
+    data["devices"] = [
+        {"id": "song-1", "type": "sim_sensor", "kind": "water_level", "interval_s": 0.2, "seed": 1},
+        {"id": "mua-1", "type": "sim_sensor", "kind": "rain", "interval_s": 0.2, "seed": 2},
+    ]
+    data["health"] = {"interval_s": 1}
+    watcher = HealthWatcher(mosquitto.port)
+    proc = spawn_loaxa("gateway", "run", "--config", str(write_config(tmp_path, data)), log=tmp_path / "gw.log")
+    try:
+        level = wait_until(lambda: len(p := influxdb1.points("water_level")) >= 5 and p, 30, what="water levels")
+        rain = wait_until(lambda: influxdb1.points("rain"), 30, what="rain readings")
+        health = wait_until(
+            lambda: (h := watcher.latest).get("sensors_total") == 2 and h.get("influx_written") and h,
+            20,
+            what="health with the sensors",
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        watcher.close()
+    assert {p["device"] for p in level} == {"song-1"} and all(p["gateway"] == GW for p in level)
+    assert {p["device"] for p in rain} == {"mua-1"}
+    assert health["driver_errors"]["song-1"] is not None and health["telemetry_rejected"] == {}

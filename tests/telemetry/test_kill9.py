@@ -9,7 +9,6 @@ value and timestamp, nothing else is, and the point count equals the number of r
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import threading
@@ -17,32 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
-from protocol.topics import health_topic
 from tests.conftest import spawn_loaxa, wait_until
 
-from .helpers import GW, Publisher, config_dict, influx_values, topic, v1, write_config
-
-
-class HealthWatcher:
-    """Keeps the latest retained ``health`` of the gateway from the central broker."""
-
-    def __init__(self, port: int) -> None:
-        self.latest: dict[str, Any] = {}
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(health_topic(GW), qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
-        self.latest = json.loads(msg.payload)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+from .helpers import GW, HealthWatcher, Publisher, config_dict, influx_values, topic, v1, write_config
 
 
 def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
