@@ -65,8 +65,14 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     prof = os.environ.get("LOAXA_BENCH_PROFILE")  # a folder: gateways run under cProfile (for development)
     pre = ["-m", "cProfile", "-o", str(Path(prof) / f"{log.parent.name}-{args[0]}.prof")] if prof else []
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, *pre, "-m", "loaxa", *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=env(), cwd=ROOT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, *pre, "-m", "loaxa", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env(),
+            cwd=ROOT,
+            start_new_session=True,
+        )
 
 
 def wait(pred: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -122,19 +128,29 @@ class Commune:
         self.lan = Mosquitto(self.dir / "lan").start()
         self.speakers = [f"loa-{i:02d}" for i in range(1, speakers + 1)]
         media_port = port_below_ephemeral(20000 + 7 * index)
-        cfg = gateway_config(self.gw, data_dir=self.dir / "data", uplink_url=central.url, lan_url=self.lan.url,
-                             signer=signer, devices=[{"id": s, "type": "ip_speaker"} for s in self.speakers],
-                             health_interval_s=5)
-        cfg["broadcast"] = {"media_listen": f"127.0.0.1:{media_port}",
-                            "media_public_url": f"http://127.0.0.1:{media_port}"}
+        cfg = gateway_config(
+            self.gw,
+            data_dir=self.dir / "data",
+            uplink_url=central.url,
+            lan_url=self.lan.url,
+            signer=signer,
+            devices=[{"id": s, "type": "ip_speaker"} for s in self.speakers],
+            health_interval_s=5,
+        )
+        cfg["broadcast"] = {
+            "media_listen": f"127.0.0.1:{media_port}",
+            "media_public_url": f"http://127.0.0.1:{media_port}",
+        }
         self.config = write_yaml(self.dir / "gw.yaml", cfg)
         self.gateway: subprocess.Popen[bytes] | None = None
         self.sim: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.gateway = spawn(["gateway", "run", "--config", str(self.config)], self.dir / "gw.log")
-        self.sim = spawn(["sim", "speakers", "--broker", self.lan.url, "--gateway", self.gw,
-                          "--count", str(len(self.speakers))], self.dir / "sim.log")
+        self.sim = spawn(
+            ["sim", "speakers", "--broker", self.lan.url, "--gateway", self.gw, "--count", str(len(self.speakers))],
+            self.dir / "sim.log",
+        )
 
     def stop(self) -> None:
         for p in (self.sim, self.gateway):
@@ -149,11 +165,13 @@ class Commune:
         self.lan.stop()
 
 
-def publish_plans(central: Recorder, signer: Any, communes: list[Commune], bid: str, media: MediaRef,
-                  start_at: int | None) -> int:
+def publish_plans(
+    central: Recorder, signer: Any, communes: list[Commune], bid: str, media: MediaRef, start_at: int | None
+) -> int:
     item = PlanItem(broadcast_id=bid, media=media, start_at=start_at, priority=PRIORITY_NORMAL, volume=70)
-    envs = [(c.gw, signer.envelope("broadcast.plan", BroadcastPlanBody(items=[item])).model_dump_json())
-            for c in communes]
+    envs = [
+        (c.gw, signer.envelope("broadcast.plan", BroadcastPlanBody(items=[item])).model_dump_json()) for c in communes
+    ]
     t0 = now_ms()
     infos = [central.client.publish(f"loaxa/v1/{gw}/cmd", payload, qos=1) for gw, payload in envs]
     for info in infos:
@@ -208,22 +226,29 @@ def main() -> int:
             return sum(1 for h in healths.values() if h.get("speakers_online") == args.speakers) == args.gateways
 
         wait(all_online, 600, "every gateway online with all its speakers")
-        print(f"{args.gateways} gateways × {args.speakers} speakers up in {time.monotonic() - t_boot:.1f} s",
-              flush=True)
+        print(
+            f"{args.gateways} gateways × {args.speakers} speakers up in {time.monotonic() - t_boot:.1f} s", flush=True
+        )
         time.sleep(3)  # let the start-up settle
 
         # ---- 1. broadcast now
         media_now = media_srv.add(tone_wav(1000), 1000)
         cpu_before = cpu_by_kind(communes)
         t0 = publish_plans(rec, signer, communes, "bench-now", media_now, None)
-        got = wait(lambda: (lambda e: e if len(e) == total else None)(started_events(rec, "bench-now")), 60,
-                   "every speaker started (now)")
+        got = wait(
+            lambda: (lambda e: e if len(e) == total else None)(started_events(rec, "bench-now")),
+            60,
+            "every speaker started (now)",
+        )
         cpu_now = {k: round(v - cpu_before[k], 2) for k, v in cpu_by_kind(communes).items()}
         lat = [(at - t0) / 1000 for at, _ in got.values()]
         arrive = [arr - t0 / 1000 for _, arr in got.values()]
         now_p50, now_p99, now_max = pct(lat, 50), pct(lat, 99), max(lat)
-        print(f"now → started ({total} speakers): p50 {now_p50:.3f} s, p99 {now_p99:.3f} s, all {now_max:.3f} s; "
-              f"report at the centre: p50 {pct(arrive, 50):.3f} s, max {max(arrive):.3f} s", flush=True)
+        print(
+            f"now → started ({total} speakers): p50 {now_p50:.3f} s, p99 {now_p99:.3f} s, all {now_max:.3f} s; "
+            f"report at the centre: p50 {pct(arrive, 50):.3f} s, max {max(arrive):.3f} s",
+            flush=True,
+        )
         print(f"  CPU seconds spent meanwhile: {cpu_now}", flush=True)
         time.sleep(2.5)
 
@@ -231,8 +256,11 @@ def main() -> int:
         media_at = media_srv.add(tone_wav(1000, freq=660), 1000)
         start_at = now_ms() + int(args.ahead_s * 1000)
         publish_plans(rec, signer, communes, "bench-at", media_at, start_at)
-        got = wait(lambda: (lambda e: e if len(e) == total else None)(started_events(rec, "bench-at")),
-                   args.ahead_s + 60, "every speaker started (scheduled)")
+        got = wait(
+            lambda: (lambda e: e if len(e) == total else None)(started_events(rec, "bench-at")),
+            args.ahead_s + 60,
+            "every speaker started (scheduled)",
+        )
         per_gw: dict[str, list[int]] = {}
         for (gw, _dev), (at, _arr) in got.items():
             per_gw.setdefault(gw, []).append(at)
@@ -240,9 +268,12 @@ def main() -> int:
         ats = [at for at, _ in got.values()]
         errors = [abs(at - start_at) for at in ats]
         spread_all = max(ats) - min(ats)
-        print(f"scheduled {args.ahead_s:.0f} s ahead: spread within a gateway p99 {pct(spreads, 99):.1f} ms, "
-              f"max {max(spreads)} ms; across all {spread_all} ms; |start - start_at| p99 {pct(errors, 99):.0f} ms, "
-              f"max {max(errors)} ms", flush=True)
+        print(
+            f"scheduled {args.ahead_s:.0f} s ahead: spread within a gateway p99 {pct(spreads, 99):.1f} ms, "
+            f"max {max(spreads)} ms; across all {spread_all} ms; |start - start_at| p99 {pct(errors, 99):.0f} ms, "
+            f"max {max(errors)} ms",
+            flush=True,
+        )
         time.sleep(2)
         rss_20 = [proc_stats(c.gateway.pid)[0] for c in communes if c.gateway is not None]
 
@@ -254,8 +285,11 @@ def main() -> int:
             communes_alive: list[Commune] = []
             big = Commune(work, 999, args.big, central, signer)
             big.start()
-            wait(lambda: any(p.get("speakers_online") == args.big for p in rec.on("xa-999/health")), 120,
-                 "the big gateway online with its speakers")
+            wait(
+                lambda: any(p.get("speakers_online") == args.big for p in rec.on("xa-999/health")),
+                120,
+                "the big gateway online with its speakers",
+            )
             time.sleep(3)
             assert big.gateway is not None
             _, cpu0 = proc_stats(big.gateway.pid)
@@ -264,13 +298,28 @@ def main() -> int:
             idle_pct = (cpu1 - cpu0) / 10 * 100
             media_big = media_srv.add(tone_wav(1000, freq=550), 1000)
             publish_plans(rec, signer, [big], "bench-big", media_big, None)
-            wait(lambda: len([p for p in rec.on("xa-999/event") if p.get("broadcast_id") == "bench-big"
-                              and p.get("state") == "finished"]) == args.big, 60, "big gateway finished")
+            wait(
+                lambda: (
+                    len(
+                        [
+                            p
+                            for p in rec.on("xa-999/event")
+                            if p.get("broadcast_id") == "bench-big" and p.get("state") == "finished"
+                        ]
+                    )
+                    == args.big
+                ),
+                60,
+                "big gateway finished",
+            )
             rss_big, cpu2 = proc_stats(big.gateway.pid)
             cpu_big = cpu2 - cpu1
-            print(f"gateway with {args.big} speakers: RSS {rss_big:.1f} MiB, CPU {cpu_big:.2f} s for one broadcast "
-                  f"(command → all finished), idle {idle_pct:.1f} % of a core; "
-                  f"gateways with {args.speakers}: RSS mean {sum(rss_20) / len(rss_20):.1f} MiB", flush=True)
+            print(
+                f"gateway with {args.big} speakers: RSS {rss_big:.1f} MiB, CPU {cpu_big:.2f} s for one broadcast "
+                f"(command → all finished), idle {idle_pct:.1f} % of a core; "
+                f"gateways with {args.speakers}: RSS mean {sum(rss_20) / len(rss_20):.1f} MiB",
+                flush=True,
+            )
             communes = communes_alive
         result = {
             "speakers": total,

@@ -112,7 +112,9 @@ class Pipeline:
             return
         # ready when a probe reading sent over MQTT is in the spool: the telemetry client is subscribed
         deadline = time.monotonic() + 30
-        while self.query("SELECT COUNT(*) FROM readings WHERE device = 'probe'") == 0:
+        while (
+            self.query("SELECT COUNT(*) FROM readings r JOIN series s ON s.id = r.series WHERE s.device = 'probe'") == 0
+        ):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"gateway did not start; see {self.workdir / 'gateway.log'}")
             subprocess.run(
@@ -145,13 +147,17 @@ class Pipeline:
             conn.close()
 
     def last_id(self) -> int:
-        return self.query("SELECT seq FROM sqlite_sequence WHERE name = 'readings'")
+        return max(
+            self.query("SELECT MAX(id) FROM readings"),
+            self.query("SELECT value FROM meta WHERE key = 'delivered_upto'"),
+        )
 
     def wait_written(self, device: str, n: int, after_id: int, timeout: float = 300) -> float:
         """Wait until the ``n`` readings of ``device`` stored after row ``after_id`` are delivered."""
         deadline = time.monotonic() + timeout
         sql = (
-            "SELECT COUNT(*) FROM readings WHERE id > ? AND device = ? "
+            "SELECT COUNT(*) FROM readings WHERE id > ? "
+            "AND series = (SELECT id FROM series WHERE device = ?) "
             "AND id <= (SELECT value FROM meta WHERE key = 'delivered_upto')"
         )
         while time.monotonic() < deadline:

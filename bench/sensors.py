@@ -55,9 +55,12 @@ async def bench_publish(broker: Mosquitto, devices: int, messages: int, batch: i
     expect = devices * messages
     got = 0
     done = asyncio.Event()
-    async with aiomqtt.Client("127.0.0.1", port=broker.port, identifier=f"bench-sub-{batch}",
-                              max_queued_incoming_messages=0) as sub, \
-            aiomqtt.Client("127.0.0.1", port=broker.port, identifier=f"bench-pub-{batch}") as pub:
+    async with (
+        aiomqtt.Client(
+            "127.0.0.1", port=broker.port, identifier=f"bench-sub-{batch}", max_queued_incoming_messages=0
+        ) as sub,
+        aiomqtt.Client("127.0.0.1", port=broker.port, identifier=f"bench-pub-{batch}") as pub,
+    ):
         pub.pending_calls_threshold = 1000
         await sub.subscribe(f"loaxa/v1/{gw}/dev/+/telemetry", qos=1)
 
@@ -76,14 +79,23 @@ async def bench_publish(broker: Mosquitto, devices: int, messages: int, batch: i
         elapsed = time.perf_counter() - t0
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
-    return {"batch": batch, "messages": stats.messages, "readings": got, "elapsed_s": round(elapsed, 2),
-            "readings_per_s": round(got / elapsed), "messages_per_s": round(stats.messages / elapsed)}
+    return {
+        "batch": batch,
+        "messages": stats.messages,
+        "readings": got,
+        "elapsed_s": round(elapsed, 2),
+        "readings_per_s": round(got / elapsed),
+        "messages_per_s": round(stats.messages / elapsed),
+    }
 
 
 def _pty_pair(socat: str, tmp: str) -> tuple[subprocess.Popen[bytes], str, str]:
     a, b = f"{tmp}/gw", f"{tmp}/sensor"
-    proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     while not (os.path.exists(a) and os.path.exists(b)):
         time.sleep(0.02)
     return proc, a, b
@@ -105,15 +117,28 @@ async def bench_modbus(polls: int) -> dict[str, Any]:
         try:
             bits = [SimData(0, values=False, datatype=DataType.BITS)]
             regs = [SimData(0, count=10, values=1234, datatype=DataType.REGISTERS)]
-            server = ModbusSerialServer([SimDevice(u, simdata=(bits, list(bits), regs, list(regs))) for u in (1, 2)],
-                                        port=b, baudrate=19200)
+            server = ModbusSerialServer(
+                [SimDevice(u, simdata=(bits, list(bits), regs, list(regs))) for u in (1, 2)], port=b, baudrate=19200
+            )
             task = asyncio.create_task(server.serve_forever())
             await asyncio.sleep(0.3)
-            cfgs = [ModbusRtuConfig.model_validate({
-                "id": f"s{u}", "type": "modbus_rtu", "port": a, "baudrate": 19200, "unit_id": u,
-                "measurement": "environment", "registers": [
-                    {"field": "temperature_c", "address": 0, "type": "int16", "scale": 0.1},
-                    {"field": "humidity_pct", "address": 1, "scale": 0.1}]}) for u in (1, 2)]
+            cfgs = [
+                ModbusRtuConfig.model_validate(
+                    {
+                        "id": f"s{u}",
+                        "type": "modbus_rtu",
+                        "port": a,
+                        "baudrate": 19200,
+                        "unit_id": u,
+                        "measurement": "environment",
+                        "registers": [
+                            {"field": "temperature_c", "address": 0, "type": "int16", "scale": 0.1},
+                            {"field": "humidity_pct", "address": 1, "scale": 0.1},
+                        ],
+                    }
+                )
+                for u in (1, 2)
+            ]
             drivers = build_sensor_drivers(cfgs, gateway_id="bench")
             t0 = time.perf_counter()
             ok = 0
@@ -128,8 +153,13 @@ async def bench_modbus(polls: int) -> dict[str, Any]:
         finally:
             proc.terminate()
             await asyncio.to_thread(proc.wait, 5)
-    return {"polls": polls, "ok": ok, "elapsed_s": round(elapsed, 2), "polls_per_s": round(polls / elapsed),
-            "ms_per_poll": round(1000 * elapsed / polls, 2)}
+    return {
+        "polls": polls,
+        "ok": ok,
+        "elapsed_s": round(elapsed, 2),
+        "polls_per_s": round(polls / elapsed),
+        "ms_per_poll": round(1000 * elapsed / polls, 2),
+    }
 
 
 async def main() -> None:
@@ -145,19 +175,37 @@ async def main() -> None:
         broker = Mosquitto(Path(tmp) / "mosquitto").start()
         try:
             single = await bench_publish(broker, args.devices, args.messages, 1)
-            print(f"sim sensors → Mosquitto, single readings: {single['readings_per_s']:,} readings/s "
-                  f"({single['readings']:,} in {single['elapsed_s']} s)", flush=True)
+            print(
+                f"sim sensors → Mosquitto, single readings: {single['readings_per_s']:,} readings/s "
+                f"({single['readings']:,} in {single['elapsed_s']} s)",
+                flush=True,
+            )
             batched = await bench_publish(broker, args.devices, args.messages, 10)
-            print(f"sim sensors → Mosquitto, batches of 10:   {batched['readings_per_s']:,} readings/s "
-                  f"({batched['readings']:,} in {batched['elapsed_s']} s)", flush=True)
+            print(
+                f"sim sensors → Mosquitto, batches of 10:   {batched['readings_per_s']:,} readings/s "
+                f"({batched['readings']:,} in {batched['elapsed_s']} s)",
+                flush=True,
+            )
         finally:
             broker.stop()
     modbus = await bench_modbus(args.polls)
     if "polls_per_s" in modbus:
-        print(f"modbus over pty: {modbus['polls_per_s']} polls/s, {modbus['ms_per_poll']} ms per poll "
-              f"({modbus['ok']}/{modbus['polls']} ok)", flush=True)
-    print(json.dumps({"bench": "sensors", "generators_samples_per_s": gens, "publish_single": single,
-                      "publish_batch10": batched, "modbus_pty": modbus}))
+        print(
+            f"modbus over pty: {modbus['polls_per_s']} polls/s, {modbus['ms_per_poll']} ms per poll "
+            f"({modbus['ok']}/{modbus['polls']} ok)",
+            flush=True,
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "sensors",
+                "generators_samples_per_s": gens,
+                "publish_single": single,
+                "publish_batch10": batched,
+                "modbus_pty": modbus,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

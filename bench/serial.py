@@ -38,9 +38,27 @@ from firmware_bridge.messages import FwChunk, MsgType  # noqa: E402
 
 def start_board(baud: int) -> tuple[subprocess.Popen[str], str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "loaxa", "sim", "serial-node", "--pty", "--baud", str(baud),
-                             "--node", "1:bench-node:speaker", "--trial-timeout", "600"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loaxa",
+            "sim",
+            "serial-node",
+            "--pty",
+            "--baud",
+            str(baud),
+            "--node",
+            "1:bench-node:speaker",
+            "--trial-timeout",
+            "600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert proc.stdout is not None
     path = proc.stdout.readline().strip()
     if not path:
@@ -64,15 +82,16 @@ async def measure(baud: int, kib: int, rtt_count: int) -> dict[str, float]:
             rtts.append((time.perf_counter() - t) * 1000)
         rtts.sort()
         status_wire = len(Frame(1, MsgType.STATUS, 0).encode()) + 25
-        print(f"STATUS round trip at {baud} baud: median {statistics.median(rtts):.2f} ms, "
-              f"p95 {rtts[int(len(rtts) * 0.95) - 1]:.2f} ms (the {status_wire} bytes alone need "
-              f"{status_wire / line_rate * 1000:.2f} ms on the line)")
+        print(
+            f"STATUS round trip at {baud} baud: median {statistics.median(rtts):.2f} ms, "
+            f"p95 {rtts[int(len(rtts) * 0.95) - 1]:.2f} ms (the {status_wire} bytes alone need "
+            f"{status_wire / line_rate * 1000:.2f} ms on the line)"
+        )
 
         chunk = 256
         frame = Frame(1, MsgType.FW_CHUNK, 0, FwChunk(0, bytes(range(256)) * (chunk // 256)).pack())
         framing = chunk / len(frame.encode())
-        print(f"framing: a {chunk}-byte chunk travels in a {len(frame.encode())}-byte frame: "
-              f"{framing:.1%} payload")
+        print(f"framing: a {chunk}-byte chunk travels in a {len(frame.encode())}-byte frame: {framing:.1%} payload")
 
         results: dict[int, float] = {}
         whole_transfer = 0.0
@@ -86,14 +105,18 @@ async def measure(baud: int, kib: int, rtt_count: int) -> dict[str, float]:
             results[window] = share
             wire = bus.stats.bytes_tx - tx0
             whole_transfer = len(image) / wire
-            print(f"firmware {kib} KiB, window {window}: {r.transfer_s:.2f} s transfer "
-                  f"({len(image) / r.transfer_s / 1024:.2f} KiB/s) = {share:.1%} of the {line_rate:.0f} B/s "
-                  f"line rate; whole update incl. reboot and health check {r.elapsed_s:.2f} s; "
-                  f"image/wire bytes {whole_transfer:.1%}")
+            print(
+                f"firmware {kib} KiB, window {window}: {r.transfer_s:.2f} s transfer "
+                f"({len(image) / r.transfer_s / 1024:.2f} KiB/s) = {share:.1%} of the {line_rate:.0f} B/s "
+                f"line rate; whole update incl. reboot and health check {r.elapsed_s:.2f} s; "
+                f"image/wire bytes {whole_transfer:.1%}"
+            )
         stats = bus.link_stats()
-        print(f"link stats: retries {stats['retries']}, timeouts {stats['timeouts']} (HELLOs unanswered while "
-              f"the node restarts into each new image), crc errors {stats['rx_crc_errors']}, "
-              f"resyncs {stats['rx_resyncs']}")
+        print(
+            f"link stats: retries {stats['retries']}, timeouts {stats['timeouts']} (HELLOs unanswered while "
+            f"the node restarts into each new image), crc errors {stats['rx_crc_errors']}, "
+            f"resyncs {stats['rx_resyncs']}"
+        )
         bus.close()
         return {
             "baud": baud,

@@ -9,7 +9,7 @@ Group commit
     one fsync per group rather than one per reading.
 
 Delivery
-    Rows are numbered (``AUTOINCREMENT``) in arrival order. The writer reads them in that order after
+    Rows are numbered by the spool, in arrival order. The writer reads them in that order after
     the ``delivered_upto`` mark; after a 2xx it moves the mark (one tiny update) and either deletes the
     delivered rows or, with ``retain_days > 0``, keeps them for export and deletes them once older
     than ``retain_days``.
@@ -41,14 +41,22 @@ log = logging.getLogger(__name__)
 NewRow = tuple[int, str, str, str]
 Done = Callable[[BaseException | None], None]
 
-ROW_OVERHEAD = 24  # bytes counted per row on top of its text (rowid, ts, size, record header)
+ROW_OVERHEAD = 28  # bytes counted per row on top of its fields text (id, ts, series, size, record header)
 
+#: ``readings.id`` is assigned by the spool (always increasing, never reused, even after every row was
+#: deleted: the next id starts above both the largest id and the delivered mark), which is cheaper
+#: than AUTOINCREMENT. ``series`` names each (measurement, device) pair once instead of on every row.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts INTEGER NOT NULL,
-    device TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
     measurement TEXT NOT NULL,
+    device TEXT NOT NULL,
+    UNIQUE (measurement, device)
+);
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    series INTEGER NOT NULL,
     fields TEXT NOT NULL,
     size INTEGER NOT NULL
 );
@@ -78,8 +86,8 @@ class Row:
     fields: str
 
 
-def row_size(device: str, measurement: str, fields: str) -> int:
-    return len(fields) + len(device) + len(measurement) + ROW_OVERHEAD
+def row_size(fields: str) -> int:
+    return len(fields) + ROW_OVERHEAD
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -128,6 +136,10 @@ class Spool:
         self.retained_evicted = 0
         self.last_commit_error: str | None = None
         self.moved_aside: Path | None = None  # set when an unreadable spool file was moved aside
+        # spool thread only
+        self._next_id = 1
+        self._series_ids: dict[tuple[str, str], int] = {}  # (measurement, device) -> id
+        self._series_names: dict[int, tuple[str, str]] = {}  # id -> (device, measurement)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,6 +152,7 @@ class Spool:
             conn = connect(self.path)
             conn.executescript(SCHEMA)
             conn.execute("SELECT value FROM meta WHERE key = 'delivered_upto'").fetchone()
+            conn.execute("SELECT id, ts, series, fields, size FROM readings LIMIT 0").fetchall()
         except sqlite3.DatabaseError as exc:
             # an unreadable file (SD card fault, someone else's file): keep it for inspection and start
             # a new spool rather than keep the gateway from starting
@@ -157,6 +170,11 @@ class Spool:
         self.delivered_upto = int(meta["delivered_upto"])
         self.dropped = int(meta["dropped"])
         self.quarantined = int(meta["quarantined"])
+        for sid, meas, dev in conn.execute("SELECT id, measurement, device FROM series"):
+            self._series_ids[(meas, dev)] = sid
+            self._series_names[sid] = (dev, meas)
+        (max_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()
+        self._next_id = max(int(max_id), self.delivered_upto) + 1
         (n,) = conn.execute("SELECT COUNT(*) FROM readings WHERE id > ?", (self.delivered_upto,)).fetchone()
         self.pending = int(n)
         (total,) = conn.execute("SELECT COALESCE(SUM(size), 0) FROM readings").fetchone()
@@ -237,16 +255,38 @@ class Spool:
 
     def _commit_sync(self, rows: Sequence[NewRow]) -> None:
         conn = self.conn
-        sized = [(ts, dev, meas, f, row_size(dev, meas, f)) for ts, dev, meas, f in rows]
-        added = sum(r[4] for r in sized)
+        known = self._series_ids
+        new: dict[tuple[str, str], int] = {}
+        next_series = max(self._series_names, default=0) + 1
+        rid = self._next_id
+        out = []
+        added = 0
+        for ts, dev, meas, f in rows:
+            key = (meas, dev)
+            sid = known.get(key) or new.get(key)
+            if sid is None:
+                sid = new[key] = next_series + len(new)
+            size = len(f) + ROW_OVERHEAD
+            added += size
+            out.append((rid, ts, sid, f, size))
+            rid += 1
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany("INSERT INTO readings(ts, device, measurement, fields, size) VALUES (?,?,?,?,?)", sized)
+            if new:
+                conn.executemany(
+                    "INSERT INTO series(id, measurement, device) VALUES (?,?,?)",
+                    [(sid, meas, dev) for (meas, dev), sid in new.items()],
+                )
+            conn.executemany("INSERT INTO readings(id, ts, series, fields, size) VALUES (?,?,?,?,?)", out)
             evicted = self._evict_sync(self.bytes + added) if self.bytes + added > self.max_bytes else None
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._next_id = rid
+        for (meas, dev), sid in new.items():
+            known[(meas, dev)] = sid
+            self._series_names[sid] = (dev, meas)
         self.bytes += added
         self.pending += len(rows)
         self.committed_rows += len(rows)
@@ -304,10 +344,11 @@ class Spool:
 
     def _next_batch_sync(self, after_id: int, limit: int) -> list[Row]:
         cur = self.conn.execute(
-            "SELECT id, ts, device, measurement, fields FROM readings WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, ts, series, fields FROM readings WHERE id > ? ORDER BY id LIMIT ?",
             (max(after_id, self.delivered_upto), limit),
         )
-        return [Row(*r) for r in cur.fetchall()]
+        names = self._series_names
+        return [Row(rid, ts, *names[sid], fields) for rid, ts, sid, fields in cur.fetchall()]
 
     async def mark_delivered(self, upto_id: int, quarantine: Sequence[tuple[Row, str]] = ()) -> None:
         """InfluxDB took everything up to ``upto_id`` except ``quarantine`` (rows it refused, with its
@@ -412,15 +453,18 @@ def iter_readings(
     conn = connect(path, readonly=True)
     try:
         (mark,) = conn.execute("SELECT value FROM meta WHERE key = 'delivered_upto'").fetchone()
-        sql = "SELECT id, ts, device, measurement, fields FROM readings WHERE ts >= ? AND ts < ?"
+        sql = (
+            "SELECT r.id, r.ts, s.device, s.measurement, r.fields FROM readings r JOIN series s ON s.id = r.series "
+            "WHERE r.ts >= ? AND r.ts < ?"
+        )
         args: list[Any] = [from_ms, to_ms]
         if device:
-            sql += " AND device = ?"
+            sql += " AND s.device = ?"
             args.append(device)
         if measurement:
-            sql += " AND measurement = ?"
+            sql += " AND s.measurement = ?"
             args.append(measurement)
-        sql += " ORDER BY ts, id"
+        sql += " ORDER BY r.ts, r.id"
         for rid, ts, dev, meas, fields in conn.execute(sql, args):
             yield ts, dev, meas, fields, rid <= mark
     finally:

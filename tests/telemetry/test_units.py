@@ -109,6 +109,15 @@ async def test_group_commit_delivery_and_restart(tmp_path: Path) -> None:
     await spool.mark_delivered(rest[-1].id)
     assert spool.pending == 0 and spool.bytes == 0  # retain_days=0: delivered rows are gone
     await _stop(spool, task)
+    # the table is empty now; new readings must get ids above the delivered mark, across restarts too
+    spool, task = await _spool(tmp_path)
+    await spool.put([(NOW + 9000, "d9", "m", "v=9.0")])
+    await _stop(spool, task)
+    spool, task = await _spool(tmp_path)
+    again = await spool.next_batch(0, 10)
+    assert spool.pending == 1 and [(r.device, r.fields) for r in again] == [("d9", "v=9.0")]
+    assert again[0].id > rest[-1].id
+    await _stop(spool, task)
 
 
 async def test_retention_keeps_delivered_rows_then_purges_old_ones(tmp_path: Path) -> None:
