@@ -61,8 +61,8 @@ DRAIN_MAX_BYTES = 256 * 1024  # ... or this much payload, so that commits start 
 #: Flow control: received but not yet committed+acked. Above the high mark the socket is not read
 #: (TCP pushes back on the broker, which keeps the messages) until the spool catches up. This bounds
 #: the gateway's memory whatever the broker's in-flight window is.
-HOLD_HIGH_MSGS = 1000
-HOLD_HIGH_BYTES = 2 * 1024 * 1024
+HOLD_HIGH_MSGS = 500
+HOLD_HIGH_BYTES = 1024 * 1024
 
 
 @dataclass(slots=True)
