@@ -36,6 +36,22 @@ _MEASUREMENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 PublishEvent = Callable[[AlarmEvent], Awaitable[None]]
 
+#: While the gateway's own clock is not synchronised (a Pi without RTC boots with the time it saved
+#: before the power cut, possibly days behind until NTP answers over 4G), readings up to this far
+#: "in the future" are accepted rather than lost: they are most likely right and the Pi wrong.
+UNSYNCED_MAX_FUTURE_MS = 30 * DAY_MS
+CLOCK_CHECK_S = 10.0
+
+
+def kernel_clock_synced() -> bool | None:
+    """True/False from the kernel (adjtimex, as ``timedatectl`` shows it); None when unknown."""
+    try:
+        from devices.sensors.pihealth import clock_state
+    except ImportError:
+        return None
+    synced = clock_state().get("clock_synced")
+    return bool(synced) if synced is not None else None
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -51,6 +67,7 @@ class TelemetryService:
         drivers: Sequence[SensorDriver] = (),
         writer: Writer | None = None,
         health_source: Callable[[], Mapping[str, Any]] | None = None,
+        clock_synced: Callable[[], bool | None] = kernel_clock_synced,
     ) -> None:
         self.config = config
         self.gateway_id = config.gateway.id
@@ -60,7 +77,12 @@ class TelemetryService:
         self.spool = Spool(
             data_dir / SPOOL_FILE, max_bytes=config.spool.max_bytes, retain_days=config.spool.retain_days
         )
-        self.limits = Limits(max_age_ms=(config.spool.retain_days or 60) * DAY_MS)
+        max_age = (config.spool.retain_days or 60) * DAY_MS
+        self._strict_limits = Limits(max_age_ms=max_age)
+        self._lenient_limits = Limits(max_age_ms=max_age, max_future_ms=UNSYNCED_MAX_FUTURE_MS)
+        self.clock_synced = clock_synced
+        self.limits = self._strict_limits
+        self._check_clock()
         self.publish_event = publish_event
         self.drivers = list(drivers)
         self.writer = writer if writer is not None else (make_writer(self.influx) if self.influx else None)
@@ -92,6 +114,27 @@ class TelemetryService:
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ accepting
+
+    def _check_clock(self) -> None:
+        """Strict future limit (1 day) unless the clock is known to be unsynchronised."""
+        try:
+            synced = self.clock_synced()
+        except Exception:  # a broken probe must not stop ingest
+            synced = None
+        lenient = synced is False
+        if lenient and self.limits is not self._lenient_limits:
+            log.warning(
+                "gateway clock not synchronised: accepting readings up to %d days ahead of it",
+                UNSYNCED_MAX_FUTURE_MS // DAY_MS,
+            )
+        elif not lenient and self.limits is self._lenient_limits:
+            log.warning("gateway clock synchronised: readings more than 1 day ahead are refused again")
+        self.limits = self._lenient_limits if lenient else self._strict_limits
+
+    async def _clock_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_S)
+            self._check_clock()
 
     def _reject(self, rejections: Sequence[Rejection], device: str | None) -> None:
         for rej in rejections:
@@ -304,6 +347,7 @@ class TelemetryService:
             "influx_last_write_ts": self.last_write_ms,
             "influx_last_error": self.last_error,
             "influx_last_error_ts": self.last_error_ms,
+            "telemetry_future_limit_ms": self.limits.max_future_ms,
             "driver_errors": self.driver_stats(),
             **(self.ingest.stats() if self.mqtt_devices else {}),
             **({"spool_moved_aside": str(self.spool.moved_aside)} if self.spool.moved_aside else {}),
@@ -364,6 +408,7 @@ class TelemetryService:
                 for d in self.drivers:
                     tasks.append(tg.create_task(self._run_driver(d), name=f"driver-{d.device_id}"))
                 tasks.append(tg.create_task(self._alarms_forever(), name="telemetry-alarms"))
+                tasks.append(tg.create_task(self._clock_forever(), name="telemetry-clock"))
                 tasks.append(tg.create_task(self._purge_forever(), name="spool-purge"))
                 tasks.append(tg.create_task(self._health_forever(), name="gateway-health"))
                 self.started.set()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.telemetry.service import TelemetryService
-from protocol.models import AlarmEvent
+from protocol.models import AlarmEvent, Reading
 
 from .helpers import Publisher, config_dict, eventually, influx_values, load, running, topic, v1
 
@@ -63,7 +63,7 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
             1,
         ),
     ]
-    svc = TelemetryService(cfg, publish_event=publish_event)
+    svc = TelemetryService(cfg, publish_event=publish_event, clock_synced=lambda: True)
     async with running(svc):
         pub = Publisher(mosquitto.url)
         items: list[tuple[str, Any]] = [(topic("s1"), payload) for _, payload, _ in cases]
@@ -97,3 +97,21 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
         for reason, n in a.details["counts"].items():
             totals[reason] = totals.get(reason, 0) + n
     assert totals == expected
+
+
+async def test_future_readings_are_kept_while_the_gateway_clock_is_unsynchronised(tmp_path: Path) -> None:
+    """A Pi without RTC boots with an old time; until NTP answers, a correct sensor looks "in the
+    future". Those readings are kept (up to 30 days ahead); once the clock is synchronised the 1-day
+    limit applies again."""
+    synced = False
+    cfg = load(tmp_path, config_dict(tmp_path, "mqtt://127.0.0.1:1", influx=None, devices=()))
+    svc = TelemetryService(cfg, clock_synced=lambda: synced)
+    ahead = int(time.time() * 1000) + 2 * 86_400_000
+    async with running(svc):
+        await svc.accept_polled("song-1", "water_level", [Reading(ts=ahead, fields={"level_cm": 1.0})])
+        assert svc.spool.pending == 1 and not svc.rejected
+        assert svc.health()["telemetry_future_limit_ms"] == 30 * 86_400_000
+        synced = True
+        svc._check_clock()
+        await svc.accept_polled("song-1", "water_level", [Reading(ts=ahead + 1, fields={"level_cm": 2.0})])
+        assert svc.spool.pending == 1 and svc.rejected == {"future_timestamp": 1}
