@@ -46,6 +46,7 @@ class PlayRequest:
     start_at_ms: int  # wall clock, UTC epoch ms
     volume: int
     priority: int
+    repeat: int = 1  # passes of the media back to back
 
 
 class SpeakerDriver(abc.ABC):

@@ -14,6 +14,8 @@ from devices.sensors.config import (
     ModbusRtuConfig,
     PiHealthConfig,
 )
+from devices.speakers.amplifier import AmplifierConfig
+from gateway.serial.config import SerialNodeConfig
 
 __all__ = ["DeviceBase", "DeviceConfig", "MeasurementName"]
 
@@ -44,7 +46,7 @@ class SimSensorConfig(DeviceBase):
 
 
 DeviceConfig = Annotated[
-    IpSpeakerConfig | MqttSensorConfig | SimSensorConfig
+    IpSpeakerConfig | MqttSensorConfig | SimSensorConfig | AmplifierConfig | SerialNodeConfig
     | ModbusRtuConfig | GpioRainGaugeConfig | GpioInputsConfig | Ds18b20Config | PiHealthConfig,
     Field(discriminator="type"),
 ]

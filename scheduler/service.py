@@ -1,0 +1,140 @@
+"""Assemble and run the scheduler: database, media library, signer, MQTT dispatcher, HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from loaxa.mqttlink import MqttLink
+from protocol.signing import Signer, load_private_key
+from scheduler.config import SchedulerConfig
+from scheduler.db import AsyncStore, Store, default_url
+from scheduler.dispatcher import Dispatcher
+from scheduler.http import create_app
+from scheduler.media import MediaLibrary
+
+log = logging.getLogger(__name__)
+
+
+def base_url(cfg: SchedulerConfig) -> str:
+    """Where gateways (and the CLI) reach this scheduler over HTTP."""
+    if cfg.http.public_url:
+        return cfg.http.public_url.rstrip("/")
+    host = cfg.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.http.port}"
+
+
+def local_api_url(cfg: SchedulerConfig) -> str:
+    """Where a CLI on the scheduler's own machine reaches the API."""
+    host = cfg.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.http.port}"
+
+
+@dataclass
+class Scheduler:
+    config: SchedulerConfig
+    store: AsyncStore
+    library: MediaLibrary
+    dispatcher: Dispatcher
+    app: FastAPI
+
+    @classmethod
+    def build(cls, cfg: SchedulerConfig) -> Scheduler:
+        data_dir = cfg.scheduler.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(cfg.scheduler.database_url or default_url(data_dir))
+        store.create_all()
+        library = MediaLibrary(
+            data_dir / "media",
+            max_bytes=cfg.http.max_upload_bytes,
+            max_duration_s=cfg.media.max_duration_s,
+            transcode_to=cfg.media.transcode,
+            bitrate_kbps=cfg.media.bitrate_kbps,
+            tts_voice=cfg.media.tts_voice,
+        )
+        signer = Signer(cfg.signing.key_id, load_private_key(cfg.signing.private_key.get()))
+        root = base_url(cfg)
+
+        def media_url(sha256: str) -> str:
+            return f"{root}/media/{sha256}"
+
+        link = MqttLink(cfg.broker, client_id=f"loaxa-scheduler-{socket.gethostname()}"[:128], name="central")
+        astore = AsyncStore(store)
+        dispatcher = Dispatcher(
+            astore,
+            link,
+            signer,
+            media_url,
+            resend_interval_s=cfg.dispatch.resend_interval_s,
+            max_late_s=cfg.dispatch.max_late_s,
+        )
+        token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
+        app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
+        return cls(cfg, astore, library, dispatcher, app)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:  # the scheduler handles SIGTERM/SIGINT itself
+                yield
+
+        server = _Server(
+            uvicorn.Config(
+                self.app,
+                host=self.config.http.host,
+                port=self.config.http.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        stop = stop or asyncio.Event()
+        disp = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
+        http = asyncio.create_task(server.serve(), name="http")
+        waiter = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait({disp, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not waiter and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            server.should_exit = True
+            disp.cancel()
+            waiter.cancel()
+            await asyncio.gather(disp, http, waiter, return_exceptions=True)
+            await asyncio.to_thread(self.store.close)
+
+
+def run_forever(cfg: SchedulerConfig) -> int:
+    async def main() -> None:
+        sched = Scheduler.build(cfg)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(
+            f"scheduler: HTTP on {local_api_url(cfg)} (media URL base {base_url(cfg)}), "
+            f"broker {cfg.broker.url}, database {sched.store.store.url}",
+            flush=True,
+        )
+        await sched.run(stop)
+
+    asyncio.run(main())
+    return 0
