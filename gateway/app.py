@@ -36,6 +36,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "gateway.telemetry.service",
     "gateway.broadcast.service",
     "gateway.serial.service",
+    "devices.sensors.service",
 )
 
 
