@@ -176,6 +176,11 @@ class Store:
     def session(self) -> Session:
         return self._session()
 
+    def ping(self) -> None:
+        """A trivial query: the database answers."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
     # ------------------------------------------------------------ gateways and speakers
 
     # Rows looked up once per session (one transaction, possibly a batch of many messages) are

@@ -9,9 +9,11 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 
+from loaxa import sdnotify
 from loaxa.mqttlink import MqttLink
 from protocol.signing import Signer, load_private_key
 from scheduler.config import SchedulerConfig
@@ -87,6 +89,23 @@ class Scheduler:
         app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
         return cls(cfg, astore, library, dispatcher, app)
 
+    async def _systemd(self, server: Any) -> None:
+        """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+            await asyncio.sleep(0.05)
+        sdnotify.notify(f"READY=1\nSTATUS=scheduler on {local_api_url(self.config)}")
+        interval = sdnotify.watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(self.store.call(self.store.store.ping), interval)
+            except Exception:
+                log.exception("database did not answer within %.0f s; not feeding the watchdog", interval)
+            else:
+                sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         import uvicorn
 
@@ -109,16 +128,19 @@ class Scheduler:
         disp = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
         http = asyncio.create_task(server.serve(), name="http")
         waiter = asyncio.create_task(stop.wait(), name="stop")
+        systemd = asyncio.create_task(self._systemd(server), name="systemd")
         try:
             done, _ = await asyncio.wait({disp, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 if t is not waiter and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
         finally:
+            sdnotify.notify("STOPPING=1")
             server.should_exit = True
             disp.cancel()
             waiter.cancel()
-            await asyncio.gather(disp, http, waiter, return_exceptions=True)
+            systemd.cancel()
+            await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
             await asyncio.to_thread(self.store.close)
 
 

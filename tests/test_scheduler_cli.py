@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +21,7 @@ from loaxa.servers import Mosquitto
 from protocol.models import BroadcastPlanBody
 from protocol.signing import parse_body_as
 from scheduler.cli import CliError, parse_local_time
-from tests.conftest import run_loaxa, spawn_loaxa, wait_until
+from tests.conftest import ROOT, loaxa_env, run_loaxa, wait_until
 from tests.sched_support import Keys, TestGateway, make_tone, scheduler_config_dict
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -46,11 +49,33 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
     conf.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     assert run_loaxa("config", "check", str(conf)).returncode == 0
     port = cfg["http"]["port"]
-    proc = spawn_loaxa("-v", "scheduler", "run", "--config", str(conf), log=tmp_path / "scheduler.log")
+    # systemd's notify socket (Type=notify, WatchdogSec=2): READY=1 and WATCHDOG=1 must arrive
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(0.2)
+    notes: list[str] = []
+    reader = threading.Thread(target=_read_notifications, args=(notify, notes), daemon=True)
+    reader.start()
+    log_file = open(tmp_path / "scheduler.log", "ab")  # noqa: ASYNC230
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "loaxa", "-v", "scheduler", "run", "--config", str(conf)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+        env=loaxa_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000"),
+    )
+    log_file.close()
     gw = TestGateway(mosquitto.url, "xa-dong-son", keys)
     try:
         wait_until(lambda: _health(port) or proc.poll() is not None, 30, what="scheduler up")
         assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
+        await asyncio.to_thread(
+            wait_until,
+            lambda: any(n.startswith("READY=1") for n in notes) and "WATCHDOG=1" in notes,
+            15,
+            what="READY=1 and WATCHDOG=1 on the notify socket",
+        )
         await gw.connect()
         audio = make_tone(tmp_path / "thong-bao.wav", 1.0)
 
@@ -156,6 +181,7 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         )
         assert res.returncode == 2 and "in the past" in res.stderr
     finally:
+        notify.close()
         await gw.disconnect()
         proc.send_signal(signal.SIGTERM)
         try:
@@ -163,6 +189,17 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
+
+
+def _read_notifications(sock: socket.socket, notes: list[str]) -> None:
+    """Like systemd: keep reading the notify socket (a full socket would block the sender)."""
+    while True:
+        try:
+            notes.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+        except OSError:
+            return  # closed
 
 
 def test_cli_without_scheduler_says_so(tmp_path: Path) -> None:
@@ -176,9 +213,7 @@ def test_cli_without_scheduler_says_so(tmp_path: Path) -> None:
 def test_parse_local_time() -> None:
     now = datetime(2026, 11, 25, 9, 0, tzinfo=TZ)
     assert parse_local_time("18:30", "Asia/Ho_Chi_Minh", now) == datetime(2026, 11, 25, 18, 30, tzinfo=TZ)
-    assert parse_local_time("2026-12-01 06:00", "Asia/Ho_Chi_Minh", now) == datetime(
-        2026, 12, 1, 6, tzinfo=TZ
-    )
+    assert parse_local_time("2026-12-01 06:00", "Asia/Ho_Chi_Minh", now) == datetime(2026, 12, 1, 6, tzinfo=TZ)
     utc = parse_local_time("2026-12-01T06:00:00Z", "Asia/Ho_Chi_Minh", now)
     assert utc.astimezone(TZ).hour == 13
     with pytest.raises(CliError, match="in the past"):
