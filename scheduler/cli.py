@@ -234,6 +234,13 @@ def _fmt_ms(ms: int | None, tz_name: str) -> str:
     return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz_name)).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def priority_label(p: int) -> str:
+    from protocol.models import PRIORITY_NAMES
+
+    names = {v: k for k, v in PRIORITY_NAMES.items()}
+    return f"{names[p]} ({p})" if p in names else str(p)
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
@@ -245,7 +252,7 @@ def render_status(st: dict[str, Any], tz_name: str) -> str:
     out = [f"broadcast {st['id']}" + (f'  "{st["title"]}"' if st.get("title") else "")]
     start = "now" if st.get("start_at") is None else _fmt_ms(st["start_at"], tz_name)
     out.append(
-        f"start: {start}   priority: {st['priority']}   volume: {st['volume']}   "
+        f"start: {start}   priority: {priority_label(st['priority'])}   volume: {st['volume']}   "
         f"targets: {' '.join(st['targets'])}" + ("   CANCELLED" if st.get("cancelled") else "")
     )
     rows: list[list[str]] = []
@@ -378,14 +385,14 @@ def run_list(args: argparse.Namespace) -> int:
                     r["id"],
                     _fmt_ms(r["created_at"], tz),
                     "now" if r["start_at"] is None else _fmt_ms(r["start_at"], tz),
-                    str(r["priority"]),
+                    priority_label(r["priority"]),
                     " ".join(r["targets"]),
-                    "cancelled" if r["cancelled"] else "",
+                    "yes" if r["cancelled"] else "",
                     r.get("title") or "",
                 ]
                 for r in rows
             ],
-            ["ID", "CREATED", "START", "PRIO", "TARGETS", "", "TITLE"],
+            ["ID", "CREATED", "START", "PRIORITY", "TARGETS", "CANCELLED", "TITLE"],
         )
     )
     return 0

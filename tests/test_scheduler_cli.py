@@ -152,7 +152,9 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         await gw.wait_for(1, "broadcast.cancel")
 
         listing = await cli("broadcast", "list", "--config", str(conf))
-        assert bid in listing.stdout and bid2 in listing.stdout and "cancelled" in listing.stdout
+        rows = {line.split()[0]: line for line in listing.stdout.splitlines()[2:]}
+        assert "emergency (9)" in rows[bid] and "yes" not in rows[bid]
+        assert "normal (3)" in rows[bid2] and rows[bid2].rstrip().endswith("yes")
 
         # errors are clear and change nothing
         res = await cli(
