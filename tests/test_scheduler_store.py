@@ -83,12 +83,20 @@ def test_advance_never_goes_back() -> None:
 
 
 def test_undelivered_plans_expire_and_their_speakers_fail(store: Store) -> None:
-    bid, _ = create(store, ["xa-off/loa-1", "xa-off/loa-2"], max_late_ms=60_000)
+    bid, _ = create(store, ["xa-off/loa-1", "xa-off/loa-2", "xa-on"], max_late_ms=60_000)
+    store.record_status("xa-on", Status(state="online", ts=T0), T0)
+    store.record_status("xa-off", Status(state="offline", ts=T0), T0)
     assert len(store.pending_commands(["xa-off"], T0 + 1000)) == 1
-    # audio 2 s + 60 s late allowance: after that nothing is sent any more
+    assert [o.gateway for o in store.pending_commands("online", T0 + 1000)] == ["xa-on"]
+    store.mark_sent([o.command_id for o in store.pending_commands("online", T0)], T0 + 1000)
+    assert store.pending_commands("online", T0 + 2000, sent_before=T0 + 1000) == []  # not due yet
+    assert len(store.pending_commands("online", T0 + 2000, sent_before=T0 + 1001)) == 1
+    # audio 2 s + 60 s late allowance: after that nothing is sent any more, to any gateway, and the
+    # offline gateway's plan expires even though only online gateways were asked for
+    assert store.pending_commands("online", T0 + 62_001) == []
     assert store.pending_commands(["xa-off"], T0 + 62_001) == []
     st = store.broadcast_status(bid)
-    assert st["gateways"][0]["state"] == "expired"
+    assert {d["state"] for d in st["gateways"]} == {"expired"}
     assert {(s["state"], s["reason"]) for s in st["speakers"]} == {("failed", "not delivered in time")}
 
 
