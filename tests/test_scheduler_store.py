@@ -145,3 +145,26 @@ def test_whole_gateway_broadcast_lists_known_speakers_and_learns_new_ones(store:
     assert st["gateways"][0]["state"] == "delivered"  # the report proves the plan arrived
     [gw] = store.gateways()
     assert [s["device"] for s in gw["speakers"]] == ["loa-1", "loa-7"]
+
+
+def test_schema_and_queries_compile_for_postgresql() -> None:
+    """No SQLite-only SQL: the tables and the delivery queries compile for PostgreSQL too."""
+    from sqlalchemy import or_, select
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from scheduler.models import Base, Gateway, GatewayDelivery
+
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    for table in Base.metadata.sorted_tables:
+        ddl = str(CreateTable(table).compile(dialect=dialect))
+        assert "CREATE TABLE" in ddl
+        for index in table.indexes:
+            str(CreateIndex(index).compile(dialect=dialect))
+    q = (
+        select(GatewayDelivery)
+        .join(Gateway, Gateway.id == GatewayDelivery.gateway_id)
+        .where(Gateway.status == "online", or_(GatewayDelivery.last_sent_at.is_(None), GatewayDelivery.attempts < 3))
+    )
+    assert "JOIN gateways" in str(q.compile(dialect=dialect))
+    assert "BIGINT" in str(CreateTable(Base.metadata.tables["broadcasts"]).compile(dialect=dialect))
