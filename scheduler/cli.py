@@ -295,9 +295,12 @@ def render_status(st: dict[str, Any], tz_name: str) -> str:
 
 @_handle
 def run_scheduler(args: argparse.Namespace) -> int:
-    from scheduler.service import run_forever
+    from scheduler.service import SetupError, run_forever
 
-    return run_forever(_load(args))
+    try:
+        return run_forever(_load(args))
+    except SetupError as exc:
+        raise CliError(f"{args.config}: {exc}") from exc
 
 
 @_handle

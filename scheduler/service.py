@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from loaxa import sdnotify
 from loaxa.mqttlink import MqttLink
@@ -47,6 +49,10 @@ def local_api_url(cfg: SchedulerConfig) -> str:
     return f"http://{host}:{cfg.http.port}"
 
 
+class SetupError(Exception):
+    """The scheduler cannot start as configured (the message names the config key)."""
+
+
 @dataclass
 class Scheduler:
     config: SchedulerConfig
@@ -58,9 +64,17 @@ class Scheduler:
     @classmethod
     def build(cls, cfg: SchedulerConfig) -> Scheduler:
         data_dir = cfg.scheduler.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(cfg.scheduler.database_url or default_url(data_dir))
-        store.create_all()
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            (data_dir / "media" / "tmp").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SetupError(f"scheduler.data_dir {data_dir}: {exc.strerror}") from exc
+        url = cfg.scheduler.database_url or default_url(data_dir)
+        try:
+            store = Store(url)
+            store.create_all()
+        except (SQLAlchemyError, ImportError) as exc:  # ImportError: no driver for this URL
+            raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
         library = MediaLibrary(
             data_dir / "media",
             max_bytes=cfg.http.max_upload_bytes,
@@ -69,7 +83,10 @@ class Scheduler:
             bitrate_kbps=cfg.media.bitrate_kbps,
             tts_voice=cfg.media.tts_voice,
         )
-        signer = Signer(cfg.signing.key_id, load_private_key(cfg.signing.private_key.get()))
+        try:
+            signer = Signer(cfg.signing.key_id, load_private_key(cfg.signing.private_key.get()))
+        except (ValueError, RuntimeError) as exc:
+            raise SetupError(f"signing.private_key: {exc}") from exc
         root = base_url(cfg)
 
         def media_url(sha256: str) -> str:
@@ -85,7 +102,10 @@ class Scheduler:
             resend_interval_s=cfg.dispatch.resend_interval_s,
             max_late_s=cfg.dispatch.max_late_s,
         )
-        token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
+        try:
+            token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
+        except RuntimeError as exc:
+            raise SetupError(f"http.api_token: {exc}") from exc
         app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
         return cls(cfg, astore, library, dispatcher, app)
 

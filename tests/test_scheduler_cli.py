@@ -222,3 +222,16 @@ def test_parse_local_time() -> None:
         parse_local_time("08:00", "Asia/Ho_Chi_Minh", now)
     with pytest.raises(CliError, match="cannot read the time"):
         parse_local_time("sáng mai", "Asia/Ho_Chi_Minh", now)
+
+
+def test_scheduler_run_names_what_is_wrong(tmp_path: Path) -> None:
+    cfg = scheduler_config_dict(tmp_path, "mqtt://127.0.0.1:1", Keys())
+    cfg["signing"]["private_key"] = {"value": "not-a-key"}
+    conf = tmp_path / "s.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    res = run_loaxa("scheduler", "run", "--config", str(conf))
+    assert res.returncode == 2 and "signing.private_key: private key is not valid base64" in res.stderr
+    cfg["signing"]["private_key"] = {"file": "missing.key"}
+    conf.write_text(yaml.safe_dump(cfg))
+    res = run_loaxa("scheduler", "run", "--config", str(conf))
+    assert res.returncode == 2 and "cannot read secret file" in res.stderr and "missing.key" in res.stderr
