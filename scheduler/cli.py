@@ -69,6 +69,12 @@ def _add_create(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=1, help="play this many times (default 1)")
     p.add_argument("--title", help="a short title shown in reports")
     p.add_argument("--by", dest="created_by", help="who asked for it (kept in the record)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="then wait up to SECONDS for every speaker to finish and show the status (exit 0 if all played)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -337,7 +343,9 @@ def run_create(args: argparse.Namespace) -> int:
         "created_by": args.created_by,
     }
     st = api.call("POST", "/api/broadcasts", json=body)
-    if args.json:
+    if args.json and args.wait:
+        pass  # only the final status is printed
+    elif args.json:
         print(json.dumps(st, ensure_ascii=False, indent=2))
     else:
         when = "now" if start_at is None else _fmt_ms(start_at, tz)
@@ -345,8 +353,32 @@ def run_create(args: argparse.Namespace) -> int:
             f"broadcast {st['id']} created ({media['duration_ms'] / 1000:.1f} s of audio, start {when}, "
             f"{len(st['gateways'])} gateway(s))"
         )
+        for warning in st.get("warnings", []):
+            print(f"warning: {warning}")
         print(f"follow it with: loaxa broadcast status {st['id']} --config {args.config}")
+    if args.wait:
+        return _wait_and_show(api, st["id"], args.wait, args.json)
     return 0
+
+
+def _wait_and_show(api: Api, bid: str, timeout_s: float, as_json: bool) -> int:
+    """Poll until every speaker has a final state (or ``timeout_s``); print the status; 0 if all finished."""
+    import time
+
+    final = {"finished", "failed", "preempted", "skipped"}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = api.call("GET", f"/api/broadcasts/{bid}")
+        plans = [d for d in st["gateways"] if d["kind"] == "plan"]
+        settled = all(d["state"] != "pending" for d in plans) and all(sp["state"] in final for sp in st["speakers"])
+        if (settled and st["speakers"]) or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    if as_json:
+        print(json.dumps(st, ensure_ascii=False, indent=2))
+    else:
+        print(render_status(st, api.cfg.scheduler.timezone))
+    return 0 if st["speakers"] and all(sp["state"] == "finished" for sp in st["speakers"]) else 1
 
 
 @_handle

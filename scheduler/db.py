@@ -306,6 +306,14 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Gateway.id).where(Gateway.status == "online")).all())
 
+    def gateway_states(self, ids: Iterable[str]) -> dict[str, str | None]:
+        """Last status of each gateway (None: never heard from)."""
+        wanted = list(ids)
+        with self.session() as s:
+            rows = s.execute(select(Gateway.id, Gateway.status).where(Gateway.id.in_(wanted))).all()
+        known = {gid: status for gid, status in rows}
+        return {gid: known.get(gid) for gid in wanted}
+
     # ------------------------------------------------------------ media
 
     def add_media(self, media: Media) -> Media:

@@ -283,7 +283,16 @@ def create_app(
             created_by=body.created_by,
             broadcast_id=body.id,
         )
-        return await store.call(db.broadcast_status, bid)
+        st = await store.call(db.broadcast_status, bid)
+        states = await store.call(db.gateway_states, [d["gateway"] for d in st["gateways"]])
+        st["warnings"] = [
+            f"gateway {gw} has never connected to this scheduler (check the id); the plan waits for it"
+            if state is None
+            else f"gateway {gw} is offline; the plan is sent when it comes back"
+            for gw, state in states.items()
+            if state != "online"
+        ]
+        return st
 
     @app.get("/api/broadcasts", dependencies=api, summary="Recent broadcasts")
     async def list_broadcasts(limit: int = 50) -> list[dict[str, Any]]:

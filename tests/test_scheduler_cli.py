@@ -79,36 +79,44 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         await gw.connect()
         audio = make_tone(tmp_path / "thong-bao.wav", 1.0)
 
-        res = await cli(
-            "broadcast",
-            "now",
-            "--config",
-            str(conf),
-            "--media",
-            str(audio),
-            "--targets",
-            "xa-dong-son/loa-1",
-            "xa-dong-son/loa-2",
-            "--priority",
-            "emergency",
-            "--volume",
-            "85",
-            "--title",
-            "Lũ khẩn cấp",
-            "--json",
+        # --wait: the command stays until every speaker has a final state, then prints it
+        waiting = asyncio.create_task(
+            cli(
+                "broadcast",
+                "now",
+                "--config",
+                str(conf),
+                "--media",
+                str(audio),
+                "--targets",
+                "xa-dong-son/loa-1",
+                "xa-dong-son/loa-2",
+                "--priority",
+                "emergency",
+                "--volume",
+                "85",
+                "--title",
+                "Lũ khẩn cấp",
+                "--json",
+                "--wait",
+                "60",
+            )
         )
-        assert res.returncode == 0, res.stderr
-        st = json.loads(res.stdout)
-        bid = st["id"]
-        [plan] = await gw.wait_for(1, "broadcast.plan")
+        [plan] = await gw.wait_for(1, "broadcast.plan", within=30)
         item = parse_body_as(plan.envelope, BroadcastPlanBody).items[0]
-        assert plan.verified and item.broadcast_id == bid and item.priority == 9 and item.volume == 85
+        bid = item.broadcast_id
+        assert plan.verified and item.priority == 9 and item.volume == 85
         assert item.targets == ["loa-1", "loa-2"] and item.title == "Lũ khẩn cấp"
 
         await gw.playback(bid, "loa-1", "started")
         await gw.playback(bid, "loa-1", "finished")
         await gw.playback(bid, "loa-2", "started")
         await gw.playback(bid, "loa-2", "failed", reason="speaker offline")
+        res = await waiting
+        assert res.returncode == 1, res.stderr  # one speaker did not play
+        st = json.loads(res.stdout)
+        assert st["id"] == bid
+        assert {sp["device"]: sp["state"] for sp in st["speakers"]} == {"loa-1": "finished", "loa-2": "failed"}
 
         async def final() -> subprocess.CompletedProcess[str]:
             for _ in range(100):
@@ -155,6 +163,12 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         rows = {line.split()[0]: line for line in listing.stdout.splitlines()[2:]}
         assert "emergency (9)" in rows[bid] and "yes" not in rows[bid]
         assert "normal (3)" in rows[bid2] and rows[bid2].rstrip().endswith("yes")
+
+        # a gateway id nobody has seen: accepted (it may come later) but the operator is warned
+        res = await cli(
+            "broadcast", "now", "--config", str(conf), "--sha256", item.media.sha256, "--targets", "xa-go-sai"
+        )
+        assert res.returncode == 0 and "warning: gateway xa-go-sai has never connected" in res.stdout
 
         # errors are clear and change nothing
         res = await cli(
