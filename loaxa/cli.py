@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli",
     "scheduler.cli",
     "devices.cli",
+    "devices.sensors.cli",
     "firmware_bridge.cli",
     "loaxa.demo",
 )

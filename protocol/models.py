@@ -92,6 +92,8 @@ class PlaybackEvent(_Open):
     state: PlaybackState
     at: EpochMs
     reason: str | None = None
+    #: when the gateway asked the device to start (wall clock); ``at - scheduled_at`` is the lateness
+    scheduled_at: EpochMs | None = None
 
 
 class AlarmEvent(_Open):
@@ -134,6 +136,11 @@ class DeviceCommand(_Open):
     volume: int | None = Field(default=None, ge=0, le=100)
     priority: int | None = Field(default=None, ge=0, le=9)
     power: bool | None = None
+    #: play: length of one pass and how many passes (PlanItem.repeat)
+    duration_ms: int | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
+    repeat: int | None = Field(default=None, ge=1, le=100)
+    #: stop: why (``preempted``, ``cancelled``)
+    reason: str | None = Field(default=None, max_length=64)
 
 
 def _check_fields(fields: dict[str, float]) -> dict[str, float]:

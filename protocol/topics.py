@@ -11,9 +11,11 @@ from protocol.ids import validate_id
 ROOT = "loaxa/v1"
 
 GatewayTopicKind = Literal["status", "health", "cmd", "ack", "event"]
-DeviceTopicKind = Literal["state", "cmd", "telemetry"]
+#: ``ack`` and ``event`` (device → gateway) carry a device's answer to a ``cmd`` and its playback
+#: reports with the device's own timestamps; see docs/broadcast.md.
+DeviceTopicKind = Literal["state", "cmd", "telemetry", "ack", "event"]
 GATEWAY_KINDS: frozenset[str] = frozenset({"status", "health", "cmd", "ack", "event"})
-DEVICE_KINDS: frozenset[str] = frozenset({"state", "cmd", "telemetry"})
+DEVICE_KINDS: frozenset[str] = frozenset({"state", "cmd", "telemetry", "ack", "event"})
 
 
 def gateway_topic(gw: str, kind: GatewayTopicKind) -> str:

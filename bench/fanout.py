@@ -1,0 +1,311 @@
+"""Fan-out benchmark of the broadcast path on loopback.
+
+Starts one central Mosquitto, then per commune a Mosquitto, a real gateway process
+(``loaxa gateway run``) and a simulated-speaker process (``loaxa sim speakers``), by default
+50 gateways × 20 speakers = 1,000 speakers. The centre's part is played by this script: it signs
+``broadcast.plan`` commands with protocol.signing and publishes them to every gateway, and serves the
+media over HTTP. Measured:
+
+1. ``now``: time from publishing the commands to each speaker's ``started`` (the speaker's own
+   timestamp, same clock): p50, p99 and max (all started); also when the reports reached the centre;
+2. scheduled 5 s ahead: spread of the speakers' start timestamps within each gateway (p99 and max
+   over gateways), across all speakers, and their error against ``start_at``;
+3. one gateway with 50 speakers: its RSS and the CPU time it spends on one broadcast, and idle CPU.
+
+Prints figures, then one JSON line. Run from the repository root:
+
+    /work/venv/bin/python bench/fanout.py                 # 50 × 20
+    /work/venv/bin/python bench/fanout.py --gateways 5    # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from loaxa.localsetup import gateway_config, make_signer, write_yaml  # noqa: E402
+from loaxa.servers import Mosquitto  # noqa: E402
+from protocol.models import PRIORITY_NORMAL, BroadcastPlanBody, MediaRef, PlanItem  # noqa: E402
+from tests.broadcast_env import MediaServer, Recorder, tone_wav  # noqa: E402
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))
+    return s[k]
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    prof = os.environ.get("LOAXA_BENCH_PROFILE")  # a folder: gateways run under cProfile (for development)
+    pre = ["-m", "cProfile", "-o", str(Path(prof) / f"{log.parent.name}-{args[0]}.prof")] if prof else []
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, *pre, "-m", "loaxa", *args], stdout=out,
+                                stderr=subprocess.STDOUT, env=env(), cwd=ROOT, start_new_session=True)
+
+
+def wait(pred: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(RSS in MiB, CPU seconds user+system) of a process, from /proc."""
+    rss_kb = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kb = int(line.split()[1])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def port_below_ephemeral(start: int) -> int:
+    """A free port from ``start`` up, below Linux's ephemeral range (so no broker started later by
+    ``free_port`` can take it before the gateway binds it)."""
+    import socket
+
+    for port in range(start, 32000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("no free port below 32000")
+
+
+def cpu_by_kind(communes: list[Commune]) -> dict[str, float]:
+    """CPU seconds so far of all gateways, all simulators, all commune brokers."""
+    out = {"gateways": 0.0, "simulators": 0.0, "lan_brokers": 0.0}
+    for c in communes:
+        for kind, proc in (("gateways", c.gateway), ("simulators", c.sim), ("lan_brokers", c.lan.proc)):
+            if proc is not None and proc.poll() is None:
+                out[kind] += proc_stats(proc.pid)[1]
+    return out
+
+
+class Commune:
+    def __init__(self, work: Path, index: int, speakers: int, central: Mosquitto, signer: Any) -> None:
+        self.gw = f"xa-{index:03d}"
+        self.dir = work / self.gw
+        self.lan = Mosquitto(self.dir / "lan").start()
+        self.speakers = [f"loa-{i:02d}" for i in range(1, speakers + 1)]
+        media_port = port_below_ephemeral(20000 + 7 * index)
+        cfg = gateway_config(self.gw, data_dir=self.dir / "data", uplink_url=central.url, lan_url=self.lan.url,
+                             signer=signer, devices=[{"id": s, "type": "ip_speaker"} for s in self.speakers],
+                             health_interval_s=5)
+        cfg["broadcast"] = {"media_listen": f"127.0.0.1:{media_port}",
+                            "media_public_url": f"http://127.0.0.1:{media_port}"}
+        self.config = write_yaml(self.dir / "gw.yaml", cfg)
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self.sim: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.gateway = spawn(["gateway", "run", "--config", str(self.config)], self.dir / "gw.log")
+        self.sim = spawn(["sim", "speakers", "--broker", self.lan.url, "--gateway", self.gw,
+                          "--count", str(len(self.speakers))], self.dir / "sim.log")
+
+    def stop(self) -> None:
+        for p in (self.sim, self.gateway):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in (self.sim, self.gateway):
+            if p is not None:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        self.lan.stop()
+
+
+def publish_plans(central: Recorder, signer: Any, communes: list[Commune], bid: str, media: MediaRef,
+                  start_at: int | None) -> int:
+    item = PlanItem(broadcast_id=bid, media=media, start_at=start_at, priority=PRIORITY_NORMAL, volume=70)
+    envs = [(c.gw, signer.envelope("broadcast.plan", BroadcastPlanBody(items=[item])).model_dump_json())
+            for c in communes]
+    t0 = now_ms()
+    infos = [central.client.publish(f"loaxa/v1/{gw}/cmd", payload, qos=1) for gw, payload in envs]
+    for info in infos:
+        info.wait_for_publish(10)
+    return t0
+
+
+def started_events(rec: Recorder, bid: str) -> dict[tuple[str, str], tuple[int, float]]:
+    """(gateway, device) → (speaker's start timestamp ms, arrival time at the centre s)."""
+    out: dict[tuple[str, str], tuple[int, float]] = {}
+    with rec._lock:
+        msgs = list(rec.messages)
+    for t, topic, p in msgs:
+        if topic.endswith("/event") and p.get("broadcast_id") == bid and p.get("state") == "started":
+            out.setdefault((topic.split("/")[2], p["device"]), (int(p["at"]), t))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gateways", type=int, default=50)
+    ap.add_argument("--speakers", type=int, default=20, help="speakers per gateway")
+    ap.add_argument("--big", type=int, default=50, help="speakers of the gateway measured for RSS/CPU (0: skip)")
+    ap.add_argument("--ahead-s", type=float, default=5.0, help="lead of the scheduled broadcast")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))  # clean up the fleet on SIGTERM too
+
+    work = Path(tempfile.mkdtemp(prefix="loaxa-fanout-"))
+    central = Mosquitto(work / "central").start()
+    rec = Recorder(central.port)
+    media_srv = MediaServer()
+    signer = make_signer()
+    communes: list[Commune] = []
+    big: Commune | None = None
+    total = args.gateways * args.speakers
+    try:
+        t_boot = time.monotonic()
+        for i in range(args.gateways):
+            communes.append(Commune(work, i + 1, args.speakers, central, signer))
+        for i, c in enumerate(communes):  # start in waves so 2 cores are not swamped by imports
+            c.start()
+            if i % 10 == 9:
+                time.sleep(2)
+
+        def all_online() -> bool:
+            healths = {}
+            with rec._lock:
+                for _t, topic, p in rec.messages:
+                    if topic.endswith("/health"):
+                        healths[topic.split("/")[2]] = p
+            return sum(1 for h in healths.values() if h.get("speakers_online") == args.speakers) == args.gateways
+
+        wait(all_online, 600, "every gateway online with all its speakers")
+        print(f"{args.gateways} gateways × {args.speakers} speakers up in {time.monotonic() - t_boot:.1f} s",
+              flush=True)
+        time.sleep(3)  # let the start-up settle
+
+        # ---- 1. broadcast now
+        media_now = media_srv.add(tone_wav(1000), 1000)
+        cpu_before = cpu_by_kind(communes)
+        t0 = publish_plans(rec, signer, communes, "bench-now", media_now, None)
+        got = wait(lambda: (lambda e: e if len(e) == total else None)(started_events(rec, "bench-now")), 60,
+                   "every speaker started (now)")
+        cpu_now = {k: round(v - cpu_before[k], 2) for k, v in cpu_by_kind(communes).items()}
+        lat = [(at - t0) / 1000 for at, _ in got.values()]
+        arrive = [arr - t0 / 1000 for _, arr in got.values()]
+        now_p50, now_p99, now_max = pct(lat, 50), pct(lat, 99), max(lat)
+        print(f"now → started ({total} speakers): p50 {now_p50:.3f} s, p99 {now_p99:.3f} s, all {now_max:.3f} s; "
+              f"report at the centre: p50 {pct(arrive, 50):.3f} s, max {max(arrive):.3f} s", flush=True)
+        print(f"  CPU seconds spent meanwhile: {cpu_now}", flush=True)
+        time.sleep(2.5)
+
+        # ---- 2. scheduled ahead
+        media_at = media_srv.add(tone_wav(1000, freq=660), 1000)
+        start_at = now_ms() + int(args.ahead_s * 1000)
+        publish_plans(rec, signer, communes, "bench-at", media_at, start_at)
+        got = wait(lambda: (lambda e: e if len(e) == total else None)(started_events(rec, "bench-at")),
+                   args.ahead_s + 60, "every speaker started (scheduled)")
+        per_gw: dict[str, list[int]] = {}
+        for (gw, _dev), (at, _arr) in got.items():
+            per_gw.setdefault(gw, []).append(at)
+        spreads = [max(v) - min(v) for v in per_gw.values()]
+        ats = [at for at, _ in got.values()]
+        errors = [abs(at - start_at) for at in ats]
+        spread_all = max(ats) - min(ats)
+        print(f"scheduled {args.ahead_s:.0f} s ahead: spread within a gateway p99 {pct(spreads, 99):.1f} ms, "
+              f"max {max(spreads)} ms; across all {spread_all} ms; |start - start_at| p99 {pct(errors, 99):.0f} ms, "
+              f"max {max(errors)} ms", flush=True)
+        time.sleep(2)
+        rss_20 = [proc_stats(c.gateway.pid)[0] for c in communes if c.gateway is not None]
+
+        # ---- 3. one gateway with many speakers: RSS and CPU
+        rss_big = cpu_big = idle_pct = float("nan")
+        if args.big:
+            for c in communes:  # free the cores for a clean measurement
+                c.stop()
+            communes_alive: list[Commune] = []
+            big = Commune(work, 999, args.big, central, signer)
+            big.start()
+            wait(lambda: any(p.get("speakers_online") == args.big for p in rec.on("xa-999/health")), 120,
+                 "the big gateway online with its speakers")
+            time.sleep(3)
+            assert big.gateway is not None
+            _, cpu0 = proc_stats(big.gateway.pid)
+            time.sleep(10)
+            _, cpu1 = proc_stats(big.gateway.pid)
+            idle_pct = (cpu1 - cpu0) / 10 * 100
+            media_big = media_srv.add(tone_wav(1000, freq=550), 1000)
+            publish_plans(rec, signer, [big], "bench-big", media_big, None)
+            wait(lambda: len([p for p in rec.on("xa-999/event") if p.get("broadcast_id") == "bench-big"
+                              and p.get("state") == "finished"]) == args.big, 60, "big gateway finished")
+            rss_big, cpu2 = proc_stats(big.gateway.pid)
+            cpu_big = cpu2 - cpu1
+            print(f"gateway with {args.big} speakers: RSS {rss_big:.1f} MiB, CPU {cpu_big:.2f} s for one broadcast "
+                  f"(command → all finished), idle {idle_pct:.1f} % of a core; "
+                  f"gateways with {args.speakers}: RSS mean {sum(rss_20) / len(rss_20):.1f} MiB", flush=True)
+            communes = communes_alive
+        result = {
+            "speakers": total,
+            "gateways": args.gateways,
+            "speakers_per_gateway": args.speakers,
+            "now_to_started_p50_s": round(now_p50, 4),
+            "now_to_started_p99_s": round(now_p99, 4),
+            "now_to_all_started_max_s": round(now_max, 4),
+            "now_report_at_centre_max_s": round(max(arrive), 4),
+            "spread_gateway_p99_ms": round(pct(spreads, 99), 1),
+            "spread_gateway_max_ms": max(spreads),
+            "spread_all_max_ms": spread_all,
+            "start_error_p99_ms": pct(errors, 99),
+            "gateway_rss_mb": round(rss_big, 1),
+            "gateway_speakers_measured": args.big,
+            "gateway_cpu_s_per_broadcast": round(cpu_big, 3),
+            "gateway_idle_cpu_pct": round(idle_pct, 2),
+            "gateway20_rss_mb_mean": round(sum(rss_20) / len(rss_20), 1),
+            "targets_met": bool(now_max <= 2.0 and pct(spreads, 99) <= 20),
+        }
+        print(json.dumps(result))
+        return 0
+    finally:
+        for c in communes:
+            c.stop()
+        if big is not None:
+            big.stop()
+        rec.close()
+        media_srv.close()
+        central.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work directory kept: {work}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

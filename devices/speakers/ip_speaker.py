@@ -1,0 +1,192 @@
+"""Driver of smart IP speakers on the commune broker (the LAN side of the broadcast path).
+
+Contract with the speaker (see docs/broadcast.md):
+
+- the gateway sends a :class:`~protocol.models.DeviceCommand` on ``loaxa/v1/{gw}/dev/{dev}/cmd``
+  (QoS 1): ``play`` (broadcast_id, url, sha256, start_at, duration_ms, repeat, volume, priority),
+  ``stop`` (broadcast_id, reason), ``volume``, ``power``;
+- the speaker answers each command on ``…/dev/{dev}/ack`` with an :class:`~protocol.models.Ack`
+  carrying the command id (``ok`` false and a ``reason`` when it refuses). No answer within
+  ``ack_timeout_s``: the same command (same id, so the speaker can drop duplicates) is sent again,
+  up to ``retries`` times; then the play is reported ``failed`` (``no_ack``);
+- the speaker reports playback on ``…/dev/{dev}/event`` as :class:`~protocol.models.PlaybackEvent`
+  with its own clock in ``at`` (``started`` when sound begins, ``finished``, ``failed``,
+  ``preempted``, ``skipped``);
+- the speaker keeps a retained :class:`~protocol.models.DeviceState` on ``…/dev/{dev}/state`` with
+  an MQTT will ``{"online": false}``: a speaker that drops off while it has a broadcast is reported
+  ``failed`` (``device_offline``).
+
+One :class:`IpSpeakerHub` per gateway subscribes to the three device topics once and routes to the
+:class:`IpSpeaker` drivers by device id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+from devices.base import PlaybackReport, PlayRequest, SpeakerDriver
+from protocol.errors import ProtocolError
+from protocol.limits import parse_json
+from protocol.models import Ack, DeviceCommand, DeviceState, PlaybackEvent, PlaybackState
+from protocol.topics import device_topic, filter_devices, parse_topic
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Link(Protocol):
+    """What the driver needs of the gateway's link to the commune broker (``loaxa.mqttlink.MqttLink``)."""
+
+    def subscribe(self, topic_filter: str, handler: Any, qos: int = 1) -> Any: ...
+
+    async def publish(self, topic: str, payload: bytes | str | BaseModel, qos: int = 1,
+                      retain: bool = False) -> Any: ...
+
+
+class IpSpeaker(SpeakerDriver):
+    def __init__(self, gateway_id: str, device_id: str, link: Link, *, ack_timeout_s: float = 1.0,
+                 retries: int = 3) -> None:
+        self.gateway_id = gateway_id
+        self.device_id = device_id
+        self.link = link
+        self.ack_timeout_s = ack_timeout_s
+        self.retries = retries
+        self.online = False
+        self.state: DeviceState | None = None
+        self._report: PlaybackReport | None = None
+        self._acks: dict[str, asyncio.Future[Ack]] = {}
+        #: broadcasts this speaker was told to play and has not ended yet
+        self._active: set[str] = set()
+        self.stats_: dict[str, int] = {"commands": 0, "retries": 0, "no_ack": 0, "refused": 0}
+        self._topic = device_topic(gateway_id, device_id, "cmd")
+
+    async def start(self, report: PlaybackReport) -> None:
+        self._report = report
+
+    async def _emit(self, bid: str, state: PlaybackState, at: int, reason: str | None) -> None:
+        if state in ("finished", "failed", "preempted", "skipped"):
+            self._active.discard(bid)
+        if self._report is not None:
+            await self._report(self.device_id, bid, state, at, reason)
+
+    async def command(self, cmd: DeviceCommand) -> Ack | None:
+        """Send ``cmd`` until the speaker acks it; None after the last retry."""
+        fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._acks[cmd.id] = fut
+        self.stats_["commands"] += 1
+        try:
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    self.stats_["retries"] += 1
+                await self.link.publish(self._topic, cmd.model_dump_json(exclude_none=True), qos=1)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout_s)
+                except TimeoutError:
+                    continue
+            self.stats_["no_ack"] += 1
+            return None
+        finally:
+            self._acks.pop(cmd.id, None)
+
+    async def play(self, req: PlayRequest) -> None:
+        cmd = DeviceCommand(id=uuid.uuid4().hex, op="play", ts=now_ms(), broadcast_id=req.broadcast_id,
+                            url=req.media_url, sha256=req.sha256, start_at=req.start_at_ms, volume=req.volume,
+                            priority=req.priority, duration_ms=req.duration_ms, repeat=req.repeat)
+        self._active.add(req.broadcast_id)
+        ack = await self.command(cmd)
+        if ack is None:
+            await self._emit(req.broadcast_id, "failed", now_ms(), "no_ack")
+        elif not ack.ok:
+            self.stats_["refused"] += 1
+            why = ack.reason or "refused"
+            await self._emit(req.broadcast_id, "failed", now_ms(), f"device_refused: {why}"[:200])
+
+    async def stop(self, broadcast_id: str, state: PlaybackState = "preempted", reason: str | None = None) -> None:
+        cmd = DeviceCommand(id=uuid.uuid4().hex, op="stop", ts=now_ms(), broadcast_id=broadcast_id,
+                            reason=(reason or state)[:64])
+        ack = await self.command(cmd)
+        if ack is None or not ack.ok:
+            # the speaker did not confirm: report what we asked for, so the centre is not left waiting
+            await self._emit(broadcast_id, state, now_ms(), f"{reason or state} (speaker did not confirm)")
+
+    async def set(self, *, volume: int | None = None, power: bool | None = None) -> None:
+        if volume is not None:
+            await self.command(DeviceCommand(id=uuid.uuid4().hex, op="volume", ts=now_ms(), volume=volume))
+        if power is not None:
+            await self.command(DeviceCommand(id=uuid.uuid4().hex, op="power", ts=now_ms(), power=power))
+
+    # ---------------------------------------------------------------- from the hub
+
+    def on_ack(self, ack: Ack) -> None:
+        fut = self._acks.get(ack.id)
+        if fut is not None and not fut.done():
+            fut.set_result(ack)
+
+    async def on_event(self, ev: PlaybackEvent) -> None:
+        await self._emit(ev.broadcast_id, ev.state, ev.at, ev.reason)
+
+    async def on_state(self, st: DeviceState) -> None:
+        was = self.online
+        self.state = st
+        self.online = st.online
+        if was and not st.online and self._active:
+            for bid in list(self._active):
+                await self._emit(bid, "failed", now_ms(), "device_offline")
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.stats_)
+
+
+class IpSpeakerHub:
+    """Subscribes to ``dev/+/ack|event|state`` on the commune broker and routes to the drivers."""
+
+    def __init__(self, gateway_id: str, link: Link) -> None:
+        self.gateway_id = gateway_id
+        self.link = link
+        self.speakers: dict[str, IpSpeaker] = {}
+        self.bad_messages = 0
+
+    def add(self, device_id: str, **kw: Any) -> IpSpeaker:
+        spk = IpSpeaker(self.gateway_id, device_id, self.link, **kw)
+        self.speakers[device_id] = spk
+        return spk
+
+    def subscribe(self) -> None:
+        self.link.subscribe(filter_devices(self.gateway_id, "ack"), self._on_message, qos=1)
+        self.link.subscribe(filter_devices(self.gateway_id, "event"), self._on_message, qos=1)
+        self.link.subscribe(filter_devices(self.gateway_id, "state"), self._on_message, qos=1)
+
+    async def _on_message(self, msg: Any) -> None:
+        topic = str(msg.topic)
+        try:
+            parsed = parse_topic(topic)
+            spk = self.speakers.get(parsed.device or "")
+            if spk is None:
+                return
+            data = parse_json(msg.payload)
+            if parsed.kind == "ack":
+                spk.on_ack(Ack.model_validate(data))
+            elif parsed.kind == "event":
+                ev = PlaybackEvent.model_validate(data)
+                if ev.device != spk.device_id:
+                    raise ProtocolError(f"event names device {ev.device!r}")
+                await spk.on_event(ev)
+            elif parsed.kind == "state":
+                if not msg.payload:
+                    return
+                await spk.on_state(DeviceState.model_validate(data))
+        except (ProtocolError, ValidationError) as exc:
+            self.bad_messages += 1
+            log.warning("ignored message on %s: %s", topic, exc)
+
+    def online_count(self) -> int:
+        return sum(1 for s in self.speakers.values() if s.online)

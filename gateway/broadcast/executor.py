@@ -1,0 +1,347 @@
+"""The broadcast executor: plays each accepted plan at its wall-clock start on its target speakers.
+
+Life of one plan item (see docs/broadcast.md):
+
+1. ``accept``: the item is written to the plan store with the start time the gateway fixes for it
+   (``start_at``, or for a ``now`` broadcast the moment of receipt plus ``now_lead_ms``) and one
+   ``pending`` outcome per target speaker; its media download starts at once (prefetch).
+2. The plan's task waits for the media. A scheduled item whose media is not verified in the cache
+   by its start is reported ``failed`` (reason ``media_unavailable`` / ``media_mismatch``) with an
+   alarm; a ``now`` item waits up to ``now_media_wait_ms`` and then starts ``now_lead_ms`` later.
+3. ``dispatch_ahead_ms`` before the start the play request goes to every target's driver with the
+   absolute ``start_at``: each speaker starts by its own (NTP-synced) clock, so the speakers of a
+   commune start together however long the LAN took to deliver the command.
+4. A speaker plays one thing at a time. Each speaker has a *slot* held by the broadcast it plays (or
+   is about to play) until it reports an end. A higher priority item takes the slot: the holder is
+   stopped and reported ``preempted``. An item of the same or lower priority waits until the slot is
+   free and then starts (late; its report carries ``scheduled_at`` so the lateness is visible).
+5. Drivers report ``started`` / ``finished`` / ``failed`` / ``preempted`` / ``skipped`` with the
+   device's own timestamps; each report moves the outcome forward (never back) and goes to the
+   persistent outbox in one transaction. An outcome with no end report by the planned end plus
+   ``report_grace_ms`` is reported ``failed`` (``no_report``).
+
+After a restart, pending plans are loaded from the store and resume at step 2. An item whose start
+passed more than ``late_max_ms`` ago without being sent to a speaker is reported ``skipped``
+(``missed_start``); one that is less late plays at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from devices.base import PlayRequest, SpeakerDriver
+from gateway.broadcast.media import MediaCache, MediaError
+from gateway.broadcast.outbox import Outbox
+from gateway.broadcast.store import TERMINAL, PlanStore, StoredPlan
+from protocol.models import AlarmEvent, MediaRef, PlanItem, PlaybackEvent, PlaybackState
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def sleep_until(wall_ms: int) -> None:
+    """Sleep until the wall clock reads ``wall_ms`` (re-checked, so a clock step is followed)."""
+    while True:
+        left = wall_ms - now_ms()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, 5000) / 1000)
+
+
+@dataclass
+class ExecutorSettings:
+    now_lead_ms: int = 400
+    dispatch_ahead_ms: int = 3000
+    late_max_ms: int = 60_000
+    now_media_wait_ms: int = 120_000
+    report_grace_ms: int = 15_000
+    preempt_early_ms: int = 50
+
+
+@dataclass
+class Slot:
+    broadcast_id: str
+    priority: int
+    end_at: int
+
+
+MediaUrl = Callable[[MediaRef], str]
+
+
+class Executor:
+    def __init__(self, store: PlanStore, media: MediaCache, drivers: Mapping[str, SpeakerDriver],
+                 outbox: Outbox, *, media_url: MediaUrl = lambda m: m.url,
+                 settings: ExecutorSettings | None = None) -> None:
+        self.store = store
+        self.media = media
+        self.drivers = dict(drivers)
+        self.outbox = outbox
+        self.media_url = media_url
+        self.s = settings or ExecutorSettings()
+        self._plans: dict[str, StoredPlan] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slots: dict[str, Slot] = {}
+        self._changed = asyncio.Condition()
+        self._bg: set[asyncio.Task[None]] = set()
+        self.stats: dict[str, int] = {"accepted": 0, "duplicates": 0, "started": 0, "finished": 0,
+                                      "failed": 0, "preempted": 0, "skipped": 0}
+
+    # ------------------------------------------------------------------ entry points
+
+    async def start(self) -> None:
+        """Load pending plans from the store and schedule them (after a restart)."""
+        for plan in await self.store.pending():
+            self._schedule(plan)
+        log.info("broadcast executor: %d pending plan(s) restored", len(self._plans))
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def accept(self, item: PlanItem, cmd_id: str | None = None) -> bool:
+        """Store ``item`` and schedule it; False when this broadcast id was already accepted."""
+        received = now_ms()
+        now_plan = item.start_at is None
+        start = received + self.s.now_lead_ms if item.start_at is None else item.start_at
+        end = start + item.media.duration_ms * item.repeat
+        devices, skipped = self._resolve(item)
+        added = await self.store.add(item, start, end, now_plan, received, devices, cmd_id, skipped)
+        if not added:
+            self.stats["duplicates"] += 1
+            return False
+        self.stats["accepted"] += 1
+        for dev, why in skipped.items():
+            await self.outbox.put(PlaybackEvent(broadcast_id=item.broadcast_id, device=dev, state="skipped",
+                                                at=received, reason=why, scheduled_at=start))
+        plan = StoredPlan(item, start, end, now_plan, "pending", received)
+        self.media.prefetch(item.media)
+        self._schedule(plan)
+        return True
+
+    async def cancel(self, broadcast_ids: Iterable[str]) -> dict[str, str]:
+        """Cancel broadcasts: not yet started → ``skipped``; playing → stopped, ``preempted`` (``cancelled``)."""
+        result: dict[str, str] = {}
+        for bid in broadcast_ids:
+            plan = await self.store.get(bid)
+            if plan is None:
+                result[bid] = "unknown"
+                continue
+            if plan.state != "pending":
+                result[bid] = plan.state
+                continue
+            await self.store.set_plan_state(bid, "cancelled")
+            task = self._tasks.pop(bid, None)
+            if task is not None:
+                task.cancel()
+            at = now_ms()
+            stops = []
+            for dev, out in (await self.store.outcomes(bid)).items():
+                if out.state == "pending":
+                    await self.report(dev, bid, "skipped", at, "cancelled")
+                elif out.state not in TERMINAL and dev in self.drivers:
+                    # interrupted while playing → preempted; told but not yet started → skipped
+                    state: PlaybackState = "preempted" if out.state == "started" else "skipped"
+                    stops.append(self._stop(dev, bid, state, "cancelled"))
+            await asyncio.gather(*stops)
+            self._plans.pop(bid, None)
+            result[bid] = "cancelled"
+        return result
+
+    async def set_devices(self, targets: list[str] | None, *, volume: int | None, power: bool | None) -> list[str]:
+        """``device.set``: returns the device ids that were not found."""
+        ids = list(self.drivers) if targets is None else targets
+        missing = [d for d in ids if d not in self.drivers]
+        await asyncio.gather(*(self.drivers[d].set(volume=volume, power=power) for d in ids if d in self.drivers))
+        return missing
+
+    async def report(self, device: str, broadcast_id: str, state: PlaybackState, at: int,
+                     reason: str | None = None) -> None:
+        """The drivers' ``PlaybackReport``: record, forward to the centre, free the slot on an end."""
+        plan = self._plans.get(broadcast_id)
+        scheduled = plan.start_at if plan is not None else None
+        event = PlaybackEvent(broadcast_id=broadcast_id, device=device, state=state, at=at, reason=reason,
+                              scheduled_at=scheduled)
+        if await self.store.advance(broadcast_id, device, state, at, reason, event.model_dump_json(exclude_none=True)):
+            self.stats[state] = self.stats.get(state, 0) + 1
+            self.outbox.wake()
+            log.info("playback %s on %s: %s%s", broadcast_id, device, state, f" ({reason})" if reason else "")
+        if state in TERMINAL:
+            await self._release(device, broadcast_id)
+
+    # ------------------------------------------------------------------ internals
+
+    def _resolve(self, item: PlanItem) -> tuple[list[str], dict[str, str]]:
+        if item.targets_all():
+            extra = [t for t in item.targets if t != "*"] if isinstance(item.targets, list) else []
+            return list(self.drivers), {t: "unknown_device" for t in extra if t not in self.drivers}
+        assert isinstance(item.targets, list)
+        targets = list(dict.fromkeys(item.targets))
+        return [t for t in targets if t in self.drivers], {t: "unknown_device" for t in targets
+                                                            if t not in self.drivers}
+
+    def needed_media(self) -> set[str]:
+        return {p.item.media.sha256 for p in self._plans.values()}
+
+    def _schedule(self, plan: StoredPlan) -> None:
+        bid = plan.broadcast_id
+        self._plans[bid] = plan
+        task = asyncio.create_task(self._run_plan(plan), name=f"plan-{bid}")
+        self._tasks[bid] = task
+        task.add_done_callback(lambda t, b=bid: self._done(b, t))
+
+    def _done(self, bid: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(bid) is task:
+            self._tasks.pop(bid, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("plan %s crashed", bid, exc_info=task.exception())
+
+    async def _fail_open(self, bid: str, state: PlaybackState, reason: str,
+                         only: Iterable[str] = ("pending", "sent", "started")) -> list[str]:
+        at = now_ms()
+        devs = [d for d, o in (await self.store.outcomes(bid)).items() if o.state in set(only)]
+        for dev in devs:
+            await self.report(dev, bid, state, at, reason)
+        return devs
+
+    async def _run_plan(self, plan: StoredPlan) -> None:
+        bid = plan.broadcast_id
+        item = plan.item
+        open_devs = [d for d, o in (await self.store.outcomes(bid)).items() if o.state not in TERMINAL]
+        if open_devs:
+            path = await self._wait_media(plan)
+            if path is not None:
+                await self._dispatch(plan, path)
+        await self._wait_ends(plan)
+        await self.store.set_plan_state(bid, "done")
+        self._plans.pop(bid, None)
+        await asyncio.to_thread(self.media.evict_now)
+        log.info("plan %s (%s) done", bid, item.title or item.media.sha256[:12])
+
+    async def _wait_media(self, plan: StoredPlan) -> object | None:
+        item = plan.item
+        deadline = plan.received_at + self.s.now_media_wait_ms if plan.now_plan else plan.start_at
+        task = self.media.prefetch(item.media)
+        try:
+            path = await asyncio.wait_for(asyncio.shield(task), max(0.0, (deadline - now_ms()) / 1000))
+        except TimeoutError:
+            reason, msg = "media_unavailable", f"media {item.media.url} not in the cache before the start"
+        except MediaError as exc:
+            reason, msg = exc.reason, str(exc)
+        else:
+            margin = self.s.now_lead_ms // 2  # the speakers still need the command and the media
+            if plan.now_plan and now_ms() > plan.start_at - margin:
+                plan.start_at = now_ms() + margin
+                plan.end_at = plan.start_at + item.media.duration_ms * item.repeat
+                await self.store.reschedule(plan.broadcast_id, plan.start_at, plan.end_at)
+            return path
+        devs = await self._fail_open(plan.broadcast_id, "failed", reason)
+        await self.outbox.put(AlarmEvent(code=reason, severity="critical", at=now_ms(), message=(
+            f"broadcast {plan.broadcast_id} will not play on {len(devs)} speaker(s): {msg}"),
+            details={"broadcast_id": plan.broadcast_id, "sha256": item.media.sha256, "url": item.media.url}))
+        return None
+
+    async def _dispatch(self, plan: StoredPlan, path: object) -> None:
+        await sleep_until(plan.start_at - self.s.dispatch_ahead_ms)
+        bid = plan.broadcast_id
+        outcomes = await self.store.outcomes(bid)
+        late = now_ms() - plan.start_at
+        jobs = []
+        for dev, out in outcomes.items():
+            if out.state in TERMINAL or dev not in self.drivers:
+                continue
+            if out.state == "pending" and late > self.s.late_max_ms:
+                await self.report(dev, bid, "skipped", now_ms(), "missed_start")
+                continue
+            if out.state == "started":  # restart while it played: the device reports its end itself
+                continue
+            jobs.append(self._play_on(dev, plan, path))
+        await asyncio.gather(*jobs)
+
+    async def _play_on(self, dev: str, plan: StoredPlan, path: object) -> None:
+        from pathlib import Path
+
+        item = plan.item
+        bid = plan.broadcast_id
+        start = plan.start_at
+        async with self._changed:
+            while True:
+                slot = self._slots.get(dev)
+                if slot is None or slot.broadcast_id == bid or slot.end_at <= start:
+                    break
+                if slot.priority < item.priority:
+                    victim = slot.broadcast_id
+                    t = asyncio.create_task(self._preempt_at(dev, victim, bid, start))
+                    self._bg.add(t)
+                    t.add_done_callback(self._bg.discard)
+                    break
+                # same or higher priority holds the speaker: wait for its end (or for its slot to expire)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), max(0.01, (slot.end_at - now_ms()) / 1000))
+                if self._slots.get(dev) is slot and slot.end_at <= now_ms():
+                    del self._slots[dev]
+                start = max(start, now_ms() + self.s.now_lead_ms)
+            end = start + item.media.duration_ms * item.repeat
+            self._slots[dev] = Slot(bid, item.priority, end + self.s.report_grace_ms)
+        req = PlayRequest(broadcast_id=bid, media_path=Path(str(path)), media_url=self.media_url(item.media),
+                          sha256=item.media.sha256, duration_ms=item.media.duration_ms, start_at_ms=start,
+                          volume=item.volume, priority=item.priority, repeat=item.repeat)
+        try:
+            await self.drivers[dev].play(req)
+        except Exception as exc:  # a driver bug must not stop the other speakers
+            log.exception("driver %s failed to play %s", dev, bid)
+            await self.report(dev, bid, "failed", now_ms(), f"driver_error: {exc}"[:200])
+            return
+        await self.store.advance(bid, dev, "sent", None, None)
+
+    async def _preempt_at(self, dev: str, victim: str, by: str, start: int) -> None:
+        await sleep_until(start - self.s.preempt_early_ms)
+        if victim in self._plans:
+            out = (await self.store.outcomes(victim)).get(dev)
+            if out is None or out.state in TERMINAL:
+                return
+            state: PlaybackState = "preempted" if out.state == "started" else "skipped"
+            await self._stop(dev, victim, state, f"preempted by {by}")
+
+    async def _stop(self, dev: str, bid: str, state: PlaybackState, reason: str) -> None:
+        try:
+            await self.drivers[dev].stop(bid, state, reason)
+        except Exception:
+            log.exception("driver %s failed to stop %s", dev, bid)
+            await self.report(dev, bid, state, now_ms(), reason)
+
+    async def _release(self, dev: str, bid: str) -> None:
+        async with self._changed:
+            slot = self._slots.get(dev)
+            if slot is not None and slot.broadcast_id == bid:
+                del self._slots[dev]
+                self._changed.notify_all()
+
+    async def _wait_ends(self, plan: StoredPlan) -> None:
+        bid = plan.broadcast_id
+        while True:
+            outcomes = await self.store.outcomes(bid)
+            open_ = {d: o for d, o in outcomes.items() if o.state not in TERMINAL}
+            if not open_:
+                return
+            # a device that waits behind another broadcast has its own later end: use its slot
+            ends = [self._slots[d].end_at for d in open_ if d in self._slots and self._slots[d].broadcast_id == bid]
+            deadline = max([plan.end_at + self.s.report_grace_ms, *ends])
+            if now_ms() >= deadline:
+                at = now_ms()
+                for dev, out in open_.items():
+                    why = "no_finish_report" if out.state == "started" else "no_start_report"
+                    await self.report(dev, bid, "failed", at, why)
+                return
+            await asyncio.sleep(min(1.0, max(0.05, (deadline - now_ms()) / 1000)))

@@ -1,0 +1,234 @@
+"""Content-addressed media cache of the gateway.
+
+Files live at ``{root}/{sha256}``; a download in progress lives at ``{root}/{sha256}.part`` and is
+resumed with an HTTP ``Range`` request after an interruption. A file enters the cache only after
+its bytes hash to the announced sha256 (and have the announced size); bytes that do not match are
+thrown away and the fetch fails with reason ``media_mismatch``. The cache keeps its total size under
+``max_bytes`` by evicting the least recently used files, never a file that a pending plan needs
+(``pinned``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import httpx
+
+from protocol.models import MediaRef
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+
+
+class MediaError(Exception):
+    """The media could not be made available; ``reason`` is short and machine readable."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MediaCache:
+    def __init__(
+        self,
+        root: Path,
+        max_bytes: int,
+        *,
+        pinned: Callable[[], Iterable[str]] = lambda: (),
+        timeout_s: float = 30.0,
+        retries: int = 5,
+    ) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self._pinned = pinned
+        self._timeout_s = timeout_s
+        self._retries = retries
+        self._inflight: dict[str, asyncio.Task[Path]] = {}
+        self._client: httpx.AsyncClient | None = None
+        self.stats: dict[str, int] = {"fetched": 0, "resumed": 0, "mismatch": 0, "evicted": 0, "errors": 0}
+        root.mkdir(parents=True, exist_ok=True)
+
+    def client(self) -> httpx.AsyncClient:
+        """One HTTP client for the life of the cache (building one costs tens of ms of CPU on a Pi)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=True)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # ------------------------------------------------------------------ queries
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def total_bytes(self) -> int:
+        total = 0
+        for p in self.root.iterdir():
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    # ------------------------------------------------------------------ fetch
+
+    def prefetch(self, media: MediaRef) -> asyncio.Task[Path]:
+        """Start (or join) the download of ``media``; the task's result is the verified local path."""
+        task = self._inflight.get(media.sha256)
+        if task is None or task.done():
+            task = asyncio.create_task(self._fetch(media), name=f"media-{media.sha256[:12]}")
+            self._inflight[media.sha256] = task
+            task.add_done_callback(lambda t, s=media.sha256: self._inflight.pop(s, None) if
+                                   self._inflight.get(s) is t else None)
+            task.add_done_callback(_consume)
+        return task
+
+    async def ensure(self, media: MediaRef) -> Path:
+        return await self.prefetch(media)
+
+    async def _fetch(self, media: MediaRef) -> Path:
+        final = self.path(media.sha256)
+        if final.is_file():
+            with contextlib.suppress(OSError):
+                os.utime(final)  # most recently used: evicted last
+            return final
+        part = final.with_name(final.name + ".part")
+        delay = 0.5
+        last: Exception | None = None
+        client = self.client()
+        for _attempt in range(self._retries + 1):
+            try:
+                await self._download(client, media, part)
+                break
+            except MediaError:
+                _rm(part)
+                raise
+            except (httpx.HTTPError, OSError) as exc:
+                last = exc
+                self.stats["errors"] += 1
+                log.warning("media %s from %s: %s (will resume)", media.sha256[:12], media.url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        else:
+            raise MediaError(f"could not fetch {media.url}: {last}", "media_unavailable")
+        digest = await asyncio.to_thread(_sha256_file, part)
+        if digest != media.sha256:
+            part.unlink(missing_ok=True)
+            self.stats["mismatch"] += 1
+            raise MediaError(f"bytes from {media.url} hash to {digest}, expected {media.sha256}", "media_mismatch")
+        await asyncio.to_thread(self._make_room, media.bytes, media.sha256)
+        os.replace(part, final)
+        self.stats["fetched"] += 1
+        return final
+
+    async def _download(self, client: httpx.AsyncClient, media: MediaRef, part: Path) -> None:
+        have = _size(part)
+        if have > media.bytes:
+            _rm(part)
+            have = 0
+        if have == media.bytes:
+            return
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        async with client.stream("GET", media.url, headers=headers) as resp:
+            if resp.status_code == 416 and have:  # our partial file is stale: start over
+                _rm(part)
+                raise httpx.TransportError("range not satisfiable, restarting")
+            if resp.status_code == 404:
+                raise MediaError(f"{media.url}: HTTP 404", "media_unavailable")
+            if resp.status_code not in (200, 206):
+                raise httpx.TransportError(f"{media.url}: HTTP {resp.status_code}")
+            mode = "ab"
+            if resp.status_code == 200:
+                mode, have = "wb", 0
+                total = resp.headers.get("content-length")
+            else:
+                self.stats["resumed"] += 1
+                total = resp.headers.get("content-range", "").rpartition("/")[2]
+            if total and total.isdigit() and int(total) != media.bytes:
+                self.stats["mismatch"] += 1
+                raise MediaError(f"{media.url} has {total} bytes, the plan announced {media.bytes}", "media_mismatch")
+            with open(part, mode) as f:  # noqa: ASYNC230 - small chunked writes
+                async for chunk in resp.aiter_bytes(CHUNK):
+                    have += len(chunk)
+                    if have > media.bytes:
+                        break
+                    f.write(chunk)
+        if have > media.bytes:
+            _rm(part)
+            self.stats["mismatch"] += 1
+            raise MediaError(f"{media.url} sent more than the announced {media.bytes} bytes", "media_mismatch")
+        if have < media.bytes:
+            raise httpx.TransportError(f"download stopped at {have} of {media.bytes} bytes")
+
+    # ------------------------------------------------------------------ eviction
+
+    def _make_room(self, incoming: int, keep: str) -> None:
+        pinned = set(self._pinned()) | {keep}
+        files = []
+        total = 0
+        for p in self.root.iterdir():
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            total += st.st_size
+            if p.name.endswith(".part"):
+                continue
+            files.append((st.st_mtime, st.st_size, p))
+        over = total - self.max_bytes  # the incoming file is already counted as its .part
+        if over <= 0:
+            return
+        for _mtime, size, p in sorted(files):
+            if p.name in pinned:
+                continue
+            p.unlink(missing_ok=True)
+            self.stats["evicted"] += 1
+            log.info("media cache: evicted %s (%d bytes)", p.name, size)
+            over -= size
+            if over <= 0:
+                return
+        log.warning("media cache over its cap by %d bytes: everything left is needed by a pending plan", over)
+
+    def evict_now(self) -> None:
+        """Bring the cache under its cap (used after plans finish)."""
+        self._make_room(0, "")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _rm(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _consume(task: asyncio.Task[Path]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,65 @@
+"""Persistent outbox of events for the centre (``loaxa/v1/{gw}/event``).
+
+An event is written to the plan store's ``outbox`` table first (often in the same transaction as the
+outcome it reports), then handed to the uplink in order, and deleted only once the publish call
+reports it sent (not merely queued in memory). Reports therefore survive both an uplink outage and a
+gateway restart; after a crash an event may be sent twice, which the centre tolerates (the outcome
+only moves forward).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel
+
+from gateway.broadcast.store import PlanStore
+
+log = logging.getLogger(__name__)
+
+#: ``await publish(payload_json)``: hands one event to the uplink; False when it was only queued in
+#: memory (the link went down): the event then stays in the outbox and is sent again later.
+Publish = Callable[[str], Awaitable[bool]]
+
+
+class Outbox:
+    def __init__(self, store: PlanStore, publish: Publish, *, connected: asyncio.Event | None = None) -> None:
+        self.store = store
+        self._publish = publish
+        self._connected = connected
+        self._wake = asyncio.Event()
+        self.sent = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def put(self, event: BaseModel) -> None:
+        await self.store.outbox_put(event.model_dump_json(exclude_none=True))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send queued events until cancelled."""
+        while True:
+            self._wake.clear()
+            batch = await self.store.outbox_peek(200)
+            if not batch:
+                await self._wake.wait()
+                continue
+            if self._connected is not None and not self._connected.is_set():
+                await self._connected.wait()
+            last = None
+            try:
+                for seq, payload in batch:
+                    if not await self._publish(payload):
+                        await asyncio.sleep(0.5)
+                        break
+                    last = seq
+                    self.sent += 1
+            except Exception:
+                log.exception("event outbox: publish failed; will retry")
+                await asyncio.sleep(1.0)
+            finally:
+                if last is not None:
+                    await self.store.outbox_delete(last)

@@ -1,0 +1,253 @@
+"""Persistent plan store of the gateway (SQLite in ``{data_dir}/broadcast.sqlite``).
+
+Three tables:
+
+- ``plans``: every accepted plan item, keyed by ``broadcast_id`` (receiving the same id again is a
+  no-op), with the wall-clock ``start_at`` the gateway fixed for it (for a ``now`` broadcast: the
+  moment it was accepted plus the lead time) and whether it is still ``pending``, ``done`` or
+  ``cancelled``;
+- ``outcomes``: per broadcast and device, how far it got (``pending`` → ``sent`` → ``started`` →
+  ``finished``, or ``failed`` / ``preempted`` / ``skipped``) with the device's timestamp;
+- ``outbox``: events for the centre not yet handed to the uplink, so reports survive a restart.
+
+A plan is written (and fsynced, ``synchronous=FULL``) before the command that carried it is acked.
+All calls run on one worker thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from protocol.models import PlanItem
+
+T = TypeVar("T")
+
+TERMINAL = frozenset({"finished", "failed", "preempted", "skipped"})
+#: how far an outcome has got; a report never moves an outcome backwards
+RANK = {"pending": 0, "sent": 1, "started": 2, "finished": 3, "failed": 3, "preempted": 3, "skipped": 3}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS plans (
+    broadcast_id TEXT PRIMARY KEY,
+    item TEXT NOT NULL,
+    start_at INTEGER NOT NULL,
+    end_at INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    now_plan INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    received_at INTEGER NOT NULL,
+    cmd_id TEXT
+);
+CREATE INDEX IF NOT EXISTS plans_state ON plans(state, start_at);
+CREATE TABLE IF NOT EXISTS outcomes (
+    broadcast_id TEXT NOT NULL,
+    device TEXT NOT NULL,
+    state TEXT NOT NULL,
+    at INTEGER,
+    reason TEXT,
+    PRIMARY KEY (broadcast_id, device)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class StoredPlan:
+    item: PlanItem
+    start_at: int
+    end_at: int
+    now_plan: bool
+    state: str
+    received_at: int
+
+    @property
+    def broadcast_id(self) -> str:
+        return self.item.broadcast_id
+
+    @property
+    def priority(self) -> int:
+        return self.item.priority
+
+
+@dataclass
+class Outcome:
+    device: str
+    state: str
+    at: int | None
+    reason: str | None
+
+
+class PlanStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="planstore")
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._db.close()
+
+    # ---------------------------------------------------------------- plans
+
+    def add_sync(self, item: PlanItem, start_at: int, end_at: int, now_plan: bool, received_at: int,
+                 devices: Iterable[str], cmd_id: str | None, skipped: dict[str, str]) -> bool:
+        """Insert a plan and its outcomes; False (and nothing changed) if the broadcast id is known."""
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO plans(broadcast_id,item,start_at,end_at,priority,sha256,now_plan,"
+                "received_at,cmd_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                (item.broadcast_id, item.model_dump_json(), start_at, end_at, item.priority, item.media.sha256,
+                 int(now_plan), received_at, cmd_id),
+            )
+            if cur.rowcount == 0:
+                return False
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outcomes(broadcast_id,device,state) VALUES (?,?,'pending')",
+                [(item.broadcast_id, d) for d in devices],
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outcomes(broadcast_id,device,state,at,reason) VALUES (?,?,'skipped',?,?)",
+                [(item.broadcast_id, d, received_at, why) for d, why in skipped.items()],
+            )
+        return True
+
+    async def add(self, item: PlanItem, start_at: int, end_at: int, now_plan: bool, received_at: int,
+                  devices: Iterable[str], cmd_id: str | None = None,
+                  skipped: dict[str, str] | None = None) -> bool:
+        return bool(await self._run(self.add_sync, item, start_at, end_at, now_plan, received_at,
+                                    list(devices), cmd_id, skipped or {}))
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+    def _pending_sync(self) -> list[StoredPlan]:
+        rows = self._db.execute(
+            "SELECT item,start_at,end_at,now_plan,state,received_at FROM plans WHERE state='pending' "
+            "ORDER BY start_at"
+        ).fetchall()
+        return [StoredPlan(PlanItem.model_validate_json(r[0]), r[1], r[2], bool(r[3]), r[4], r[5]) for r in rows]
+
+    async def pending(self) -> list[StoredPlan]:
+        result: list[StoredPlan] = await self._run(self._pending_sync)
+        return result
+
+    def _get_sync(self, broadcast_id: str) -> StoredPlan | None:
+        r = self._db.execute(
+            "SELECT item,start_at,end_at,now_plan,state,received_at FROM plans WHERE broadcast_id=?",
+            (broadcast_id,),
+        ).fetchone()
+        if r is None:
+            return None
+        return StoredPlan(PlanItem.model_validate_json(r[0]), r[1], r[2], bool(r[3]), r[4], r[5])
+
+    async def get(self, broadcast_id: str) -> StoredPlan | None:
+        result: StoredPlan | None = await self._run(self._get_sync, broadcast_id)
+        return result
+
+    async def set_plan_state(self, broadcast_id: str, state: str) -> None:
+        await self._run(self._set_plan_state_sync, broadcast_id, state)
+
+    def _set_plan_state_sync(self, broadcast_id: str, state: str) -> None:
+        self._db.execute("UPDATE plans SET state=? WHERE broadcast_id=?", (state, broadcast_id))
+
+    async def reschedule(self, broadcast_id: str, start_at: int, end_at: int) -> None:
+        await self._run(self._reschedule_sync, broadcast_id, start_at, end_at)
+
+    def _reschedule_sync(self, broadcast_id: str, start_at: int, end_at: int) -> None:
+        self._db.execute("UPDATE plans SET start_at=?, end_at=? WHERE broadcast_id=?",
+                         (start_at, end_at, broadcast_id))
+
+    def needed_media_sync(self) -> set[str]:
+        """sha256 of every media a pending plan still needs (never evicted from the cache)."""
+        return {r[0] for r in self._db.execute("SELECT DISTINCT sha256 FROM plans WHERE state='pending'")}
+
+    # ---------------------------------------------------------------- outcomes
+
+    def _outcomes_sync(self, broadcast_id: str) -> dict[str, Outcome]:
+        rows = self._db.execute("SELECT device,state,at,reason FROM outcomes WHERE broadcast_id=?", (broadcast_id,))
+        return {r[0]: Outcome(r[0], r[1], r[2], r[3]) for r in rows}
+
+    async def outcomes(self, broadcast_id: str) -> dict[str, Outcome]:
+        result: dict[str, Outcome] = await self._run(self._outcomes_sync, broadcast_id)
+        return result
+
+    def _advance_sync(self, broadcast_id: str, device: str, state: str, at: int | None, reason: str | None,
+                      event: str | None) -> bool:
+        with self._tx():
+            row = self._db.execute("SELECT state FROM outcomes WHERE broadcast_id=? AND device=?",
+                                   (broadcast_id, device)).fetchone()
+            if row is None or row[0] in TERMINAL or RANK[state] <= RANK[row[0]]:
+                return False
+            self._db.execute("UPDATE outcomes SET state=?, at=?, reason=? WHERE broadcast_id=? AND device=?",
+                             (state, at, reason, broadcast_id, device))
+            if event is not None:
+                self._db.execute("INSERT INTO outbox(payload) VALUES (?)", (event,))
+        return True
+
+    async def advance(self, broadcast_id: str, device: str, state: str, at: int | None, reason: str | None,
+                      event: str | None = None) -> bool:
+        """Move an outcome forward (never backwards) and queue ``event`` in the same transaction."""
+        return bool(await self._run(self._advance_sync, broadcast_id, device, state, at, reason, event))
+
+    # ---------------------------------------------------------------- outbox
+
+    async def outbox_put(self, payload: str) -> None:
+        await self._run(self._outbox_put_sync, payload)
+
+    def _outbox_put_sync(self, payload: str) -> None:
+        self._db.execute("INSERT INTO outbox(payload) VALUES (?)", (payload,))
+
+    async def outbox_peek(self, limit: int = 100) -> list[tuple[int, str]]:
+        result: list[tuple[int, str]] = await self._run(self._outbox_peek_sync, limit)
+        return result
+
+    def _outbox_peek_sync(self, limit: int) -> list[tuple[int, str]]:
+        return [(r[0], r[1]) for r in
+                self._db.execute("SELECT seq,payload FROM outbox ORDER BY seq LIMIT ?", (limit,))]
+
+    async def outbox_delete(self, upto_seq: int) -> None:
+        await self._run(self._outbox_delete_sync, upto_seq)
+
+    def _outbox_delete_sync(self, upto_seq: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE seq<=?", (upto_seq,))
+
+    def outbox_depth_sync(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def counts_sync(self) -> dict[str, Any]:
+        plans = dict(self._db.execute("SELECT state, COUNT(*) FROM plans GROUP BY state").fetchall())
+        return {"plans_pending": plans.get("pending", 0), "plans_done": plans.get("done", 0),
+                "plans_cancelled": plans.get("cancelled", 0)}
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
