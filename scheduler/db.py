@@ -306,6 +306,11 @@ class Store:
         with self.session() as s:
             return list(s.scalars(select(Gateway.id).where(Gateway.status == "online")).all())
 
+    def set_commune(self, gw: str, commune: str | None) -> None:
+        """Name the commune of a gateway (gateways may also announce it in their status)."""
+        with self.session() as s, s.begin():
+            self._gateway(s, gw).commune = commune
+
     def gateway_states(self, ids: Iterable[str]) -> dict[str, str | None]:
         """Last status of each gateway (None: never heard from)."""
         wanted = list(ids)
@@ -394,6 +399,16 @@ class Store:
                 else:
                     speaker_ids = sorted(devs)
                     plan_targets = speaker_ids
+                    known = set(
+                        s.scalars(
+                            select(Speaker.device_id).where(
+                                Speaker.gateway_id == gw, Speaker.device_id.in_(speaker_ids)
+                            )
+                        ).all()
+                    )
+                    for dev in speaker_ids:
+                        if dev not in known:  # registered by being named as a target
+                            s.add(Speaker(gateway_id=gw, device_id=dev))
                 for dev in sorted(speaker_ids):
                     s.add(SpeakerDelivery(broadcast_id=bid, gateway_id=gw, device_id=dev, state=SPK_PENDING))
                 env = make_envelope("broadcast.plan", make_plan(b, plan_targets), expires_at - now)

@@ -102,6 +102,9 @@ def test_undelivered_plans_expire_and_their_speakers_fail(store: Store) -> None:
 
 def test_acks_only_count_from_the_right_gateway(store: Store) -> None:
     bid, [cmd] = create(store, ["xa-mot/loa-1"])
+    store.set_commune("xa-mot", "Xã Một")
+    [gw] = store.gateways()  # a named target registers the gateway and the speaker
+    assert (gw["id"], gw["commune"], [sp["device"] for sp in gw["speakers"]]) == ("xa-mot", "Xã Một", ["loa-1"])
     assert store.record_ack("xa-hai", Ack(id=cmd, ok=True, ts=T0), T0) is None
     assert store.broadcast_status(bid)["gateways"][0]["state"] == "pending"
     assert store.record_ack("xa-mot", Ack(id=cmd, ok=True, ts=T0), T0) == "delivered"
