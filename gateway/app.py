@@ -82,7 +82,7 @@ class Gateway:
     # ------------------------------------------------------------------ internals
 
     async def _birth(self) -> None:
-        status = Status(state="online", ts=now_ms(), version=self.version)
+        status = Status(state="online", ts=now_ms(), version=self.version, commune=self.config.gateway.commune)
         await self.uplink.publish(status_topic(self.id), status, qos=1, retain=True)
         await self.health.report_once()
 

@@ -242,7 +242,7 @@ class Store:
         row.status_ts = status.ts
         if status.version:
             row.version = status.version[:64]
-        commune = (status.model_extra or {}).get("commune")
+        commune = status.commune
         if isinstance(commune, str) and commune:
             row.commune = commune[:200]
         return status.state == "online"
