@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.health import HealthReporter
 from loaxa import __version__, sdnotify
 from loaxa.mqttlink import MqttLink
+from loaxa.plugins import optional_modules
 from protocol.models import Health, Status
 from protocol.signing import now_ms
 from protocol.topics import cmd_topic, event_topic, health_topic, status_topic
@@ -36,6 +36,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "gateway.telemetry.service",
     "gateway.broadcast.service",
     "gateway.serial.service",
+    "devices.sensors.service",
 )
 
 
@@ -81,7 +82,7 @@ class Gateway:
     # ------------------------------------------------------------------ internals
 
     async def _birth(self) -> None:
-        status = Status(state="online", ts=now_ms(), version=self.version)
+        status = Status(state="online", ts=now_ms(), version=self.version, commune=self.config.gateway.commune)
         await self.uplink.publish(status_topic(self.id), status, qos=1, retain=True)
         await self.health.report_once()
 
@@ -100,13 +101,7 @@ class Gateway:
         }
 
     def attach_services(self) -> None:
-        for name in SERVICE_MODULES:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name is not None and name.startswith(exc.name):
-                    continue
-                raise
+        for name, module in optional_modules(SERVICE_MODULES):
             module.attach(self)
             self.services.append(name.rsplit(".", 2)[-2])
 

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from devices.config import DeviceConfig
-from gateway.broadcast.config import BroadcastSection
 from devices.sensors.config import check_device_set
+from gateway.broadcast.config import BroadcastSection
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
 from protocol.ids import GatewayId

@@ -40,7 +40,10 @@ GATEWAYS = (("xa-an-binh", "Xã An Bình"), ("xa-phu-my", "Xã Phú Mỹ"))
 SPEAKERS_PER_GATEWAY = 3
 #: The production ACL example: the demo runs with exactly what operators are told to deploy.
 CENTRAL_ACL = Path(__file__).resolve().parent.parent / "configs" / "mosquitto" / "acl.example"
+#: Sensors simulated inside each gateway (sim_sensor) ...
 SIM_SENSORS = (("mucnuoc-01", "water_level"), ("mua-01", "rain"), ("moitruong-01", "environment"))
+#: ... and on its commune LAN, publishing over MQTT like real networked sensors (mqtt_sensor).
+LAN_SENSOR_KINDS = ("air_quality", "power")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -104,6 +107,7 @@ class Demo:
             "data_dir": str(self.root),
         }
         speakers_sim = _has("devices.sim.speakers_cli")
+        lan_sensors_sim = _has("devices.sim.sensors_cli")
         for gw, commune in GATEWAYS:
             step(f"gateway {gw} ({commune}): LAN broker, gateway, simulated devices")
             lan = Mosquitto(self.root / gw / "lan-mqtt").start()
@@ -111,6 +115,13 @@ class Demo:
             speakers = [f"loa-{i:02d}" for i in range(1, SPEAKERS_PER_GATEWAY + 1)]
             devices: list[dict[str, Any]] = [{"id": s, "type": "ip_speaker", "name": f"Loa {s}"} for s in speakers]
             devices += [{"id": d, "type": "sim_sensor", "kind": kind, "interval_s": 5} for d, kind in SIM_SENSORS]
+            lan_sensors: list[str] = []
+            if lan_sensors_sim:
+                from devices.sim.sensors_cli import make_devices
+
+                sims = make_devices(gw, len(LAN_SENSOR_KINDS), LAN_SENSOR_KINDS, "lan", seed=None)
+                lan_sensors = [d.id for d in sims]
+                devices += [{"id": d.id, "type": "mqtt_sensor", "measurement": d.kind} for d in sims]
             cfg = gateway_config(
                 gw, commune=commune, data_dir=self.root / gw / "data", uplink_url=central.url, lan_url=lan.url,
                 signer=signer, devices=devices, health_interval_s=10, uplink_auth=(gw, creds[gw]),
@@ -121,8 +132,13 @@ class Demo:
             if speakers_sim:
                 self.spawn(f"speakers-{gw}", "sim", "speakers", "--broker", lan.url, "--gateway", gw,
                            "--count", str(SPEAKERS_PER_GATEWAY), "--prefix", "loa")
+            if lan_sensors:
+                self.spawn(f"lan-sensors-{gw}", "sim", "sensors", "--broker", lan.url, "--gateway", gw,
+                           "--count", str(len(LAN_SENSOR_KINDS)), "--kinds", ",".join(LAN_SENSOR_KINDS),
+                           "--prefix", "lan", "--interval", "5")
             self.endpoints["gateways"][gw] = {"commune": commune, "lan_mqtt": lan.url, "config": str(path),
-                                              "speakers": speakers, "sensors": [d for d, _ in SIM_SENSORS]}
+                                              "speakers": speakers,
+                                              "sensors": [d for d, _ in SIM_SENSORS] + lan_sensors}
         if _has("scheduler.http"):
             step("scheduler (dispatcher, web UI, API)")
             port = self.http_port if self.http_port and _port_free(self.http_port) else free_port()
@@ -280,12 +296,27 @@ def print_banner(ep: dict[str, Any], endpoints_file: Path | None) -> None:
         " -execute 'SHOW MEASUREMENTS')",
     ]
     if "scheduler" in ep:
-        lines.append(f"  web UI and API       {ep['scheduler']['url']}   (OpenAPI: {ep['scheduler']['url']}/docs)")
+        lines.append(f"  scheduler API        {ep['scheduler']['url']}   (OpenAPI: {ep['scheduler']['url']}/docs)")
     for gw, info in ep["gateways"].items():
         lines.append(f"  gateway {gw:<12} {info['commune']}: LAN broker {info['lan_mqtt']},"
                      f" speakers {', '.join(info['speakers'])}")
     if endpoints_file:
         lines.append(f"  endpoints written to {endpoints_file}")
+    if "scheduler" in ep:
+        cfg = ep["scheduler"]["config"]
+        gws = " ".join(ep["gateways"])
+        lines += [
+            "",
+            "Try it in another terminal (speakers report below as they start and finish):",
+            f"  .venv/bin/loaxa broadcast now --config {cfg} --targets {gws} --priority emergency \\",
+            "      --text 'Thông báo khẩn: nước sông đang lên, đề nghị bà con di chuyển lên vùng cao'",
+            f"  .venv/bin/loaxa broadcast status BROADCAST_ID --config {cfg}",
+        ]
+    lines += [
+        "",
+        "Readings arrive in InfluxDB every few seconds: measurements water_level, rain, environment,",
+        "air_quality, power and gateway_health, tagged by gateway, device and commune.",
+    ]
     lines += ["", "Gateway status as it changes (Ctrl-C to stop):"]
     print("\n".join(lines), flush=True)
 

@@ -51,6 +51,7 @@ class Status(_Open):
     state: Literal["online", "offline"]
     ts: EpochMs
     version: str | None = None
+    commune: str | None = Field(default=None, max_length=200, description="commune name, when configured")
 
 
 class Health(_Open):

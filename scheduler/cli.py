@@ -69,6 +69,12 @@ def _add_create(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=1, help="play this many times (default 1)")
     p.add_argument("--title", help="a short title shown in reports")
     p.add_argument("--by", dest="created_by", help="who asked for it (kept in the record)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="then wait up to SECONDS for every speaker to finish and show the status (exit 0 if all played)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -234,6 +240,13 @@ def _fmt_ms(ms: int | None, tz_name: str) -> str:
     return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz_name)).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def priority_label(p: int) -> str:
+    from protocol.models import PRIORITY_NAMES
+
+    names = {v: k for k, v in PRIORITY_NAMES.items()}
+    return f"{names[p]} ({p})" if p in names else str(p)
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
@@ -245,7 +258,7 @@ def render_status(st: dict[str, Any], tz_name: str) -> str:
     out = [f"broadcast {st['id']}" + (f'  "{st["title"]}"' if st.get("title") else "")]
     start = "now" if st.get("start_at") is None else _fmt_ms(st["start_at"], tz_name)
     out.append(
-        f"start: {start}   priority: {st['priority']}   volume: {st['volume']}   "
+        f"start: {start}   priority: {priority_label(st['priority'])}   volume: {st['volume']}   "
         f"targets: {' '.join(st['targets'])}" + ("   CANCELLED" if st.get("cancelled") else "")
     )
     rows: list[list[str]] = []
@@ -288,9 +301,12 @@ def render_status(st: dict[str, Any], tz_name: str) -> str:
 
 @_handle
 def run_scheduler(args: argparse.Namespace) -> int:
-    from scheduler.service import run_forever
+    from scheduler.service import SetupError, run_forever
 
-    return run_forever(_load(args))
+    try:
+        return run_forever(_load(args))
+    except SetupError as exc:
+        raise CliError(f"{args.config}: {exc}") from exc
 
 
 @_handle
@@ -327,7 +343,9 @@ def run_create(args: argparse.Namespace) -> int:
         "created_by": args.created_by,
     }
     st = api.call("POST", "/api/broadcasts", json=body)
-    if args.json:
+    if args.json and args.wait:
+        pass  # only the final status is printed
+    elif args.json:
         print(json.dumps(st, ensure_ascii=False, indent=2))
     else:
         when = "now" if start_at is None else _fmt_ms(start_at, tz)
@@ -335,8 +353,32 @@ def run_create(args: argparse.Namespace) -> int:
             f"broadcast {st['id']} created ({media['duration_ms'] / 1000:.1f} s of audio, start {when}, "
             f"{len(st['gateways'])} gateway(s))"
         )
+        for warning in st.get("warnings", []):
+            print(f"warning: {warning}")
         print(f"follow it with: loaxa broadcast status {st['id']} --config {args.config}")
+    if args.wait:
+        return _wait_and_show(api, st["id"], args.wait, args.json)
     return 0
+
+
+def _wait_and_show(api: Api, bid: str, timeout_s: float, as_json: bool) -> int:
+    """Poll until every speaker has a final state (or ``timeout_s``); print the status; 0 if all finished."""
+    import time
+
+    final = {"finished", "failed", "preempted", "skipped"}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        st = api.call("GET", f"/api/broadcasts/{bid}")
+        plans = [d for d in st["gateways"] if d["kind"] == "plan"]
+        settled = all(d["state"] != "pending" for d in plans) and all(sp["state"] in final for sp in st["speakers"])
+        if (settled and st["speakers"]) or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    if as_json:
+        print(json.dumps(st, ensure_ascii=False, indent=2))
+    else:
+        print(render_status(st, api.cfg.scheduler.timezone))
+    return 0 if st["speakers"] and all(sp["state"] == "finished" for sp in st["speakers"]) else 1
 
 
 @_handle
@@ -378,14 +420,14 @@ def run_list(args: argparse.Namespace) -> int:
                     r["id"],
                     _fmt_ms(r["created_at"], tz),
                     "now" if r["start_at"] is None else _fmt_ms(r["start_at"], tz),
-                    str(r["priority"]),
+                    priority_label(r["priority"]),
                     " ".join(r["targets"]),
-                    "cancelled" if r["cancelled"] else "",
+                    "yes" if r["cancelled"] else "",
                     r.get("title") or "",
                 ]
                 for r in rows
             ],
-            ["ID", "CREATED", "START", "PRIO", "TARGETS", "", "TITLE"],
+            ["ID", "CREATED", "START", "PRIORITY", "TARGETS", "CANCELLED", "TITLE"],
         )
     )
     return 0

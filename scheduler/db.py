@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Engine, create_engine, event, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -176,6 +176,11 @@ class Store:
     def session(self) -> Session:
         return self._session()
 
+    def ping(self) -> None:
+        """A trivial query: the database answers."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
     # ------------------------------------------------------------ gateways and speakers
 
     # Rows looked up once per session (one transaction, possibly a batch of many messages) are
@@ -237,7 +242,7 @@ class Store:
         row.status_ts = status.ts
         if status.version:
             row.version = status.version[:64]
-        commune = (status.model_extra or {}).get("commune")
+        commune = status.commune
         if isinstance(commune, str) and commune:
             row.commune = commune[:200]
         return status.state == "online"
@@ -300,6 +305,19 @@ class Store:
     def online_gateways(self) -> list[str]:
         with self.session() as s:
             return list(s.scalars(select(Gateway.id).where(Gateway.status == "online")).all())
+
+    def set_commune(self, gw: str, commune: str | None) -> None:
+        """Name the commune of a gateway (gateways may also announce it in their status)."""
+        with self.session() as s, s.begin():
+            self._gateway(s, gw).commune = commune
+
+    def gateway_states(self, ids: Iterable[str]) -> dict[str, str | None]:
+        """Last status of each gateway (None: never heard from)."""
+        wanted = list(ids)
+        with self.session() as s:
+            rows = s.execute(select(Gateway.id, Gateway.status).where(Gateway.id.in_(wanted))).all()
+        known = {gid: status for gid, status in rows}
+        return {gid: known.get(gid) for gid in wanted}
 
     # ------------------------------------------------------------ media
 
@@ -381,6 +399,16 @@ class Store:
                 else:
                     speaker_ids = sorted(devs)
                     plan_targets = speaker_ids
+                    known = set(
+                        s.scalars(
+                            select(Speaker.device_id).where(
+                                Speaker.gateway_id == gw, Speaker.device_id.in_(speaker_ids)
+                            )
+                        ).all()
+                    )
+                    for dev in speaker_ids:
+                        if dev not in known:  # registered by being named as a target
+                            s.add(Speaker(gateway_id=gw, device_id=dev))
                 for dev in sorted(speaker_ids):
                     s.add(SpeakerDelivery(broadcast_id=bid, gateway_id=gw, device_id=dev, state=SPK_PENDING))
                 env = make_envelope("broadcast.plan", make_plan(b, plan_targets), expires_at - now)
@@ -445,29 +473,36 @@ class Store:
 
     # ------------------------------------------------------------ delivery
 
-    def pending_commands(
-        self, gateways: Iterable[str] | None, now: int, sent_before: int | None = None
-    ) -> list[Outgoing]:
-        """Unacknowledged, unexpired commands (optionally only for ``gateways`` and last sent before a time).
+    def _expire_overdue(self, s: Session, now: int) -> None:
+        """Unacknowledged commands past their expiry: ``expired``; their speakers ``failed``."""
+        q = select(GatewayDelivery).where(GatewayDelivery.state == GW_PENDING, GatewayDelivery.expires_at <= now)
+        for d in s.scalars(q).all():
+            d.state = GW_EXPIRED
+            d.error = "not acknowledged before it expired"
+            if d.kind == KIND_PLAN:
+                self._speakers_of(s, d, (SPK_PENDING,), SPK_FAILED, now, "not delivered in time")
 
-        Expired ones are marked ``expired`` on the way (their speakers: ``failed``, "not delivered in time").
+    def pending_commands(
+        self, gateways: Iterable[str] | Literal["online"] | None, now: int, sent_before: int | None = None
+    ) -> list[Outgoing]:
+        """Unacknowledged, unexpired commands: for ``gateways`` (a list, every gateway whose status
+        is online, or all), optionally only those last sent before a time.
+
+        Expired ones (of every gateway) are marked ``expired`` on the way.
         """
         with self.session() as s, s.begin():
+            self._expire_overdue(s, now)
             q = select(GatewayDelivery).where(GatewayDelivery.state == GW_PENDING)
-            if gateways is not None:
+            if gateways == "online":
+                q = q.join(Gateway, Gateway.id == GatewayDelivery.gateway_id).where(Gateway.status == "online")
+            elif gateways is not None:
                 q = q.where(GatewayDelivery.gateway_id.in_(list(gateways)))
-            out: list[Outgoing] = []
-            for d in s.scalars(q.order_by(GatewayDelivery.id)).all():
-                if d.expires_at <= now:
-                    d.state = GW_EXPIRED
-                    d.error = "not acknowledged before it expired"
-                    if d.kind == KIND_PLAN:
-                        self._speakers_of(s, d, (SPK_PENDING,), SPK_FAILED, now, "not delivered in time")
-                    continue
-                if sent_before is not None and d.last_sent_at is not None and d.last_sent_at >= sent_before:
-                    continue
-                out.append(Outgoing(d.gateway_id, d.command_id, d.envelope, d.expires_at))
-            return out
+            if sent_before is not None:
+                q = q.where(or_(GatewayDelivery.last_sent_at.is_(None), GatewayDelivery.last_sent_at < sent_before))
+            return [
+                Outgoing(d.gateway_id, d.command_id, d.envelope, d.expires_at)
+                for d in s.scalars(q.order_by(GatewayDelivery.id)).all()
+            ]
 
     def mark_sent(self, command_ids: Sequence[str], now: int) -> None:
         if not command_ids:

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import aiomqtt
 from pydantic import BaseModel
@@ -178,7 +178,9 @@ class Dispatcher:
             self.sent += len(sent)
         return len(sent)
 
-    async def resend_pending(self, gateways: Sequence[str] | None = None, *, only_due: bool = False) -> int:
+    async def resend_pending(
+        self, gateways: Sequence[str] | Literal["online"] | None = None, *, only_due: bool = False
+    ) -> int:
         now = now_ms()
         sent_before = now - int(self.resend_interval_s * 1000) if only_due else None
         out = await self.store.call(self.db.pending_commands, gateways, now, sent_before)
@@ -193,11 +195,7 @@ class Dispatcher:
             if not self.link.connected.is_set():
                 continue
             try:
-                online = await self.store.call(self.db.online_gateways)
-                if online:
-                    await self.resend_pending(online, only_due=True)
-                else:
-                    await self.store.call(self.db.pending_commands, [], now_ms(), None)  # expire old ones
+                await self.resend_pending("online", only_due=True)
             except Exception:
                 log.exception("resend loop failed; trying again")
 

@@ -25,7 +25,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from protocol.ids import MESSAGE_ID_PATTERN
+from protocol.ids import ID_PATTERN, MESSAGE_ID_PATTERN
 from protocol.models import PRIORITY_NAMES
 from protocol.signing import now_ms
 from scheduler.db import BadRequest, NotFound
@@ -54,6 +54,11 @@ class MediaOut(BaseModel):
 class TtsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, max_length=20_000, description="Vietnamese text to read aloud")
+
+
+class GatewayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    commune: str | None = Field(default=None, max_length=200, description="e.g. Xã An Bình")
 
 
 class BroadcastIn(BaseModel):
@@ -283,7 +288,16 @@ def create_app(
             created_by=body.created_by,
             broadcast_id=body.id,
         )
-        return await store.call(db.broadcast_status, bid)
+        st = await store.call(db.broadcast_status, bid)
+        states = await store.call(db.gateway_states, [d["gateway"] for d in st["gateways"]])
+        st["warnings"] = [
+            f"gateway {gw} has never connected to this scheduler (check the id); the plan waits for it"
+            if state is None
+            else f"gateway {gw} is offline; the plan is sent when it comes back"
+            for gw, state in states.items()
+            if state != "online"
+        ]
+        return st
 
     @app.get("/api/broadcasts", dependencies=api, summary="Recent broadcasts")
     async def list_broadcasts(limit: int = 50) -> list[dict[str, Any]]:
@@ -301,6 +315,11 @@ def create_app(
     async def cancel(bid: Annotated[str, PathParam(pattern=MESSAGE_ID_PATTERN)]) -> dict[str, Any]:
         await dispatcher.cancel_broadcast(bid)
         return await store.call(db.broadcast_status, bid)
+
+    @app.put("/api/gateways/{gw}", dependencies=api, summary="Name a gateway's commune (registers the gateway)")
+    async def put_gateway(gw: Annotated[str, PathParam(pattern=ID_PATTERN)], body: GatewayIn) -> dict[str, Any]:
+        await store.call(db.set_commune, gw, body.commune)
+        return {"id": gw, "commune": body.commune}
 
     @app.get("/api/gateways", dependencies=api, summary="Gateways, their status and their speakers")
     async def gateways() -> list[dict[str, Any]]:

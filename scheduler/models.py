@@ -117,6 +117,7 @@ class GatewayDelivery(Base):
     __table_args__ = (
         UniqueConstraint("broadcast_id", "gateway_id", "kind"),
         Index("ix_gateway_deliveries_pending", "gateway_id", "state"),
+        Index("ix_gateway_deliveries_expiry", "state", "expires_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

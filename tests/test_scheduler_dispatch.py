@@ -338,6 +338,12 @@ async def test_bad_broadcast_requests_are_refused(running: Running, tone: Path) 
         assert r.status_code in (400, 422), (body, r.text)
         assert words in r.text, (words, r.text)
     assert (await running.http.get("/api/broadcasts")).json() == []
+    r = await running.http.put("/api/gateways/xa-an-phu", json={"commune": "Xã An Phú"})
+    assert r.status_code == 200
+    gws = {g["id"]: g for g in (await running.http.get("/api/gateways")).json()}
+    assert gws["xa-an-phu"]["commune"] == "Xã An Phú" and gws["xa-an-phu"]["status"] is None
+    r = await running.http.put("/api/gateways/Xa%20An%20Phu", json={"commune": "x"})
+    assert r.status_code == 422
 
 
 async def test_pending_plans_survive_a_scheduler_restart(tmp_path: Path, mosquitto: Mosquitto, tone: Path) -> None:

@@ -1,9 +1,7 @@
-"""The dispatcher's commands against the REAL gateway core (``loaxa gateway run``): the gateway's
-command router must accept the scheduler's signatures, time window and body, and ack each command.
-
-Whether the plan itself is carried out depends on the gateway's broadcast service (another part of
-the project); this test checks the wire between the two: no refusal for signature, key, expiry,
-replay or schema, and delivery state driven by the gateway's own acks.
+"""The scheduler against the REAL gateway (``loaxa gateway run``) and simulated IP speakers
+(``loaxa sim speakers``): the gateway accepts the signed plan, fetches the audio from the
+scheduler's HTTP server, plays it on its speakers, and the scheduler's per-speaker status follows
+the gateway's own reports to ``finished``.
 """
 
 from __future__ import annotations
@@ -21,10 +19,8 @@ from scheduler.service import Scheduler
 from tests.conftest import spawn_loaxa
 from tests.sched_support import Keys, make_tone, scheduler_config_dict, wait_for_async
 
-WIRE_REASONS = {"malformed", "unknown_key", "bad_signature", "expired", "future", "replay", "unknown_kind"}
 
-
-async def test_real_gateway_verifies_and_acks_plans(tmp_path: Path, mosquitto_factory: Any) -> None:
+async def test_real_gateway_plays_and_reports(tmp_path: Path, mosquitto_factory: Any) -> None:
     central: Mosquitto = mosquitto_factory("central")
     lan: Mosquitto = mosquitto_factory("lan")
     signer = make_signer()
@@ -33,12 +29,20 @@ async def test_real_gateway_verifies_and_acks_plans(tmp_path: Path, mosquitto_fa
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
-    gw_conf = write_yaml(
-        tmp_path / "gw.yaml",
-        gateway_config("xa-that", data_dir=tmp_path / "gw", uplink_url=central.url, lan_url=lan.url, signer=signer),
+    speakers = ["loa-01", "loa-02"]
+    gw_cfg = gateway_config(
+        "xa-that",
+        data_dir=tmp_path / "gw",
+        uplink_url=central.url,
+        lan_url=lan.url,
+        signer=signer,
+        devices=[{"id": d, "type": "ip_speaker"} for d in speakers],
     )
-    log = tmp_path / "gw.log"
-    gw = spawn_loaxa("gateway", "run", "--config", str(gw_conf), log=log)
+    gw_conf = write_yaml(tmp_path / "gw.yaml", gw_cfg)
+    gw = spawn_loaxa("gateway", "run", "--config", str(gw_conf), log=tmp_path / "gw.log")
+    sim = spawn_loaxa(
+        "sim", "speakers", "--broker", lan.url, "--gateway", "xa-that", "--count", "2", log=tmp_path / "speakers.log"
+    )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=30) as http:
 
@@ -57,20 +61,25 @@ async def test_real_gateway_verifies_and_acks_plans(tmp_path: Path, mosquitto_fa
             assert r.status_code == 201, r.text
             bid = r.json()["id"]
 
-            async def answered() -> dict[str, Any] | None:
+            async def played() -> dict[str, Any] | None:
                 st = (await http.get(f"/api/broadcasts/{bid}")).json()
-                return st if st["gateways"][0]["state"] != "pending" else None
+                got = {sp["device"]: sp["state"] for sp in st["speakers"]}
+                return st if got == {d: "finished" for d in speakers} else None
 
-            st = await wait_for_async(answered, within=30, what="the gateway's ack")
-            d = st["gateways"][0]
-            if d["state"] == "refused":
-                reason = (d["error"] or "").split(":")[0]
-                # the gateway core without a broadcast service refuses the kind; never the wire
-                assert reason not in WIRE_REASONS - {"unknown_kind"}, d
-            else:
-                assert d["state"] == "delivered", d
+            try:
+                st = await wait_for_async(played, within=45, what="both speakers finished")
+            except AssertionError as exc:
+                st = (await http.get(f"/api/broadcasts/{bid}")).json()
+                raise AssertionError(
+                    f"{exc}\nstatus: {st}\ngateway log: {(tmp_path / 'gw.log').read_text()[-3000:]}"
+                ) from None
+            assert st["gateways"][0]["state"] == "delivered"
+            starts = [sp["started_at"] for sp in st["speakers"]]
+            assert all(isinstance(t, int) for t in starts)
+            assert max(starts) - min(starts) < 500  # the speakers of one commune start together
     finally:
-        gw.terminate()
-        gw.wait(15)
+        for proc in (sim, gw):
+            proc.terminate()
+            proc.wait(15)
         stop.set()
         await asyncio.wait_for(task, 15)

@@ -83,17 +83,28 @@ def test_advance_never_goes_back() -> None:
 
 
 def test_undelivered_plans_expire_and_their_speakers_fail(store: Store) -> None:
-    bid, _ = create(store, ["xa-off/loa-1", "xa-off/loa-2"], max_late_ms=60_000)
+    bid, _ = create(store, ["xa-off/loa-1", "xa-off/loa-2", "xa-on"], max_late_ms=60_000)
+    store.record_status("xa-on", Status(state="online", ts=T0), T0)
+    store.record_status("xa-off", Status(state="offline", ts=T0), T0)
     assert len(store.pending_commands(["xa-off"], T0 + 1000)) == 1
-    # audio 2 s + 60 s late allowance: after that nothing is sent any more
+    assert [o.gateway for o in store.pending_commands("online", T0 + 1000)] == ["xa-on"]
+    store.mark_sent([o.command_id for o in store.pending_commands("online", T0)], T0 + 1000)
+    assert store.pending_commands("online", T0 + 2000, sent_before=T0 + 1000) == []  # not due yet
+    assert len(store.pending_commands("online", T0 + 2000, sent_before=T0 + 1001)) == 1
+    # audio 2 s + 60 s late allowance: after that nothing is sent any more, to any gateway, and the
+    # offline gateway's plan expires even though only online gateways were asked for
+    assert store.pending_commands("online", T0 + 62_001) == []
     assert store.pending_commands(["xa-off"], T0 + 62_001) == []
     st = store.broadcast_status(bid)
-    assert st["gateways"][0]["state"] == "expired"
+    assert {d["state"] for d in st["gateways"]} == {"expired"}
     assert {(s["state"], s["reason"]) for s in st["speakers"]} == {("failed", "not delivered in time")}
 
 
 def test_acks_only_count_from_the_right_gateway(store: Store) -> None:
     bid, [cmd] = create(store, ["xa-mot/loa-1"])
+    store.set_commune("xa-mot", "Xã Một")
+    [gw] = store.gateways()  # a named target registers the gateway and the speaker
+    assert (gw["id"], gw["commune"], [sp["device"] for sp in gw["speakers"]]) == ("xa-mot", "Xã Một", ["loa-1"])
     assert store.record_ack("xa-hai", Ack(id=cmd, ok=True, ts=T0), T0) is None
     assert store.broadcast_status(bid)["gateways"][0]["state"] == "pending"
     assert store.record_ack("xa-mot", Ack(id=cmd, ok=True, ts=T0), T0) == "delivered"
@@ -137,3 +148,26 @@ def test_whole_gateway_broadcast_lists_known_speakers_and_learns_new_ones(store:
     assert st["gateways"][0]["state"] == "delivered"  # the report proves the plan arrived
     [gw] = store.gateways()
     assert [s["device"] for s in gw["speakers"]] == ["loa-1", "loa-7"]
+
+
+def test_schema_and_queries_compile_for_postgresql() -> None:
+    """No SQLite-only SQL: the tables and the delivery queries compile for PostgreSQL too."""
+    from sqlalchemy import or_, select
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from scheduler.models import Base, Gateway, GatewayDelivery
+
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    for table in Base.metadata.sorted_tables:
+        ddl = str(CreateTable(table).compile(dialect=dialect))
+        assert "CREATE TABLE" in ddl
+        for index in table.indexes:
+            str(CreateIndex(index).compile(dialect=dialect))
+    q = (
+        select(GatewayDelivery)
+        .join(Gateway, Gateway.id == GatewayDelivery.gateway_id)
+        .where(Gateway.status == "online", or_(GatewayDelivery.last_sent_at.is_(None), GatewayDelivery.attempts < 3))
+    )
+    assert "JOIN gateways" in str(q.compile(dialect=dialect))
+    assert "BIGINT" in str(CreateTable(Base.metadata.tables["broadcasts"]).compile(dialect=dialect))

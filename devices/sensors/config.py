@@ -217,28 +217,36 @@ SENSOR_CONFIG_TYPES = (ModbusRtuConfig, GpioRainGaugeConfig, GpioInputsConfig, D
 
 
 def check_device_set(devices: Iterable[Any]) -> list[str]:
-    """Problems that involve several device entries: a serial port set up two ways, a pin used twice.
-
-    Returns one message per problem (empty when all is well).
-    """
+    """Problems that involve several device entries: a serial port set up two ways or claimed by
+    a Modbus bus and another kind of device, a GPIO pin used twice (sensors, or any entry with a
+    ``pin``/``relay_pin``, such as the amplifier relay). Returns one message per problem."""
     problems: list[str] = []
     buses: dict[str, tuple[str, tuple[int, str, int, int]]] = {}
+    other_ports: dict[str, tuple[str, str]] = {}
     pins: dict[str, str] = {}
     for dev in devices:
+        dev_id = getattr(dev, "id", "?")
         if isinstance(dev, ModbusRtuConfig):
             first = buses.setdefault(dev.port, (dev.id, dev.bus_settings()))
             if first[1] != dev.bus_settings():
                 problems.append(
                     f"devices {first[0]!r} and {dev.id!r} share port {dev.port} but differ in "
                     f"baudrate/parity/stopbits/bytesize ({first[1]} vs {dev.bus_settings()})")
+        elif isinstance(getattr(dev, "port", None), str):
+            other_ports.setdefault(dev.port, (dev_id, str(getattr(dev, "type", "?"))))
         used: list[int | str] = []
-        if isinstance(dev, GpioRainGaugeConfig):
-            used = [dev.pin]
-        elif isinstance(dev, GpioInputsConfig):
+        if isinstance(dev, GpioInputsConfig):
             used = [i.pin for i in dev.inputs]
+        else:
+            used = [p for p in (getattr(dev, "pin", None), getattr(dev, "relay_pin", None)) if isinstance(p, int | str)]
         for pin in used:
             key = pin_key(pin)
-            if key in pins and pins[key] != dev.id:
-                problems.append(f"pin {pin!r} of device {dev.id!r} is already used by device {pins[key]!r}")
-            pins.setdefault(key, dev.id)
+            if key in pins and pins[key] != dev_id:
+                problems.append(f"pin {pin!r} of device {dev_id!r} is already used by device {pins[key]!r}")
+            pins.setdefault(key, dev_id)
+    for port, (bus_dev, _settings) in buses.items():
+        if port in other_ports:
+            other_id, other_type = other_ports[port]
+            problems.append(f"port {port} is used by Modbus device {bus_dev!r} and by {other_type} device "
+                            f"{other_id!r}: one serial port can serve only one of them")
     return problems

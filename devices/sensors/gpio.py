@@ -24,6 +24,7 @@ from protocol.models import Reading
 log = logging.getLogger(__name__)
 
 RETRY_OPEN_S = 30.0
+MIN_CHANGE_GAP_S = 0.2
 
 
 def _open_input(pin: int | str, pull: str, bounce_time_s: float) -> Any:
@@ -199,6 +200,9 @@ class DigitalInputsDriver(_GpioDriver):
                              ", ".join(f"{k}={v:g}" for k, v in reading.fields.items()))
                 last = reading.fields
                 await self.deliver(sink, [reading])
+                # a chattering contact must not flood the spool: changes within this pause are
+                # reported together, with the state at the end of it
+                await asyncio.sleep(MIN_CHANGE_GAP_S)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), self.cfg.report_interval_s)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,8 +65,6 @@ _STRUCT = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float3
 
 def decode(reg: ModbusRegister, words: Sequence[int]) -> float:
     """The scaled value of ``reg`` from its raw 16-bit words (as received, in wire order)."""
-    import struct
-
     if len(words) != reg.count:
         raise SensorError(f"field {reg.field}: expected {reg.count} register(s), got {len(words)}")
     ordered = list(words) if reg.word_order == "big" else list(reversed(words))
@@ -113,7 +112,11 @@ class ModbusBus:
             bytesize=self.bytesize, timeout=self.timeout_s, retries=self.retries, reconnect_delay=0,
             name=f"modbus:{self.port}",
         )
-        ok = await client.connect()
+        try:
+            ok = await client.connect()
+        except Exception as exc:  # pyserial/pymodbus raise various things for a bad device node
+            client.close()
+            raise SensorError(f"cannot open serial port {self.port}: {exc}") from exc
         if not ok:
             client.close()
             raise SensorError(f"cannot open serial port {self.port}")

@@ -1,11 +1,11 @@
 """Run sensor drivers, restart one that crashes, and summarise their health.
 
 In the gateway, the telemetry service (which owns the spool) builds the drivers with
-``devices.sensors.build_sensor_drivers`` and runs them itself; :func:`sensors_summary` gives it
-(or anyone holding the drivers) the short summary for the health message. :class:`SensorRunner`
-and :func:`attach_sensors` do the same job for a gateway or tool without that service::
+``devices.sensors.build_sensor_drivers`` and runs them itself, and devices.sensors.service puts
+:func:`sensors_summary` into the health message. :class:`SensorRunner` does the running for a
+program without the telemetry service (tools, tests)::
 
-    attach_sensors(gw, sink)          # sink: await sink(device_id, measurement, readings)
+    await SensorRunner(drivers).run(sink)     # sink: await sink(device_id, measurement, readings)
 """
 
 from __future__ import annotations
@@ -73,16 +73,3 @@ def sensors_summary(drivers: Sequence[SensorDriver]) -> dict[str, Any]:
         "sensor_timeouts": sum(int(s.get("timeouts") or 0) for s in stats.values()),
         "sensor_faults": faults,
     }
-
-
-def attach_sensors(gw: Any, sink: ReadingSink) -> SensorRunner:
-    """Build the drivers of ``gw.config.devices``, run them for the gateway's life, and add the
-    sensors' and the Pi's health to the gateway's health report."""
-    from devices.sensors.factory import build_sensor_drivers
-    from devices.sensors.pihealth import health_provider
-
-    runner = SensorRunner(build_sensor_drivers(gw.config.devices, gateway_id=gw.id, data_dir=gw.data_dir))
-    gw.add_task(lambda: runner.run(sink), name="sensors")
-    gw.health.add_provider(runner.health)
-    gw.health.add_provider(health_provider(gw.data_dir))
-    return runner

@@ -133,3 +133,28 @@ def test_pin_used_twice_is_a_config_problem() -> None:
             {"field": "a", "pin": 5}, {"field": "b", "pin": "BCM5"}]})
     with pytest.raises(ValueError, match="BCM number"):
         gauge(pin="GPIO99")
+
+
+async def test_chattering_contact_does_not_flood(mock_pins: Any, collector: Collector) -> None:
+    cfg = GpioInputsConfig.model_validate({"id": "tu", "type": "gpio_inputs", "report_interval_s": 3600,
+                                           "inputs": [{"field": "door_open", "pin": 22, "bounce_time_s": 0}]})
+    (drv,) = build_sensor_drivers([cfg], gateway_id="xa-test")
+    task = asyncio.create_task(drv.run(collector))
+    try:
+        await until(lambda: collector.readings("tu"), what="first reading")
+        pin = mock_pins.pin(22)
+
+        def chatter() -> None:
+            for _ in range(500):
+                pin.drive_low()
+                pin.drive_high()
+            pin.drive_low()  # it settles closed: active (pull-up, active low) = 1
+
+        await asyncio.to_thread(chatter)
+        await until(lambda: drv.stats()["changes"] == 1001, what="every edge seen")
+        await until(lambda: collector.readings("tu")[-1].fields["door_open"] == 1.0, what="settled state reported")
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(collector.readings("tu")) <= 10  # not one reading per edge

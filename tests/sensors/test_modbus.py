@@ -153,6 +153,7 @@ async def test_two_slaves_share_one_bus_values_scaled(pty_pair: PtyPair, sensor_
     for d in drivers:
         s = d.stats()
         assert s["errors"] == 0 and s["reads"] >= 3 and s["online"] == 1
+    assert drivers[0].bus.opens == 1  # the port stays open between polls
     # holding 0..2 is one request; input 10..11 another: two requests per poll, not three
     assert drivers[0].blocks == plan_blocks(level_sensor("x").registers)
     assert len(drivers[0].blocks) == 2
@@ -264,3 +265,32 @@ async def test_absent_slave_does_not_stop_the_others(pty_pair: PtyPair, sensor_s
     assert drivers[0].stats()["errors"] == 0 and drivers[2].stats()["errors"] == 0
     assert drivers[1].stats()["reads"] == 0 and collector.readings("vang-mat") == []
     assert collector.readings("nhietdo-truong")[-1].fields["temperature_c"] == pytest.approx(21.5)
+
+
+async def test_adapter_unplugged_and_replugged(tmp_path: Any, collector: Collector) -> None:
+    """The pty pair itself goes away (as a USB adapter pulled out) and comes back under the same name."""
+    pair = PtyPair(tmp_path)
+    side = SensorSide(pair.b, units=[1, 2])
+    fill(side, level_raw=100, flow=0.0, offset=0, temp_raw=0, hum_raw=0)
+    await side.start()
+    (drv,) = build_sensor_drivers([level_sensor(pair.a)], gateway_id="xa-test")
+    assert isinstance(drv, ModbusRtuDriver)
+    task = asyncio.create_task(drv.run(collector))
+    try:
+        await until(lambda: drv.stats()["reads"] >= 1, what="first read")
+        await side.stop()
+        await asyncio.to_thread(pair.stop)
+        await until(lambda: drv.stats()["errors"] >= 2, what="errors while the adapter is gone")
+        assert not task.done()
+        pair = await asyncio.to_thread(PtyPair, tmp_path)
+        side = SensorSide(pair.b, units=[1, 2])
+        fill(side, level_raw=250, flow=0.0, offset=0, temp_raw=0, hum_raw=0)
+        await side.start()
+        await until(lambda: collector.readings("mucnuoc-cau")[-1].fields["water_level_cm"] == pytest.approx(25.0),
+                    what="readings after the adapter is back")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await side.stop()
+        pair.stop()
+    assert drv.bus.opens >= 2 and drv.stats()["online"] == 1

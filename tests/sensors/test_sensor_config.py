@@ -108,3 +108,20 @@ devices:
     assert result.returncode == 2
     assert "/dev/ttyUSB0" in result.stderr and "'a'" in result.stderr and "'b'" in result.stderr
     assert "GPIO5" in result.stderr and "'c'" in result.stderr
+
+
+def test_conflicts_with_other_kinds_of_device() -> None:
+    """Entries of other packages (the amplifier relay, serial nodes) are checked by their attributes."""
+    from types import SimpleNamespace
+
+    from devices.sensors.config import ModbusRtuConfig, check_device_set
+
+    modbus = ModbusRtuConfig.model_validate({"id": "mb", "type": "modbus_rtu", "port": "/dev/ttyUSB0", "unit_id": 1,
+                                             "measurement": "rain", "registers": [{"field": "rain_mm", "address": 0}]})
+    amp = SimpleNamespace(id="loa-tai-cho", type="amplifier", relay_pin=17)
+    node = SimpleNamespace(id="node-3", type="serial_node", port="/dev/ttyUSB0")
+    door = SimpleNamespace(id="cua", type="gpio_rain_gauge", pin="GPIO17")
+    problems = check_device_set([modbus, amp, node, door])
+    assert any("port /dev/ttyUSB0" in p and "'mb'" in p and "'node-3'" in p for p in problems), problems
+    assert any("'cua'" in p and "'loa-tai-cho'" in p for p in problems), problems
+    assert check_device_set([modbus, amp]) == []
