@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ class TelemetryIngest:
         self._fd: int | None = None
         self._lost: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self.client: paho.Client | None = None
 
     # ------------------------------------------------------------------ paho callbacks (event loop,
@@ -156,8 +158,13 @@ class TelemetryIngest:
             self._loop.call_soon(self._drain)
 
     def _threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn`` on the event loop: now if we are on it, else as soon as it can."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:  # paho calls the socket callbacks from the executor thread while connecting
             loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -165,15 +172,23 @@ class TelemetryIngest:
 
     def _add_reader(self, sock: Any) -> None:
         assert self._loop is not None
-        self._fd = sock.fileno()
+        fd = sock.fileno()
+        if fd < 0:  # closed again before the loop got to it (a failed TLS handshake)
+            return
+        self._fd = fd
         self._paused = False
-        self._loop.add_reader(self._fd, self._readable)
+        self._loop.add_reader(fd, self._readable)
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed() and self._fd is not None:
-            fd, self._fd = self._fd, None
+        self._threadsafe(self._drop_socket, sock.fileno())
+
+    def _drop_socket(self, fd: int) -> None:
+        assert self._loop is not None
+        if fd >= 0:
             self._loop.remove_reader(fd)
             self._loop.remove_writer(fd)
+        if self._fd == fd:
+            self._fd = None
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
 
@@ -321,6 +336,7 @@ class TelemetryIngest:
     async def run(self) -> None:
         """Connect, and reconnect with backoff whenever the connection is lost, until cancelled."""
         self._loop = loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         ep = self.endpoint
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
