@@ -95,7 +95,7 @@ class ControlServer:
             try:
                 result = await self._handler(req, image, emit)
             except (BridgeError, KeyError, ValueError) as exc:
-                await send({"error": str(exc).strip("'\"")})
+                await send({"error": str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)})
                 return
             await send({"result": result})
         except (ConnectionError, BrokenPipeError):
