@@ -57,7 +57,7 @@ class Gateway:
             self.id, {k.id: k.public_key for k in config.trust.keys}, self.data_dir / "commands.db",
             make_ack_sender(self.uplink.publish, self.id), skew_s=config.trust.clock_skew_s,
         )
-        self.health = HealthReporter(self.data_dir, config.health.interval_s, self._publish_health, version)
+        self.health = HealthReporter(config.health.interval_s, self._publish_health, version)
         self.health.add_provider(self._link_metrics)
         self.uplink.subscribe(cmd_topic(self.id), self.commands.on_message)
         self.uplink.on_connect(self._birth)

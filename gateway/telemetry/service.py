@@ -435,20 +435,6 @@ def _build_drivers(gw: Any) -> list[SensorDriver]:
     return drivers
 
 
-def _add_sensor_health(gw: Any, svc: TelemetryService) -> None:
-    """The sensors' summary (online/total, errors, faults) and the Pi's own metrics (CPU temperature,
-    throttling, …) in the health report, from devices.sensors when it is installed."""
-    try:
-        from devices.sensors.pihealth import health_provider
-        from devices.sensors.runner import sensors_summary
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and "devices.sensors".startswith(exc.name):
-            return
-        raise
-    gw.health.add_provider(lambda: sensors_summary(svc.drivers))
-    gw.health.add_provider(health_provider(Path(gw.data_dir)))
-
-
 def attach(gw: Any) -> TelemetryService:
     """Plug telemetry into the gateway (``gateway.app.SERVICE_MODULES``): the spool, the MQTT ingest,
     the InfluxDB writer and the sensor drivers run as one gateway task; the service's counters join
@@ -466,7 +452,6 @@ def attach(gw: Any) -> TelemetryService:
         health_source=last_health,
     )
     gw.health.add_provider(svc.health)
-    _add_sensor_health(gw, svc)
     gw.add_task(svc.run, name="telemetry")
     gw.telemetry = svc
     gw.reading_sink = svc.accept_polled
