@@ -31,8 +31,8 @@ class SensorDriver(abc.ABC):
     async def run(self, sink: ReadingSink) -> None:
         """Produce readings until cancelled. Errors are counted, not raised, unless fatal."""
 
-    def stats(self) -> Mapping[str, int | float]:
-        """Per-driver counters for the gateway's health report (errors, timeouts, ...)."""
+    def stats(self) -> Mapping[str, int | float | str | None]:
+        """Per-driver counters for the gateway's health report (errors, timeouts, last_error...)."""
         return {}
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from loaxa.plugins import optional_modules
 
 #: Modules that add a simulator: each has ``register_sim(simsub) -> None``.
 SIM_MODULES: tuple[str, ...] = (
@@ -20,12 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Simulated devices that speak the real protocols (MQTT device topics, serial frames).",
     )
     simsub = p.add_subparsers(title="simulators", metavar="KIND")
-    for name in SIM_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue
-            raise
+    for _name, module in optional_modules(SIM_MODULES):
         module.register_sim(simsub)
     p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])

@@ -6,16 +6,18 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from devices.config_base import DeviceBase, MeasurementName
+from devices.sensors.config import (
+    Ds18b20Config,
+    GpioInputsConfig,
+    GpioRainGaugeConfig,
+    ModbusRtuConfig,
+    PiHealthConfig,
+)
 from devices.speakers.amplifier import AmplifierConfig
-from loaxa.yamlconf import StrictModel
-from protocol.ids import DeviceId
+from gateway.serial.config import SerialNodeConfig
 
-MeasurementName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,63}$")]
-
-
-class DeviceBase(StrictModel):
-    id: DeviceId
-    name: str | None = Field(default=None, max_length=200, description="human name, e.g. 'Loa chợ'")
+__all__ = ["DeviceBase", "DeviceConfig", "MeasurementName"]
 
 
 class IpSpeakerConfig(DeviceBase):
@@ -38,9 +40,13 @@ class SimSensorConfig(DeviceBase):
     type: Literal["sim_sensor"]
     kind: Literal["water_level", "rain", "environment", "air_quality", "power"] = "environment"
     interval_s: float = Field(default=10.0, gt=0, le=86400)
+    seed: int | None = Field(default=None, description="fixed seed: the same readings every run (tests)")
+    speed: float = Field(default=1.0, ge=0.001, le=100_000,
+                         description="simulated seconds per real second (e.g. 60 to see a flood in minutes)")
 
 
 DeviceConfig = Annotated[
-    IpSpeakerConfig | MqttSensorConfig | SimSensorConfig | AmplifierConfig,
+    IpSpeakerConfig | MqttSensorConfig | SimSensorConfig | AmplifierConfig | SerialNodeConfig
+    | ModbusRtuConfig | GpioRainGaugeConfig | GpioInputsConfig | Ds18b20Config | PiHealthConfig,
     Field(discriminator="type"),
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from gateway.config import GatewayConfig
 from gateway.health import HealthReporter
 from loaxa import __version__, sdnotify
 from loaxa.mqttlink import MqttLink
+from loaxa.plugins import optional_modules
 from protocol.models import Health, Status
 from protocol.signing import now_ms
 from protocol.topics import cmd_topic, event_topic, health_topic, status_topic
@@ -36,6 +36,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "gateway.telemetry.service",
     "gateway.broadcast.service",
     "gateway.serial.service",
+    "devices.sensors.service",
 )
 
 
@@ -56,7 +57,7 @@ class Gateway:
             self.id, {k.id: k.public_key for k in config.trust.keys}, self.data_dir / "commands.db",
             make_ack_sender(self.uplink.publish, self.id), skew_s=config.trust.clock_skew_s,
         )
-        self.health = HealthReporter(self.data_dir, config.health.interval_s, self._publish_health, version)
+        self.health = HealthReporter(config.health.interval_s, self._publish_health, version)
         self.health.add_provider(self._link_metrics)
         self.uplink.subscribe(cmd_topic(self.id), self.commands.on_message)
         self.uplink.on_connect(self._birth)
@@ -68,7 +69,7 @@ class Gateway:
 
     def add_task(self, factory: Callable[[], Awaitable[Any]], name: str | None = None) -> None:
         """Run ``factory()`` for the life of the gateway (a failure is logged and stops the gateway)."""
-        self._tasks.append((name or getattr(factory, "__qualname__", "task"), factory))
+        self._tasks.append((name or str(getattr(factory, "__qualname__", "task")), factory))
 
     def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer()`` on a clean stop, before the links are closed."""
@@ -81,7 +82,7 @@ class Gateway:
     # ------------------------------------------------------------------ internals
 
     async def _birth(self) -> None:
-        status = Status(state="online", ts=now_ms(), version=self.version)
+        status = Status(state="online", ts=now_ms(), version=self.version, commune=self.config.gateway.commune)
         await self.uplink.publish(status_topic(self.id), status, qos=1, retain=True)
         await self.health.report_once()
 
@@ -100,13 +101,7 @@ class Gateway:
         }
 
     def attach_services(self) -> None:
-        for name in SERVICE_MODULES:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as exc:
-                if exc.name is not None and name.startswith(exc.name):
-                    continue
-                raise
+        for name, module in optional_modules(SERVICE_MODULES):
             module.attach(self)
             self.services.append(name.rsplit(".", 2)[-2])
 

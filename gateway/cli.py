@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
+
+from loaxa.plugins import optional_modules
 
 RUN_HELP = """\
 Run the commune gateway: connect to the central broker (uplink) and the commune broker (LAN),
@@ -25,13 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--config", "-c", type=Path, required=True, help="gateway YAML (see configs/gateway.example.yaml)")
     r.set_defaults(func=run)
-    for name in EXTRA_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue
-            raise
+    for _name, module in optional_modules(EXTRA_MODULES):
         module.register_gateway(gsub)
     p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])
 

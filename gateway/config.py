@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from devices.config import DeviceConfig
+from devices.sensors.config import check_device_set
 from gateway.broadcast.config import BroadcastSection
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
@@ -22,7 +23,7 @@ class GatewaySection(StrictModel):
 
 class TrustedKey(StrictModel):
     id: str = Field(min_length=1, max_length=128)
-    public_key: str = Field(min_length=40, max_length=200, description="base64 of the 32-byte Ed25519 key")
+    public_key: str = Field(max_length=200, description="base64 of the 32-byte Ed25519 key")
 
     @field_validator("public_key")
     @classmethod
@@ -54,6 +55,8 @@ class InfluxSection(StrictModel):
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     ca_file: Path | None = None
     verify_tls: bool = True
+    retry_initial_s: float = Field(default=0.5, gt=0, le=60, description="first retry delay after a failure")
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600, description="longest delay between write retries")
 
     @model_validator(mode="after")
     def _target(self) -> InfluxSection:
@@ -67,6 +70,8 @@ class InfluxSection(StrictModel):
 class SpoolSection(StrictModel):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     retain_days: int = Field(default=60, ge=0, le=3650, description="keep delivered readings this long")
+    alarm_interval_s: float = Field(default=60.0, ge=1, le=86400,
+                                    description="at most one 'telemetry_rejected' alarm per this long")
 
 
 class HealthSection(StrictModel):
@@ -96,6 +101,9 @@ class GatewayConfig(StrictModel):
             if dev.id in seen:
                 raise ValueError(f"device id {dev.id!r} appears twice")
             seen.add(dev.id)
+        problems = check_device_set(self.devices)  # one serial port set up two ways, a GPIO pin used twice
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

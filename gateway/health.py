@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from protocol.models import Health
@@ -19,38 +16,13 @@ log = logging.getLogger(__name__)
 HealthProvider = Callable[[], Mapping[str, Any]]
 
 
-def process_metrics(data_dir: Path) -> dict[str, Any]:
-    """Cheap metrics every machine has: load, disk of the data folder, uptime, memory."""
-    out: dict[str, Any] = {}
-    try:
-        out["load1"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        pass
-    try:
-        du = shutil.disk_usage(data_dir)
-        out["disk_used_pct"] = round(100 * du.used / du.total, 1)
-    except OSError:
-        pass
-    try:
-        out["uptime_s"] = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        total = int(info["MemTotal"].split()[0])
-        avail = int(info["MemAvailable"].split()[0])
-        out["mem_used_pct"] = round(100 * (total - avail) / total, 1)
-    except (OSError, KeyError, ValueError, ZeroDivisionError):
-        pass
-    return out
-
-
 class HealthReporter:
-    def __init__(self, data_dir: Path, interval_s: float, publish: Callable[[Health], Awaitable[None]],
+    def __init__(self, interval_s: float, publish: Callable[[Health], Awaitable[None]],
                  version: str) -> None:
         self.interval_s = interval_s
         self._publish = publish
-        self._providers: list[HealthProvider] = [lambda: process_metrics(data_dir)]
+        # the Pi's own metrics (load, memory, disk, temperature, clock) come from devices.sensors.service
+        self._providers: list[HealthProvider] = []
         self._version = version
         self._started = time.monotonic()
         self.last: Health | None = None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from loaxa import __version__
+from loaxa.plugins import optional_modules
 
 #: Modules that contribute subcommands: each has ``register(subparsers) -> None`` and sets
 #: ``func`` (a callable taking the parsed args and returning an exit code) on its parsers.
@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli",
     "scheduler.cli",
     "devices.cli",
+    "devices.sensors.cli",
     "firmware_bridge.cli",
     "loaxa.demo",
 )
@@ -40,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"loaxa {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # component not present in this build
-                continue
-            raise
+    for _name, module in optional_modules(COMMAND_MODULES):
         module.register(sub)
     return parser
 

@@ -15,6 +15,7 @@ def notify(message: str) -> bool:
         addr = "\0" + addr[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # never stall the event loop when systemd's queue is full
             sock.connect(addr)
             sock.sendall(message.encode("utf-8"))
         return True

@@ -20,6 +20,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
@@ -116,6 +117,8 @@ class Mosquitto(_Process):
     port: int = 0
     users: list[MosquittoUser] = field(default_factory=list)
     persistence: bool = True
+    #: a whole ACL file's text; when given it replaces the per-user ``acl`` lines
+    acl_text: str | None = None
 
     @property
     def url(self) -> str:
@@ -150,8 +153,11 @@ class Mosquitto(_Process):
                 subprocess.run([mosquitto_passwd, "-b", str(passwd), user.username, user.password], check=True,
                                capture_output=True)
             acl = self.workdir / "acl"
-            acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
-                                   for u in self.users))
+            if self.acl_text is not None:
+                acl.write_text(self.acl_text)
+            else:
+                acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
+                                       for u in self.users))
             lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
         else:
             lines.append("allow_anonymous true")
@@ -227,20 +233,20 @@ class InfluxDB1(_Process):
         self.query(f'CREATE DATABASE "{self.database}"')
         return self
 
-    def query(self, q: str, *, database: str | None = None, epoch: str = "ms") -> dict[str, object]:
+    def query(self, q: str, *, database: str | None = None, epoch: str = "ms") -> dict[str, Any]:
         """Run InfluxQL and return the decoded JSON answer (raises on HTTP errors)."""
         params = {"q": q, "epoch": epoch, "db": database or self.database}
         status, body = _http(f"{self.url}/query", data=urllib.parse.urlencode(params).encode())
         if status != 200:
             raise RuntimeError(f"InfluxQL {q!r} failed with HTTP {status}: {body[:300]!r}")
-        result: dict[str, object] = json.loads(body)
+        result: dict[str, Any] = json.loads(body)
         return result
 
     def points(self, measurement: str, *, where: str = "") -> list[dict[str, object]]:
         """All points of a measurement as dicts (time in ms), for tests and checks."""
         ans = self.query(f'SELECT * FROM "{measurement}" {where}')
         out: list[dict[str, object]] = []
-        for res in ans.get("results", []):  # type: ignore[union-attr]
+        for res in ans.get("results", []):
             for series in res.get("series", []) or []:
                 cols = series["columns"]
                 out.extend(dict(zip(cols, row, strict=True)) for row in series["values"])

@@ -10,11 +10,13 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from protocol.ids import DeviceId, MessageId
 
 EpochMs = Annotated[int, Field(ge=0, le=2**53)]
+#: A reading's value: a JSON number, never a string or a boolean.
+FieldValue = Annotated[float, Strict()]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 #: Line-protocol safe field and tag names: a letter or underscore, then letters, digits, underscores.
@@ -49,6 +51,7 @@ class Status(_Open):
     state: Literal["online", "offline"]
     ts: EpochMs
     version: str | None = None
+    commune: str | None = Field(default=None, max_length=200, description="commune name, when configured")
 
 
 class Health(_Open):
@@ -156,7 +159,7 @@ class Reading(_Strict):
     """One timestamped set of numeric fields."""
 
     ts: EpochMs
-    fields: dict[str, float] = Field(max_length=256)
+    fields: dict[str, FieldValue] = Field(max_length=256)
 
     _fields_ok = field_validator("fields")(_check_fields)
 
@@ -165,7 +168,7 @@ class Telemetry(_Strict):
     """``loaxa/v1/{gw}/dev/{dev}/telemetry``: a single reading (``ts``+``fields``) or a batch (``readings``)."""
 
     ts: EpochMs | None = None
-    fields: dict[str, float] | None = Field(default=None, max_length=256)
+    fields: dict[str, FieldValue] | None = Field(default=None, max_length=256)
     readings: list[Reading] | None = Field(default=None, max_length=10_000)
 
     @model_validator(mode="after")

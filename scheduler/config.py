@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -29,6 +30,34 @@ class HttpSection(StrictModel):
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: str | None = Field(default=None, description="URL gateways use to fetch media")
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    api_token: Secret | None = Field(
+        default=None, description="if set, /api/* needs 'Authorization: Bearer <token>'; /media stays open"
+    )
+
+
+class MediaSection(StrictModel):
+    """How uploaded audio is stored. Gateways and speakers play what is stored, byte for byte."""
+
+    transcode: Literal["keep", "mp3", "opus"] = Field(
+        default="mp3", description="keep the upload as is, or convert to MP3 / Opus (48 kHz mono)"
+    )
+    bitrate_kbps: int = Field(default=64, ge=16, le=320)
+    max_duration_s: int = Field(default=4 * 3600, ge=1, le=24 * 3600)
+    tts_voice: str = Field(default="vi", max_length=64, description="espeak-ng voice for text-to-speech")
+
+
+class DispatchSection(StrictModel):
+    """Delivery of plans to gateways."""
+
+    resend_interval_s: float = Field(
+        default=30.0, ge=1.0, le=3600.0, description="resend an unacknowledged command this often"
+    )
+    max_late_s: int = Field(
+        default=3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="a plan is still delivered this long after its start (+ its duration); then it expires",
+    )
 
 
 class IocInfluxSection(StrictModel):
@@ -43,6 +72,8 @@ class SchedulerConfig(StrictModel):
     broker: MqttEndpoint
     signing: SigningSection
     http: HttpSection = HttpSection()
+    media: MediaSection = MediaSection()
+    dispatch: DispatchSection = DispatchSection()
     influx: IocInfluxSection | None = None
 
 

@@ -56,7 +56,7 @@ def setup(tmp_path: Path, mosquitto_factory):  # type: ignore[no-untyped-def]
     lan = mosquitto_factory("lan")
     signer = make_signer()
     cfg = gateway_config("xa-test", data_dir=tmp_path / "gw", uplink_url=central.url, lan_url=lan.url,
-                         signer=signer, health_interval_s=1)
+                         signer=signer, health_interval_s=1, commune="Xã Thử Nghiệm")
     path = write_yaml(tmp_path / "gw.yaml", cfg)
     watcher = Watcher(central.port)
     procs = []
@@ -82,6 +82,7 @@ def test_online_then_offline_by_will_on_kill(setup) -> None:  # type: ignore[no-
     w = setup["watcher"]
     proc = setup["start"]()
     wait_until(lambda: _status(w)[-1:] == ["online"], what="status online")
+    assert w.on("loaxa/v1/xa-test/status")[-1]["commune"] == "Xã Thử Nghiệm"
     health = wait_until(lambda: w.on("loaxa/v1/xa-test/health"), what="health")
     assert health[-1]["version"] and health[-1]["ts"] > 0 and health[-1]["uplink_connected"] is True
     proc.send_signal(signal.SIGKILL)

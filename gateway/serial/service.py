@@ -1,0 +1,162 @@
+"""Plugs serial nodes into the gateway: ``attach(gw)``.
+
+One :class:`~firmware_bridge.link.BusMaster` per serial port (kept open, reopened when the adapter
+comes back), one :class:`SerialNodeDriver` per ``serial_node`` device. Readings go into the gateway's
+reading sink (``gw.reading_sink``, set by the telemetry service: the same spool and InfluxDB path as
+every other sensor); device state is published retained on ``loaxa/v1/{gw}/dev/{dev}/state``; node
+events and offline/online changes become alarms on ``loaxa/v1/{gw}/event``; ``device.set`` commands
+for serial speakers are applied here (commands for other devices go on to the handler registered
+before, e.g. the broadcast service's). The speaker drivers are offered to the broadcast service as
+``gw.serial_speakers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from firmware_bridge.errors import BridgeError
+from firmware_bridge.link import BusMaster
+from gateway.serial.config import SerialNodeConfig, bus_problems
+from gateway.serial.control import SOCKET_NAME, ControlRequest, ControlServer
+from gateway.serial.driver import SerialNodeDriver
+from protocol.models import AlarmEvent, DeviceSetBody, DeviceState, Envelope
+from protocol.topics import device_topic
+
+log = logging.getLogger(__name__)
+
+
+class SerialService:
+    def __init__(self, gw: Any, nodes: list[SerialNodeConfig]) -> None:
+        problems = bus_problems(nodes)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.gw = gw
+        self.buses: dict[str, BusMaster] = {}
+        self.drivers: dict[str, SerialNodeDriver] = {}
+        for n in nodes:
+            bus = self.buses.get(n.port)
+            if bus is None:
+                bus = self.buses[n.port] = BusMaster(n.port, n.baud, timeout_s=n.timeout_s, retries=n.retries,
+                                                     duplex=n.duplex)
+            self.drivers[n.id] = SerialNodeDriver(n, bus, on_state=self._publish_state, on_alarm=self._alarm)
+
+    async def _publish_state(self, device_id: str, state: DeviceState) -> None:
+        await self.gw.uplink.publish(device_topic(self.gw.id, device_id, "state"), state, qos=1, retain=True)
+
+    async def _alarm(self, alarm: AlarmEvent) -> None:
+        await self.gw.publish_event(alarm)
+
+    async def apply_set(self, body: DeviceSetBody) -> list[str]:
+        """Apply ``device.set`` to the serial speakers it targets; returns the ids that failed."""
+        everyone = body.targets == "*" or "*" in body.targets
+        ids = [d for d, drv in self.drivers.items() if drv.cfg.role != "sensor"
+               and (everyone or d in body.targets)]
+        results = await asyncio.gather(*(self.drivers[d].set(volume=body.volume, power=body.power) for d in ids),
+                                       return_exceptions=True)
+        failed = []
+        for d, r in zip(ids, results, strict=True):
+            if isinstance(r, BridgeError):
+                failed.append(f"{d} ({r})")
+            elif isinstance(r, BaseException):
+                raise r
+        return failed
+
+    def health(self) -> Mapping[str, Any]:
+        out: dict[str, Any] = {
+            "serial_nodes_online": sum(1 for d in self.drivers.values() if d.online),
+            "serial_nodes_total": len(self.drivers),
+        }
+        for port, bus in self.buses.items():
+            s = bus.link_stats()
+            out.setdefault("serial_links", {})[port] = {k: s[k] for k in (
+                "requests", "retries", "timeouts", "failures", "rx_crc_errors", "rx_resyncs", "duplicates",
+                "port_losses")}
+        return out
+
+    async def control(self, req: ControlRequest, image: bytes,
+                      emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Requests from ``loaxa firmware …`` on the control socket."""
+        drv = self.drivers.get(req.device)
+        if drv is None:
+            raise KeyError(f"no serial_node device {req.device!r} on this gateway "
+                           f"(serial nodes: {', '.join(sorted(self.drivers)) or 'none'})")
+        if req.op == "info":
+            if drv.hello is None or drv.status is None:
+                raise ValueError(f"{req.device} has not answered yet (online: {drv.online})")
+            return {"hello": asdict(drv.hello), "status": asdict(drv.status), "online": drv.online,
+                    "port": drv.cfg.port, "address": drv.cfg.address, "baud": drv.cfg.baud}
+        if not req.version:
+            raise ValueError("an update needs a version")
+        loop = asyncio.get_running_loop()
+        last = [0.0]
+
+        def progress(done: int, total: int, phase: str) -> None:
+            now = loop.time()
+            if phase != "transfer" or done >= total or now - last[0] > 0.2:
+                last[0] = now
+                emit({"progress": [done, total, phase]})
+
+        log.info("firmware update of %s to %s (%d bytes) requested locally", req.device, req.version, len(image))
+        result = await drv.update_firmware(image, req.version, expected_sha256=req.sha256, force=req.force,
+                                           progress=progress)
+        return asdict(result)
+
+    async def run(self) -> None:
+        control = ControlServer(Path(self.gw.data_dir) / SOCKET_NAME, self.control)
+        try:
+            await control.start()
+        except OSError as exc:
+            log.warning("no serial control socket (%s): loaxa firmware update needs the gateway stopped", exc)
+        try:
+            await self._run()
+        finally:
+            await control.close()
+
+    async def _run(self) -> None:
+        sink = getattr(self.gw, "reading_sink", None)
+        if sink is None:
+            log.warning("no telemetry service: serial node readings are not stored (state and alarms still are)")
+        tasks = [asyncio.create_task(b.run(), name=f"serial-bus {p}") for p, b in self.buses.items()]
+        tasks += [asyncio.create_task(d.run(sink), name=f"serial-node {d.device_id}") for d in self.drivers.values()]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for d in self.drivers.values():
+                await d.close()
+
+
+def attach(gw: Any) -> SerialService | None:
+    nodes = [d for d in gw.config.devices if isinstance(d, SerialNodeConfig)]
+    if not nodes:
+        return None
+    svc = SerialService(gw, nodes)
+    gw.serial = svc
+    gw.serial_speakers = {d: drv for d, drv in svc.drivers.items() if drv.cfg.role != "sensor"}
+    # device.set: serial speakers here, the rest to whoever registered the kind before us
+    previous = getattr(gw.commands, "_handlers", {}).get("device.set")
+
+    async def on_set(env: Envelope, body: DeviceSetBody) -> None:
+        from gateway.commands import CommandRefused
+
+        mine = set(gw.serial_speakers)
+        failed = await svc.apply_set(body)
+        rest = None if body.targets == "*" else [t for t in body.targets if t not in mine]
+        if previous is not None and (rest is None or rest):
+            await previous(env, body if rest is None else body.model_copy(update={"targets": rest}))
+        elif rest:
+            raise CommandRefused("unknown_device", f"no speaker {', '.join(rest)} on this gateway")
+        if failed:
+            raise CommandRefused("device_offline", f"not applied on {', '.join(failed)}")
+
+    gw.commands.register("device.set", on_set)
+    gw.health.add_provider(svc.health)
+    gw.add_task(svc.run, name="serial")
+    return svc

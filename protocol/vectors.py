@@ -1,0 +1,50 @@
+"""Test vectors for implementers: a fixed key, an envelope, its canonical bytes and signature.
+
+``python -m protocol.vectors`` prints them as JSON; docs/protocol.md carries the same values, and a
+test checks the document against an independent Ed25519 implementation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol.canonical import canonical_json
+from protocol.models import BroadcastPlanBody, Envelope, MediaRef, PlanItem
+from protocol.signing import Signer, key_id_for, public_key_b64
+
+#: The seed of the test key: bytes 0x00, 0x01, …, 0x1f. Never use it for anything real.
+SEED = bytes(range(32))
+
+
+def vector() -> dict[str, str]:
+    key = Ed25519PrivateKey.from_private_bytes(SEED)
+    signer = Signer(key_id_for(key.public_key()), key)
+    body = BroadcastPlanBody(items=[PlanItem(
+        broadcast_id="bc-2026-0001",
+        media=MediaRef(sha256="9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                       url="https://loaxa.example.gov.vn/media/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                       bytes=48213, duration_ms=30120),
+        start_at=1795579200000, targets="*", volume=80, priority=9, repeat=1,
+        title="Cảnh báo lũ",
+    )])
+    env = signer.sign(Envelope(id="cmd-0001", kind="broadcast.plan", issued_at=1795575600000,
+                               expires_at=1795662000000, key=signer.key_id,
+                               body=body.model_dump(mode="json", exclude_none=True)))
+    canon = canonical_json(env.signed_part())
+    return {
+        "private_key_seed_hex": SEED.hex(),
+        "public_key_b64": public_key_b64(key.public_key()),
+        "key_id": signer.key_id,
+        "canonical_utf8": canon.decode("utf-8"),
+        "canonical_sha256_hex": __import__("hashlib").sha256(canon).hexdigest(),
+        "signature_b64": env.sig,
+        "signature_hex": base64.b64decode(env.sig).hex(),
+        "envelope_json": env.model_dump_json(),
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(vector(), ensure_ascii=False, indent=2))

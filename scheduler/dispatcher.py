@@ -1,0 +1,301 @@
+"""The dispatcher: sends signed broadcast plans and cancels to gateways and tracks what happened.
+
+* Every plan/cancel is a signed envelope (``protocol.signing.Signer``) published QoS 1 on
+  ``loaxa/v1/{gw}/cmd`` with MQTT 5 Message Expiry = its remaining lifetime, so a broker never
+  hands a gateway a stale command.
+* Each command is stored (the exact signed JSON) with its gateway until that gateway acks it.
+  When a gateway's status is ``online`` (a retained status on start-up, or a reconnect), all its
+  pending commands are sent again, and every ``dispatch.resend_interval_s`` while it stays online.
+  A resend is the SAME envelope (same id): a gateway that got the first copy but whose ack was lost
+  refuses it as a replay, and an ack refusing with reason ``replay``/``duplicate`` counts as
+  delivered. A gateway therefore never acts twice on one command.
+* ``loaxa/v1/+/ack`` updates per-gateway delivery; ``loaxa/v1/+/event`` playback reports update
+  per-speaker state (never backwards); ``loaxa/v1/+/dev/+/state`` (retained) teaches the speakers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, cast
+
+import aiomqtt
+from pydantic import BaseModel
+
+from loaxa.mqttlink import MqttLink
+from protocol.errors import ProtocolError
+from protocol.limits import parse_json, parse_payload
+from protocol.models import (
+    Ack,
+    BroadcastPlanBody,
+    Envelope,
+    MediaRef,
+    PlanItem,
+    PlaybackEvent,
+    Status,
+    Targets,
+)
+from protocol.signing import Signer, now_ms
+from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
+from scheduler.db import AsyncStore, Incoming, Outgoing, Store
+from scheduler.models import Broadcast
+
+log = logging.getLogger(__name__)
+
+#: Incoming messages wait here for the database worker; when it is full the MQTT reader waits too.
+INBOX_SIZE = 50_000
+#: At most this many incoming messages are applied in one database transaction.
+BATCH_MAX = 500
+#: Publishes in flight at once when sending many commands.
+PUBLISH_CONCURRENCY = 50
+
+#: Speakers are told apart from sensors by a retained state carrying one of these keys.
+SPEAKER_STATE_KEYS = ("volume", "playing")
+
+
+def looks_like_speaker(state: dict[str, Any]) -> bool:
+    kind = state.get("kind") or state.get("type")
+    if isinstance(kind, str):
+        return "speaker" in kind
+    return any(state.get(k) is not None for k in SPEAKER_STATE_KEYS)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: AsyncStore,
+        link: MqttLink,
+        signer: Signer,
+        media_url: Callable[[str], str],
+        *,
+        resend_interval_s: float = 30.0,
+        max_late_s: int = 3600,
+    ):
+        self.store = store
+        self.link = link
+        self.signer = signer
+        self.media_url = media_url
+        self.resend_interval_s = resend_interval_s
+        self.max_late_ms = max_late_s * 1000
+        self.sent = 0
+        self.received = 0
+        self._inbox: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=INBOX_SIZE)
+        link.subscribe(filter_all_gateways("status"), self._on_status)
+        link.subscribe(filter_all_gateways("ack"), self._on_ack)
+        link.subscribe(filter_all_gateways("event"), self._on_event)
+        link.subscribe(f"{ROOT}/+/dev/+/state", self._on_device_state)
+
+    @property
+    def db(self) -> Store:
+        return self.store.store
+
+    # ------------------------------------------------------------ building commands (DB thread)
+
+    def make_plan(self, b: Broadcast, targets: list[str] | str) -> BroadcastPlanBody:
+        m = b.media
+        item = PlanItem(
+            broadcast_id=b.id,
+            media=MediaRef(
+                sha256=m.sha256,
+                url=self.media_url(m.sha256),
+                bytes=m.size,
+                duration_ms=m.duration_ms,
+                content_type=m.content_type,
+            ),
+            start_at=b.start_at,
+            targets=cast(Targets, targets),
+            volume=b.volume,
+            priority=b.priority,
+            repeat=b.repeat,
+            title=b.title,
+        )
+        return BroadcastPlanBody(items=[item])
+
+    def make_envelope(self, kind: str, body: BaseModel, ttl_ms: int) -> Envelope:
+        return self.signer.envelope(kind, body, ttl_ms=max(1000, ttl_ms))
+
+    # ------------------------------------------------------------ API used by the HTTP side / CLI
+
+    async def create_broadcast(
+        self,
+        *,
+        media_sha256: str,
+        targets: Sequence[str],
+        start_at: int | None,
+        priority: int,
+        volume: int,
+        repeat: int = 1,
+        title: str | None = None,
+        created_by: str | None = None,
+        broadcast_id: str | None = None,
+    ) -> str:
+        bid, out = await self.store.call(
+            self.db.create_broadcast,
+            media_sha256=media_sha256,
+            targets=cast(Targets, targets),
+            start_at=start_at,
+            priority=priority,
+            volume=volume,
+            repeat=repeat,
+            title=title,
+            created_by=created_by,
+            max_late_ms=self.max_late_ms,
+            now=now_ms(),
+            make_plan=self.make_plan,
+            make_envelope=self.make_envelope,
+            broadcast_id=broadcast_id,
+        )
+        log.info("broadcast %s created for %s", bid, ", ".join(targets))
+        await self.send(out)
+        return bid
+
+    async def cancel_broadcast(self, bid: str) -> int:
+        out = await self.store.call(self.db.cancel_broadcast, bid, self.make_envelope, now_ms())
+        await self.send(out)
+        return len(out)
+
+    # ------------------------------------------------------------ sending
+
+    async def send(self, out: Sequence[Outgoing]) -> int:
+        """Publish commands now (those whose publish succeeds are marked sent). Returns how many went."""
+        sent: list[str] = []
+
+        async def one(o: Outgoing) -> None:
+            if not self.link.connected.is_set():
+                return  # not queued in memory: the database has it, and it goes when the gateway is online
+            remaining_s = math.ceil((o.expires_at - now_ms()) / 1000)
+            if remaining_s <= 0:
+                return
+            if await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s):
+                sent.append(o.command_id)
+
+        for i in range(0, len(out), PUBLISH_CONCURRENCY):
+            await asyncio.gather(*(one(o) for o in out[i : i + PUBLISH_CONCURRENCY]))
+        if sent:
+            await self.store.call(self.db.mark_sent, sent, now_ms())
+            self.sent += len(sent)
+        return len(sent)
+
+    async def resend_pending(
+        self, gateways: Sequence[str] | Literal["online"] | None = None, *, only_due: bool = False
+    ) -> int:
+        now = now_ms()
+        sent_before = now - int(self.resend_interval_s * 1000) if only_due else None
+        out = await self.store.call(self.db.pending_commands, gateways, now, sent_before)
+        if out:
+            log.info("sending %d pending command(s) again", len(out))
+        return await self.send(out)
+
+    async def _resend_loop(self) -> None:
+        tick = max(0.5, min(5.0, self.resend_interval_s / 2))
+        while True:
+            await asyncio.sleep(tick)
+            if not self.link.connected.is_set():
+                continue
+            try:
+                await self.resend_pending("online", only_due=True)
+            except Exception:
+                log.exception("resend loop failed; trying again")
+
+    # ------------------------------------------------------------ incoming
+
+    @staticmethod
+    def _gateway_of(msg: aiomqtt.Message) -> str | None:
+        try:
+            return parse_topic(str(msg.topic)).gateway
+        except ProtocolError as exc:
+            log.warning("ignoring message on %s: %s", msg.topic, exc)
+            return None
+
+    async def _on_status(self, msg: aiomqtt.Message) -> None:
+        gw = self._gateway_of(msg)
+        if gw is None or not msg.payload:
+            return
+        try:
+            status = parse_payload(bytes(msg.payload), Status)
+        except ProtocolError as exc:
+            log.warning("bad status on %s: %s", msg.topic, exc)
+            return
+        await self._inbox.put(Incoming(gw, status))
+
+    async def _on_ack(self, msg: aiomqtt.Message) -> None:
+        gw = self._gateway_of(msg)
+        if gw is None:
+            return
+        try:
+            ack = parse_payload(bytes(msg.payload), Ack)
+        except ProtocolError as exc:
+            log.warning("bad ack on %s: %s", msg.topic, exc)
+            return
+        if not ack.ok:
+            log.warning("gateway %s answered command %s: %s (%s)", gw, ack.id, ack.reason, ack.error)
+        await self._inbox.put(Incoming(gw, ack))
+
+    async def _on_event(self, msg: aiomqtt.Message) -> None:
+        gw = self._gateway_of(msg)
+        if gw is None:
+            return
+        try:
+            data = parse_json(bytes(msg.payload))
+        except ProtocolError as exc:
+            log.warning("bad event on %s: %s", msg.topic, exc)
+            return
+        if not isinstance(data, dict) or data.get("kind") != "playback":
+            return  # alarms and other events are not the dispatcher's business
+        try:
+            ev = PlaybackEvent.model_validate(data)
+        except ValueError as exc:
+            log.warning("bad playback event on %s: %s", msg.topic, exc)
+            return
+        await self._inbox.put(Incoming(gw, ev))
+
+    async def _on_device_state(self, msg: aiomqtt.Message) -> None:
+        try:
+            t = parse_topic(str(msg.topic))
+        except ProtocolError:
+            return
+        if t.device is None or not msg.payload:
+            return
+        try:
+            data = parse_json(bytes(msg.payload))
+        except ProtocolError as exc:
+            log.warning("bad device state on %s: %s", msg.topic, exc)
+            return
+        if isinstance(data, dict) and looks_like_speaker(data):
+            await self._inbox.put(Incoming(t.gateway, data, t.device))
+
+    async def _apply_loop(self) -> None:
+        """Apply incoming messages to the database in batches, in arrival order."""
+        while True:
+            batch = [await self._inbox.get()]
+            while len(batch) < BATCH_MAX and not self._inbox.empty():
+                batch.append(self._inbox.get_nowait())
+            try:
+                results = await self.store.call(self.db.apply, batch, now_ms())
+            except Exception:
+                log.exception("could not apply %d incoming message(s)", len(batch))
+                continue
+            self.received += len(batch)
+            online: list[str] = []
+            for item, result in zip(batch, results, strict=True):
+                if isinstance(item.message, Status) and result and item.gateway not in online:
+                    online.append(item.gateway)
+                elif result is None and isinstance(item.message, Ack | PlaybackEvent):
+                    log.debug(
+                        "%s from %s is about nothing this scheduler sent", type(item.message).__name__, item.gateway
+                    )
+            if online:
+                n = await self.resend_pending(online)
+                if n:
+                    log.info("%s online: sent %d pending command(s)", ", ".join(online), n)
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Run the MQTT link and the resend loop until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.link.run(), name="dispatcher-mqtt")
+            tg.create_task(self._resend_loop(), name="dispatcher-resend")
+            tg.create_task(self._apply_loop(), name="dispatcher-apply")

@@ -1,0 +1,182 @@
+"""Assemble and run the scheduler: database, media library, signer, MQTT dispatcher, HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from loaxa import sdnotify
+from loaxa.mqttlink import MqttLink
+from protocol.signing import Signer, load_private_key
+from scheduler.config import SchedulerConfig
+from scheduler.db import AsyncStore, Store, default_url
+from scheduler.dispatcher import Dispatcher
+from scheduler.http import create_app
+from scheduler.media import MediaLibrary
+
+log = logging.getLogger(__name__)
+
+
+def base_url(cfg: SchedulerConfig) -> str:
+    """Where gateways (and the CLI) reach this scheduler over HTTP."""
+    if cfg.http.public_url:
+        return cfg.http.public_url.rstrip("/")
+    host = cfg.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.http.port}"
+
+
+def local_api_url(cfg: SchedulerConfig) -> str:
+    """Where a CLI on the scheduler's own machine reaches the API."""
+    host = cfg.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.http.port}"
+
+
+class SetupError(Exception):
+    """The scheduler cannot start as configured (the message names the config key)."""
+
+
+@dataclass
+class Scheduler:
+    config: SchedulerConfig
+    store: AsyncStore
+    library: MediaLibrary
+    dispatcher: Dispatcher
+    app: FastAPI
+
+    @classmethod
+    def build(cls, cfg: SchedulerConfig) -> Scheduler:
+        data_dir = cfg.scheduler.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            (data_dir / "media" / "tmp").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SetupError(f"scheduler.data_dir {data_dir}: {exc.strerror}") from exc
+        url = cfg.scheduler.database_url or default_url(data_dir)
+        try:
+            store = Store(url)
+            store.create_all()
+        except (SQLAlchemyError, ImportError) as exc:  # ImportError: no driver for this URL
+            raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
+        library = MediaLibrary(
+            data_dir / "media",
+            max_bytes=cfg.http.max_upload_bytes,
+            max_duration_s=cfg.media.max_duration_s,
+            transcode_to=cfg.media.transcode,
+            bitrate_kbps=cfg.media.bitrate_kbps,
+            tts_voice=cfg.media.tts_voice,
+        )
+        try:
+            signer = Signer(cfg.signing.key_id, load_private_key(cfg.signing.private_key.get()))
+        except (ValueError, RuntimeError) as exc:
+            raise SetupError(f"signing.private_key: {exc}") from exc
+        root = base_url(cfg)
+
+        def media_url(sha256: str) -> str:
+            return f"{root}/media/{sha256}"
+
+        link = MqttLink(cfg.broker, client_id=f"loaxa-scheduler-{socket.gethostname()}"[:128], name="central")
+        astore = AsyncStore(store)
+        dispatcher = Dispatcher(
+            astore,
+            link,
+            signer,
+            media_url,
+            resend_interval_s=cfg.dispatch.resend_interval_s,
+            max_late_s=cfg.dispatch.max_late_s,
+        )
+        try:
+            token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
+        except RuntimeError as exc:
+            raise SetupError(f"http.api_token: {exc}") from exc
+        app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
+        return cls(cfg, astore, library, dispatcher, app)
+
+    async def _systemd(self, server: Any) -> None:
+        """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+            await asyncio.sleep(0.05)
+        sdnotify.notify(f"READY=1\nSTATUS=scheduler on {local_api_url(self.config)}")
+        interval = sdnotify.watchdog_interval_s()
+        if interval is None:
+            return
+        while True:
+            try:
+                await asyncio.wait_for(self.store.call(self.store.store.ping), interval)
+            except Exception:
+                log.exception("database did not answer within %.0f s; not feeding the watchdog", interval)
+            else:
+                sdnotify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        import uvicorn
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:  # the scheduler handles SIGTERM/SIGINT itself
+                yield
+
+        server = _Server(
+            uvicorn.Config(
+                self.app,
+                host=self.config.http.host,
+                port=self.config.http.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        stop = stop or asyncio.Event()
+        disp = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
+        http = asyncio.create_task(server.serve(), name="http")
+        waiter = asyncio.create_task(stop.wait(), name="stop")
+        systemd = asyncio.create_task(self._systemd(server), name="systemd")
+        try:
+            done, _ = await asyncio.wait({disp, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not waiter and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            sdnotify.notify("STOPPING=1")
+            server.should_exit = True
+            disp.cancel()
+            waiter.cancel()
+            systemd.cancel()
+            await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
+            await asyncio.to_thread(self.store.close)
+
+
+def run_forever(cfg: SchedulerConfig) -> int:
+    async def main() -> None:
+        sched = Scheduler.build(cfg)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(
+            f"scheduler: HTTP on {local_api_url(cfg)} (media URL base {base_url(cfg)}), "
+            f"broker {cfg.broker.url}, database {sched.store.store.url}",
+            flush=True,
+        )
+        await sched.run(stop)
+
+    asyncio.run(main())
+    return 0

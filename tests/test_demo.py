@@ -1,0 +1,74 @@
+"""`loaxa demo --for N`: starts everything, names reachable servers, shows both gateways online, exits 0."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+from tests.conftest import run_loaxa, spawn_loaxa, wait_until
+
+
+def _count(influx_url: str, measurement: str) -> int:
+    q = urllib.parse.urlencode({"db": "loaxa", "q": f'SELECT count(*) FROM "{measurement}"'})
+    with urllib.request.urlopen(f"{influx_url}/query?{q}", timeout=5) as resp:
+        series = json.loads(resp.read())["results"][0].get("series") or []
+    return max((v for s in series for v in s["values"][0][1:] if isinstance(v, int)), default=0)
+
+
+def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
+    ep_file = tmp_path / "endpoints.json"
+    proc = spawn_loaxa("demo", "--for", "45", "--endpoints-file", str(ep_file), "--data-dir", str(tmp_path / "d"),
+                       "--http-port", "0", log=tmp_path / "demo.log")
+    try:
+        wait_until(lambda: ep_file.exists() and ep_file.stat().st_size > 0, timeout=60, what="endpoints file")
+        ep = json.loads(ep_file.read_text())
+        with urllib.request.urlopen(ep["influxdb"]["url"] + "/ping", timeout=5) as resp:
+            assert resp.status == 204
+        statuses: dict[str, str] = {}
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        c.username_pw_set(ep["central_mqtt"]["viewer"]["username"], ep["central_mqtt"]["viewer"]["password"])
+        c.on_message = lambda _c, _u, m: statuses.__setitem__(m.topic.split("/")[2], json.loads(m.payload)["state"])
+        c.connect("127.0.0.1", int(ep["central_mqtt"]["url"].rsplit(":", 1)[1]))
+        c.subscribe("loaxa/v1/+/status", qos=1)
+        c.loop_start()
+        gateways = set(ep["gateways"])
+        assert len(gateways) == 2
+        wait_until(lambda: {g for g, s in statuses.items() if s == "online"} == gateways, timeout=30,
+                   what="both demo gateways online")
+
+        # a broadcast from the CLI plays on both gateways' simulated speakers
+        cfg = ep["scheduler"]["config"]
+        sent = run_loaxa("broadcast", "now", "--config", cfg, "--text", "Thông báo thử nghiệm",
+                         "--targets", *sorted(gateways), "--json")
+        assert sent.returncode == 0, sent.stderr
+        bc_id = json.loads(sent.stdout)["id"]
+
+        def speakers_finished() -> list[dict[str, object]] | None:
+            out = run_loaxa("broadcast", "status", bc_id, "--config", cfg, "--json")
+            speakers = json.loads(out.stdout)["speakers"] if out.returncode == 0 else []
+            done = len(speakers) == 6 and all(s["state"] == "finished" for s in speakers)
+            return speakers if done else None
+
+        speakers = wait_until(speakers_finished, timeout=30, interval=1, what="all 6 speakers finished")
+        assert {(s["gateway"], s["device"]) for s in speakers} == {
+            (g, d) for g in gateways for d in ep["gateways"][g]["speakers"]}
+
+        # readings from the in-gateway and the LAN simulated sensors reach InfluxDB
+        influx = ep["influxdb"]["url"]
+        for measurement in ("water_level", "rain", "environment", "air_quality", "power", "gateway_health"):
+            wait_until(lambda m=measurement: _count(influx, m) > 0, timeout=30, interval=1,
+                       what=f"{measurement} readings in InfluxDB")
+        assert proc.wait(90) == 0, (tmp_path / "demo.log").read_text()[-3000:]
+        # a clean stop: each gateway said offline on its way out
+        wait_until(lambda: all(statuses.get(g) == "offline" for g in gateways), timeout=5,
+                   what="gateways offline after the demo")
+        c.loop_stop()
+        out = (tmp_path / "demo.log").read_text()
+        assert "Demo stopped." in out and "xa-an-binh: online" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
