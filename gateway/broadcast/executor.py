@@ -7,7 +7,7 @@ Life of one plan item (see docs/broadcast.md):
    ``pending`` outcome per target speaker; its media download starts at once (prefetch).
 2. The plan's task waits for the media. A scheduled item whose media is not verified in the cache
    by its start is reported ``failed`` (reason ``media_unavailable`` / ``media_mismatch``) with an
-   alarm; a ``now`` item waits up to ``now_media_wait_ms`` and then starts ``now_lead_ms`` later.
+   alarm; a ``now`` item waits up to ``now_media_wait_ms`` and starts ``now_lead_ms`` after it has the media.
 3. ``dispatch_ahead_ms`` before the start the play request goes to every target's driver with the
    absolute ``start_at``: each speaker starts by its own (NTP-synced) clock, so the speakers of a
    commune start together however long the LAN took to deliver the command.
@@ -245,9 +245,9 @@ class Executor:
         except MediaError as exc:
             reason, msg = exc.reason, str(exc)
         else:
-            margin = self.s.now_lead_ms // 2  # the speakers still need the command and the media
-            if plan.now_plan and now_ms() > plan.start_at - margin:
-                plan.start_at = now_ms() + margin
+            # the speakers still need the command and the media: keep the whole lead after the download
+            if plan.now_plan and now_ms() > plan.start_at - self.s.now_lead_ms:
+                plan.start_at = now_ms() + self.s.now_lead_ms
                 plan.end_at = plan.start_at + item.media.duration_ms * item.repeat
                 await self.store.reschedule(plan.broadcast_id, plan.start_at, plan.end_at)
             return path
