@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def pct(values: list[float], p: float) -> float:
+def pct(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile."""
     if not values:
         return float("nan")
@@ -268,12 +269,12 @@ def main() -> int:
                 time.sleep(2)
 
         def all_online() -> bool:
-            healths = {}
+            healths: dict[str, dict[str, Any]] = {}
             with rec._lock:
                 for _t, topic, p in rec.messages:
                     if topic.endswith("/health"):
                         healths[topic.split("/")[2]] = p
-            return sum(1 for h in healths.values() if h.get("speakers_online") == args.speakers) == args.gateways
+            return bool(sum(1 for h in healths.values() if h.get("speakers_online") == args.speakers) == args.gateways)
 
         wait(all_online, 600, "every gateway online with all its speakers")
         print(f"{args.gateways} gateways × {args.speakers} speakers up in {time.monotonic() - t_boot:.1f} s",

@@ -185,7 +185,7 @@ class SimSpeaker:
         client = self._client
         sock = None
         with contextlib.suppress(Exception):
-            sock = client._client.socket() if client is not None else None  # type: ignore[union-attr]
+            sock = client._client.socket() if client is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -206,7 +206,9 @@ class SimSpeaker:
         if "no-ack" in self.faults or self.dead:
             return
         try:
-            data = parse_json(payload if isinstance(payload, bytes | str) else bytes(payload))  # type: ignore[arg-type]
+            if not isinstance(payload, bytes | bytearray | str):
+                raise TypeError(f"payload of type {type(payload).__name__}")
+            data = parse_json(bytes(payload) if isinstance(payload, bytearray) else payload)
             cmd = DeviceCommand.model_validate(data)
         except (ProtocolError, ValidationError, TypeError) as exc:
             log.warning("speaker %s: bad command: %s", self.device_id, exc)

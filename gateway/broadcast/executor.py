@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +65,7 @@ class ExecutorSettings:
     now_media_wait_ms: int = 120_000
     report_grace_ms: int = 15_000
     preempt_early_ms: int = 50
+    keep_done_ms: int = 30 * 24 * 3600 * 1000  # finished plans stay in the store this long
 
 
 @dataclass
@@ -98,6 +100,9 @@ class Executor:
 
     async def start(self) -> None:
         """Load pending plans from the store and schedule them (after a restart)."""
+        purged = await self.store.purge(now_ms() - self.s.keep_done_ms)
+        if purged:
+            log.info("plan store: forgot %d finished plan(s)", purged)
         for plan in await self.store.pending():
             self._schedule(plan)
         log.info("broadcast executor: %d pending plan(s) restored", len(self._plans))
@@ -199,7 +204,7 @@ class Executor:
         self._plans[bid] = plan
         task = asyncio.create_task(self._run_plan(plan), name=f"plan-{bid}")
         self._tasks[bid] = task
-        task.add_done_callback(lambda t, b=bid: self._done(b, t))
+        task.add_done_callback(functools.partial(self._done, bid))
 
     def _done(self, bid: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(bid) is task:

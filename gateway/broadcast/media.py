@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -90,10 +91,13 @@ class MediaCache:
         if task is None or task.done():
             task = asyncio.create_task(self._fetch(media), name=f"media-{media.sha256[:12]}")
             self._inflight[media.sha256] = task
-            task.add_done_callback(lambda t, s=media.sha256: self._inflight.pop(s, None) if
-                                   self._inflight.get(s) is t else None)
+            task.add_done_callback(functools.partial(self._forget, media.sha256))
             task.add_done_callback(_consume)
         return task
+
+    def _forget(self, sha256: str, task: asyncio.Task[Path]) -> None:
+        if self._inflight.get(sha256) is task:
+            del self._inflight[sha256]
 
     async def ensure(self, media: MediaRef) -> Path:
         return await self.prefetch(media)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def _refuse(reason: str, message: str) -> Exception:
     from gateway.commands import CommandRefused
 
-    return CommandRefused(reason, message)  # type: ignore[no-any-return]
+    return CommandRefused(reason, message)
 
 
 class BroadcastService:

@@ -227,6 +227,18 @@ class PlanStore:
         self._db.execute("UPDATE plans SET start_at=?, end_at=? WHERE broadcast_id=?",
                          (start_at, end_at, broadcast_id))
 
+    def _purge_sync(self, before_ms: int) -> int:
+        old = [r[0] for r in self._db.execute(
+            "SELECT broadcast_id FROM plans WHERE state!='pending' AND end_at<?", (before_ms,))]
+        for bid in old:
+            self._db.execute("DELETE FROM outcomes WHERE broadcast_id=?", (bid,))
+            self._db.execute("DELETE FROM plans WHERE broadcast_id=?", (bid,))
+        return len(old)
+
+    async def purge(self, before_ms: int) -> int:
+        """Forget finished and cancelled plans that ended before ``before_ms``."""
+        return int(await self._run(self._purge_sync, before_ms))
+
     # ---------------------------------------------------------------- outcomes
 
     def _outcomes_sync(self, broadcast_id: str) -> dict[str, Outcome]:
