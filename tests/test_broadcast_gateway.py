@@ -356,3 +356,20 @@ def test_device_set_volume_reaches_speakers(make_bench: Any) -> None:
     assert refused["ok"] is False and refused["reason"] == "unknown_device"
     time.sleep(0.5)
     assert b.down.on("/dev/loa-01/state")[-1].get("volume") == 35  # refused: nothing changed
+
+
+def test_cancelled_emergency_interrupts_nothing(make_bench: Any) -> None:
+    b = make_bench(1)
+    long = b.media.add(tone_wav(3500), 3500)
+    alarm = b.media.add(tone_wav(500, freq=900), 500)
+    assert b.plan("b-long", long)["ok"] is True
+    b.wait_states("b-long", "started")
+    start = now_ms() + 2500  # sent to the speaker 1.5 s ahead, i.e. about a second from now
+    assert b.plan("b-alarm-x", alarm, start_at=start, priority=PRIORITY_EMERGENCY)["ok"] is True
+    wait_until(lambda: b.down.on("/cmd", lambda p: p.get("broadcast_id") == "b-alarm-x"), what="alarm dispatched")
+    cancel = BroadcastCancelBody(broadcast_ids=["b-alarm-x"])
+    assert b.ack(b.send("broadcast.cancel", cancel))["ok"] is True
+    assert b.wait_states("b-alarm-x", "skipped")["loa-01"]["reason"] == "cancelled"
+    assert b.down.on("/cmd", lambda p: p.get("op") == "stop" and p.get("broadcast_id") == "b-alarm-x")
+    b.wait_states("b-long", "finished")
+    assert not b.up.playback("b-long", "preempted")

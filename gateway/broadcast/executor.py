@@ -93,6 +93,10 @@ class Executor:
         self._slots: dict[str, Slot] = {}
         self._changed = asyncio.Condition()
         self._bg: set[asyncio.Task[None]] = set()
+        #: (broadcast, device) pairs whose play command has gone to the driver
+        self._sent: set[tuple[str, str]] = set()
+        #: pending "stop the lower priority broadcast at my start" tasks, by the preempting broadcast
+        self._preempts: dict[str, set[asyncio.Task[None]]] = {}
         self.stats: dict[str, int] = {"accepted": 0, "duplicates": 0, "started": 0, "finished": 0,
                                       "failed": 0, "preempted": 0, "skipped": 0}
 
@@ -150,10 +154,12 @@ class Executor:
             task = self._tasks.pop(bid, None)
             if task is not None:
                 task.cancel()
+            for t in self._preempts.pop(bid, set()):  # a cancelled broadcast interrupts nothing
+                t.cancel()
             at = now_ms()
             stops = []
             for dev, out in (await self.store.outcomes(bid)).items():
-                if out.state == "pending":
+                if out.state == "pending" and (bid, dev) not in self._sent:
                     await self.report(dev, bid, "skipped", at, "cancelled")
                 elif out.state not in TERMINAL and dev in self.drivers:
                     # interrupted while playing → preempted; told but not yet started → skipped
@@ -161,8 +167,18 @@ class Executor:
                     stops.append(self._stop(dev, bid, state, "cancelled"))
             await asyncio.gather(*stops)
             self._plans.pop(bid, None)
+            self._sent = {k for k in self._sent if k[0] != bid}
+            # whatever a speaker does not confirm gets a final state all the same
+            t = asyncio.create_task(self._close_cancelled(bid))
+            self._bg.add(t)
+            t.add_done_callback(self._bg.discard)
             result[bid] = "cancelled"
         return result
+
+    async def _close_cancelled(self, bid: str) -> None:
+        await asyncio.sleep(self.s.report_grace_ms / 1000)
+        await self._fail_open(bid, "skipped", "cancelled", only=("pending", "sent"))
+        await self._fail_open(bid, "preempted", "cancelled", only=("started",))
 
     async def set_devices(self, targets: list[str] | None, *, volume: int | None, power: bool | None) -> list[str]:
         """``device.set``: returns the device ids that were not found."""
@@ -231,6 +247,8 @@ class Executor:
         await self._wait_ends(plan)
         await self.store.set_plan_state(bid, "done")
         self._plans.pop(bid, None)
+        self._preempts.pop(bid, None)
+        self._sent = {k for k in self._sent if k[0] != bid}
         await self.media.evict()
         log.info("plan %s (%s) done", bid, item.title or item.media.sha256[:12])
 
@@ -293,8 +311,9 @@ class Executor:
                 if slot.priority < item.priority:
                     victim = slot.broadcast_id
                     t = asyncio.create_task(self._preempt_at(dev, victim, bid, start))
-                    self._bg.add(t)
-                    t.add_done_callback(self._bg.discard)
+                    tasks = self._preempts.setdefault(bid, set())
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
                     break
                 # same or higher priority holds the speaker: wait for its end (or for its slot to expire)
                 with contextlib.suppress(TimeoutError):
@@ -307,6 +326,7 @@ class Executor:
         req = PlayRequest(broadcast_id=bid, media_path=Path(str(path)), media_url=self.media_url(item.media),
                           sha256=item.media.sha256, duration_ms=item.media.duration_ms, start_at_ms=start,
                           volume=item.volume, priority=item.priority, repeat=item.repeat)
+        self._sent.add((bid, dev))
         try:
             await self.drivers[dev].play(req)
         except Exception as exc:  # a driver bug must not stop the other speakers

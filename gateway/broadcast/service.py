@@ -99,6 +99,8 @@ class BroadcastService:
             "broadcasts_pending": len(self.executor._plans),
             "media_cache_bytes": self._cache_bytes,
             "events_sent": self.outbox.sent,
+            "speaker_cmd_retries": sum(s.stats_["retries"] for s in self.hub.speakers.values()),
+            "speaker_no_ack": sum(s.stats_["no_ack"] for s in self.hub.speakers.values()),
         }
 
     # ---------------------------------------------------------------- run
