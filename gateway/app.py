@@ -19,6 +19,7 @@ from typing import Any
 import aiomqtt
 from pydantic import BaseModel
 
+from devices.base import SpeakerDriver
 from gateway.commands import CommandRouter, make_ack_sender
 from gateway.config import GatewayConfig
 from gateway.health import HealthReporter
@@ -32,11 +33,13 @@ from protocol.topics import cmd_topic, event_topic, health_topic, status_topic
 log = logging.getLogger(__name__)
 
 #: Packages that add a service; each module has ``attach(gw: Gateway) -> None``. Missing ones are skipped.
+#: Order matters once: services that own speakers (serial nodes) attach before the broadcast service,
+#: which plays on every speaker in ``Gateway.speakers``.
 SERVICE_MODULES: tuple[str, ...] = (
     "gateway.telemetry.service",
-    "gateway.broadcast.service",
     "gateway.serial.service",
     "devices.sensors.service",
+    "gateway.broadcast.service",
 )
 
 
@@ -64,6 +67,10 @@ class Gateway:
         self._tasks: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.services: list[str] = []
+        #: Every speaker behind this gateway, by device id, whatever drives it (LAN MQTT, serial node,
+        #: the Pi's own amplifier). Services that own speakers register them here; the broadcast
+        #: service plays on all of them and applies ``device.set`` to them.
+        self.speakers: dict[str, SpeakerDriver] = {}
 
     # ------------------------------------------------------------------ for services
 

@@ -181,11 +181,19 @@ class Executor:
         await self._fail_open(bid, "preempted", "cancelled", only=("started",))
 
     async def set_devices(self, targets: list[str] | None, *, volume: int | None, power: bool | None) -> list[str]:
-        """``device.set``: returns the device ids that were not found."""
-        ids = list(self.drivers) if targets is None else targets
-        missing = [d for d in ids if d not in self.drivers]
-        await asyncio.gather(*(self.drivers[d].set(volume=volume, power=power) for d in ids if d in self.drivers))
-        return missing
+        """``device.set`` on the known speakers among ``targets`` (all when None); returns
+        ``"id (error)"`` for each speaker that could not apply it."""
+        ids = [d for d in (list(self.drivers) if targets is None else targets) if d in self.drivers]
+        results = await asyncio.gather(*(self.drivers[d].set(volume=volume, power=power) for d in ids),
+                                       return_exceptions=True)
+        failed = []
+        for d, r in zip(ids, results, strict=True):
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+            if isinstance(r, Exception):
+                log.warning("device.set on %s failed: %s", d, r)
+                failed.append(f"{d} ({r})")
+        return failed
 
     async def report(self, device: str, broadcast_id: str, state: PlaybackState, at: int,
                      reason: str | None = None) -> None:

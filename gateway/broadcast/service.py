@@ -42,7 +42,8 @@ class BroadcastService:
         self.store = PlanStore(data_dir / "broadcast.sqlite")
         self.media = MediaCache(data_dir / "media", cfg.media.max_bytes, pinned=lambda: self.executor.needed_media())
         self.hub = IpSpeakerHub(gw.id, gw.local)
-        self.drivers: dict[str, SpeakerDriver] = {}
+        # the gateway's speaker registry: serial-node speakers are in it already; ours join them
+        self.drivers: dict[str, SpeakerDriver] = gw.speakers
         for dev in cfg.devices:
             if dev.type == "ip_speaker":
                 self.drivers[dev.id] = self.hub.add(dev.id, ack_timeout_s=self.cfg.ack_timeout_s,
@@ -88,7 +89,9 @@ class BroadcastService:
         missing = [t for t in targets or [] if t not in self.drivers]
         if missing:
             raise _refuse("unknown_device", f"no speaker {', '.join(missing)} on this gateway")
-        await self.executor.set_devices(targets, volume=body.volume, power=body.power)
+        failed = await self.executor.set_devices(targets, volume=body.volume, power=body.power)
+        if failed:
+            raise _refuse("device_error", f"not applied on {', '.join(failed)}")
 
     # ---------------------------------------------------------------- health
 

@@ -4,10 +4,9 @@ One :class:`~firmware_bridge.link.BusMaster` per serial port (kept open, reopene
 comes back), one :class:`SerialNodeDriver` per ``serial_node`` device. Readings go into the gateway's
 reading sink (``gw.reading_sink``, set by the telemetry service: the same spool and InfluxDB path as
 every other sensor); device state is published retained on ``loaxa/v1/{gw}/dev/{dev}/state``; node
-events and offline/online changes become alarms on ``loaxa/v1/{gw}/event``; ``device.set`` commands
-for serial speakers are applied here (commands for other devices go on to the handler registered
-before, e.g. the broadcast service's). The speaker drivers are offered to the broadcast service as
-``gw.serial_speakers``.
+events and offline/online changes become alarms on ``loaxa/v1/{gw}/event``. Speaker nodes join the
+gateway's speaker registry (``gw.speakers``), so broadcasts play on them and ``device.set`` reaches
+them through the broadcast service like any other speaker.
 """
 
 from __future__ import annotations
@@ -19,12 +18,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from firmware_bridge.errors import BridgeError
 from firmware_bridge.link import BusMaster
 from gateway.serial.config import SerialNodeConfig, bus_problems
 from gateway.serial.control import SOCKET_NAME, ControlRequest, ControlServer
 from gateway.serial.driver import SerialNodeDriver
-from protocol.models import AlarmEvent, DeviceSetBody, DeviceState, Envelope
+from protocol.models import AlarmEvent, DeviceState
 from protocol.topics import device_topic
 
 log = logging.getLogger(__name__)
@@ -50,21 +48,6 @@ class SerialService:
 
     async def _alarm(self, alarm: AlarmEvent) -> None:
         await self.gw.publish_event(alarm)
-
-    async def apply_set(self, body: DeviceSetBody) -> list[str]:
-        """Apply ``device.set`` to the serial speakers it targets; returns the ids that failed."""
-        everyone = body.targets == "*" or "*" in body.targets
-        ids = [d for d, drv in self.drivers.items() if drv.cfg.role != "sensor"
-               and (everyone or d in body.targets)]
-        results = await asyncio.gather(*(self.drivers[d].set(volume=body.volume, power=body.power) for d in ids),
-                                       return_exceptions=True)
-        failed = []
-        for d, r in zip(ids, results, strict=True):
-            if isinstance(r, BridgeError):
-                failed.append(f"{d} ({r})")
-            elif isinstance(r, BaseException):
-                raise r
-        return failed
 
     def health(self) -> Mapping[str, Any]:
         out: dict[str, Any] = {
@@ -139,24 +122,8 @@ def attach(gw: Any) -> SerialService | None:
         return None
     svc = SerialService(gw, nodes)
     gw.serial = svc
-    gw.serial_speakers = {d: drv for d, drv in svc.drivers.items() if drv.cfg.role != "sensor"}
-    # device.set: serial speakers here, the rest to whoever registered the kind before us
-    previous = getattr(gw.commands, "_handlers", {}).get("device.set")
-
-    async def on_set(env: Envelope, body: DeviceSetBody) -> None:
-        from gateway.commands import CommandRefused
-
-        mine = set(gw.serial_speakers)
-        failed = await svc.apply_set(body)
-        rest = None if body.targets == "*" else [t for t in body.targets if t not in mine]
-        if previous is not None and (rest is None or rest):
-            await previous(env, body if rest is None else body.model_copy(update={"targets": rest}))
-        elif rest:
-            raise CommandRefused("unknown_device", f"no speaker {', '.join(rest)} on this gateway")
-        if failed:
-            raise CommandRefused("device_offline", f"not applied on {', '.join(failed)}")
-
-    gw.commands.register("device.set", on_set)
+    # speakers join the gateway's registry: the broadcast service plays on them and applies device.set
+    gw.speakers.update({d: drv for d, drv in svc.drivers.items() if drv.cfg.role != "sensor"})
     gw.health.add_provider(svc.health)
     gw.add_task(svc.run, name="serial")
     return svc

@@ -1,5 +1,6 @@
 """The real gateway process (``loaxa gateway run``) with serial_node devices on a pty and real Mosquitto:
-state and alarms reach the centre, device.set reaches the node, a pulled cable is noticed and healed."""
+state and alarms reach the centre, device.set reaches the node, a broadcast plays on the serial speaker,
+a pulled cable is noticed and healed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from firmware_bridge.messages import EventKind
 from firmware_bridge.refnode import RefNode
 from firmware_bridge.simbus import PtyDevice
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
-from protocol.models import DeviceSetBody
+from protocol.models import BroadcastPlanBody, DeviceSetBody, PlanItem
+from tests.broadcast_env import MediaServer, tone_wav
 from tests.conftest import run_loaxa, spawn_loaxa, wait_until
 from tests.test_gateway_core import Watcher
 
@@ -50,6 +52,25 @@ def test_gateway_with_serial_nodes(tmp_path: Path, mosquitto_factory: Callable[.
         w.publish(f"loaxa/v1/{GW}/cmd", env.model_dump_json())
         ack = wait_until(lambda: [a for a in w.on(f"loaxa/v1/{GW}/ack") if a["id"] == "set-2"], what="ack 2")[0]
         assert ack["ok"] is False and ack["reason"] == "unknown_device"
+
+        # a broadcast plays on the serial speaker like on any other speaker (the sensor node is not one)
+        media = MediaServer()
+        try:
+            ref = media.add(tone_wav(600), 600)
+            plan = BroadcastPlanBody(items=[PlanItem(broadcast_id="bc-serial-1", media=ref, targets="*", volume=60)])
+            w.publish(f"loaxa/v1/{GW}/cmd", signer.envelope("broadcast.plan", plan, cmd_id="plan-1").model_dump_json())
+            wait_until(lambda: [a for a in w.on(f"loaxa/v1/{GW}/ack") if a["id"] == "plan-1" and a["ok"]],
+                       what="plan accepted")
+            reports = wait_until(
+                lambda: [(e["device"], e["state"]) for e in w.on(f"loaxa/v1/{GW}/event")
+                         if e.get("kind") == "playback" and e["broadcast_id"] == "bc-serial-1"
+                         and e["state"] in ("finished", "failed")], timeout=30, what="end of the broadcast")
+            assert reports == [("loa-1", "finished")]
+            played = [(e["device"], e["state"]) for e in w.on(f"loaxa/v1/{GW}/event") if e.get("kind") == "playback"]
+            assert ("loa-1", "started") in played and not any(d == "cb-2" for d, _ in played)
+            assert dev.nodes[1].volume == 60
+        finally:
+            media.close()
 
         events = f"loaxa/v1/{GW}/event"
         dev.call(dev.nodes[2].add_event, EventKind.TAMPER, 7, 1)
