@@ -34,6 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loaxa.clock import now_ms
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -41,10 +43,6 @@ from loaxa.localsetup import gateway_config, make_signer, write_yaml  # noqa: E4
 from loaxa.servers import Mosquitto  # noqa: E402
 from protocol.models import PRIORITY_NORMAL, BroadcastPlanBody, MediaRef, PlanItem  # noqa: E402
 from tests.broadcast_env import Recorder, tone_wav  # noqa: E402
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def pct(values: Sequence[float], p: float) -> float:

@@ -17,12 +17,9 @@ from gpiozero.pins.mock import MockFactory
 from devices.base import PlayRequest
 from devices.config import DeviceConfig
 from devices.speakers.amplifier import Amplifier, AmplifierConfig, ffmpeg_argv
+from loaxa.clock import now_ms
 from loaxa.yamlconf import StrictModel
 from tests.broadcast_env import tone_wav
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Reports:

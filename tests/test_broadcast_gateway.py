@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from loaxa.clock import now_ms
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from loaxa.servers import Mosquitto, free_port
 from protocol.models import (
@@ -29,10 +30,6 @@ from tests.broadcast_env import MediaServer, Recorder, tone_wav
 from tests.conftest import spawn_loaxa, wait_until
 
 GW = "xa-bc"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Bench:

@@ -6,13 +6,13 @@ import abc
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 
 from devices.base import ReadingSink, SensorDriver
+from loaxa.clock import now_ms
 from protocol.models import Reading
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,6 @@ class SensorError(Exception):
 
 class SensorTimeout(SensorError):
     """The sensor did not answer in time."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def make_reading(fields: Mapping[str, float], ts_ms: int | None = None) -> Reading:

@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devices.sensors.common import PollingDriver, SensorError, SensorTimeout, make_reading, now_ms
+from devices.sensors.common import PollingDriver, SensorError, SensorTimeout, make_reading
 from devices.sensors.config import ModbusRegister, ModbusRtuConfig
+from loaxa.clock import now_ms
 from protocol.models import Reading
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,9 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from devices.sensors.common import PollingDriver, SensorError, make_reading, now_ms
+from devices.sensors.common import PollingDriver, SensorError, make_reading
 from devices.sensors.config import Ds18b20Config
+from loaxa.clock import now_ms
 from protocol.models import Reading
 
 MAX_FILE_BYTES = 4096

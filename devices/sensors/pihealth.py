@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devices.sensors.common import PollingDriver, SensorError, make_reading, now_ms
+from devices.sensors.common import PollingDriver, SensorError, make_reading
 from devices.sensors.config import PiHealthConfig
+from loaxa.clock import now_ms
 from protocol.models import Reading
 
 log = logging.getLogger(__name__)

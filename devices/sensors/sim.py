@@ -16,7 +16,8 @@ import zlib
 from collections.abc import Sequence
 from typing import ClassVar
 
-from devices.sensors.common import PollingDriver, make_reading, now_ms
+from devices.sensors.common import PollingDriver, make_reading
+from loaxa.clock import now_ms
 from protocol.models import Reading
 
 DAY = 86400.0

@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import logging
 import socket
-import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import aiomqtt
 import httpx
 from pydantic import ValidationError
 
+from loaxa.clock import now_ms, sleep_until
 from loaxa.mqttconf import MqttEndpoint
 from protocol.errors import ProtocolError
 from protocol.limits import parse_json
@@ -40,19 +40,6 @@ from protocol.topics import device_topic
 log = logging.getLogger(__name__)
 
 FAULTS = ("no-ack", "refuse", "die-mid-play")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-async def sleep_until(wall_ms: int) -> None:
-    while True:
-        left = wall_ms - now_ms()
-        if left <= 0:
-            return
-        # wake a little early and finish with short sleeps: keeps the start within ~1 ms
-        await asyncio.sleep(left / 1000 if left < 20 else (left - 10) / 1000)
 
 
 @dataclass

@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, Literal
 
 from pydantic import Field
 
 from devices.base import PlaybackReport, PlayRequest, SpeakerDriver
+from loaxa.clock import now_ms
 from loaxa.yamlconf import StrictModel
 from protocol.ids import DeviceId
 from protocol.models import PlaybackState
 
 log = logging.getLogger(__name__)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class AmplifierConfig(StrictModel):
@@ -225,4 +221,3 @@ async def _sleep_until(wall_ms: int) -> None:
         if left <= 0:
             return
         await asyncio.sleep(left / 1000 if left < 20 else (left - 10) / 1000)
-

@@ -24,23 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
 from devices.base import PlaybackReport, PlayRequest, SpeakerDriver
+from loaxa.clock import now_ms
 from protocol.errors import ProtocolError
 from protocol.limits import parse_json
 from protocol.models import Ack, DeviceCommand, DeviceState, PlaybackEvent, PlaybackState
 from protocol.topics import device_topic, filter_devices, parse_topic
 
 log = logging.getLogger(__name__)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Link(Protocol):

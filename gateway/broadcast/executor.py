@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -39,22 +38,10 @@ from devices.base import PlayRequest, SpeakerDriver
 from gateway.broadcast.media import MediaCache, MediaError
 from gateway.broadcast.outbox import Outbox
 from gateway.broadcast.store import TERMINAL, PlanStore, StoredPlan
+from loaxa.clock import now_ms, sleep_until
 from protocol.models import AlarmEvent, MediaRef, PlanItem, PlaybackEvent, PlaybackState
 
 log = logging.getLogger(__name__)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-async def sleep_until(wall_ms: int) -> None:
-    """Sleep until the wall clock reads ``wall_ms`` (re-checked, so a clock step is followed)."""
-    while True:
-        left = wall_ms - now_ms()
-        if left <= 0:
-            return
-        await asyncio.sleep(min(left, 5000) / 1000)
 
 
 @dataclass

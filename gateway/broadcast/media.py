@@ -16,7 +16,6 @@ import functools
 import hashlib
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -233,7 +232,3 @@ def _sha256_file(path: Path) -> str:
 def _consume(task: asyncio.Task[Path]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from enum import IntEnum
 
@@ -24,6 +23,7 @@ from firmware_bridge.fwupdate import FirmwareError, FirmwareUpdater, Progress, U
 from firmware_bridge.link import BusMaster
 from firmware_bridge.messages import BootState, Event, EventKind, Fault, Hello, Source, Status
 from gateway.serial.config import SerialNodeConfig
+from loaxa.clock import now_ms
 from protocol.models import AlarmEvent, DeviceState, PlaybackState, Reading
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ EVENT_NAMES = {EventKind.FAULT: "fault", EventKind.BUTTON: "button", EventKind.T
                EventKind.BOOT: "boot", EventKind.POWER: "power"}
 EVENT_SEVERITY = {EventKind.FAULT: "critical", EventKind.TAMPER: "critical", EventKind.BUTTON: "info",
                   EventKind.BOOT: "info", EventKind.POWER: "warning"}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def enum_name(cls: type[IntEnum], value: int) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from devices.base import SensorDriver
 from devices.config import MqttSensorConfig
 from gateway.config import GatewayConfig, InfluxSection
+from loaxa.clock import now_ms
 from protocol.models import AlarmEvent, Reading
 from protocol.topics import filter_devices
 
@@ -51,10 +52,6 @@ def kernel_clock_synced() -> bool | None:
         return None
     synced = clock_state().get("clock_synced")
     return bool(synced) if synced is not None else None
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class TelemetryService:
