@@ -305,7 +305,8 @@ def main() -> int:
         lat = [(at - t0) / 1000 for at, _ in got.values()]
         arrive = [arr - t0 / 1000 for _, arr in got.values()]
         now_p50, now_p99, now_max = pct(lat, 50), pct(lat, 99), max(lat)
-        print(f"now → started ({now_started} of {total} speakers): p50 {now_p50:.3f} s, p99 {now_p99:.3f} s, all {now_max:.3f} s; "
+        print(f"now → started ({now_started} of {total} speakers): p50 {now_p50:.3f} s, p99 {now_p99:.3f} s, "
+              f"all {now_max:.3f} s; "
               f"report at the centre: p50 {pct(arrive, 50):.3f} s, max {max(arrive):.3f} s", flush=True)
         print(f"  CPU seconds spent meanwhile: {cpu_now}", flush=True)
         stages = plan_stages(communes, "bench-now", t0, got)
