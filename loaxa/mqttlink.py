@@ -71,14 +71,17 @@ class MqttLink:
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
         self._queue: collections.deque[_Pending] = collections.deque(maxlen=max_queue)
         self._client: aiomqtt.Client | None = None
+        self._pending_subs: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ set-up
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Call ``handler`` for every message matching ``topic_filter`` (kept across reconnects)."""
         self._subs.append((topic_filter, qos, handler))
-        if self._client is not None:  # already connected: subscribe now too
-            asyncio.get_running_loop().create_task(self._client.subscribe(topic_filter, qos))
+        if self._client is not None:  # already connected: subscribe now too (keep the task referenced)
+            task = asyncio.get_running_loop().create_task(self._client.subscribe(topic_filter, qos))
+            self._pending_subs.add(task)
+            task.add_done_callback(self._pending_subs.discard)
 
     def on_connect(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` after each (re)connection, before queued publishes are flushed."""

@@ -55,38 +55,37 @@ def private_key_b64(private_key: Ed25519PrivateKey) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def load_public_key(text: str) -> Ed25519PublicKey:
-    """A public key from base64 of its 32 raw bytes, or from a PEM ``PUBLIC KEY`` block."""
-    text = text.strip()
-    if text.startswith("-----BEGIN"):
-        key = serialization.load_pem_public_key(text.encode("ascii"))
-        if not isinstance(key, Ed25519PublicKey):
-            raise ValueError("PEM key is not an Ed25519 public key")
-        return key
+def _raw_key(text: str, what: str) -> bytes:
+    """The 32 raw bytes of a key written as base64."""
     try:
         raw = base64.b64decode(text, validate=True)
     except binascii.Error as exc:
-        raise ValueError(f"public key is not valid base64: {exc}") from exc
+        raise ValueError(f"{what} is not valid base64: {exc}") from exc
     if len(raw) != 32:
-        raise ValueError(f"an Ed25519 public key is 32 bytes, this one is {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+        raise ValueError(f"an Ed25519 {what} is 32 bytes, this one is {len(raw)}")
+    return raw
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    """A public key from base64 of its 32 raw bytes, or from a PEM ``PUBLIC KEY`` block."""
+    text = text.strip()
+    if not text.startswith("-----BEGIN"):
+        return Ed25519PublicKey.from_public_bytes(_raw_key(text, "public key"))
+    key = serialization.load_pem_public_key(text.encode("ascii"))
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("PEM key is not an Ed25519 public key")
+    return key
 
 
 def load_private_key(text: str) -> Ed25519PrivateKey:
     """A private key from base64 of its 32 raw bytes (the seed), or from a PKCS#8 PEM block."""
     text = text.strip()
-    if text.startswith("-----BEGIN"):
-        key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError("PEM key is not an Ed25519 private key")
-        return key
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
-        raise ValueError(f"private key is not valid base64: {exc}") from exc
-    if len(raw) != 32:
-        raise ValueError(f"an Ed25519 private key is 32 bytes, this one is {len(raw)}")
-    return Ed25519PrivateKey.from_private_bytes(raw)
+    if not text.startswith("-----BEGIN"):
+        return Ed25519PrivateKey.from_private_bytes(_raw_key(text, "private key"))
+    key = serialization.load_pem_private_key(text.encode("ascii"), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError("PEM key is not an Ed25519 private key")
+    return key
 
 
 @dataclass(frozen=True)
