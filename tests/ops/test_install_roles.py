@@ -38,7 +38,10 @@ def test_unknown_role_is_refused_with_usage() -> None:
     assert res.returncode == 2 and "gateway|server|dev" in res.stderr
 
 
-@pytest.mark.parametrize("path", ["scripts/install.sh", "scripts/install-deps.sh", "scripts/test.sh", "scripts/demo.sh"])
+SCRIPTS = ["scripts/install.sh", "scripts/install-deps.sh", "scripts/test.sh", "scripts/demo.sh"]
+
+
+@pytest.mark.parametrize("path", SCRIPTS)
 def test_no_script_stops_or_disables_a_service(path: str) -> None:
     text = (ROOT / path).read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
