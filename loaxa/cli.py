@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.config_cmd",
     "loaxa.keys_cmd",
     "loaxa.tls_cmd",
+    "loaxa.doctor",
     "gateway.cli",
     "scheduler.cli",
     "devices.cli",
