@@ -64,6 +64,18 @@ def create(store: Store, targets: list[str], **kw: int) -> tuple[str, list[str]]
     return bid, [o.command_id for o in out]
 
 
+def test_sqlite_commits_are_durable_before_commands_are_published(tmp_path: Path) -> None:
+    """Commands are published right after commit: the commit must be on disk (synchronous=FULL, WAL)."""
+    st = Store(f"sqlite:///{tmp_path / 'scheduler.db'}")
+    try:
+        with st.engine.connect() as conn:  # a connection of the pool the Store really uses
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # 2 = FULL (1 = NORMAL)
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        st.close()
+
+
 def test_targets_parse() -> None:
     assert Target.parse("xa-a") == Target("xa-a", None)
     assert Target.parse("xa-a/loa-1") == Target("xa-a", "loa-1")
