@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ T0 = 1_800_000_000_000
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    st = Store(f"sqlite:///{tmp_path / 'scheduler.db'}")
+def store(db_url: str) -> Iterator[Store]:
+    """A Store on SQLite and, in a second run, on PostgreSQL (both real servers)."""
+    st = Store(db_url)
     st.create_all()
     st.add_media(
         Media(
@@ -31,7 +33,8 @@ def store(tmp_path: Path) -> Store:
             created_at=T0,
         )
     )
-    return st
+    yield st
+    st.close()
 
 
 signer = make_signer()
