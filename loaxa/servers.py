@@ -428,14 +428,14 @@ class PostgreSQL(_Process):
         if not name.replace("_", "").isalnum() or not name.isascii():
             raise ValueError(f"database name {name!r}: letters, digits and _ only")
         with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            conn.execute(f'CREATE DATABASE "{name}"')
         return self.url_for(name)
 
     def drop_database(self, name: str) -> None:
         import psycopg
 
         with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def stop(self, timeout: float = 20.0) -> None:
         """Fast shutdown (SIGINT: clients are disconnected), then forcefully; the cluster is deleted."""

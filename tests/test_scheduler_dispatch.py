@@ -1,5 +1,6 @@
 """The scheduler's dispatcher against a real Mosquitto, a real SQLite file or PostgreSQL database
-(each test that uses ``running`` runs on both), a real HTTP server and real ffmpeg; a small MQTT client plays the gateway (verifies signatures, acks, reports playback)."""
+(each test that uses ``running`` runs on both), a real HTTP server and real ffmpeg; a small MQTT
+client plays the gateway (verifies signatures, acks, reports playback)."""
 
 from __future__ import annotations
 
