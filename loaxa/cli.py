@@ -18,6 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.keys_cmd",
     "gateway.cli",
     "scheduler.cli",
+    "scheduler.store.cli",
+    "scheduler.schedules.cli",
     "devices.cli",
     "devices.sensors.cli",
     "firmware_bridge.cli",

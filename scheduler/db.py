@@ -142,7 +142,17 @@ class Store:
         self.engine = make_engine(url)
         self._session = make_sessionmaker(self.engine)
 
+    def upgrade(self) -> str | None:
+        """Bring the schema to the newest migration (a pre-migration database is adopted first).
+
+        Raises :class:`~scheduler.store.migrate.MigrationError` for a database the scheduler did not make.
+        """
+        from scheduler.store.migrate import upgrade
+
+        return upgrade(self.engine)
+
     def create_all(self) -> None:
+        """Tables straight from the models, without migrations: for throwaway databases only."""
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:

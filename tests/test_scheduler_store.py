@@ -21,7 +21,7 @@ T0 = 1_800_000_000_000
 def store(db_url: str) -> Iterator[Store]:
     """A Store on SQLite and, in a second run, on PostgreSQL (both real servers)."""
     st = Store(db_url)
-    st.create_all()
+    st.upgrade()  # the migrations, as the scheduler runs them on start
     st.add_media(
         Media(
             sha256=SHA,
