@@ -254,3 +254,24 @@ def test_time_input_exact_or_refused() -> None:
         parse_time("2026-10-25 02:30", "Europe/Berlin")
     # with its offset it is exact (compared in UTC: Python never calls a fold time equal across zones)
     assert parse_time("2026-10-25T02:30+01:00", "Europe/Berlin").astimezone(UTC) == utc(2026, 10, 25, 1, 30)
+
+
+# ------------------------------------------------------------------ the CLI's dry run
+
+
+def test_loaxa_schedule_occurrences_is_a_dry_run_without_server_or_config() -> None:
+    import json
+
+    from tests.conftest import run_loaxa
+
+    res = run_loaxa("schedule", "occurrences", "--rrule", "FREQ=DAILY;BYHOUR=6;BYMINUTE=0", "--tz", "Europe/Berlin",
+                    "--dtstart", "2026-03-27T06:00+01:00", "--from", "2026-03-27T00:00+01:00",
+                    "--to", "2026-03-31T00:00+02:00", "--exdate", "2026-03-28", "--json")
+    assert res.returncode == 0, res.stderr
+    # local 06:00 every day, the offset changes with the clocks on the 29th
+    assert json.loads(res.stdout) == ["2026-03-27T06:00:00+01:00", "2026-03-29T06:00:00+02:00",
+                                      "2026-03-30T06:00:00+02:00"]
+    res = run_loaxa("schedule", "occurrences", "--rrule", "FREQ=WEEKLY;BYDAY=MO", "--dtstart", "Mon-Sat 06:00",
+                    "--from", "2026-12-01T00:00+07:00", "--to", "2026-12-08T00:00+07:00", "--json")
+    assert res.returncode == 2 and "--dtstart: cannot read the time 'Mon-Sat 06:00'" in res.stderr
+    assert res.stdout == ""

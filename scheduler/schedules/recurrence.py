@@ -22,7 +22,7 @@ RFC 5545 choices, made explicit:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -303,20 +303,3 @@ class Recurrence:
             if instant >= hi:
                 return
             yield instant
-
-
-def parse_instants(values: Iterable[str], what: str) -> list[datetime | date]:
-    """EXDATE/RDATE-style values for the CLI: ISO dates or ISO date-times with an offset."""
-    out: list[datetime | date] = []
-    for v in values:
-        try:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
-                out.append(date.fromisoformat(v))
-                continue
-            dt = datetime.fromisoformat(v)
-        except ValueError as exc:
-            raise RecurrenceError(f"{what} {v!r}: write 2026-12-25 or 2026-12-25T06:00:00+07:00") from exc
-        if dt.tzinfo is None:
-            raise RecurrenceError(f"{what} {v!r} has no UTC offset: write e.g. {v}+07:00")
-        out.append(dt)
-    return out
