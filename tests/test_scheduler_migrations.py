@@ -47,6 +47,10 @@ def test_empty_database_upgrades_to_head_and_matches_the_models(db_url: str) -> 
         assert store.upgrade() == migrate.head()
         assert _diff(store) == []  # the migrations build exactly what the models describe
         assert store.upgrade() == migrate.head()  # again: nothing to do
+        # every revision can be taken back to the baseline and brought forward again
+        assert migrate.downgrade(store.engine, migrate.BASELINE) == migrate.BASELINE
+        assert store.upgrade() == migrate.head()
+        assert _diff(store) == []
     finally:
         store.close()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 
 #: Refuse to compare more than this many occurrences at once (a sweep is O(n * overlapping)).
 MAX_OCCURRENCES = 50_000
@@ -44,11 +44,16 @@ class Overlap:
     def is_conflict(self) -> bool:
         return self.winner is None
 
-    def describe(self) -> str:
+    def describe(self, tz: tzinfo | None = None) -> str:
+        """One line for people; times in ``tz`` (default: as stored)."""
+
+        def at(t: datetime) -> str:
+            return t.astimezone(tz).strftime("%Y-%m-%d %H:%M %z")[:-2] if tz else t.isoformat()
+
         spk = ", ".join(sorted(self.speakers)[:5]) + (" …" if len(self.speakers) > 5 else "")
         what = "conflict (equal priority)" if self.winner is None else f"{self.winner.schedule} wins"
-        return (f"{self.first.schedule} at {self.first.start.isoformat()} and {self.second.schedule} at "
-                f"{self.second.start.isoformat()} overlap on {spk}: {what}")
+        return (f"{self.first.schedule} at {at(self.first.start)} and {self.second.schedule} at "
+                f"{at(self.second.start)} overlap on {spk}: {what}")
 
 
 def _winner(a: Occurrence, b: Occurrence) -> Occurrence | None:

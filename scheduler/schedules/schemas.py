@@ -65,7 +65,9 @@ class ScheduleIn(_In):
     rdates: list[AwareDatetime] = Field(default_factory=list, max_length=MAX_DATES)
     valid_from: AwareDatetime | None = None
     valid_until: AwareDatetime | None = None
-    priority: int | str = Field(default="normal", description="0-9, or thông thường / ưu tiên / khẩn cấp")
+    priority: int | str = Field(
+        default="normal", validate_default=True, description="0-9, or thông thường / ưu tiên / khẩn cấp"
+    )
     volume: int = Field(default=70, ge=0, le=100)
     targets: list[str] = Field(min_length=1, max_length=500)
     conflict_order: int | None = Field(default=None, ge=0, le=1000)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import select
@@ -40,9 +40,9 @@ CONFLICT_HORIZON = timedelta(days=62)
 class ConflictError(BadRequest):
     """Equal-priority overlaps on shared speakers; ``overlaps`` lists them."""
 
-    def __init__(self, overlaps: Sequence[Overlap]):
+    def __init__(self, overlaps: Sequence[Overlap], tz: tzinfo | None = None):
         self.overlaps = list(overlaps)
-        shown = "; ".join(o.describe() for o in self.overlaps[:5])
+        shown = "; ".join(o.describe(tz) for o in self.overlaps[:5])
         more = f" (and {len(self.overlaps) - 5} more)" if len(self.overlaps) > 5 else ""
         super().__init__(f"{len(self.overlaps)} conflict(s) of equal priority: {shown}{more}. Change the time "
                          "or the level, or give both schedules a conflict_order")
@@ -240,7 +240,7 @@ class ScheduleStore:
     def _refuse_conflicts(self, s: Session, row: Schedule, now: int) -> None:
         found = self._conflicts(s, row, now)
         if found:
-            raise ConflictError(found)
+            raise ConflictError(found, recurrence_of(row).zoneinfo)
 
     def conflicts(self, sid: str, now: int) -> list[Overlap]:
         """Equal-priority overlaps of ``sid`` with itself or any live schedule, over the horizon."""
@@ -278,15 +278,19 @@ class ScheduleStore:
                 out.update(f"{t.gateway}/{d}" for d in devs)
             return frozenset(out)
 
-        occurrences: list[Occurrence] = []
+        durations: dict[str, timedelta] = {}
         for r in rows:
             p = s.get(Programme, r.programme_id, options=[selectinload(Programme.items)])
             assert p is not None  # foreign key
-            duration = timedelta(milliseconds=programme_duration_ms(p))
+            durations[r.id] = timedelta(milliseconds=programme_duration_ms(p))
+        # an occurrence that started before the window may still be playing in it
+        since = start - max(durations.values())
+        occurrences: list[Occurrence] = []
+        for r in rows:
             spk = speakers(r)
             occurrences.extend(
-                Occurrence(r.id, t, duration, r.priority, spk, r.conflict_order)
-                for t in recurrence_of(r).occurrences(start, end)
+                Occurrence(r.id, t, durations[r.id], r.priority, spk, r.conflict_order)
+                for t in recurrence_of(r).occurrences(since, end)
             )
         return [o for o in find_overlaps(occurrences)
                 if o.is_conflict and row.id in (o.first.schedule, o.second.schedule)]
