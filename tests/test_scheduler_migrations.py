@@ -106,7 +106,14 @@ def test_a_database_the_scheduler_did_not_make_is_refused(tmp_path: Path) -> Non
 
 def test_loaxa_db_current_and_upgrade(tmp_path: Path, postgres_url: str) -> None:
     url = f"sqlite:///{tmp_path / 'scheduler.db'}"
+    missing = run_loaxa("db", "current", "--database-url", url)
+    assert missing.returncode == 3 and "no database file yet" in missing.stdout
+    assert not (tmp_path / "scheduler.db").exists()  # looking does not create it
     for target in (url, postgres_url):
+        if target == url:
+            empty = Store(url)  # an empty file, as a scheduler that failed to start would leave
+            empty.ping()
+            empty.close()
         before = run_loaxa("db", "current", "--database-url", target)
         assert before.returncode == 3, before.stderr
         assert "no revision" in before.stdout and "needs `loaxa db upgrade`" in before.stdout

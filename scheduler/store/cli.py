@@ -96,7 +96,13 @@ def run_current(args: argparse.Namespace) -> int:
     from scheduler.store import migrate
     from scheduler.store.engine import make_engine
 
+    from scheduler.store.engine import normalise_url
+
     url = _url(args)
+    u = normalise_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and not Path(u.database).exists():
+        print(f"{_shown(url)}: no database file yet (the scheduler creates it on start, or `loaxa db upgrade`)")
+        return 3
     engine = make_engine(url)
     try:
         rev = migrate.current(engine)
