@@ -94,9 +94,7 @@ def run_current(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from scheduler.store import migrate
-    from scheduler.store.engine import make_engine
-
-    from scheduler.store.engine import normalise_url
+    from scheduler.store.engine import make_engine, normalise_url
 
     url = _url(args)
     u = normalise_url(url)
