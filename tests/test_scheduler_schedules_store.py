@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -125,3 +125,22 @@ def test_what_is_refused_names_the_field(schedules: ScheduleStore) -> None:
         schedules.create_schedule(spec(unsynthesised), "op", NOW)
     with pytest.raises(ValidationError, match="either media_sha256 or text"):
         ProgrammeIn.model_validate({"title": "x", "items": [{"media_sha256": NEWS, "text": "y"}]})
+
+
+def test_approved_schedules_of_a_commune_export_as_ics(schedules: ScheduleStore) -> None:
+    from scheduler.schedules.ics import import_ics
+
+    pid = programme(schedules, ANTHEM, NEWS)
+    mine = schedules.create_schedule(spec(pid, exdates=["2026-12-25"]), "op", NOW)
+    schedules.create_schedule(spec(pid, targets=["xa-tan-lap"]), "op", NOW)  # another commune
+    draft = schedules.create_schedule(spec(pid, rrule=None, dtstart="2026-12-20T08:00:00+07:00", priority=9), "op", NOW)
+    assert import_ics(schedules.export_ics("xa-an-binh")) == []  # nothing approved yet
+    schedules.set_status(mine, "approved", "approver", NOW)
+    [ev] = import_ics(schedules.export_ics("xa-an-binh"))
+    assert (ev.uid, ev.duration, ev.priority) == (f"{mine}@loaxa", timedelta(minutes=12), 3)
+    window = (datetime(2026, 12, 1, tzinfo=HCM), datetime(2027, 1, 1, tzinfo=HCM))
+    assert ev.recurrence.occurrences(*window) == schedules.occurrences(mine, *window)
+    days = {t.astimezone(HCM).date() for t in ev.recurrence.occurrences(*window)}
+    assert len(days) == 31 - 4 - 1  # no Sundays, no Christmas
+    uids = {e.uid for e in import_ics(schedules.export_ics("xa-an-binh", include_drafts=True))}
+    assert uids == {f"{mine}@loaxa", f"{draft}@loaxa"}

@@ -235,6 +235,27 @@ class ScheduleStore:
             rec = recurrence_of(row)
         return rec.occurrences(start, end)
 
+    def export_ics(self, gateway: str | None = None, *, include_drafts: bool = False) -> bytes:
+        """An iCalendar file of the approved schedules (all, or those that reach ``gateway``): the
+        read-only feed a commune can subscribe to in any calendar program."""
+        from scheduler.schedules.ics import IcsSchedule, export_ics
+
+        with self.store.session() as s:
+            q = select(Schedule).order_by(Schedule.dtstart, Schedule.id)
+            if not include_drafts:
+                q = q.where(Schedule.status == STATUS_APPROVED)
+            events = []
+            for row in s.scalars(q).all():
+                if gateway is not None and not any(Target.parse(t).gateway == gateway for t in row.targets):
+                    continue
+                p = s.get(Programme, row.programme_id, options=[selectinload(Programme.items)])
+                assert p is not None
+                known = all(i.duration_ms is not None for i in p.items)
+                duration = timedelta(milliseconds=sum(i.duration_ms or 0 for i in p.items)) if known else None
+                events.append(IcsSchedule(f"{row.id}@loaxa", row.title, recurrence_of(row), duration, row.priority,
+                                          f"{p.title}; targets: {', '.join(row.targets)}"))
+        return export_ics(events, name=f"Loa Xã {gateway}" if gateway else "Loa Xã")
+
     # ------------------------------------------------------------ conflicts
 
     def _refuse_conflicts(self, s: Session, row: Schedule, now: int) -> None:
