@@ -4,6 +4,7 @@ conflicts, iCalendar and the time input rules."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -275,3 +276,23 @@ def test_loaxa_schedule_occurrences_is_a_dry_run_without_server_or_config() -> N
                     "--from", "2026-12-01T00:00+07:00", "--to", "2026-12-08T00:00+07:00", "--json")
     assert res.returncode == 2 and "--dtstart: cannot read the time 'Mon-Sat 06:00'" in res.stderr
     assert res.stdout == ""
+
+
+def test_loaxa_schedule_occurrences_of_an_ics_file(tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import run_loaxa
+
+    rec = Recurrence(dtstart=datetime(2026, 12, 7, 6, 30, tzinfo=HCM), rrule="FREQ=WEEKLY;BYDAY=MO;COUNT=4",
+                     exdates=(datetime(2026, 12, 14, 6, 30, tzinfo=HCM),))
+    path = tmp_path / "lich.ics"
+    path.write_bytes(export_ics([IcsSchedule("quoc-ca@xa", "Quốc ca", rec, timedelta(minutes=2), 3)]))
+    res = run_loaxa("schedule", "occurrences", "--ics", str(path), "--from", "2026-12-01 00:00",
+                    "--to", "2027-01-01 00:00", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"quoc-ca@xa": ["2026-12-07T06:30:00+07:00", "2026-12-21T06:30:00+07:00",
+                                                     "2026-12-28T06:30:00+07:00"]}
+    path.write_bytes(path.read_bytes().replace(b"DTSTART;TZID=Asia/Ho_Chi_Minh:", b"DTSTART:"))
+    res = run_loaxa("schedule", "occurrences", "--ics", str(path), "--from", "2026-12-01 00:00",
+                    "--to", "2027-01-01 00:00")
+    assert res.returncode == 2 and "quoc-ca@xa" in res.stderr and "floating" in res.stderr
