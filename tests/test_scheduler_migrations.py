@@ -123,3 +123,28 @@ def test_loaxa_db_current_and_upgrade(tmp_path: Path, postgres_url: str) -> None
         assert "loaxa-test-pw" not in up.stdout + up.stderr  # the password is never printed
         after = run_loaxa("db", "current", "--database-url", target)
         assert after.returncode == 0 and "up to date" in after.stdout
+
+
+def test_the_scheduler_upgrades_on_start_and_refuses_a_foreign_database(tmp_path: Path) -> None:
+    from scheduler.config import SchedulerConfig
+    from scheduler.service import Scheduler, SetupError
+    from tests.sched_support import Keys, scheduler_config_dict
+
+    raw = scheduler_config_dict(tmp_path, "mqtt://127.0.0.1:1", Keys())
+    data_dir = Path(raw["scheduler"]["data_dir"])
+    data_dir.mkdir(parents=True)
+    db = data_dir / "scheduler.db"
+    store = Store(f"sqlite:///{db}")
+    _run_script(store, _schema_of_main("sqlite"))  # what main left behind
+    store.close()
+    sched = Scheduler.build(SchedulerConfig.model_validate(raw))
+    try:
+        assert migrate.current(sched.store.store.engine) == migrate.head()
+    finally:
+        sched.store.close()
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE alembic_version")
+        conn.execute("ALTER TABLE speakers DROP COLUMN volume")  # no longer the schema main made
+    with pytest.raises(SetupError, match=r"scheduler\.db.*'speakers' lacks column\(s\) volume"):
+        Scheduler.build(SchedulerConfig.model_validate(raw))
