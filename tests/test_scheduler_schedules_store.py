@@ -144,3 +144,26 @@ def test_approved_schedules_of_a_commune_export_as_ics(schedules: ScheduleStore)
     assert len(days) == 31 - 4 - 1  # no Sundays, no Christmas
     uids = {e.uid for e in import_ics(schedules.export_ics("xa-an-binh", include_drafts=True))}
     assert uids == {f"{mine}@loaxa", f"{draft}@loaxa"}
+
+
+def test_an_ics_file_becomes_drafts_all_or_nothing(schedules: ScheduleStore) -> None:
+    pid = programme(schedules, NEWS)
+    cal = "\r\n".join([
+        "BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//Mozilla.org/NONSGML Mozilla Calendar V1.1//EN",
+        "BEGIN:VEVENT", "UID:sang@xa", "SUMMARY:Bản tin sáng", "DTSTART;TZID=Asia/Ho_Chi_Minh:20261201T060000",
+        "RRULE:FREQ=DAILY;COUNT=30", "EXDATE;TZID=Asia/Ho_Chi_Minh:20261205T060000", "END:VEVENT",
+        "BEGIN:VEVENT", "UID:chieu@xa", "SUMMARY:Bản tin chiều", "DTSTART;TZID=Asia/Ho_Chi_Minh:20261201T170000",
+        "RRULE:FREQ=DAILY;COUNT=30", "X-LOAXA-PRIORITY:6", "END:VEVENT", "END:VCALENDAR", ""]).encode()
+    ids = schedules.import_ics(cal, programme_id=pid, targets=["xa-an-binh"], created_by="op", now=NOW)
+    rows = {r["title"]: r for r in (schedules.schedule(i) for i in ids)}
+    assert {t: (r["status"], r["priority"], r["exdates"]) for t, r in rows.items()} == {
+        "Bản tin sáng": ("draft", 3, ["2026-12-05T06:00:00+07:00"]), "Bản tin chiều": ("draft", 6, [])}
+    # the same morning slot again collides with the draft just imported: nothing of the file is saved
+    again = cal.replace(b"sang@xa", b"sang-2@xa").replace(b"chieu@xa", b"chieu-2@xa").replace(
+        b"20261201T170000", b"20261201T190000")
+    with pytest.raises(ConflictError):
+        schedules.import_ics(again, programme_id=pid, targets=["xa-an-binh/loa-cho"], created_by="op", now=NOW)
+    assert len(schedules.list_schedules()) == 2
+    with pytest.raises(BadRequest, match=r"sang@xa.*floating"):
+        schedules.import_ics(cal.replace(b"DTSTART;TZID=Asia/Ho_Chi_Minh:20261201T060000", b"DTSTART:20261201T060000"),
+                             programme_id=pid, targets=["xa-an-binh"], created_by="op", now=NOW)

@@ -256,6 +256,51 @@ class ScheduleStore:
                                           f"{p.title}; targets: {', '.join(row.targets)}"))
         return export_ics(events, name=f"Loa Xã {gateway}" if gateway else "Loa Xã")
 
+    def import_ics(self, data: bytes, *, programme_id: str, targets: Sequence[str], created_by: str | None,
+                   now: int, volume: int = 70) -> list[str]:
+        """Drafts from the events of an .ics file, all playing ``programme_id`` on ``targets``.
+
+        All or nothing: a refused event (or a conflict) saves none of them. The events' own level
+        (``X-LOAXA-PRIORITY`` or iCalendar PRIORITY) is kept, normal when absent.
+        """
+        from pydantic import ValidationError
+
+        from scheduler.schedules.ics import IcsError, import_ics
+
+        try:
+            events = import_ics(data)
+        except IcsError as exc:
+            raise BadRequest(str(exc)) from exc
+        specs: list[ScheduleIn] = []
+        for ev in events:
+            rec = ev.recurrence
+            try:
+                specs.append(ScheduleIn(
+                    title=ev.summary or ev.uid, programme_id=programme_id,
+                    rrule=rec.rule.text if rec.rule else None, tz=rec.tz, dtstart=rec.dtstart,
+                    exdates=[x.isoformat() for x in rec.exdates],
+                    rdates=list(rec.rdates), valid_from=rec.valid_from, valid_until=rec.valid_until,
+                    priority=ev.priority if ev.priority is not None else "normal", volume=volume,
+                    targets=list(targets),
+                ))
+            except ValidationError as exc:
+                raise BadRequest(f"event {ev.uid}: {exc.errors()[0]['msg']}") from exc
+        ids: list[str] = []
+        with self.store.session() as s, s.begin():
+            for spec in specs:
+                self._check(s, spec)
+                row = Schedule(id=f"sch-{uuid.uuid4().hex[:20]}", status=STATUS_DRAFT, version=1, created_at=now,
+                               created_by=created_by, updated_at=now)
+                self._fill(row, spec)
+                s.add(row)
+                s.flush()
+                ids.append(row.id)
+            for sid in ids:
+                row = s.get(Schedule, sid)
+                assert row is not None
+                self._refuse_conflicts(s, row, now)
+        return ids
+
     # ------------------------------------------------------------ conflicts
 
     def _refuse_conflicts(self, s: Session, row: Schedule, now: int) -> None:
