@@ -285,21 +285,19 @@ class ScheduleStore:
                 ))
             except ValidationError as exc:
                 raise BadRequest(f"event {ev.uid}: {exc.errors()[0]['msg']}") from exc
-        ids: list[str] = []
         with self.store.session() as s, s.begin():
+            rows: list[Schedule] = []
             for spec in specs:
                 self._check(s, spec)
                 row = Schedule(id=f"sch-{uuid.uuid4().hex[:20]}", status=STATUS_DRAFT, version=1, created_at=now,
                                created_by=created_by, updated_at=now)
                 self._fill(row, spec)
                 s.add(row)
-                s.flush()
-                ids.append(row.id)
-            for sid in ids:
-                row = s.get(Schedule, sid)
-                assert row is not None
+                rows.append(row)
+            s.flush()
+            for row in rows:  # against each other too: they are all in the session now
                 self._refuse_conflicts(s, row, now)
-        return ids
+            return [row.id for row in rows]
 
     # ------------------------------------------------------------ conflicts
 
