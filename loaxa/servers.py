@@ -7,6 +7,7 @@ directory of its own, is waited for until it answers, and is stopped (SIGTERM, t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import json
@@ -396,6 +397,8 @@ class PostgreSQL(_Process):
             )
         finally:
             log.close()
+        # a cluster outlives its parent (own session): stop it at interpreter exit if nobody did
+        atexit.register(self.stop)
         wait_for_port(self.port, self.proc, timeout, "postgres", self.log_path)
         self._wait_ready(timeout)
         return self
