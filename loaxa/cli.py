@@ -20,6 +20,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.doctor",
     "gateway.cli",
     "scheduler.cli",
+    "scheduler.store.cli",
+    "scheduler.schedules.cli",
     "devices.cli",
     "devices.sensors.cli",
     "firmware_bridge.cli",

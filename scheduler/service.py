@@ -23,6 +23,7 @@ from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
 from scheduler.http import create_app
 from scheduler.media import MediaLibrary
+from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,12 @@ class Scheduler:
         url = cfg.scheduler.database_url or default_url(data_dir)
         try:
             store = Store(url)
-            store.create_all()
         except (SQLAlchemyError, ImportError) as exc:  # ImportError: no driver for this URL
+            raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
+        try:
+            store.upgrade()  # Alembic migrations to the newest schema (adopts a pre-migration database)
+        except (SQLAlchemyError, ImportError, MigrationError) as exc:
+            store.close()
             raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
         library = MediaLibrary(
             data_dir / "media",
