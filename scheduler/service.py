@@ -22,6 +22,8 @@ from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
 from scheduler.http import create_app
+from scheduler.ioc import IocApi, IocSettings, IocSetupError
+from scheduler.ioc.auth import shared_token_principal
 from scheduler.media import MediaLibrary
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,17 @@ class Scheduler:
             token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
         except RuntimeError as exc:
             raise SetupError(f"http.api_token: {exc}") from exc
-        app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
+        routers = []
+        if cfg.influx is not None:
+            try:
+                ioc = IocApi(IocSettings.from_section(cfg.influx), shared_token_principal(token),
+                             known_gateways=lambda: astore.call(astore.store.gateways))
+            except IocSetupError as exc:
+                raise SetupError(str(exc)) from exc
+            routers.append(ioc.router)
+        app = create_app(
+            dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token, routers=routers
+        )
         return cls(cfg, astore, library, dispatcher, app)
 
     async def _systemd(self, server: Any) -> None:
