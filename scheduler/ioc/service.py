@@ -187,7 +187,10 @@ class IocService:
             nxt = None
         return Page(req.measurement, list(req.fields), points, nxt, req.start_ms, req.end_ms)
 
-    def _points(self, res: Result, fields: Sequence[str], measurement: str) -> list[Point]:
+    def _points(self, res: Result, fields: Sequence[str], measurement: str, fn: str | None = None) -> list[Point]:
+        # InfluxDB's JSON writes the float 80.0 as 80; give float fields back as floats (counts as ints).
+        types = self._fields.get(measurement, {})
+        floats = set() if fn == "count" else {f for f in fields if types.get(f) == "float"}
         out: list[Point] = []
         for s in res.series:
             for row in s.rows():
@@ -198,7 +201,10 @@ class IocService:
                         gateway=tags["gateway"],
                         device=tags["device"],
                         commune=tags["commune"],
-                        values={f: row.get(f) for f in fields},
+                        values={
+                            f: float(v) if f in floats and isinstance(v, int) else v
+                            for f, v in ((f, row.get(f)) for f in fields)
+                        },
                         measurement=measurement,
                     )
                 )
@@ -229,7 +235,7 @@ class IocService:
         # LIMIT applies per series here. Every series' buckets up to the page's last bucket are
         # among its first limit+1, so the last bucket of a page is always complete.
         (res,) = await self.influx.query([sel.aggregated(start_ns, end_ns, limit + 1, origin_ms)])
-        pts = self._points(res, sel.fields, sel.measurement)
+        pts = self._points(res, sel.fields, sel.measurement, sel.fn)
         step = every_ms * NS_PER_MS
         if len(pts) <= limit:
             return pts, None

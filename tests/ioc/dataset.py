@@ -52,8 +52,8 @@ def build(now_ms: int | None = None) -> Dataset:
     for i in range(N_G3):
         ts = t0 + i * STEP_MS + 5
         g3.append((ts, 7.0 + i))
-        add("water_level", {"gateway": G3, "device": "muc-nuoc-9", "commune": COMMUNES[G3]}, {"water_level_cm": 7.0 + i},
-            ts)
+        tags: dict[str, str | None] = {"gateway": G3, "device": "muc-nuoc-9", "commune": COMMUNES[G3]}
+        add("water_level", tags, {"water_level_cm": 7.0 + i}, ts)
     ds.water[(G3, "muc-nuoc-9")] = g3
     for i in range(10):
         add("environment", {"gateway": G1, "device": "tram-1", "commune": COMMUNES[G1]},
