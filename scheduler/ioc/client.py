@@ -28,9 +28,6 @@ class Series:
     columns: list[str]
     values: list[list[Any]]
 
-    def rows(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, v, strict=True)) for v in self.values]
-
 
 @dataclass
 class Result:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from scheduler.ioc import influxql as q
@@ -190,24 +191,23 @@ class IocService:
     def _points(self, res: Result, fields: Sequence[str], measurement: str, fn: str | None = None) -> list[Point]:
         # InfluxDB's JSON writes the float 80.0 as 80; give float fields back as floats (counts as ints).
         types = self._fields.get(measurement, {})
-        floats = set() if fn == "count" else {f for f in fields if types.get(f) == "float"}
+        floats = frozenset() if fn == "count" else frozenset(f for f in fields if types.get(f) == "float")
         out: list[Point] = []
+        append = out.append
         for s in res.series:
-            for row in s.rows():
-                tags = {t: (row.get(t) if t in row else s.tags.get(t)) or None for t in q.TAGS}
-                out.append(
-                    Point(
-                        time_ns=int(row["time"]),
-                        gateway=tags["gateway"],
-                        device=tags["device"],
-                        commune=tags["commune"],
-                        values={
-                            f: float(v) if f in floats and isinstance(v, int) else v
-                            for f, v in ((f, row.get(f)) for f in fields)
-                        },
-                        measurement=measurement,
-                    )
-                )
+            col = {c: i for i, c in enumerate(s.columns)}
+            ti = col["time"]
+            fidx = [(f, col.get(f), f in floats) for f in fields]
+            # A tag is a column (raw query) or a series tag (GROUP BY); missing means not written.
+            tag_cols = [col.get(t) for t in q.TAGS]
+            fixed = [s.tags.get(t) or None for t in q.TAGS]
+            for row in s.values:
+                gw, dev, com = (row[i] or None if i is not None else fixed[k] for k, i in enumerate(tag_cols))
+                values: dict[str, Any] = {}
+                for f, i, is_float in fidx:
+                    v = row[i] if i is not None else None
+                    values[f] = float(v) if is_float and type(v) is int else v
+                append(Point(row[ti], gw, dev, com, values, measurement))
         out.sort(key=Point.sort_key)
         return out
 
@@ -355,8 +355,14 @@ class IocService:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@lru_cache(maxsize=4096)
+def _iso_second(s: int) -> str:
+    return (_EPOCH + timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
 def iso_ms(ms: int | None) -> str | None:
     """Epoch milliseconds as ISO 8601 UTC with milliseconds (``2026-12-02T03:00:00.000Z``)."""
     if ms is None:
         return None
-    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    s, rest = divmod(ms, 1000)
+    return f"{_iso_second(s)}{rest:03d}Z"
