@@ -185,6 +185,9 @@ async def test_area_filter(env: IocEnv) -> None:
     r = await env.get("/health", "tok-binh")
     body = r.json()
     assert [g["gateway"] for g in body["gateways"]] == [G1] and {d["gateway"] for d in body["devices"]} == {G1}
+    r = await env.get("/readings", "tok-many", measurement="water_level", **_window(ds))
+    body = r.json()
+    assert body["count"] == 2 * N_WATER and {p["gateway"] for p in body["points"]} == {G1}
     r = await env.get("/measurements", "tok-none")
     assert r.json()["measurements"] == []
     r = await env.get("/latest", "wrong-token")
