@@ -25,6 +25,7 @@ from scheduler.http import create_app
 from scheduler.ioc import IocApi, IocSettings, IocSetupError
 from scheduler.ioc.auth import shared_token_principal
 from scheduler.media import MediaLibrary
+from scheduler.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,21 @@ class Scheduler:
             token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
         except RuntimeError as exc:
             raise SetupError(f"http.api_token: {exc}") from exc
-        routers = []
+        # Until scheduler/access/ exists, /ioc/v1 and /metrics take the shared API token (all areas).
+        caller = shared_token_principal(token)
+        metrics = SchedulerMetrics(
+            astore,
+            lambda: {
+                "mqtt_connected": float(dispatcher.link.connected.is_set()),
+                "commands_published": float(dispatcher.sent),
+                "messages_received": float(dispatcher.received),
+            },
+        )
+        routers = [metrics.router(caller)]
         if cfg.influx is not None:
             try:
-                ioc = IocApi(IocSettings.from_section(cfg.influx), shared_token_principal(token),
-                             known_gateways=lambda: astore.call(astore.store.gateways))
+                ioc = IocApi(IocSettings.from_section(cfg.influx), caller,
+                             known_gateways=lambda: astore.call(astore.store.gateways), registry=metrics.registry)
             except IocSetupError as exc:
                 raise SetupError(str(exc)) from exc
             routers.append(ioc.router)

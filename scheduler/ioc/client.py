@@ -70,6 +70,7 @@ class InfluxQLClient:
         self.settings = settings
         self._client: httpx.AsyncClient | None = None
         self.queries = 0
+        self.errors = 0
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -103,6 +104,14 @@ class InfluxQLClient:
         q = ";\n".join(statements)
         data = {"q": q, "db": self.settings.database, "epoch": "ns"}
         self.queries += 1
+        try:
+            return await self._query(statements, data)
+        except InfluxError:
+            self.errors += 1
+            raise
+
+    async def _query(self, statements: list[str], data: dict[str, str]) -> list[Result]:
+        q = data["q"]
         try:
             if len(q) <= GET_MAX_QUERY:
                 r = await self._http().get("/query", params=data)

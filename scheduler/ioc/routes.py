@@ -17,10 +17,13 @@ from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from prometheus_client import CollectorRegistry
 
 from scheduler.ioc import influxql as q
 from scheduler.ioc.client import InfluxError
 from scheduler.ioc.influxql import Filter, QueryParamError
+from scheduler.ioc.metrics import IocMetrics
 from scheduler.ioc.service import (
     MAX_LATEST_MEASUREMENTS,
     RESERVED,
@@ -138,9 +141,11 @@ class IocApi:
         principal_dep: Callable[..., Any],
         *,
         known_gateways: KnownGateways | None = None,
+        registry: CollectorRegistry | None = None,
     ):
         self.settings = settings
         self.service = IocService(settings, known_gateways)
+        self.metrics = IocMetrics(registry, self.service.influx) if registry is not None else None
         self.router = self._build(principal_dep)
 
     async def aclose(self) -> None:
@@ -185,7 +190,8 @@ class IocApi:
     # ------------------------------------------------------------------ routes
 
     def _build(self, principal_dep: Callable[..., Any]) -> APIRouter:
-        router = APIRouter(prefix=PREFIX, tags=["ioc"])
+        route_class = self.metrics.route_class() if self.metrics is not None else APIRoute
+        router = APIRouter(prefix=PREFIX, tags=["ioc"], route_class=route_class)
         Principal = Annotated[AreaPrincipal, Depends(principal_dep)]
         GatewayQ = Annotated[list[str], Query(description="gateway id(s), repeated or comma-separated")]
         DeviceQ = Annotated[list[str], Query(description="device id(s), repeated or comma-separated")]
