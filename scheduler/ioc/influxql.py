@@ -189,7 +189,8 @@ def show_field_keys(measurement: str | None = None) -> str:
     return "SHOW FIELD KEYS" + (f" FROM {ident(measurement)}" if measurement else "")
 
 
-def show_tag_values(keys: Sequence[str], flt: Filter) -> str:
-    """``SHOW TAG VALUES WITH KEY IN (...)`` limited to the filter's series."""
+def show_tag_values(keys: Sequence[str], flt: Filter, measurement: str | None = None) -> str:
+    """``SHOW TAG VALUES [FROM m] WITH KEY IN (...)`` limited to the filter's series."""
     inner = ", ".join(ident(k) for k in keys)
-    return f"SHOW TAG VALUES WITH KEY IN ({inner})" + where(flt)
+    src = f" FROM {ident(measurement)}" if measurement else ""
+    return f"SHOW TAG VALUES{src} WITH KEY IN ({inner})" + where(flt)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
@@ -45,9 +46,9 @@ PREFIX = "/ioc/v1"
 MAX_TIME_MS = 9_000_000_000_000
 #: Most values in one list parameter (gateway, device, field, commune).
 MAX_LIST = 1000
-#: A "+hh:mm" offset whose "+" arrived as a space (an unencoded "+" in a query string).
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SPACE_OFFSET_RE = re.compile(r"^(.*T[0-9:.]+) ([0-9]{2}(:?[0-9]{2})?)$")
+#: A "+hh:mm" offset whose "+" arrived as a space (an unencoded "+" in a query string).
+_SPACE_OFFSET_RE = re.compile(r"^(.*T[0-9:.]+) ([0-9]{2}(?::?[0-9]{2})?)$")
 
 
 class AreaPrincipal(Protocol):
@@ -57,6 +58,25 @@ class AreaPrincipal(Protocol):
 
 
 Format = Literal["json", "csv"]
+
+
+def _query_names(d: Dependant) -> set[str]:
+    names = {p.alias for p in d.query_params}
+    for sub in d.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_params(request: Request) -> None:
+    """A misspelt parameter (``gatway=``) must not silently widen the answer: refuse it (422)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = _query_names(route.dependant)
+    for name in request.query_params:
+        if name not in known:
+            msg = f"unknown parameter; this endpoint takes {', '.join(sorted(known)) or 'none'}"
+            raise HTTPException(422, [{"loc": ["query", name[:64]], "msg": msg, "type": "value_error"}])
 
 
 def _param_error(exc: QueryParamError) -> HTTPException:
@@ -191,7 +211,9 @@ class IocApi:
 
     def _build(self, principal_dep: Callable[..., Any]) -> APIRouter:
         route_class = self.metrics.route_class() if self.metrics is not None else APIRoute
-        router = APIRouter(prefix=PREFIX, tags=["ioc"], route_class=route_class)
+        router = APIRouter(
+            prefix=PREFIX, tags=["ioc"], route_class=route_class, dependencies=[Depends(refuse_unknown_params)]
+        )
         Principal = Annotated[AreaPrincipal, Depends(principal_dep)]
         GatewayQ = Annotated[list[str], Query(description="gateway id(s), repeated or comma-separated")]
         DeviceQ = Annotated[list[str], Query(description="device id(s), repeated or comma-separated")]
@@ -273,6 +295,8 @@ class IocApi:
                 after: int | None = None
                 if cursor:
                     after, start, end = decode_cursor(cursor, fp)
+                    if end - start > settings.max_range_ms:  # a cursor made by hand
+                        raise QueryParamError("cursor", "not a cursor from this API (range too long)")
                 else:
                     start, end = self._range(from_, to, 3_600_000)
                 if every_ms is not None and (end - start) // every_ms > settings.max_buckets:

@@ -6,8 +6,9 @@ cannot shift a page boundary and make a client skip or repeat points:
 * raw readings come back in time order across every series (one InfluxQL ``LIMIT`` for the whole
   answer); a page ends on a whole instant, so points sharing the last timestamp are never split
   between two pages;
-* aggregated readings (``every`` + ``fn``) are buckets aligned on ``from``; a page ends on a whole
-  bucket and the next page starts at the next bucket.
+* aggregated readings (``every`` + ``fn``) are buckets aligned on ``from``; a page is a window of
+  whole buckets, as many as ``limit`` points hold for the number of series selected (read from the
+  tag index), so InfluxDB's answer is bounded whatever the range.
 
 The cursor names the next start time and the request it belongs to (a hash of the parameters).
 """
@@ -34,6 +35,8 @@ from scheduler.ioc.units import unit_of
 MAX_LATEST_MEASUREMENTS = 64
 #: SHOW TAG VALUES statements sent in one request when listing communes.
 TAG_BATCH = 200
+#: Empty aggregation windows skipped in one request before an empty page is answered.
+MAX_EMPTY_WINDOWS = 32
 #: One instant (or bucket) holding more points than this is refused rather than read whole.
 MAX_INSTANT_POINTS = 1_000_000
 
@@ -117,6 +120,7 @@ class IocService:
         self.known_gateways = known_gateways
         self._fields: dict[str, dict[str, str]] = {}
         self._fields_at = 0.0
+        self._series: dict[tuple[str, Filter], tuple[int, float]] = {}
 
     async def aclose(self) -> None:
         await self.influx.aclose()
@@ -229,23 +233,55 @@ class IocService:
             raise QueryParamError("limit", f"more than {MAX_INSTANT_POINTS} points share one timestamp")
         return pts, last + 1
 
+    async def series_count(self, measurement: str, flt: Filter) -> int:
+        """How many (gateway, device) series of ``measurement`` the filter selects (from the tag index).
+
+        Asked of the index (SHOW TAG VALUES), not of the data, so it is cheap; cached for the schema TTL.
+        """
+        key = (measurement, flt)
+        hit = self._series.get(key)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] <= self.settings.schema_ttl_s:
+            return hit[0]
+        (res,) = await self.influx.query([q.show_tag_values(["gateway"], flt, measurement)])
+        gateways = sorted({str(row[1]) for s in res.series for row in s.values})
+        total = 0
+        for i in range(0, len(gateways), TAG_BATCH):
+            chunk = gateways[i : i + TAG_BATCH]
+            stmts = [
+                q.show_tag_values(["device"], Filter(frozenset([gw]), flt.devices, flt.communes), measurement)
+                for gw in chunk
+            ]
+            for r in await self.influx.query(stmts):
+                total += max(1, sum(len(s.values) for s in r.series))  # no device tag: one series per gateway
+        if len(self._series) > 1000:
+            self._series.clear()
+        self._series[key] = (total, now)
+        return total
+
     async def _aggregated_page(
         self, sel: q.Select, start_ns: int, end_ns: int, limit: int, origin_ms: int, every_ms: int
     ) -> tuple[list[Point], int | None]:
-        # LIMIT applies per series here. Every series' buckets up to the page's last bucket are
-        # among its first limit+1, so the last bucket of a page is always complete.
-        (res,) = await self.influx.query([sel.aggregated(start_ns, end_ns, limit + 1, origin_ms)])
-        pts = self._points(res, sel.fields, sel.measurement, sel.fn)
+        """Whole buckets, as many as ``limit`` points can hold for the number of series selected.
+
+        Each query covers a window of W buckets with W × series ≤ limit, so what InfluxDB sends back
+        is bounded whatever the range (at least one bucket: with more series than ``limit``, a page
+        is one bucket of every series). Empty windows are skipped.
+        """
         step = every_ms * NS_PER_MS
-        if len(pts) <= limit:
-            return pts, None
-        last = pts[limit - 1].time_ns
-        if pts[limit].time_ns != last:
-            return pts[:limit], last + step
-        kept = [p for p in pts[:limit] if p.time_ns < last]
-        if kept:
-            return kept, last
-        return [p for p in pts if p.time_ns == last], last + step
+        series = await self.series_count(sel.measurement, sel.flt)
+        if series == 0:
+            return [], None
+        per_window = max(1, limit // series)
+        lo = start_ns
+        for _ in range(MAX_EMPTY_WINDOWS):
+            hi = min(end_ns, lo + per_window * step)
+            (res,) = await self.influx.query([sel.aggregated(lo, hi, per_window, origin_ms)])
+            pts = self._points(res, sel.fields, sel.measurement, sel.fn)
+            if pts or hi >= end_ns:
+                return pts, (hi if hi < end_ns else None)
+            lo = hi
+        return [], lo  # a long stretch without data: an empty page, and the cursor goes on
 
     # ------------------------------------------------------------------ latest and health
 
