@@ -94,7 +94,14 @@ def ident(name: str) -> str:
 
 
 def string(value: str) -> str:
-    """A single-quoted string literal (tag value)."""
+    """A single-quoted string literal (tag value).
+
+    Two characters cannot be written at all: NUL (InfluxQL's scanner reads it as the end of input)
+    and CR (its reader turns it into a newline, which ends a string). Callers refuse control
+    characters before this; this refuses those two whatever the caller.
+    """
+    if "\x00" in value or "\r" in value:
+        raise ValueError("NUL and CR cannot be written in an InfluxQL string")
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 

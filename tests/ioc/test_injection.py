@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from loaxa.servers import InfluxDB1
+from scheduler.ioc import influxql as q
 from tests.ioc.conftest import IocEnv
 from tests.ioc.dataset import G1, N_G3, N_WATER, STEP_MS, Dataset, iso
-
-pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PAYLOADS = [
     "x'",
@@ -90,6 +92,7 @@ async def _snapshot(env: IocEnv) -> dict[str, Any]:
     return await asyncio.to_thread(snap)
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_no_parameter_can_inject(env: IocEnv) -> None:
     ds: Dataset = env.data["ds"]
     before = await _snapshot(env)
@@ -124,6 +127,7 @@ async def test_no_parameter_can_inject(env: IocEnv) -> None:
     assert r.json()["count"] == 4 * N_WATER + N_G3
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_gateway_injection_cannot_widen_an_area(env: IocEnv) -> None:
     ds: Dataset = env.data["ds"]
     base = _base(ds)["/readings"]
@@ -133,3 +137,45 @@ async def test_gateway_injection_cannot_widen_an_area(env: IocEnv) -> None:
     for payload in ("x' OR 'a'='a", "/.*/", "x\\' OR \"gateway\" = 'xa-phu-my"):
         r = await env.get("/readings", "tok-binh", **{**base, "commune": payload})
         assert r.status_code == 200 and r.json()["count"] == 0, (payload, r.text)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00\r"),
+                    min_size=1, max_size=40))
+def test_any_text_is_one_literal_to_the_real_parser(influx_server: InfluxDB1, text: str) -> None:
+    """Whatever the text — quotes, backslashes, newlines, ``;``, ``/re/`` — the built statement is one
+    statement that InfluxDB 1.6.7 parses, and the text is one string literal matching nothing."""
+    flt = q.Filter(communes=(text,))
+    sel = q.Select("water_level", ("water_level_cm",), flt)
+    ans = influx_server.query(sel.raw(0, 2**62, 10))
+    assert len(ans["results"]) == 1, ans
+    assert "error" not in ans["results"][0], ans
+    assert not ans["results"][0].get("series"), ans
+    ans = influx_server.query(q.show_tag_values(["device"], flt, "water_level"))
+    assert len(ans["results"]) == 1 and "error" not in ans["results"][0], ans
+
+
+def test_nul_and_cr_are_refused_by_the_builder_itself() -> None:
+    for bad in ("a\x00b", "a\rb"):
+        with pytest.raises(ValueError, match="NUL and CR"):
+            q.string(bad)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=st.characters(codec="utf-8", categories=("L", "N", "P", "S", "Zs"),
+                                            exclude_characters="\\"), min_size=1, max_size=30))
+def test_a_written_tag_is_found_by_its_literal(influx_server: InfluxDB1, text: str) -> None:
+    """The literal does not only fail safe: it matches exactly the tag value it spells.
+
+    (No backslashes here: the gateway's line-protocol writer escapes them, and InfluxDB 1.6.7 keeps
+    that escape, storing ``a\\b`` for ``a\b`` — a writer question, not a reader one.)
+    """
+    from gateway.telemetry.lineproto import line, tag_set
+    from tests.ioc.conftest import write_lines
+
+    write_lines(influx_server, [line("roundtrip", tag_set({"commune": text, "gateway": "g"}), "v=1.0", 1000)])
+    stmt = q.Select("roundtrip", ("v",), q.Filter(communes=(text,))).raw(0, 2**62, 10)
+    ans = influx_server.query(stmt)
+    series = ans["results"][0].get("series") or []
+    assert len(series) == 1 and len(series[0]["values"]) == 1, (text, ans)
+    influx_server.query('DROP MEASUREMENT "roundtrip"')
