@@ -205,7 +205,10 @@ class IocApi:
         return start, end
 
     async def _fields(self, measurement: str, field: Sequence[str]) -> tuple[str, ...]:
-        return await self.service.check_fields(measurement, _split(field, "field", q.check_name))
+        fields = await self.service.check_fields(measurement, _split(field, "field", q.check_name))
+        if not fields:
+            raise QueryParamError("measurement", f"{measurement} has no numeric fields")
+        return fields
 
     # ------------------------------------------------------------------ routes
 

@@ -174,6 +174,8 @@ class IocService:
                 raise QueryParamError(
                     "field", f"{f!r} is not a field of {measurement} (known: {', '.join(sorted(known)) or 'none'})"
                 )
+            if known[f] not in ("float", "integer"):
+                raise QueryParamError("field", f"{f!r} holds {known[f]} values, not numbers")
         return tuple(fields)
 
     # ------------------------------------------------------------------ readings

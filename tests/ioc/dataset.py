@@ -64,4 +64,6 @@ def build(now_ms: int | None = None) -> Dataset:
                 {"cpu_temp_c": 50.0 + gi + k, "disk_used_pct": 40.0}, t0 + k * 60_000)
     add("device_health", {"gateway": G1, "device": "loa-1", "commune": COMMUNES[G1]}, {"battery_v": 12.5}, t0 + 1000)
     add("device_health", {"gateway": G2, "device": "loa-7", "commune": COMMUNES[G2]}, {"battery_v": 11.0}, t0 + 1000)
+    # A measurement with text only (not something the gateway writes, but InfluxDB may hold it).
+    ds.lines.append(f'notes,gateway={G1},device=tram-1 note="cleaned the sensor" {t0}')
     return ds

@@ -235,6 +235,10 @@ async def test_limits_name_the_parameter(env: IocEnv) -> None:
         r = await env.get("/readings", **{**m, **extra})
         assert r.status_code == 422, (extra, r.text)
         assert r.json()["detail"][0]["loc"][-1] == param, (extra, r.text)
+    r = await env.get("/readings", measurement="notes", field="note")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "field"
+    r = await env.get("/readings", measurement="notes")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "measurement"
     r = await env.get("/readings", measurement="no_such_measurement")
     assert r.status_code == 404 and "no_such_measurement" in r.json()["detail"]
 
