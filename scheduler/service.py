@@ -63,6 +63,7 @@ class Scheduler:
     library: MediaLibrary
     dispatcher: Dispatcher
     app: FastAPI
+    ioc: IocApi | None = None
 
     @classmethod
     def build(cls, cfg: SchedulerConfig) -> Scheduler:
@@ -120,6 +121,7 @@ class Scheduler:
             },
         )
         routers = [metrics.router(caller)]
+        ioc: IocApi | None = None
         if cfg.influx is not None:
             try:
                 ioc = IocApi(IocSettings.from_section(cfg.influx), caller,
@@ -130,7 +132,7 @@ class Scheduler:
         app = create_app(
             dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token, routers=routers
         )
-        return cls(cfg, astore, library, dispatcher, app)
+        return cls(cfg, astore, library, dispatcher, app, ioc)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -184,6 +186,8 @@ class Scheduler:
             waiter.cancel()
             systemd.cancel()
             await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
+            if self.ioc is not None:
+                await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)
 
 
