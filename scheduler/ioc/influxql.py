@@ -46,6 +46,8 @@ _EVERY_RE = re.compile(r"^([1-9][0-9]{0,6})(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 NS_PER_MS = 1_000_000
+#: Longest bucket (InfluxQL durations are int64 nanoseconds; this stays far below).
+MAX_EVERY_MS = 366 * 86_400_000
 
 
 class QueryParamError(ValueError):
@@ -85,6 +87,8 @@ def parse_every(value: str, param: str = "every") -> int:
     ms = int(m.group(1)) * _UNIT_MS[m.group(2)]
     if ms < 1000:
         raise QueryParamError(param, "the shortest bucket is 1s")
+    if ms > MAX_EVERY_MS:
+        raise QueryParamError(param, "the longest bucket is 366d")
     return ms
 
 

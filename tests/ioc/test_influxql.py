@@ -40,7 +40,7 @@ def test_every_and_functions() -> None:
     assert q.parse_every("5m") == 300_000
     assert q.parse_every("1d") == 86_400_000
     assert q.parse_every("1500ms") == 1500
-    for bad in ("5", "m", "0s", "500ms", "5 m", "5M", "-5m", "5m;", "9999999999s"):
+    for bad in ("5", "m", "0s", "500ms", "5 m", "5M", "-5m", "5m;", "9999999999s", "9999999d", "367d"):
         with pytest.raises(q.QueryParamError) as ei:
             q.parse_every(bad)
         assert ei.value.param == "every"
