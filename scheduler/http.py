@@ -14,13 +14,13 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -117,7 +117,6 @@ def create_app(
     media_url: Any,
     timezone: str = "Asia/Ho_Chi_Minh",
     api_token: str | None = None,
-    routers: Sequence[APIRouter] = (),
 ) -> FastAPI:
     app = FastAPI(
         title="Loa Xã scheduler",
@@ -136,8 +135,6 @@ def create_app(
             raise HTTPException(401, "missing or wrong API token (Authorization: Bearer ...)")
 
     api = [Depends(check_token)]
-    for router in routers:  # /ioc/v1 (scheduler/ioc/)
-        app.include_router(router)
 
     def media_out(m: Media) -> MediaOut:
         return MediaOut(

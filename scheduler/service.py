@@ -129,9 +129,9 @@ class Scheduler:
             except IocSetupError as exc:
                 raise SetupError(str(exc)) from exc
             routers.append(ioc.router)
-        app = create_app(
-            dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token, routers=routers
-        )
+        app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
+        for router in routers:  # /metrics and /ioc/v1
+            app.include_router(router)
         return cls(cfg, astore, library, dispatcher, app, ioc)
 
     async def _systemd(self, server: Any) -> None:
