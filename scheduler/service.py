@@ -22,7 +22,10 @@ from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
 from scheduler.http import create_app
+from scheduler.ioc import IocApi, IocSettings, IocSetupError
+from scheduler.ioc.auth import shared_token_principal
 from scheduler.media import MediaLibrary
+from scheduler.metrics import SchedulerMetrics
 from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ class Scheduler:
     library: MediaLibrary
     dispatcher: Dispatcher
     app: FastAPI
+    ioc: IocApi | None = None
 
     @classmethod
     def build(cls, cfg: SchedulerConfig) -> Scheduler:
@@ -111,8 +115,29 @@ class Scheduler:
             token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
         except RuntimeError as exc:
             raise SetupError(f"http.api_token: {exc}") from exc
+        # Until scheduler/access/ exists, /ioc/v1 and /metrics take the shared API token (all areas).
+        caller = shared_token_principal(token)
+        metrics = SchedulerMetrics(
+            astore,
+            lambda: {
+                "mqtt_connected": float(dispatcher.link.connected.is_set()),
+                "commands_published": float(dispatcher.sent),
+                "messages_received": float(dispatcher.received),
+            },
+        )
+        routers = [metrics.router(caller)]
+        ioc: IocApi | None = None
+        if cfg.influx is not None:
+            try:
+                ioc = IocApi(IocSettings.from_section(cfg.influx), caller,
+                             known_gateways=lambda: astore.call(astore.store.gateways), registry=metrics.registry)
+            except IocSetupError as exc:
+                raise SetupError(str(exc)) from exc
+            routers.append(ioc.router)
         app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
-        return cls(cfg, astore, library, dispatcher, app)
+        for router in routers:  # /metrics and /ioc/v1
+            app.include_router(router)
+        return cls(cfg, astore, library, dispatcher, app, ioc)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -166,6 +191,8 @@ class Scheduler:
             waiter.cancel()
             systemd.cancel()
             await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
+            if self.ioc is not None:
+                await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)
 
 
