@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from loaxa.brokers import CentralBroker, LanBroker
 from loaxa.servers import InfluxDB1, Mosquitto, MosquittoUser, ServerUnavailable, VictoriaMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,11 +31,15 @@ def _start(server: Any) -> Any:
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """Call it to start a Mosquitto (optionally ``users=[MosquittoUser(...)]``); all are stopped after."""
+    """Call it to start a Mosquitto with ``users=[MosquittoUser(...)]``; all are stopped after.
+
+    Without users the broker is anonymous: that is only for tests of one client on its own. A test of
+    the system uses :func:`central_broker_factory` / :func:`lan_broker_factory` (production ACLs).
+    """
     started: list[Mosquitto] = []
 
     def make(name: str = "mosquitto", users: list[MosquittoUser] | None = None) -> Mosquitto:
-        broker = _start(Mosquitto(tmp_path / f"{name}-{len(started)}", users=users or []))
+        broker = _start(Mosquitto(tmp_path / f"{name}-{len(started)}", users=users or [], anonymous=not users))
         started.append(broker)
         return broker
 
@@ -46,6 +51,44 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
 @pytest.fixture
 def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     return mosquitto_factory("central")
+
+
+@pytest.fixture
+def central_broker_factory(tmp_path: Path) -> Iterator[Callable[..., CentralBroker]]:
+    """Start central brokers as production runs them: ``configs/mosquitto/acl.example``, an account per
+    gateway (``gateways=[...]``, more with ``add_gateway``), ``scheduler`` and ``viewer``; client ids
+    bound to user names."""
+    started: list[CentralBroker] = []
+
+    def make(gateways: list[str] | tuple[str, ...] = (), readers: tuple[str, ...] = ("viewer",),
+             name: str = "central") -> CentralBroker:
+        broker = _start(CentralBroker(tmp_path / f"{name}-{len(started)}", gateways=list(gateways),
+                                      readers=list(readers)))
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def lan_broker_factory(tmp_path: Path) -> Iterator[Callable[..., LanBroker]]:
+    """Start commune LAN brokers as production runs them: the ACL generated from
+    ``configs/mosquitto/commune-lan.acl.example`` for ``gateway_id``, the ``gateway`` account on the
+    loopback listener and an account per device (``devices=[...]``, more with ``add_device``) on the
+    device listener (``device_url``)."""
+    started: list[LanBroker] = []
+
+    def make(gateway_id: str, devices: list[str] | tuple[str, ...] = (), name: str = "lan") -> LanBroker:
+        broker = _start(LanBroker(tmp_path / f"{name}-{gateway_id}-{len(started)}", gateway_id=gateway_id,
+                                  devices=list(devices)))
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
 
 
 @pytest.fixture
