@@ -18,7 +18,7 @@ from .helpers import Publisher, config_dict, eventually, influx_values, load, ru
 async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
     cfg = load(
         tmp_path,
-        config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), retain_days=30, alarm_interval_s=1),
+        config_dict(tmp_path, mosquitto, influx=v1(influxdb1), retain_days=30, alarm_interval_s=1),
     )
     alarms: list[AlarmEvent] = []
 
@@ -65,7 +65,7 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
     ]
     svc = TelemetryService(cfg, publish_event=publish_event, clock_synced=lambda: True)
     async with running(svc):
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         items: list[tuple[str, Any]] = [(topic("s1"), payload) for _, payload, _ in cases]
         items.append((topic("nobody"), json.dumps(good)))  # unknown device
         items.append((topic("s1"), json.dumps(good)))  # and life goes on
