@@ -90,10 +90,13 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
     assert set(got.values()) == {21.5}
     assert not any(p.get("t") is not None for p in influxdb1.points("environment"))
     # alarms are rate-limited (one per second here) and together account for every refusal
-    assert 1 <= len(alarms) <= 3
-    assert all(a.code == "telemetry_rejected" for a in alarms)
+    rejected_alarms = [a for a in alarms if a.code == "telemetry_rejected"]
+    assert 1 <= len(rejected_alarms) <= 3
+    # the oversize message also raised an alarm of its own kind, naming the device
+    assert [a.details["devices"] for a in alarms if a.code == "telemetry_oversize"] == [["s1"]]
+    assert {a.code for a in alarms} == {"telemetry_rejected", "telemetry_oversize"}
     totals: dict[str, int] = {}
-    for a in alarms:
+    for a in rejected_alarms:
         for reason, n in a.details["counts"].items():
             totals[reason] = totals.get(reason, 0) + n
     assert totals == expected
