@@ -33,6 +33,8 @@ LAN_ACL_EXAMPLE = CONFIG_DIR / "commune-lan.acl.example"
 EXAMPLE_GATEWAY = "xa-an-binh"
 SCHEDULER_USER = "scheduler"
 VIEWER_USER = "viewer"
+#: a second read-only account (the demo's status follower), built from the viewer block
+MONITOR_USER = "monitor"
 #: the account of the gateway itself on its commune LAN broker
 LAN_GATEWAY_USER = "gateway"
 

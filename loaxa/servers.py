@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
@@ -211,7 +211,7 @@ class Mosquitto(_Process):
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
-    def start(self, timeout: float = 15.0) -> Mosquitto:
+    def start(self, timeout: float = 15.0) -> Self:
         binary = find_binary("mosquitto", "mosquitto")
         if not self.port:
             self.port = free_port()

@@ -251,6 +251,15 @@ class Store:
         with self.session() as s, s.begin():
             return self._status(s, gw, status, now)
 
+    def register_gateways(self, entries: Iterable[tuple[str, str | None]]) -> None:
+        """Create (or name the commune of) the configured gateways: the only way a gateway row is
+        born. A gateway id that merely appears in a topic is never registered."""
+        with self.session() as s, s.begin():
+            for gw, commune in entries:
+                row = self._gateway(s, gw)
+                if commune:
+                    row.commune = commune[:200]
+
     def touch_gateway(self, gw: str, now: int) -> None:
         with self.session() as s, s.begin():
             self._gateway(s, gw).last_seen = now

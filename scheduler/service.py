@@ -73,6 +73,7 @@ class Scheduler:
         try:
             store = Store(url)
             store.create_all()
+            store.register_gateways((g.id, g.commune) for g in cfg.gateways)
         except (SQLAlchemyError, ImportError) as exc:  # ImportError: no driver for this URL
             raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
         library = MediaLibrary(
@@ -101,6 +102,7 @@ class Scheduler:
             media_url,
             resend_interval_s=cfg.dispatch.resend_interval_s,
             max_late_s=cfg.dispatch.max_late_s,
+            gateways=[g.id for g in cfg.gateways],
         )
         try:
             token = cfg.http.api_token.get().strip() if cfg.http.api_token else None

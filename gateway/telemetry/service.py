@@ -321,7 +321,8 @@ class TelemetryService:
         for row, _msg in bad:
             if row.device:
                 self.rejected_by_device[row.device] += 1
-        examples = [{"device": r.device, "measurement": r.measurement, "ts": r.ts, "error": m[:200]} for r, m in bad[:5]]
+        examples = [{"device": r.device, "measurement": r.measurement, "ts": r.ts, "error": m[:200]}
+                    for r, m in bad[:5]]
         await self._publish_alarm(AlarmEvent(
             code="telemetry_quarantined",
             severity="warning",
