@@ -257,8 +257,12 @@ class Store:
         with self.session() as s, s.begin():
             for gw, commune in entries:
                 row = self._gateway(s, gw)
-                if commune:
-                    row.commune = commune[:200]
+                if commune is not None:
+                    row.commune = commune[:200] or None
+
+    def gateway_ids(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Gateway.id)).all())
 
     def touch_gateway(self, gw: str, now: int) -> None:
         with self.session() as s, s.begin():

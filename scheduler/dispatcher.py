@@ -74,9 +74,10 @@ class Dispatcher:
         max_late_s: int = 3600,
         gateways: Iterable[str] = (),
     ):
-        #: the configured gateways; messages on any other gateway's topics are ignored (a read-only
-        #: account or a misconfigured broker must not make a gateway appear)
-        self.known_gateways: frozenset[str] = frozenset(gateways)
+        #: the registered gateways (configured, or registered through the API); messages on any other
+        #: gateway's topics are ignored: a read-only account or a misconfigured broker must not make a
+        #: gateway appear
+        self.known_gateways: set[str] = set(gateways)
         self._ignored: set[str] = set()
         self.store = store
         self.link = link
@@ -159,6 +160,12 @@ class Dispatcher:
         log.info("broadcast %s created for %s", bid, ", ".join(targets))
         await self.send(out)
         return bid
+
+    async def register_gateway(self, gw: str, commune: str | None) -> None:
+        """Register a gateway (or rename its commune): from then on its messages count."""
+        await self.store.call(self.db.set_commune, gw, commune)
+        self.known_gateways.add(gw)
+        self._ignored.discard(gw)
 
     async def cancel_broadcast(self, bid: str) -> int:
         out = await self.store.call(self.db.cancel_broadcast, bid, self.make_envelope, now_ms())

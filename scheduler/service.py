@@ -102,7 +102,7 @@ class Scheduler:
             media_url,
             resend_interval_s=cfg.dispatch.resend_interval_s,
             max_late_s=cfg.dispatch.max_late_s,
-            gateways=[g.id for g in cfg.gateways],
+            gateways=store.gateway_ids(),  # the configured ones (registered above) and those added by the API
         )
         try:
             token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
