@@ -370,7 +370,7 @@ def main() -> int:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="loaxa-bench-ingest-"))
-    broker = Mosquitto(work / "mosquitto").start()
+    broker = Mosquitto(work / "mosquitto", anonymous=True).start()
     influx = InfluxDB1(work / "influxdb").start()
     sims = [f"sim-{i}" for i in range(args.drain_sensors)]
     pipe = Pipeline(work, broker, influx, ["batch", "single", *sims])

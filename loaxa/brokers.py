@@ -143,6 +143,11 @@ class CentralBroker(Mosquitto):
     def endpoint(self, name: str) -> dict[str, Any]:
         return endpoint(self.url, self.user(name))
 
+    def gateway_auth(self, gw: str) -> tuple[str, str]:
+        """(user name, password) of gateway ``gw``'s uplink, making its account if needed."""
+        account = self.add_gateway(gw)
+        return account.username, account.password
+
 
 @dataclass
 class LanBroker(Mosquitto):
@@ -171,6 +176,11 @@ class LanBroker(Mosquitto):
         self.users.append(account)
         self.reload_accounts(probe=account)
         return account
+
+    def gateway_auth(self) -> tuple[str, str]:
+        """(user name, password) of the gateway's own account on this broker."""
+        account = self.user(LAN_GATEWAY_USER)
+        return account.username, account.password
 
     def gateway_endpoint(self) -> dict[str, Any]:
         """The gateway's ``local_broker`` section."""
