@@ -31,15 +31,16 @@ def _start(server: Any) -> Any:
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """Call it to start a Mosquitto with ``users=[MosquittoUser(...)]``; all are stopped after.
-
-    Without users the broker is anonymous: that is only for tests of one client on its own. A test of
-    the system uses :func:`central_broker_factory` / :func:`lan_broker_factory` (production ACLs).
+    """Call it to start a Mosquitto with ``users=[MosquittoUser(...)]`` and their own ACL lines; all are
+    stopped after. A test of the system uses :func:`central_broker_factory` / :func:`lan_broker_factory`
+    (the production ACLs); this one is for tests of the harness itself. No broker here is anonymous.
     """
     started: list[Mosquitto] = []
 
     def make(name: str = "mosquitto", users: list[MosquittoUser] | None = None) -> Mosquitto:
-        broker = _start(Mosquitto(tmp_path / f"{name}-{len(started)}", users=users or [], anonymous=not users))
+        if not users:
+            raise ValueError("mosquitto_factory needs users=[...]; use central_broker_factory / lan_broker_factory")
+        broker = _start(Mosquitto(tmp_path / f"{name}-{len(started)}", users=users))
         started.append(broker)
         return broker
 
@@ -49,8 +50,9 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
 
 
 @pytest.fixture
-def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
-    return mosquitto_factory("central")
+def mosquitto(central_broker_factory: Callable[..., CentralBroker]) -> CentralBroker:
+    """A central broker as production runs it, with no gateway accounts yet (``add_gateway``)."""
+    return central_broker_factory()
 
 
 @pytest.fixture
