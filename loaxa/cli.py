@@ -16,6 +16,7 @@ from loaxa.plugins import optional_modules
 COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.config_cmd",
     "loaxa.keys_cmd",
+    "loaxa.broker_cmd",
     "gateway.cli",
     "scheduler.cli",
     "devices.cli",

@@ -252,3 +252,14 @@ def test_example_configs_use_the_user_names_the_acls_require(tmp_path: Path,
     cfg = load_gateway_config(gw_file)
     assert cfg.uplink.username == cfg.gateway.id
     load_scheduler_config(ROOT / "configs" / "scheduler.example.yaml")
+
+
+def test_broker_acl_command_prints_the_generated_files() -> None:
+    from tests.conftest import run_loaxa
+
+    out = run_loaxa("broker", "acl", "central", "--gateway", "xa-a", "--gateway", "xa-b", "--reader", "ioc")
+    assert out.returncode == 0 and out.stdout == central_acl(["xa-a", "xa-b"], ["ioc"])
+    out = run_loaxa("broker", "acl", "lan", "--gateway", "xa-a")
+    assert out.returncode == 0 and out.stdout == lan_acl("xa-a") and "xa-an-binh" not in out.stdout
+    bad = run_loaxa("broker", "acl", "central", "--gateway", "viewer")
+    assert bad.returncode == 2 and "viewer" in bad.stderr

@@ -21,7 +21,6 @@ from loaxa.servers import _Process, find_binary, free_port, password_line, wait_
 from .helpers import GW, config_dict, eventually, load, running, topic
 from .test_tls_auth import make_ca_and_cert
 
-
 #: accounts of the TLS broker (the production LAN ACL for GW)
 PASSWORDS = {"gateway": "gw-secret", "s1": "s1-secret"}
 
