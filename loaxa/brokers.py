@@ -73,7 +73,8 @@ def central_acl(gateways: Iterable[str], readers: Iterable[str] = (VIEWER_USER,)
         raise AclExampleError(f"{CENTRAL_ACL_EXAMPLE}: 'pattern' lines apply to every account; use user blocks")
     out = [preamble.rstrip() + "\n", blocks[SCHEDULER_USER]]
     for reader in readers:
-        if reader in (SCHEDULER_USER,):
+        validate_id(reader, "read-only account name")
+        if reader == SCHEDULER_USER:
             raise ValueError(f"{reader!r} cannot be a read-only account")
         out.append(re.sub(r"^user\s+\S+", f"user {reader}", blocks[VIEWER_USER], count=1))
     for gw in gateways:

@@ -66,7 +66,7 @@ class Bench:
         self.gateway = spawn_loaxa("gateway", "run", "--config", str(self.config), log=self.tmp / "gw.log")
         self.procs.append(self.gateway)
         wait_until(lambda: self.up.on(f"{GW}/status")[-1:] == [{**self.up.on(f"{GW}/status")[-1], "state": "online"}]
-                   if self.up.on(f"{GW}/status") else False, timeout=20, what="gateway online")
+                   if self.up.on(f"{GW}/status") else False, timeout=45, what="gateway online")
 
     def kill_gateway(self) -> None:
         self.gateway.send_signal(signal.SIGKILL)
