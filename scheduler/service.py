@@ -74,8 +74,14 @@ class Scheduler:
             store = Store(url)
             store.create_all()
             store.register_gateways((g.id, g.commune) for g in cfg.gateways)
+            known = store.gateway_ids()
         except (SQLAlchemyError, ImportError) as exc:  # ImportError: no driver for this URL
             raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
+        unlisted = sorted(set(known) - {g.id for g in cfg.gateways})
+        if unlisted:
+            # registered through the API, or (before this version) created from any topic heard
+            log.warning("gateways in the database but not under 'gateways' in the config (still served; "
+                        "check them with 'loaxa gateways'): %s", ", ".join(unlisted[:50]))
         library = MediaLibrary(
             data_dir / "media",
             max_bytes=cfg.http.max_upload_bytes,
@@ -102,7 +108,7 @@ class Scheduler:
             media_url,
             resend_interval_s=cfg.dispatch.resend_interval_s,
             max_late_s=cfg.dispatch.max_late_s,
-            gateways=store.gateway_ids(),  # the configured ones (registered above) and those added by the API
+            gateways=known,  # the configured ones (registered above) and those added through the API
         )
         try:
             token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
