@@ -80,7 +80,7 @@ def fleet(port: int, gateways: list[str], speakers: int, ready: Any, done: Any) 
 async def main(n_gw: int, n_spk: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        broker = Mosquitto(tmp / "mosquitto").start()
+        broker = Mosquitto(tmp / "mosquitto", anonymous=True).start()
         try:
             cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp, broker.url, Keys()))
             sched = Scheduler.build(cfg)

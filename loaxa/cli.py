@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.keys_cmd",
     "loaxa.tls_cmd",
     "loaxa.doctor",
+    "loaxa.broker_cmd",
     "gateway.cli",
     "scheduler.cli",
     "scheduler.store.cli",

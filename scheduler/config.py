@@ -9,6 +9,7 @@ from pydantic import Field
 
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
+from protocol.ids import GatewayId
 
 
 class SchedulerSection(StrictModel):
@@ -73,6 +74,13 @@ class IocInfluxSection(StrictModel):
     max_points: int = Field(default=50_000, ge=100, le=1_000_000, description="most points in one page")
 
 
+class GatewayEntry(StrictModel):
+    """A gateway this scheduler serves: its id is its user name on the central broker."""
+
+    id: GatewayId
+    commune: str | None = Field(default=None, max_length=200)
+
+
 class SchedulerConfig(StrictModel):
     scheduler: SchedulerSection = SchedulerSection()
     broker: MqttEndpoint
@@ -81,6 +89,10 @@ class SchedulerConfig(StrictModel):
     media: MediaSection = MediaSection()
     dispatch: DispatchSection = DispatchSection()
     influx: IocInfluxSection | None = None
+    gateways: list[GatewayEntry] = Field(
+        default_factory=list,
+        description="the gateways this scheduler serves; messages of any other gateway id are ignored",
+    )
 
 
 def load_scheduler_config(path: str | Path) -> SchedulerConfig:

@@ -236,6 +236,19 @@ class Store:
         with self.session() as s, s.begin():
             return self._status(s, gw, status, now)
 
+    def register_gateways(self, entries: Iterable[tuple[str, str | None]]) -> None:
+        """Create (or name the commune of) the configured gateways: the only way a gateway row is
+        born. A gateway id that merely appears in a topic is never registered."""
+        with self.session() as s, s.begin():
+            for gw, commune in entries:
+                row = self._gateway(s, gw)
+                if commune is not None:
+                    row.commune = commune[:200] or None
+
+    def gateway_ids(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Gateway.id)).all())
+
     def touch_gateway(self, gw: str, now: int) -> None:
         with self.session() as s, s.begin():
             self._gateway(s, gw).last_seen = now

@@ -318,7 +318,7 @@ def create_app(
 
     @app.put("/api/gateways/{gw}", dependencies=api, summary="Name a gateway's commune (registers the gateway)")
     async def put_gateway(gw: Annotated[str, PathParam(pattern=ID_PATTERN)], body: GatewayIn) -> dict[str, Any]:
-        await store.call(db.set_commune, gw, body.commune)
+        await dispatcher.register_gateway(gw, body.commune)
         return {"id": gw, "commune": body.commune}
 
     @app.get("/api/gateways", dependencies=api, summary="Gateways, their status and their speakers")

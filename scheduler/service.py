@@ -81,9 +81,16 @@ class Scheduler:
             raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
         try:
             store.upgrade()  # Alembic migrations to the newest schema (adopts a pre-migration database)
+            store.register_gateways((g.id, g.commune) for g in cfg.gateways)
+            known = store.gateway_ids()
         except (SQLAlchemyError, ImportError, MigrationError) as exc:
             store.close()
             raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
+        unlisted = sorted(set(known) - {g.id for g in cfg.gateways})
+        if unlisted:
+            # registered through the API, or (before this version) created from any topic heard
+            log.warning("gateways in the database but not under 'gateways' in the config (still served; "
+                        "check them with 'loaxa gateways'): %s", ", ".join(unlisted[:50]))
         library = MediaLibrary(
             data_dir / "media",
             max_bytes=cfg.http.max_upload_bytes,
@@ -110,6 +117,7 @@ class Scheduler:
             media_url,
             resend_interval_s=cfg.dispatch.resend_interval_s,
             max_late_s=cfg.dispatch.max_late_s,
+            gateways=known,  # the configured ones (registered above) and those added through the API
         )
         try:
             token = cfg.http.api_token.get().strip() if cfg.http.api_token else None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from loaxa.brokers import central_acl, lan_acl
+from loaxa.servers import can_log_in
 from tests.conftest import run_loaxa, spawn_loaxa, wait_until
 
 
@@ -29,7 +31,7 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         with urllib.request.urlopen(ep["influxdb"]["url"] + "/ping", timeout=5) as resp:
             assert resp.status == 204
         statuses: dict[str, str] = {}
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id="demo-test")
         c.username_pw_set(ep["central_mqtt"]["viewer"]["username"], ep["central_mqtt"]["viewer"]["password"])
         c.on_message = lambda _c, _u, m: statuses.__setitem__(m.topic.split("/")[2], json.loads(m.payload)["state"])
         c.connect("127.0.0.1", int(ep["central_mqtt"]["url"].rsplit(":", 1)[1]))
@@ -37,6 +39,18 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         c.loop_start()
         gateways = set(ep["gateways"])
         assert len(gateways) == 2
+        # every broker runs with accounts and the production ACLs generated from the examples
+        data = tmp_path / "d"
+        confs = sorted(data.rglob("mosquitto.conf"))
+        assert len(confs) == 3 and all("allow_anonymous false" in f.read_text() for f in confs)
+        assert (data / "central-mqtt" / "acl").read_text() == central_acl(sorted(gateways), ["viewer", "monitor"])
+        for g in gateways:
+            assert (data / g / "lan-mqtt" / "acl").read_text() == lan_acl(g)
+            for url in (ep["gateways"][g]["lan_mqtt"], ep["gateways"][g]["lan_devices_mqtt"]):
+                assert not can_log_in(int(url.rsplit(":", 1)[1]), "loa-01", "not-its-password")
+        creds = json.loads(Path(ep["gateways"]["xa-an-binh"]["device_credentials"]).read_text())
+        assert set(creds) == {*ep["gateways"]["xa-an-binh"]["speakers"], *(
+            s for s in ep["gateways"]["xa-an-binh"]["sensors"] if s.startswith("lan-"))}
         wait_until(lambda: {g for g, s in statuses.items() if s == "online"} == gateways, timeout=30,
                    what="both demo gateways online")
 

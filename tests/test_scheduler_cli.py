@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,12 +18,21 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from loaxa.servers import Mosquitto
+from loaxa.brokers import CentralBroker
 from protocol.models import BroadcastPlanBody
 from protocol.signing import parse_body_as
 from scheduler.cli import CliError, parse_local_time
 from tests.conftest import ROOT, loaxa_env, run_loaxa, wait_until
 from tests.sched_support import Keys, TestGateway, make_tone, scheduler_config_dict
+
+#: the gateways the tests' scheduler serves (it ignores any other gateway id)
+GATEWAYS: tuple[str, ...] = ("xa-dong-son", "xa-go-sai")
+
+@pytest.fixture
+def mosquitto(central_broker_factory: Callable[..., CentralBroker]) -> CentralBroker:
+    """The central broker as production runs it (ACL, accounts, client ids bound to user names)."""
+    return central_broker_factory(gateways=GATEWAYS)
+
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 
@@ -39,11 +49,11 @@ async def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(run_loaxa, *args)
 
 
-async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: CentralBroker) -> None:
     keys = Keys()
     key_file = tmp_path / "signing.key"
     key_file.write_text(keys.seed_b64 + "\n")
-    cfg = scheduler_config_dict(tmp_path, mosquitto.url, keys)
+    cfg = scheduler_config_dict(tmp_path, mosquitto, keys, gateways=GATEWAYS)
     cfg["signing"]["private_key"] = {"file": "signing.key"}
     conf = tmp_path / "scheduler.yaml"
     conf.write_text(yaml.safe_dump(cfg, allow_unicode=True))
@@ -66,7 +76,7 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         env=loaxa_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000"),
     )
     log_file.close()
-    gw = TestGateway(mosquitto.url, "xa-dong-son", keys)
+    gw = TestGateway(mosquitto, "xa-dong-son", keys)
     try:
         wait_until(lambda: _health(port) or proc.poll() is not None, 30, what="scheduler up")
         assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
@@ -164,11 +174,16 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         assert "emergency (9)" in rows[bid] and "yes" not in rows[bid]
         assert "normal (3)" in rows[bid2] and rows[bid2].rstrip().endswith("yes")
 
-        # a gateway id nobody has seen: accepted (it may come later) but the operator is warned
+        # a configured gateway that never connected: accepted (it may come later) but the operator is warned
         res = await cli(
             "broadcast", "now", "--config", str(conf), "--sha256", item.media.sha256, "--targets", "xa-go-sai"
         )
         assert res.returncode == 0 and "warning: gateway xa-go-sai has never connected" in res.stdout
+        # a gateway id the scheduler was never told about: refused, naming it
+        res = await cli(
+            "broadcast", "now", "--config", str(conf), "--sha256", item.media.sha256, "--targets", "xa-khong-co"
+        )
+        assert res.returncode != 0 and "unknown gateway(s) xa-khong-co" in res.stderr
 
         # errors are clear and change nothing
         res = await cli(

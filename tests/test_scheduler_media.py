@@ -5,28 +5,37 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from loaxa.servers import Mosquitto
+from loaxa.brokers import CentralBroker
 from scheduler.config import SchedulerConfig
 from scheduler.http import parse_range
 from scheduler.service import Scheduler
 from tests.sched_support import Keys, make_tone, scheduler_config_dict, wait_for_async
 
+#: the gateways the tests' scheduler serves (it ignores any other gateway id)
+GATEWAYS: tuple[str, ...] = ()
+
+@pytest.fixture
+def mosquitto(central_broker_factory: Callable[..., CentralBroker]) -> CentralBroker:
+    """The central broker as production runs it (ACL, accounts, client ids bound to user names)."""
+    return central_broker_factory(gateways=GATEWAYS)
+
+
 MAX_UPLOAD = 200_000
 
 
 @pytest.fixture
-async def server(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[tuple[Scheduler, httpx.AsyncClient]]:
+async def server(tmp_path: Path, mosquitto: CentralBroker) -> AsyncIterator[tuple[Scheduler, httpx.AsyncClient]]:
     cfg = SchedulerConfig.model_validate(
         scheduler_config_dict(
             tmp_path,
-            mosquitto.url,
+            mosquitto,
             Keys(),
             http={"max_upload_bytes": MAX_UPLOAD},
             media={"max_duration_s": 30},
@@ -178,9 +187,9 @@ async def test_text_is_read_aloud(server: tuple[Scheduler, httpx.AsyncClient]) -
     assert media_rows(sched) == 1
 
 
-async def test_api_token(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def test_api_token(tmp_path: Path, mosquitto: CentralBroker) -> None:
     cfg = SchedulerConfig.model_validate(
-        scheduler_config_dict(tmp_path, mosquitto.url, Keys(), http={"api_token": {"value": "s3cret"}})
+        scheduler_config_dict(tmp_path, mosquitto, Keys(), http={"api_token": {"value": "s3cret"}})
     )
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()

@@ -23,7 +23,8 @@ import pytest
 import pytest_asyncio
 from fastapi import Header, HTTPException
 
-from loaxa.servers import InfluxDB1, Mosquitto, ServerUnavailable
+from loaxa.brokers import CentralBroker
+from loaxa.servers import InfluxDB1, ServerUnavailable
 from scheduler.config import IocInfluxSection, SchedulerConfig
 from scheduler.ioc import IocApi, IocSettings
 from scheduler.service import Scheduler
@@ -94,19 +95,23 @@ def influx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    server = _start(Mosquitto(tmp_path_factory.mktemp("mosquitto")))
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentralBroker]:
+    from tests.ioc import dataset
+
+    server = _start(CentralBroker(tmp_path_factory.mktemp("mosquitto"), gateways=[dataset.G1, dataset.G2]))
     yield server
     server.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def ioc_app(
-    tmp_path_factory: pytest.TempPathFactory, influx_server: InfluxDB1, broker: Mosquitto
+    tmp_path_factory: pytest.TempPathFactory, influx_server: InfluxDB1, broker: CentralBroker
 ) -> AsyncIterator[IocEnv]:
+    from tests.ioc import dataset
+
     tmp: Path = tmp_path_factory.mktemp("sched")
     keys = Keys()
-    cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp, broker.url, keys))
+    cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp, broker, keys, gateways=[dataset.G1, dataset.G2]))
     sched = Scheduler.build(cfg)
     settings = IocSettings.from_section(IocInfluxSection(url=influx_server.url, database=influx_server.database))
     api = IocApi(settings, area_principal, known_gateways=lambda: sched.store.call(sched.store.store.gateways))

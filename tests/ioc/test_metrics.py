@@ -13,7 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loaxa.servers import InfluxDB1, Mosquitto
+from loaxa.brokers import CentralBroker
+from loaxa.servers import InfluxDB1
 from scheduler.config import SchedulerConfig
 from scheduler.metrics import reason_label
 from scheduler.service import Scheduler
@@ -42,18 +43,18 @@ def test_reason_labels_stay_few_and_safe() -> None:
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_metrics_show_state_and_counters(
-    tmp_path_factory: pytest.TempPathFactory, influx_server: InfluxDB1, broker: Mosquitto
+    tmp_path_factory: pytest.TempPathFactory, influx_server: InfluxDB1, broker: CentralBroker
 ) -> None:
     tmp: Path = tmp_path_factory.mktemp("metrics")
     keys = Keys()
     cfg = SchedulerConfig.model_validate(scheduler_config_dict(
-        tmp, broker.url, keys, http={"api_token": {"value": TOKEN}},
+        tmp, broker, keys, gateways=["xa-metrics"], http={"api_token": {"value": TOKEN}},
         influx={"url": influx_server.url, "database": influx_server.database},
     ))
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
-    gw = TestGateway(broker.url, "xa-metrics", keys, auto_ack=False)
+    gw = TestGateway(broker, "xa-metrics", keys, auto_ack=False)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=60) as http:
 
