@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, create_engine, event, or_, select, update
+from sqlalchemy import Engine, create_engine, event, inspect, or_, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -169,6 +170,16 @@ class Store:
 
     def create_all(self) -> None:
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns("media")
+
+    def _add_missing_columns(self, table: str) -> None:
+        """Add nullable columns that a newer model has and an older database lacks (no data moved)."""
+        have = {c["name"] for c in inspect(self.engine).get_columns(table)}
+        with self.engine.begin() as con:
+            for col in Base.metadata.tables[table].columns:
+                if col.name not in have and col.nullable:
+                    ddl = col.type.compile(dialect=self.engine.dialect)
+                    con.execute(sql_text(f'ALTER TABLE {table} ADD COLUMN "{col.name}" {ddl}'))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -333,6 +344,11 @@ class Store:
     def get_media(self, sha256: str) -> Media | None:
         with self.session() as s:
             return s.get(Media, sha256)
+
+    def list_media(self, limit: int = 100) -> list[Media]:
+        """The library, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Media).order_by(Media.created_at.desc()).limit(limit)))
 
     # ------------------------------------------------------------ broadcasts
 

@@ -22,7 +22,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
 from scheduler.http import create_app
-from scheduler.media import MediaLibrary
+from scheduler.media import MediaLibrary, Target
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ class Scheduler:
             max_duration_s=cfg.media.max_duration_s,
             transcode_to=cfg.media.transcode,
             bitrate_kbps=cfg.media.bitrate_kbps,
+            speech_bitrate_kbps=cfg.media.speech_bitrate_kbps,
             tts_voice=cfg.media.tts_voice,
+            target=Target(cfg.media.loudness_lufs, cfg.media.true_peak_dbtp),
         )
         try:
             signer = Signer(cfg.signing.key_id, load_private_key(cfg.signing.private_key.get()))
