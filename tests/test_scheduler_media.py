@@ -166,7 +166,9 @@ async def test_bad_uploads_are_refused_and_nothing_is_stored(
 
 async def test_text_is_read_aloud(server: tuple[Scheduler, httpx.AsyncClient]) -> None:
     sched, http = server
-    r = await http.post("/api/tts", json={"text": "Thông báo khẩn: nước sông đang lên, bà con di chuyển lên chỗ cao."})
+    r = await http.post(
+        "/api/tts", json={"text": "Thông báo khẩn: nước sông đang lên, bà con di chuyển lên chỗ cao."}
+    )
     assert r.status_code == 201, r.text
     m = r.json()
     assert m["content_type"] == "audio/mpeg" and m["duration_ms"] > 1000
@@ -343,3 +345,19 @@ async def test_tts_preview_shows_the_spoken_text(server: tuple[Scheduler, httpx.
     too_long = await http.post("/api/tts/preview", json={"text": "a" * 20_001})
     assert too_long.status_code == 422 and too_long.json()["detail"][0]["loc"] == ["body", "text"]
     assert media_rows(sched) == 0 and stored_files(sched) == []
+
+
+async def test_one_minute_notice_size(tmp_path: Path) -> None:
+    """The figures in docs/audio.md: a 1-minute speech item is ~360 kB (under 3 s over 1 Mbit/s),
+    music ~960 kB; both at the loudness target."""
+    from scheduler.media import MediaLibrary, transfer_seconds
+
+    lib = MediaLibrary(tmp_path / "media", max_bytes=50_000_000, max_duration_s=120)
+    src = await _lavfi(tmp_path / "minute.mp3", "anoisesrc=c=pink:a=0.3:r=44100", 60, 0)
+    speech = await asyncio.to_thread(lib.ingest, src, "minute.mp3", "speech")
+    src = await _lavfi(tmp_path / "minute.mp3", "anoisesrc=c=pink:a=0.3:r=44100", 60, 0)
+    music = await asyncio.to_thread(lib.ingest, src, "minute.mp3", "music")
+    assert 59_500 <= speech.duration_ms <= 60_500
+    assert 340_000 <= speech.size <= 380_000 and transfer_seconds(speech.size) < 3.1
+    assert 900_000 <= music.size <= 1_000_000 and transfer_seconds(music.size) < 8.1
+    assert abs((speech.loudness_lufs or 0) + 16) <= 0.5 and abs((music.loudness_lufs or 0) + 16) <= 0.5

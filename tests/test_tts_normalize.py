@@ -3,12 +3,15 @@ pace, repeat), and espeak-ng's own phonemes (the real binary) to show letters ar
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from loaxa.cli import main
 from scheduler.media.errors import MediaError
 from scheduler.media.normalize_vi import normalize, normalize_with_changes, read_decimal, read_number
 from scheduler.media.tts import NORMAL, REPEAT_LEAD, SLOW, build_script
@@ -233,3 +236,22 @@ def test_espeak_no_longer_spells_units_or_h() -> None:
     assert _spelled(_espeak_words(spoken), signatures) == []
     # "UBND" as typed makes espeak-ng switch to its English voice and spell it; written out, it does not
     assert "(en)" in _espeak(NOTICE) and "(en)" not in _espeak(spoken)
+
+
+# ------------------------------------------------------------ loaxa tts preview
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_cli_preview(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wav = tmp_path / "nghe-thu.wav"
+    rc = main(["tts", "preview", "--json", "--slow", "--repeat-key", "--wav", str(wav), "Lúc 17h30, nước lên 2 m."])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["text"] == (
+        "Lúc mười bảy giờ ba mươi phút, nước lên hai mét.\n\n"
+        "Xin nhắc lại: Lúc mười bảy giờ ba mươi phút, nước lên hai mét."
+    )
+    assert out["rate_wpm"] == SLOW.rate_wpm
+    assert wav.stat().st_size > 10_000 and abs(out["wav"]["loudness_lufs"] + 16) <= 1
+    assert main(["tts", "preview", "   "]) == 2
+    assert "text: the text to read is empty" in capsys.readouterr().err
