@@ -361,3 +361,29 @@ async def test_one_minute_notice_size(tmp_path: Path) -> None:
     assert 340_000 <= speech.size <= 380_000 and transfer_seconds(speech.size) < 3.1
     assert 900_000 <= music.size <= 1_000_000 and transfer_seconds(music.size) < 8.1
     assert abs((speech.loudness_lufs or 0) + 16) <= 0.5 and abs((music.loudness_lufs or 0) + 16) <= 0.5
+
+
+def test_older_database_gets_the_new_media_columns(tmp_path: Path) -> None:
+    """A scheduler.db made before loudness normalisation keeps its rows and gains the new columns."""
+    from scheduler.db import Store, default_url
+
+    db = tmp_path / "scheduler.db"
+    with sqlite3.connect(db) as con:
+        con.execute(
+            "CREATE TABLE media (sha256 VARCHAR(64) PRIMARY KEY, size INTEGER NOT NULL, duration_ms INTEGER NOT NULL,"
+            " content_type VARCHAR(64) NOT NULL, path VARCHAR(500) NOT NULL, original_name VARCHAR(300),"
+            " created_at INTEGER NOT NULL)"
+        )
+        con.execute("INSERT INTO media VALUES (?, 10, 1000, 'audio/mpeg', 'ab/x.mp3', 'old.mp3', 1)", ("a" * 64,))
+    store = Store(default_url(tmp_path))
+    try:
+        store.create_all()
+        store.create_all()  # twice: nothing left to add
+        old = store.get_media("a" * 64)
+        assert old is not None and old.original_name == "old.mp3" and old.loudness_lufs is None
+        assert [m.sha256 for m in store.list_media()] == ["a" * 64]
+    finally:
+        store.close()
+    with sqlite3.connect(db) as con:
+        cols = {row[1] for row in con.execute("PRAGMA table_info(media)")}
+    assert {"kind", "bitrate_kbps", "loudness_lufs", "true_peak_dbtp"} <= cols

@@ -41,7 +41,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--voice", default="vi", help="espeak-ng voice (default vi)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_preview)
-    tts.set_defaults(func=lambda _a: tts.print_help() or 2)
+
+    def _usage(_args: argparse.Namespace) -> int:
+        tts.print_help()
+        return 2
+
+    tts.set_defaults(func=_usage)
 
 
 def _preview(args: argparse.Namespace) -> int:

@@ -14,13 +14,15 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from scheduler.media.encode import FORMATS, KEEP_TYPES, Kind, decode_mono, encode, probe, timeout_for
 from scheduler.media.errors import MediaError
 from scheduler.media.loudness import Target, measure, normalise
 from scheduler.media.tts import build_script, synthesize
-from scheduler.models import Media
+
+if TYPE_CHECKING:  # the ORM is imported when a row is made, so `loaxa tts preview` starts fast
+    from scheduler.models import Media
 
 CHUNK = 1024 * 1024
 KINDS: tuple[Kind, ...] = ("speech", "music")
@@ -134,6 +136,8 @@ class MediaLibrary:
 
                 loud = normalise(mono, norm, finish, self.target, timeout_s=timeout_for(info.duration_ms))
                 info = probe(final)
+            from scheduler.models import Media
+
             digest = sha256_file(final)
             rel = f"{digest[:2]}/{digest}.{ext}"
             dest = self.root / rel
