@@ -282,6 +282,7 @@ def create_app(
         return {
             "text": script.text,
             "changes": [{"original": c.original, "spoken": c.spoken} for c in script.changes],
+            "warnings": script.warnings,
             "rate_wpm": script.pace.rate_wpm,
         }
 

@@ -341,7 +341,9 @@ async def test_tts_preview_shows_the_spoken_text(server: tuple[Scheduler, httpx.
         "ủy ban nhân dân xã: lúc mười bảy giờ ba mươi phút, nước lên một trăm ba mươi hai phẩy năm xăng-ti-mét."
     )
     assert {"original": "17h30", "spoken": "mười bảy giờ ba mươi phút"} in out["changes"]
-    assert out["rate_wpm"] < 140
+    assert out["rate_wpm"] < 140 and out["warnings"] == []
+    unknown = await http.post("/api/tts/preview", json={"text": "Ban chỉ đạo BCĐ họp lúc 8h."})
+    assert unknown.json()["warnings"] == ["BCĐ"]
     too_long = await http.post("/api/tts/preview", json={"text": "a" * 20_001})
     assert too_long.status_code == 422 and too_long.json()["detail"][0]["loc"] == ["body", "text"]
     assert media_rows(sched) == 0 and stored_files(sched) == []

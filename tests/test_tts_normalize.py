@@ -13,7 +13,7 @@ import pytest
 
 from loaxa.cli import main
 from scheduler.media.errors import MediaError
-from scheduler.media.normalize_vi import normalize, normalize_with_changes, read_decimal, read_number
+from scheduler.media.normalize_vi import leftovers, normalize, normalize_with_changes, read_decimal, read_number
 from scheduler.media.tts import NORMAL, REPEAT_LEAD, SLOW, build_script
 
 YEAR_2026 = "hai nghìn không trăm hai mươi sáu"
@@ -105,6 +105,13 @@ def test_phrase_table(typed: str, spoken: str) -> None:
     assert normalize(typed) == spoken
     # idempotent: staff may send the corrected preview back, and it must not change again
     assert normalize(spoken) == spoken
+    assert leftovers(spoken) == []
+
+
+def test_leftovers_are_pointed_out() -> None:
+    spoken = normalize("Theo Thông tư 39/2020/TT-BTTTT, mã A12, giá 5$")
+    assert leftovers(spoken) == ["TT", "BTTTT", "A12", "$"]
+    assert build_script("Kế hoạch của BCĐ xã.").warnings == ["BCĐ"]
 
 
 def test_table_is_big_enough() -> None:

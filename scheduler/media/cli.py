@@ -62,6 +62,7 @@ def _preview(args: argparse.Namespace) -> int:
         out: dict[str, object] = {
             "text": script.text,
             "changes": [{"original": c.original, "spoken": c.spoken} for c in script.changes],
+            "warnings": script.warnings,
             "rate_wpm": script.pace.rate_wpm,
         }
         if args.phonemes:
@@ -97,6 +98,11 @@ def _preview(args: argparse.Namespace) -> int:
         print("\nrewritten:", file=sys.stderr)
         for c in script.changes:
             print(f"  {c.original}  ->  {c.spoken}", file=sys.stderr)
+    if script.warnings:
+        print(
+            "\nmay be spelled letter by letter or skipped (write them in words): " + ", ".join(script.warnings),
+            file=sys.stderr,
+        )
     if "phonemes" in out:
         print(f"\nphonemes (espeak-ng -x):\n{out['phonemes']}", file=sys.stderr)
     if "wav" in out:

@@ -351,6 +351,21 @@ def normalize_with_changes(text: str) -> tuple[str, list[Change]]:
     return out, changes
 
 
+_LEFTOVER_RE = re.compile(
+    r"(?<!\w)(?:[A-ZĐ]{2,}|\w*\d\w*)(?!\w)"  # unknown abbreviations, words with digits
+    r"|[^\w\s.,:;!?…()\"'«»“”‘’\-–—/]"  # stray symbols ($, #, @ …)
+)
+
+
+def leftovers(text: str) -> list[str]:
+    """Tokens still in normalised text that espeak-ng would probably spell or skip: unknown
+    abbreviations in capitals ("BTTTT"), words with digits, stray symbols. Shown to staff as warnings."""
+    seen: dict[str, None] = {}
+    for m in _LEFTOVER_RE.finditer(text):
+        seen.setdefault(m.group(0), None)
+    return list(seen)
+
+
 def normalize(text: str) -> str:
     """The text with numbers, dates, times, units and abbreviations written out in Vietnamese words."""
     return normalize_with_changes(text)[0]

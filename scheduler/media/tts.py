@@ -15,7 +15,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from scheduler.media.errors import MediaError, binary
-from scheduler.media.normalize_vi import Change, normalize_with_changes
+from scheduler.media.normalize_vi import Change, leftovers, normalize_with_changes
 
 MAX_TTS_CHARS = 20_000
 TTS_TIMEOUT_S = 600
@@ -50,6 +50,11 @@ class Script:
     def text(self) -> str:
         """The spoken text, paragraphs separated by a blank line (what a preview shows)."""
         return "\n\n".join(" ".join(p) for p in self.paragraphs)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Tokens the rules did not turn into words (unknown abbreviations, stray symbols)."""
+        return leftovers(self.text)
 
     def ssml(self) -> str:
         """The script as SSML for ``espeak-ng -m``, pauses as ``<break>``."""
