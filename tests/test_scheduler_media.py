@@ -389,3 +389,24 @@ def test_older_database_gets_the_new_media_columns(tmp_path: Path) -> None:
     with sqlite3.connect(db) as con:
         cols = {row[1] for row in con.execute("PRAGMA table_info(media)")}
     assert {"kind", "bitrate_kbps", "loudness_lufs", "true_peak_dbtp"} <= cols
+
+
+async def test_opus_and_keep_modes(tmp_path: Path) -> None:
+    """Opus is normalised like MP3; "keep" stores the upload byte for byte and only measures it."""
+    from scheduler.media import MediaLibrary
+
+    src = await _lavfi(tmp_path / "in.mp3", "anoisesrc=c=pink:a=0.2:r=44100", 5, -6)
+    before, _tp = _loudness(await _pcm(src.read_bytes(), tmp_path))
+    opus = MediaLibrary(tmp_path / "opus", max_bytes=10_000_000, max_duration_s=60, transcode_to="opus")
+    m = await asyncio.to_thread(opus.ingest, src, "in.mp3", "speech")
+    stored = (opus.root / m.path).read_bytes()
+    assert m.content_type == "audio/ogg" and stored[:4] == b"OggS"
+    integrated, true_peak = _loudness(await _pcm(stored, tmp_path))
+    assert abs(integrated + 16) <= 1.0 and true_peak <= -1.0, (integrated, true_peak)
+
+    src = await _lavfi(tmp_path / "in.mp3", "anoisesrc=c=pink:a=0.2:r=44100", 5, -6)
+    original = src.read_bytes()
+    keep = MediaLibrary(tmp_path / "keep", max_bytes=10_000_000, max_duration_s=60, transcode_to="keep")
+    k = await asyncio.to_thread(keep.ingest, src, "in.mp3", "speech")
+    assert (keep.root / k.path).read_bytes() == original and k.bitrate_kbps is None
+    assert k.loudness_lufs is not None and abs(k.loudness_lufs - before) <= 0.5
