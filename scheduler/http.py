@@ -254,7 +254,7 @@ def create_app(
                     await asyncio.to_thread(f.write, chunk)
             if size == 0:
                 raise MediaError("the upload is empty; send the audio file as the request body")
-            media = await asyncio.to_thread(library.ingest, path, name, kind)
+            media = await library.run_job(library.ingest, path, name, kind)
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
         stored = await store.call(db.add_media, media)
@@ -268,7 +268,7 @@ def create_app(
         summary="Read Vietnamese text aloud (espeak-ng) and store the audio",
     )
     async def tts(body: TtsIn) -> MediaOut:
-        media = await asyncio.to_thread(
+        media = await library.run_job(
             library.tts, body.text, slow=body.slow, repeat_key=body.repeat_key, normalize=body.normalize
         )
         stored = await store.call(db.add_media, media)

@@ -410,3 +410,37 @@ async def test_opus_and_keep_modes(tmp_path: Path) -> None:
     k = await asyncio.to_thread(keep.ingest, src, "in.mp3", "speech")
     assert (keep.root / k.path).read_bytes() == original and k.bitrate_kbps is None
     assert k.loudness_lufs is not None and abs(k.loudness_lufs - before) <= 0.5
+
+
+async def test_media_jobs_are_bounded(tmp_path: Path) -> None:
+    """At most ``max_jobs`` ffmpeg/espeak-ng jobs run at once; the others wait without taking a thread."""
+    import threading
+
+    from scheduler.media import MediaLibrary
+
+    lib = MediaLibrary(tmp_path / "media", max_bytes=1024, max_duration_s=1, max_jobs=2)
+    lock = threading.Lock()
+    release = threading.Event()
+    running = 0
+    peak = 0
+
+    def job(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        release.wait(60)
+        with lock:
+            running -= 1
+        return i
+
+    tasks = [asyncio.create_task(lib.run_job(job, i)) for i in range(5)]  # type: ignore[arg-type]
+
+    async def all_placed() -> bool:
+        with lock:
+            return running == 2 and lib.waiting == 3
+
+    await wait_for_async(all_placed, what="2 jobs running and 3 waiting")
+    release.set()
+    assert sorted(await asyncio.gather(*tasks)) == [0, 1, 2, 3, 4]  # type: ignore[type-var]
+    assert peak == 2 and lib.waiting == 0

@@ -8,13 +8,14 @@ Everything here is blocking (subprocesses, hashing, disk): call it from a worker
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from scheduler.media.encode import FORMATS, KEEP_TYPES, Kind, decode_mono, encode, probe, timeout_for
 from scheduler.media.errors import MediaError
@@ -50,6 +51,7 @@ class MediaLibrary:
         speech_bitrate_kbps: int = 48,
         tts_voice: str = "vi",
         target: Target | None = None,
+        max_jobs: int = 2,
     ):
         self.root = root
         self.tmp = root / "tmp"
@@ -61,6 +63,24 @@ class MediaLibrary:
         self.tts_voice = tts_voice
         self.target = target or Target()
         self.tmp.mkdir(parents=True, exist_ok=True)
+        #: ffmpeg and espeak-ng runs at once; more requests wait their turn (the server has few cores)
+        self.max_jobs = max_jobs
+        self._jobs: asyncio.Semaphore | None = None
+        self.waiting = 0  # requests queued for a job slot
+
+    async def run_job(self, fn: Callable[..., Media], *args: Any, **kwargs: Any) -> Media:
+        """Run a blocking :meth:`ingest` / :meth:`tts` in a worker thread, at most ``max_jobs`` at once."""
+        if self._jobs is None:
+            self._jobs = asyncio.Semaphore(self.max_jobs)
+        self.waiting += 1
+        try:
+            await self._jobs.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        finally:
+            self._jobs.release()
 
     def path_of(self, media: Media) -> Path:
         return self.root / media.path
