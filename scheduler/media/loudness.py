@@ -34,10 +34,10 @@ SILENCE_LUFS = -60.0
 MEASURE_TIMEOUT_S = 600
 RATE = 48_000
 #: The limiter's ceiling sits this far under the true-peak target: room for the MP3/Opus encoder.
-LIMITER_MARGIN_DB = 0.7
+LIMITER_MARGIN_DB = 1.0
 #: A rendered item this close to the target is kept; otherwise the gain is corrected and it is redone.
 TOLERANCE_LU = 0.3
-MAX_PASSES = 3
+MAX_PASSES = 4
 
 _JSON_RE = re.compile(r"\{[^{}]*\"input_i\"[^{}]*\}", re.S)
 
@@ -95,8 +95,8 @@ def measure(path: Path, target: Target = Target(), *, timeout_s: float = MEASURE
     )
 
 
-def _render(src: Path, dst: Path, gain_db: float, target: Target, timeout_s: float) -> None:
-    ceiling = 10 ** ((target.true_peak_dbtp - LIMITER_MARGIN_DB) / 20)
+def _render(src: Path, dst: Path, gain_db: float, ceiling_dbtp: float, timeout_s: float) -> None:
+    ceiling = 10 ** (ceiling_dbtp / 20)
     # 4x oversampling makes the sample-peak limiter a true-peak limiter (ITU-R BS.1770 annex 2)
     chain = (
         f"aresample={4 * RATE},volume={gain_db:.2f}dB,"
@@ -123,8 +123,9 @@ def normalise(
 
     Limiting peaky speech and a lossy encoder's low-pass both take some loudness away, so when the
     stored file misses the target by more than :data:`TOLERANCE_LU` the gain is corrected by what is
-    missing and the whole is done again (at most :data:`MAX_PASSES` times). Returns the stored file's
-    loudness.
+    missing and the whole is done again; when the encoder's overshoot put the stored file's true peak
+    over the target, the limiter's ceiling is lowered by as much (at most :data:`MAX_PASSES` passes).
+    Returns the stored file's loudness.
     """
     first = measure(src, target, timeout_s=timeout_s)
     if not first.integrated_lufs > SILENCE_LUFS:
@@ -132,12 +133,20 @@ def normalise(
             f"the audio is silent or nearly so ({first.integrated_lufs:.1f} LUFS); check the recording", field="body"
         )
     gain = target.integrated_lufs - first.integrated_lufs
+    ceiling = target.true_peak_dbtp - LIMITER_MARGIN_DB
     result = first
     for _ in range(MAX_PASSES):
-        _render(src, work, gain, target, timeout_s)
+        _render(src, work, gain, ceiling, timeout_s)
         result = measure(finish(work), target, timeout_s=timeout_s)
         missing = target.integrated_lufs - result.integrated_lufs
-        if abs(missing) <= TOLERANCE_LU:
+        over = result.true_peak_dbtp - target.true_peak_dbtp
+        if abs(missing) <= TOLERANCE_LU and over <= 0:
             break
-        gain += missing
+        if over > 0:
+            # peaks first: lower the ceiling, and raise the gain only if the item is clearly too quiet
+            ceiling -= over + 0.3
+            if missing > 2 * TOLERANCE_LU:
+                gain += missing
+        else:
+            gain += missing
     return result
