@@ -85,6 +85,10 @@ PHRASES: list[tuple[str, str]] = [
     ("gọi 0912345678", "gọi không chín một hai, ba bốn năm, sáu bảy tám"),
     ("SĐT: 0912 345 678", "số điện thoại: không chín một hai, ba bốn năm, sáu bảy tám"),
     ("+84 912 345 678", "cộng tám bốn, chín một hai, ba bốn năm, sáu bảy tám"),
+    ("cháy gọi 114, cấp cứu gọi 115", "cháy gọi một một bốn, cấp cứu gọi một một năm"),
+    ("ĐT: 0234 3822 113", "điện thoại: không hai ba bốn, ba tám hai hai, một một ba"),
+    # roads
+    ("QL1A và ĐT.741", "quốc lộ một A và đường tỉnh bảy trăm bốn mươi mốt"),
     # mixed sentences
     (
         "Lúc 17h30 ngày 02/12/2026, mực nước sông Hồng đạt 132,5 cm.",

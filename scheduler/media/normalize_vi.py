@@ -51,7 +51,6 @@ ABBREVIATIONS: dict[str, str] = {
     "CHXHCN": "cộng hòa xã hội chủ nghĩa",
     "VN": "Việt Nam",
     "SĐT": "số điện thoại",
-    "ĐT": "điện thoại",
     "VNĐ": "đồng",
     "VND": "đồng",
 }
@@ -66,6 +65,10 @@ DOTTED_ABBREVIATIONS: dict[str, str] = {
     "X": "xã",
     "H": "huyện",
 }
+#: Road classes written before the road's number ("QL1A", "ĐT.741"): read as words, then the number.
+ROADS: dict[str, str] = {"QL": "quốc lộ", "ĐT": "đường tỉnh", "TL": "tỉnh lộ", "ĐH": "đường huyện"}
+#: Short emergency numbers (police 113, fire 114, ambulance 115 …), read digit by digit after these words.
+HOTLINE_CUES = ("gọi", "số", "đường dây nóng", "hotline", "tổng đài")
 #: Units after a number. Longest spellings first is not needed: the pattern is built longest first.
 UNITS: dict[str, str] = {
     "km/h": "ki-lô-mét trên giờ",
@@ -214,6 +217,11 @@ def _phone_sub(m: re.Match[str]) -> str:
     return prefix + ", ".join(read_digits(g) for g in groups)
 
 
+def _road(m: re.Match[str]) -> str:
+    suffix = f" {m.group(3)}" if m.group(3) else ""
+    return f"{ROADS[m.group(1)]} {read_number(int(m.group(2)))}{suffix}"
+
+
 def _valid_date(d: int, mo: int) -> bool:
     return 1 <= d <= 31 and 1 <= mo <= 12
 
@@ -292,6 +300,12 @@ RULES: list[_Rule] = [
     # abbreviations (whole words, case-sensitive)
     (re.compile(r"(?<!\w)(?:" + _alternatives(list(ABBREVIATIONS)) + r")(?!\w)"), _abbrev_sub),
     (re.compile(r"(?<!\w)(" + _alternatives(list(DOTTED_ABBREVIATIONS)) + r")\.\s*(?=[\dA-ZĐÀ-Ỹ])"), _dotted_sub),
+    (re.compile(r"(?<!\w)(" + _alternatives(list(ROADS)) + r")\.?\s?(\d{1,4})([A-Z]?)(?!\w)"), _road),
+    (re.compile(r"(?<!\w)ĐT\s*:"), lambda m: "điện thoại:"),
+    (
+        re.compile(r"(?<!\w)((?:" + _alternatives(list(HOTLINE_CUES)) + r")\s+)(11[1-5])(?![\w.,]?\d)", re.I),
+        lambda m: m.group(1) + read_digits(m.group(2)),
+    ),
     # phone numbers: +84 912 345 678, 0912.345.678, 0912345678, 0234 3822 113
     (re.compile(r"(?<![\w.,])\+84[\s.\-]?\d{2,3}(?:[\s.\-]?\d{3,4}){2}(?![\w])"), _phone_sub),
     (re.compile(r"(?<![\w.,])0\d{2,4}(?:[\s.\-]\d{3,4}){2}(?![\w.,]?\d)"), _phone_sub),
