@@ -299,6 +299,10 @@ async def test_stored_items_are_loudness_normalised(
     assert {m["sha256"] for m in listed} == {m["sha256"] for _n, m, _b in items}
     assert all(m["loudness_lufs"] is not None for m in listed)
     assert items[2][1]["original_name"].startswith("TTS: Thông báo của ủy ban nhân dân xã")
+    # too short to measure
+    blip = await _lavfi(tmp_path / "blip.mp3", "sine=f=300:r=44100", 0.3, 0)
+    r = await http.post("/api/media", content=blip.read_bytes())
+    assert r.status_code == 400 and "at least 0.5 s" in r.json()["detail"], r.text
     # near silence is refused rather than amplified into hiss
     hush = await _lavfi(tmp_path / "hush.mp3", "sine=f=300:r=44100", 6, -45)
     r = await http.post("/api/media", content=hush.read_bytes())

@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # the ORM is imported when a row is made, so `loaxa tts previ
     from scheduler.models import Media
 
 CHUNK = 1024 * 1024
+#: EBU R128 measures loudness in 400 ms blocks: anything shorter cannot be normalised.
+MIN_DURATION_MS = 500
 KINDS: tuple[Kind, ...] = ("speech", "music")
 
 
@@ -127,6 +129,12 @@ class MediaLibrary:
                 raise MediaError(
                     f"the audio lasts {info.duration_ms / 1000:.0f} s, "
                     f"longer than the limit of {self.max_duration_s} s",
+                    field="body",
+                )
+            if info.duration_ms < MIN_DURATION_MS:
+                raise MediaError(
+                    f"the audio lasts {info.duration_ms / 1000:.2f} s; at least {MIN_DURATION_MS / 1000:.1f} s is "
+                    "needed (its loudness cannot be measured, and nobody would hear it)",
                     field="body",
                 )
             bitrate: int | None
