@@ -35,7 +35,7 @@ async def server(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[tuple[Sc
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=30) as http:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=120) as http:
 
         async def up() -> bool:
             try:
@@ -226,6 +226,9 @@ def test_parse_range(header: str, expected: Any) -> None:
 
 # ------------------------------------------------------------ loudness, sizes, preview (issue 16)
 
+#: Normalising takes up to four ffmpeg passes: generous on a loaded machine.
+SLOW_S = 180
+
 
 async def _lavfi(path: Path, source: str, seconds: float, gain_db: float) -> Path:
     """Audio made by the real ffmpeg from a lavfi source, at a chosen gain, as MP3 (small uploads)."""
@@ -276,13 +279,14 @@ async def test_stored_items_are_loudness_normalised(
     items: list[tuple[str, dict[str, Any], float]] = []
     for src in (quiet, loud):
         before, _tp = _loudness(await _pcm(src.read_bytes(), tmp_path))
-        r = await http.post("/api/media", params={"name": src.name}, content=src.read_bytes())
+        r = await http.post("/api/media", params={"name": src.name}, content=src.read_bytes(), timeout=SLOW_S)
         assert r.status_code == 201, r.text
         items.append((src.name, r.json(), before))
     r = await http.post(
         "/api/tts",
         json={"text": "Thông báo của UBND xã: lúc 17h30 ngày 02/12/2026, mực nước sông đạt 132,5 cm. "
               "Bà con chú ý theo dõi.", "repeat_key": True},
+        timeout=SLOW_S,
     )  # fmt: skip
     assert r.status_code == 201, r.text
     items.append(("tts", r.json(), float("nan")))
@@ -312,8 +316,8 @@ async def test_stored_items_are_loudness_normalised(
 async def test_music_keeps_a_higher_rate(server: tuple[Scheduler, httpx.AsyncClient], tmp_path: Path) -> None:
     sched, http = server
     src = await _lavfi(tmp_path / "music.mp3", "anoisesrc=c=pink:a=0.3:r=44100", 5, 0)
-    speech = (await http.post("/api/media", content=src.read_bytes())).json()
-    music = (await http.post("/api/media", params={"kind": "music"}, content=src.read_bytes())).json()
+    speech = (await http.post("/api/media", content=src.read_bytes(), timeout=SLOW_S)).json()
+    music = (await http.post("/api/media", params={"kind": "music"}, content=src.read_bytes(), timeout=SLOW_S)).json()
     assert music["kind"] == "music" and music["bitrate_kbps"] == sched.library.bitrate_kbps > speech["bitrate_kbps"]
     assert music["bytes"] > 2 * speech["bytes"]
     bad = await http.post("/api/media", params={"kind": "noise"}, content=src.read_bytes())
