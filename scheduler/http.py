@@ -238,7 +238,8 @@ def create_app(
         if declared and declared.isdigit() and int(declared) > library.max_bytes:
             raise MediaError(
                 f"the file is larger than the limit of {library.max_bytes} bytes "
-                f"({int(declared)} bytes sent); nothing was stored"
+                f"({int(declared)} bytes sent); nothing was stored",
+                field="body",
             )
         fd, tmp = tempfile.mkstemp(dir=library.tmp, prefix="upload-")
         path = Path(tmp)
@@ -249,11 +250,12 @@ def create_app(
                     size += len(chunk)
                     if size > library.max_bytes:
                         raise MediaError(
-                            f"the file is larger than the limit of {library.max_bytes} bytes; nothing was stored"
+                            f"the file is larger than the limit of {library.max_bytes} bytes; nothing was stored",
+                            field="body",
                         )
                     await asyncio.to_thread(f.write, chunk)
             if size == 0:
-                raise MediaError("the upload is empty; send the audio file as the request body")
+                raise MediaError("the upload is empty; send the audio file as the request body", field="body")
             media = await library.run_job(library.ingest, path, name, kind)
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)

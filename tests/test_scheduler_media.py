@@ -152,6 +152,7 @@ async def test_bad_uploads_are_refused_and_nothing_is_stored(
         r = await http.post("/api/media", params={"name": "x"}, content=body)
         assert r.status_code == code, (words, r.status_code, r.text)
         assert words in r.json()["detail"], r.text
+        assert r.json()["field"] == "body", r.text
     # chunked upload without Content-Length: refused while streaming, once past the limit
     big = (tmp_path / "long.wav").read_bytes()
 
