@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.cli",
     "scheduler.store.cli",
     "scheduler.schedules.cli",
+    "scheduler.media.cli",
     "devices.cli",
     "devices.sensors.cli",
     "firmware_bridge.cli",

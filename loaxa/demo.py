@@ -324,7 +324,8 @@ def print_banner(ep: dict[str, Any], endpoints_file: Path | None) -> None:
             "",
             "Try it in another terminal (speakers report below as they start and finish):",
             f"  .venv/bin/loaxa broadcast now --config {cfg} --targets {gws} --priority emergency \\",
-            "      --text 'Thông báo khẩn: nước sông đang lên, đề nghị bà con di chuyển lên vùng cao'",
+            "      --text 'Thông báo khẩn: lúc 17h30 ngày 02/12/2026 mực nước sông đạt 132,5 cm, "
+            "bà con di chuyển lên vùng cao.'",
             f"  .venv/bin/loaxa broadcast status BROADCAST_ID --config {cfg}",
         ]
     lines += [

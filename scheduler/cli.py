@@ -325,7 +325,8 @@ def run_create(args: argparse.Namespace) -> int:
             headers={"Content-Type": "application/octet-stream"},
         )
     elif args.text is not None:
-        media = api.call("POST", "/api/tts", json={"text": args.text})
+        urgent = args.priority == "emergency"  # slower, and the key sentence repeated (docs/audio.md)
+        media = api.call("POST", "/api/tts", json={"text": args.text, "slow": urgent, "repeat_key": urgent})
     else:
         media = api.call("GET", f"/api/media/{args.sha256}")
     body = {

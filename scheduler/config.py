@@ -42,7 +42,12 @@ class MediaSection(StrictModel):
     transcode: Literal["keep", "mp3", "opus"] = Field(
         default="mp3", description="keep the upload as is, or convert to MP3 / Opus (48 kHz mono)"
     )
-    bitrate_kbps: int = Field(default=64, ge=16, le=320)
+    bitrate_kbps: int = Field(default=128, ge=16, le=320, description="music (kind=music uploads)")
+    speech_bitrate_kbps: int = Field(
+        default=48, ge=16, le=320, description="speech: text-to-speech and kind=speech uploads (the default)"
+    )
+    loudness_lufs: float = Field(default=-16.0, ge=-30.0, le=-10.0, description="integrated loudness of every item")
+    true_peak_dbtp: float = Field(default=-1.5, ge=-9.0, le=0.0, description="true-peak ceiling of every item")
     max_duration_s: int = Field(default=4 * 3600, ge=1, le=24 * 3600)
     tts_voice: str = Field(default="vi", max_length=64, description="espeak-ng voice for text-to-speech")
 

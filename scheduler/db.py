@@ -332,6 +332,11 @@ class Store:
         with self.session() as s:
             return s.get(Media, sha256)
 
+    def list_media(self, limit: int = 100) -> list[Media]:
+        """The library, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Media).order_by(Media.created_at.desc()).limit(limit)))
+
     # ------------------------------------------------------------ broadcasts
 
     def create_broadcast(

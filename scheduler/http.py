@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +30,8 @@ from protocol.models import PRIORITY_NAMES
 from protocol.signing import now_ms
 from scheduler.db import BadRequest, NotFound
 from scheduler.dispatcher import Dispatcher
-from scheduler.media import MediaError, MediaLibrary
+from scheduler.media import MAX_TTS_CHARS, MediaError, MediaLibrary, transfer_seconds
+from scheduler.media.tts import build_script
 from scheduler.models import Media
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,19 @@ class MediaOut(BaseModel):
     content_type: str
     original_name: str | None
     url: str
+    kind: str | None = Field(default=None, description="speech | music")
+    bitrate_kbps: int | None = None
+    loudness_lufs: float | None = Field(default=None, description="measured integrated loudness (EBU R128)")
+    true_peak_dbtp: float | None = None
+    transfer_s_1mbit: float = Field(description="seconds to send the file over a 1 Mbit/s link")
 
 
 class TtsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=20_000, description="Vietnamese text to read aloud")
+    text: str = Field(min_length=1, max_length=MAX_TTS_CHARS, description="Vietnamese text to read aloud")
+    normalize: bool = Field(default=True, description="write numbers, dates, units, abbreviations as words")
+    slow: bool = Field(default=False, description="slower speech and longer pauses (emergencies)")
+    repeat_key: bool = Field(default=False, description='end with "Xin nhắc lại: " and the first sentence')
 
 
 class GatewayIn(BaseModel):
@@ -144,6 +153,11 @@ def create_app(
             content_type=m.content_type,
             original_name=m.original_name,
             url=media_url(m.sha256),
+            kind=m.kind,
+            bitrate_kbps=m.bitrate_kbps,
+            loudness_lufs=m.loudness_lufs,
+            true_peak_dbtp=m.true_peak_dbtp,
+            transfer_s_1mbit=round(transfer_seconds(m.size), 2),
         )
 
     @app.exception_handler(BadRequest)
@@ -157,7 +171,7 @@ def create_app(
     @app.exception_handler(MediaError)
     async def _media(_req: Request, exc: MediaError) -> JSONResponse:
         code = 413 if "larger than the limit" in str(exc) else 400
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=code)
 
     # ------------------------------------------------------------ media for gateways
 
@@ -215,12 +229,17 @@ def create_app(
         response_model=MediaOut,
         summary="Upload audio (raw request body; name in ?name=)",
     )
-    async def upload_media(request: Request, name: str | None = None) -> MediaOut:
+    async def upload_media(
+        request: Request,
+        name: Annotated[str | None, Query(max_length=300)] = None,
+        kind: Literal["speech", "music"] = "speech",
+    ) -> MediaOut:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > library.max_bytes:
             raise MediaError(
                 f"the file is larger than the limit of {library.max_bytes} bytes "
-                f"({int(declared)} bytes sent); nothing was stored"
+                f"({int(declared)} bytes sent); nothing was stored",
+                field="body",
             )
         fd, tmp = tempfile.mkstemp(dir=library.tmp, prefix="upload-")
         path = Path(tmp)
@@ -231,12 +250,13 @@ def create_app(
                     size += len(chunk)
                     if size > library.max_bytes:
                         raise MediaError(
-                            f"the file is larger than the limit of {library.max_bytes} bytes; nothing was stored"
+                            f"the file is larger than the limit of {library.max_bytes} bytes; nothing was stored",
+                            field="body",
                         )
                     await asyncio.to_thread(f.write, chunk)
             if size == 0:
-                raise MediaError("the upload is empty; send the audio file as the request body")
-            media = await asyncio.to_thread(library.ingest, path, name)
+                raise MediaError("the upload is empty; send the audio file as the request body", field="body")
+            media = await library.run_job(library.ingest, path, name, kind)
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
         stored = await store.call(db.add_media, media)
@@ -250,9 +270,27 @@ def create_app(
         summary="Read Vietnamese text aloud (espeak-ng) and store the audio",
     )
     async def tts(body: TtsIn) -> MediaOut:
-        media = await asyncio.to_thread(library.tts, body.text)
+        media = await library.run_job(
+            library.tts, body.text, slow=body.slow, repeat_key=body.repeat_key, normalize=body.normalize
+        )
         stored = await store.call(db.add_media, media)
         return media_out(stored)
+
+    @app.post("/api/tts/preview", dependencies=api, summary="The text as it will be read aloud (nothing stored)")
+    async def tts_preview(body: TtsIn) -> dict[str, Any]:
+        script = await asyncio.to_thread(
+            build_script, body.text, normalize=body.normalize, slow=body.slow, repeat_key=body.repeat_key
+        )
+        return {
+            "text": script.text,
+            "changes": [{"original": c.original, "spoken": c.spoken} for c in script.changes],
+            "warnings": script.warnings,
+            "rate_wpm": script.pace.rate_wpm,
+        }
+
+    @app.get("/api/media", dependencies=api, response_model=list[MediaOut], summary="The audio library")
+    async def list_media(limit: int = 100) -> list[MediaOut]:
+        return [media_out(m) for m in await store.call(db.list_media, max(1, min(limit, 1000)))]
 
     @app.get("/api/media/{sha256}", dependencies=api, response_model=MediaOut)
     async def media_info(sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)]) -> MediaOut:

@@ -24,7 +24,7 @@ from scheduler.dispatcher import Dispatcher
 from scheduler.http import create_app
 from scheduler.ioc import IocApi, IocSettings, IocSetupError
 from scheduler.ioc.auth import shared_token_principal
-from scheduler.media import MediaLibrary
+from scheduler.media import MediaLibrary, Target
 from scheduler.metrics import SchedulerMetrics
 from scheduler.store.migrate import MigrationError
 
@@ -97,7 +97,9 @@ class Scheduler:
             max_duration_s=cfg.media.max_duration_s,
             transcode_to=cfg.media.transcode,
             bitrate_kbps=cfg.media.bitrate_kbps,
+            speech_bitrate_kbps=cfg.media.speech_bitrate_kbps,
             tts_voice=cfg.media.tts_voice,
+            target=Target(cfg.media.loudness_lufs, cfg.media.true_peak_dbtp),
         )
         try:
             signer = Signer(cfg.signing.key_id, load_private_key(cfg.signing.private_key.get()))
