@@ -134,8 +134,8 @@ class Outgoing:
 
 #: Builds a signed envelope: (kind, body, ttl_ms) -> Envelope. Supplied by the dispatcher.
 MakeEnvelope = Callable[[str, BaseModel, int], Envelope]
-#: Builds the plan body for one gateway: (broadcast, device targets or "*") -> BroadcastPlanBody.
-MakePlan = Callable[[Broadcast, list[str] | str], BroadcastPlanBody]
+#: Builds the plan body for one gateway: (broadcast, device targets or "*", gateway) -> BroadcastPlanBody.
+MakePlan = Callable[[Broadcast, list[str] | str, str], BroadcastPlanBody]
 
 
 def advance_speaker(row: SpeakerDelivery, state: str, at: int, now: int, reason: str | None = None) -> bool:
@@ -168,6 +168,8 @@ class Store:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_all(self) -> None:
+        import scheduler.access.models  # noqa: F401  (its tables join Base.metadata)
+
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -411,7 +413,7 @@ class Store:
                             s.add(Speaker(gateway_id=gw, device_id=dev))
                 for dev in sorted(speaker_ids):
                     s.add(SpeakerDelivery(broadcast_id=bid, gateway_id=gw, device_id=dev, state=SPK_PENDING))
-                env = make_envelope("broadcast.plan", make_plan(b, plan_targets), expires_at - now)
+                env = make_envelope("broadcast.plan", make_plan(b, plan_targets, gw), expires_at - now)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(
