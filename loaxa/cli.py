@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.keys_cmd",
     "gateway.cli",
     "scheduler.cli",
+    "scheduler.access.cli",
     "devices.cli",
     "devices.sensors.cli",
     "firmware_bridge.cli",
