@@ -142,3 +142,22 @@ def declared_permissions(dependant: Any) -> list[str]:
 
 #: A route parameter for any signed-in caller.
 CurrentPrincipal = Annotated[Principal, Depends(require(AUTHENTICATED))]
+
+
+def api_routes(app: Any) -> list[tuple[str, frozenset[str], Any]]:
+    """(path, methods, dependant) of every API route of ``app``, routers included (with the
+    dependencies given when they were included). Newer FastAPI keeps included routers as one
+    entry of ``app.routes``; older versions copy their routes in."""
+    from fastapi import routing
+
+    out: list[tuple[str, frozenset[str], Any]] = []
+    iterate = getattr(routing, "iter_route_contexts", None)
+    entries = list(iterate(app.routes)) if iterate is not None else list(app.routes)
+    for r in entries:
+        dependant = getattr(r, "dependant", None)
+        methods = getattr(r, "methods", None)
+        path = getattr(r, "path", None)
+        if dependant is None or not methods or path is None:
+            continue  # docs, static files, websockets
+        out.append((str(path), frozenset(methods), dependant))
+    return out
