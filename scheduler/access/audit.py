@@ -94,8 +94,8 @@ def verify(entries: Iterable[AuditEntry]) -> VerifyResult:
     for e in entries:
         where = f"entry {e.id} ({e.action} by {e.actor})"
         if e.id != expected_id:
-            missing = f"{expected_id}" if e.id == expected_id + 1 else f"{expected_id}-{e.id - 1}"
-            return VerifyResult(False, count, prev, e.id, f"entries {missing} before {where} are missing (deleted)")
+            missing = f"entry {expected_id} is" if e.id == expected_id + 1 else f"entries {expected_id}-{e.id - 1} are"
+            return VerifyResult(False, count, prev, e.id, f"{missing} missing before {where} (deleted)")
         if e.prev_hash != prev:
             return VerifyResult(False, count, prev, e.id,
                                 f"{where} does not follow the entry before it (that entry was changed or removed)")
