@@ -147,6 +147,9 @@ class Demo:
                                     influx={"url": influx.url, "database": influx.database})
             scfg["broker"].update({"username": "scheduler", "password": {"value": sched_pw}})
             spath = write_yaml(self.root / "scheduler" / "scheduler.yaml", scfg)
+            from scheduler.access.demo import create_demo_access
+
+            self.endpoints.update(create_demo_access(spath, [gw for gw, _ in GATEWAYS]))
             self.spawn("scheduler", "scheduler", "run", "--config", str(spath))
             self.endpoints["scheduler"] = {"url": f"http://127.0.0.1:{port}", "config": str(spath)}
 
@@ -303,14 +306,18 @@ def print_banner(ep: dict[str, Any], endpoints_file: Path | None) -> None:
     if endpoints_file:
         lines.append(f"  endpoints written to {endpoints_file}")
     if "scheduler" in ep:
-        cfg = ep["scheduler"]["config"]
+        from scheduler.access.demo import banner_lines
+
+        url = ep["scheduler"]["url"]
         gws = " ".join(ep["gateways"])
+        lines += banner_lines(ep, url)
         lines += [
             "",
             "Try it in another terminal (speakers report below as they start and finish):",
-            f"  .venv/bin/loaxa broadcast now --config {cfg} --targets {gws} --priority emergency \\",
+            f"  export LOAXA_URL={url} LOAXA_PASSWORD='{ep['accounts']['admin']['password']}'",
+            f"  .venv/bin/loaxa broadcast now --login admin --targets {gws} --priority emergency \\",
             "      --text 'Thông báo khẩn: nước sông đang lên, đề nghị bà con di chuyển lên vùng cao'",
-            f"  .venv/bin/loaxa broadcast status BROADCAST_ID --config {cfg}",
+            "  .venv/bin/loaxa broadcast status BROADCAST_ID --login admin",
         ]
     lines += [
         "",
