@@ -248,7 +248,8 @@ async def test_browser_session_csrf_and_logout(env: Env) -> None:
         r = await browser.post("/api/auth/logout", data={"csrf_token": csrf})
         assert r.status_code == 204
     # the session is over on the server: the old cookie is worth nothing
-    r = await e.http.get("/api/broadcasts", cookies={"loaxa_session": stolen})
+    async with httpx.AsyncClient(base_url=e.base, timeout=60, cookies={"loaxa_session": stolen}) as thief:
+        r = await thief.get("/api/broadcasts")
     assert r.status_code == 401 and "sign in again" in r.json()["detail"]
     with sqlite3.connect(e.db) as con:
         assert con.execute("SELECT count(*) FROM web_sessions").fetchone()[0] == 0
@@ -258,13 +259,12 @@ async def test_browser_session_csrf_and_logout(env: Env) -> None:
 
 async def test_a_disabled_account_loses_its_session(env: Env) -> None:
     e = env
-    r = await e.http.post("/api/auth/login", json={"login": "canbo-anbinh", "password": PASSWORD})
-    cookie = {"loaxa_session": r.cookies["loaxa_session"]}
-    e.http.cookies.clear()
-    assert (await e.http.get("/api/broadcasts", cookies=cookie)).status_code == 200
-    r = await e.http.post("/api/accounts/canbo-anbinh/disable", headers=bearer(e.tokens["admin"]))
-    assert r.status_code == 200
-    assert (await e.http.get("/api/broadcasts", cookies=cookie)).status_code == 401
+    async with httpx.AsyncClient(base_url=e.base, timeout=60) as browser:
+        r = await browser.post("/api/auth/login", json={"login": "canbo-anbinh", "password": PASSWORD})
+        assert (await browser.get("/api/broadcasts")).status_code == 200
+        r = await e.http.post("/api/accounts/canbo-anbinh/disable", headers=bearer(e.tokens["admin"]))
+        assert r.status_code == 200
+        assert (await browser.get("/api/broadcasts")).status_code == 401
     r = await e.http.post("/api/auth/login", json={"login": "canbo-anbinh", "password": PASSWORD})
     assert r.status_code == 401
 
@@ -376,3 +376,35 @@ def test_a_network_bind_needs_an_account(tmp_path: Path) -> None:
     AccessStore(store.session).add_account("quantri", hash_password(PASSWORD), [Grant.make("admin", None)],
                                            display_name=None, actor="test", address=None, now=now_ms())
     assert Scheduler.build(cfg).app is not None
+
+
+async def test_changing_my_password_ends_my_other_sessions(env: Env) -> None:
+    e = env
+    clients = [httpx.AsyncClient(base_url=e.base, timeout=60) for _ in range(2)]
+    try:
+        csrf = []
+        for c in clients:
+            r = await c.post("/api/auth/login", json={"login": "canbo-anbinh", "password": PASSWORD})
+            assert r.status_code == 200
+            csrf.append(r.json()["csrf_token"])
+        here, other = clients
+        r = await here.post("/api/auth/password", json={"current_password": "sai-roi-nhe", "new_password": "x" * 12},
+                            headers={"X-CSRF-Token": csrf[0]})
+        assert r.status_code == 403
+        r = await here.post("/api/auth/password", json={"current_password": PASSWORD, "new_password": "ngan"},
+                            headers={"X-CSRF-Token": csrf[0]})
+        assert r.status_code == 422
+        r = await here.post("/api/auth/password", json={"current_password": PASSWORD, "new_password": "mat-khau-moi-1"},
+                            headers={"X-CSRF-Token": csrf[0]})
+        assert r.status_code == 204, r.text
+        assert (await here.get("/api/auth/me")).status_code == 200
+        assert (await other.get("/api/auth/me")).status_code == 401
+    finally:
+        for c in clients:
+            await c.aclose()
+    r = await e.http.post("/api/auth/login", json={"login": "canbo-anbinh", "password": "mat-khau-moi-1"})
+    assert r.status_code == 200
+    # tokens have no password
+    r = await e.http.post("/api/auth/password", json={"current_password": "a", "new_password": "x" * 12},
+                          headers=bearer(e.tokens["viewer"]))
+    assert r.status_code == 403

@@ -115,7 +115,7 @@ async def change_password(request: Request, body: PasswordIn, p: Signed) -> Resp
     except PasswordPolicyError as exc:
         raise HTTPException(422, str(exc)) from exc
     await access.astore.call(access.store.set_password, p.name, new_hash, actor=p.name,
-                             address=client_address(request), now=now_ms())
+                             address=client_address(request), now=now_ms(), keep_session=p.session_hash)
     return Response(status_code=204)
 
 

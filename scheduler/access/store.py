@@ -170,14 +170,16 @@ class AccessStore:
                 for a in rows
             ]
 
-    def set_password(self, login: str, password_hash: str, *, actor: str, address: str | None, now: int) -> int:
-        """Replace the password; every session of the account ends. Returns how many ended."""
+    def set_password(self, login: str, password_hash: str, *, actor: str, address: str | None, now: int,
+                     keep_session: str | None = None) -> int:
+        """Replace the password; every session of the account ends (but ``keep_session``, the hash of
+        the session that changed it). Returns how many ended."""
 
         def tx(s: Session) -> int:
             acc = self._account(s, login)
             acc.password_hash = password_hash
             acc.password_changed_at = now
-            n = _ended_sessions(s, acc.id)
+            n = _ended_sessions(s, acc.id, keep_session)
             audit.append(s, at=now, actor=actor, address=address, action="account.password", target=login,
                          detail={"sessions_ended": n})
             return int(n)
@@ -380,9 +382,12 @@ def _merge(grants: list[Grant]) -> list[Grant]:
     return [Grant(r, a) for r, a in by_role.items()]
 
 
-def _ended_sessions(s: Session, account_id: int) -> int:
-    n = s.scalar(select(func.count()).select_from(WebSession).where(WebSession.account_id == account_id)) or 0
-    s.execute(delete(WebSession).where(WebSession.account_id == account_id))
+def _ended_sessions(s: Session, account_id: int, keep: str | None = None) -> int:
+    which = [WebSession.account_id == account_id]
+    if keep is not None:
+        which.append(WebSession.id_hash != keep)
+    n = s.scalar(select(func.count()).select_from(WebSession).where(*which)) or 0
+    s.execute(delete(WebSession).where(*which))
     return int(n)
 
 
