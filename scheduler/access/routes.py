@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -47,19 +48,28 @@ def _session_out(p: Principal, expires_at: int | None) -> SessionOut:
                       permissions=p.permissions())
 
 
+#: A login request is a few hundred bytes; anything much larger is refused unread.
+MAX_LOGIN_BODY = 4096
+
+
 async def _login_body(request: Request) -> LoginIn:
-    ctype = request.headers.get("content-type", "")
-    try:
-        if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            form = await request.form()
-            return LoginIn.model_validate({"login": form.get("login"), "password": form.get("password")})
-        raw = await request.body()
-        if len(raw) > 4096:
+    """``{"login", "password"}`` as JSON, or an HTML form (urlencoded), at most 4 KiB."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_LOGIN_BODY:
+        raise HTTPException(413, "login request too large")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_LOGIN_BODY:
             raise HTTPException(413, "login request too large")
+    try:
+        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            fields = parse_qs(raw.decode("utf-8", "replace"), max_num_fields=10)
+            return LoginIn.model_validate({k: v[0] for k, v in fields.items() if k in ("login", "password")})
         return LoginIn.model_validate_json(raw)
-    except ValidationError as exc:
-        raise HTTPException(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                            ) from exc
+    except (ValidationError, ValueError) as exc:
+        errors = exc.errors() if isinstance(exc, ValidationError) else [{"loc": ("body",), "msg": str(exc)}]
+        raise HTTPException(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)) from exc
 
 
 @router.post("/api/auth/login", summary="Sign in (JSON or form: login, password); sets the session cookie",

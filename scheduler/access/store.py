@@ -231,13 +231,18 @@ class AccessStore:
                 if len(ats) >= limit:
                     throttled, first = ("login" if who == "login" else "address"), ats[-1]
                     break
+            # one audit entry per lock-out, not one per refused try: a flood must not fill the log
+            already = throttled and s.scalar(select(LoginAttempt.id).where(
+                LoginAttempt.login == login, LoginAttempt.address == address[:64],
+                LoginAttempt.outcome == "throttled", LoginAttempt.at > since).limit(1))
             attempt = LoginAttempt(at=now, login=login, address=address[:64],
                                    outcome="throttled" if throttled else "pending")
             s.add(attempt)
             s.flush()
             if throttled:
-                audit.append(s, at=now, actor=login, address=address, action="login.throttled", target=login,
-                             detail={"by": throttled})
+                if not already:
+                    audit.append(s, at=now, actor=login, address=address, action="login.throttled", target=login,
+                                 detail={"by": throttled})
                 retry = max(1, (first or now) + THROTTLE_WINDOW_MS - now + 999) // 1000
                 return LoginCheck(attempt.id, throttled, int(retry), None)
             acc = s.scalars(select(Account).where(Account.login == login, Account.disabled.is_(False))).first()
