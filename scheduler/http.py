@@ -199,9 +199,8 @@ def create_app(
             raise HTTPException(403, refused)
         return await serve_media(request, sha256)
 
-    @app.api_route(
+    @app.get(
         "/api/media/{sha256}/audio",
-        methods=["GET", "HEAD"],
         summary="Listen to stored audio (staff; byte ranges)",
         dependencies=[Depends(require(perms.MEDIA_READ))],
     )

@@ -415,3 +415,26 @@ async def test_changing_my_password_ends_my_other_sessions(env: Env) -> None:
     r = await e.http.post("/api/auth/password", json={"current_password": "a", "new_password": "x" * 12},
                           headers=bearer(e.tokens["viewer"]))
     assert r.status_code == 403
+
+
+async def test_an_old_hash_is_upgraded_at_login_and_unknown_logins_cost_the_same(env: Env) -> None:
+    from argon2 import PasswordHasher
+
+    e = env
+    old = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
+    with sqlite3.connect(e.db) as con:
+        con.execute("UPDATE accounts SET password_hash=? WHERE login='quantri'", (old,))
+    r = await e.http.post("/api/auth/login", json={"login": "quantri", "password": PASSWORD})
+    assert r.status_code == 200
+    with sqlite3.connect(e.db) as con:
+        [(new,)] = con.execute("SELECT password_hash FROM accounts WHERE login='quantri'").fetchall()
+    assert new != old and new.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    # an unknown login is still verified (against a dummy hash): same answer, comparable time
+    loop = asyncio.get_running_loop()
+    times = {}
+    for login in ("quantri", "khong-ton-tai"):
+        t0 = loop.time()
+        r = await e.http.post("/api/auth/login", json={"login": login, "password": "sai-mat-khau-x"})
+        times[login] = loop.time() - t0
+        assert r.status_code == 401 and r.json()["detail"] == "wrong login or password"
+    assert times["khong-ton-tai"] > times["quantri"] / 5, times

@@ -16,6 +16,8 @@ from scheduler.access.principal import Principal
 from scheduler.access.store import AccessError, AccessStore, NewSession
 from scheduler.db import AsyncStore
 
+HASHING_CONCURRENCY = 2
+
 
 @dataclass(frozen=True)
 class LoginRefused:
@@ -31,6 +33,8 @@ class Access:
         self.store = AccessStore(astore.store.session, session_ttl_ms=session_ttl_s * 1000, idle_ms=idle_s * 1000)
         self.media_urls = media_urls
         self.secure_cookies = secure_cookies
+        #: At most this many password hashes at once: a login flood queues here, the API keeps running.
+        self._hashing = asyncio.Semaphore(HASHING_CONCURRENCY)
 
     async def by_token(self, token: str) -> Principal | None:
         return await self.astore.call(self.store.token_principal, token, now_ms())
@@ -46,14 +50,16 @@ class Access:
             who = f"account {login!r}" if check.throttled == "login" else f"address {address}"
             return LoginRefused("throttled", f"too many failed logins for {who}; this login was not checked. "
                                              f"Try again in {check.retry_after_s} s.", check.retry_after_s)
-        ok = await asyncio.to_thread(verify_password, check.password_hash, password)
+        async with self._hashing:
+            ok = await asyncio.to_thread(verify_password, check.password_hash, password)
         if not ok:
             await self.astore.call(self.store.login_failed, check.attempt_id, login, address, now_ms())
             return LoginRefused("wrong", "wrong login or password")
         assert check.password_hash is not None
         new_hash = None
         if needs_rehash(check.password_hash):
-            new_hash = await asyncio.to_thread(hash_password, password)
+            async with self._hashing:
+                new_hash = await asyncio.to_thread(hash_password, password)
         try:
             return await self.astore.call(self.store.login_ok, check.attempt_id, login, address, now_ms(),
                                           user_agent=user_agent, new_hash=new_hash)
