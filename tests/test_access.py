@@ -257,6 +257,16 @@ async def test_browser_session_csrf_and_logout(env: Env) -> None:
     assert "login" in actions and "logout" in actions and "access.csrf_refused" in actions
 
 
+async def test_cookies_are_secure_behind_tls(env: Env) -> None:
+    """Behind a TLS reverse proxy on the same host (uvicorn trusts its X-Forwarded-Proto)."""
+    r = await env.http.post("/api/auth/login", json={"login": "quantri", "password": PASSWORD},
+                            headers={"X-Forwarded-Proto": "https"})
+    assert r.status_code == 200
+    cookies = r.headers.get_list("set-cookie")
+    assert len(cookies) == 2 and all("Secure" in c for c in cookies)
+    assert any(c.startswith("loaxa_csrf=") and "SameSite=strict" in c and "HttpOnly" not in c for c in cookies)
+
+
 async def test_a_disabled_account_loses_its_session(env: Env) -> None:
     e = env
     async with httpx.AsyncClient(base_url=e.base, timeout=60) as browser:
