@@ -31,7 +31,7 @@ from protocol.ids import ID_PATTERN, MESSAGE_ID_PATTERN
 from protocol.models import PRIORITY_HIGH, PRIORITY_NAMES
 from protocol.signing import now_ms
 from scheduler.access import permissions as perms
-from scheduler.access.deps import Access, Principal, client_address, forbid, require
+from scheduler.access.deps import Access, Principal, client_address, forbid, get_access, require
 from scheduler.access.routes import router as access_router
 from scheduler.db import BadRequest, NotFound
 from scheduler.dispatcher import Dispatcher
@@ -120,10 +120,13 @@ def _targets_gateways(targets: list[str]) -> set[str]:
     return {t.split("/", 1)[0].strip() for t in targets}
 
 
-def require_areas(p: Principal, perm: str, gateways: set[str]) -> None:
-    """403 naming the first gateway of ``gateways`` on which ``p`` lacks ``perm``."""
+async def require_areas(request: Request, p: Principal, perm: str, gateways: set[str]) -> None:
+    """403 naming the first gateway of ``gateways`` on which ``p`` lacks ``perm`` (and an audit entry)."""
     for gw in sorted(gateways):
         if not p.can(perm, gw):
+            await get_access(request).audit(p, "access.denied", address=client_address(request),
+                                            target=f"{request.method} {request.url.path}",
+                                            detail={"needs": perm, "gateway": gw})
             raise forbid(p, perm, gw)
 
 
@@ -331,9 +334,9 @@ def create_app(
         if not 0 <= priority <= 9:
             raise BadRequest("priority must be 0-9 or one of normal, priority, emergency")
         gateways = _targets_gateways(body.targets)
-        require_areas(p, perms.BROADCAST_CREATE, gateways)
+        await require_areas(request, p, perms.BROADCAST_CREATE, gateways)
         if priority >= EMERGENCY_FROM:
-            require_areas(p, perms.BROADCAST_EMERGENCY, gateways)
+            await require_areas(request, p, perms.BROADCAST_EMERGENCY, gateways)
         bid = await dispatcher.create_broadcast(
             media_sha256=body.media_sha256,
             targets=body.targets,
@@ -384,7 +387,7 @@ def create_app(
         p: Annotated[Principal, Depends(require(perms.BROADCAST_CANCEL))],
     ) -> dict[str, Any]:
         st = await store.call(db.broadcast_status, bid)
-        require_areas(p, perms.BROADCAST_CANCEL, _targets_gateways(st["targets"]))
+        await require_areas(request, p, perms.BROADCAST_CANCEL, _targets_gateways(st["targets"]))
         sent = await dispatcher.cancel_broadcast(bid)
         await audit(p, request, "broadcast.cancel", bid, cancel_commands=sent)
         return await store.call(db.broadcast_status, bid)
@@ -396,7 +399,7 @@ def create_app(
         body: GatewayIn,
         p: Annotated[Principal, Depends(require(perms.GATEWAY_ADMIN))],
     ) -> dict[str, Any]:
-        require_areas(p, perms.GATEWAY_ADMIN, {gw})
+        await require_areas(request, p, perms.GATEWAY_ADMIN, {gw})
         await store.call(db.set_commune, gw, body.commune)
         await audit(p, request, "gateway.update", gw, commune=body.commune)
         return {"id": gw, "commune": body.commune}

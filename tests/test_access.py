@@ -180,6 +180,7 @@ async def test_every_state_changing_endpoint_refuses_the_wrong_caller(env: Env, 
     assert any(a == "broadcast.create" and who == "token:ap-an-binh" for a, who, _ in actions)
     assert any(a == "broadcast.cancel" and who == "token:op-phu-my" and t == phu_my_bid for a, who, t in actions)
     assert any(a == "access.denied" and who == "token:viewer" for a, who, _ in actions)
+    assert ("access.denied", "token:op-an-binh", "POST /api/broadcasts") in actions  # wrong commune
     assert any(a == "token.revoke" and t == "viewer" for a, _, t in actions)
     entries = (await e.http.get("/api/audit", headers=bearer(e.tokens["admin"]))).json()
     assert {x["address"] for x in entries if x["action"] == "broadcast.cancel"} == {"127.0.0.1"}
