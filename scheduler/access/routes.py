@@ -25,7 +25,7 @@ from scheduler.access.permissions import Grant, GrantError
 from scheduler.access.principal import Principal
 from scheduler.access.schemas import AccountIn, LoginIn, PasswordIn, RoleIn, RolesIn, SessionOut, TokenIn
 from scheduler.access.service import LoginRefused
-from scheduler.access.store import AccessError, UnknownName
+from scheduler.access.store import AccessError, NewSession, UnknownName
 
 #: Anonymous on purpose (the test that walks the routes knows this list): the door itself.
 PUBLIC_STATE_CHANGING = frozenset({("POST", "/api/auth/login")})
@@ -34,6 +34,23 @@ router = APIRouter(tags=["access"])
 
 Admin = Annotated[Principal, Depends(require(perms.ACCOUNTS_ADMIN))]
 Signed = Annotated[Principal, Depends(require(AUTHENTICATED))]
+
+
+def set_session_cookies(request: Request, response: Response, session: NewSession) -> None:
+    """The session cookie (HttpOnly) and the CSRF cookie (readable by the page's own script); the web
+    pages' login form uses this too."""
+    access = get_access(request)
+    secure = access.secure_cookies or request.url.scheme == "https"
+    max_age = access.store.session_ttl_ms // 1000
+    response.set_cookie(SESSION_COOKIE, session.secret, max_age=max_age, httponly=True, secure=secure,
+                        samesite="lax", path="/")
+    response.set_cookie(CSRF_COOKIE, session.csrf_token, max_age=max_age, httponly=False, secure=secure,
+                        samesite="strict", path="/")
+
+
+def clear_session_cookies(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")
 
 
 def _grants(roles: list[RoleIn]) -> list[Grant]:
@@ -84,13 +101,7 @@ async def login(request: Request, response: Response) -> Any:
             return JSONResponse({"detail": result.message}, status_code=429,
                                 headers={"Retry-After": str(result.retry_after_s)})
         return JSONResponse({"detail": result.message}, status_code=401)
-    secure = access.secure_cookies or request.url.scheme == "https"
-    max_age = access.store.session_ttl_ms // 1000
-    response.set_cookie(SESSION_COOKIE, result.secret, max_age=max_age, httponly=True, secure=secure,
-                        samesite="lax", path="/")
-    # readable by the page's own script (double submit); the server checks it against the session
-    response.set_cookie(CSRF_COOKIE, result.csrf_token, max_age=max_age, httponly=False, secure=secure,
-                        samesite="strict", path="/")
+    set_session_cookies(request, response, result)
     return _session_out(result.principal, result.expires_at)
 
 
@@ -98,8 +109,7 @@ async def login(request: Request, response: Response) -> Any:
 async def logout(request: Request, p: Signed) -> Response:
     await get_access(request).logout(p, client_address(request))
     resp = Response(status_code=204)
-    resp.delete_cookie(SESSION_COOKIE, path="/")
-    resp.delete_cookie(CSRF_COOKIE, path="/")
+    clear_session_cookies(resp)
     return resp
 
 
