@@ -144,8 +144,11 @@ def open_store(config: Path) -> Any:
     url = cfg.scheduler.database_url or default_url(cfg.scheduler.data_dir)
     try:
         store = Store(url)
-        store.create_all()
-    except (SQLAlchemyError, ImportError, OSError) as exc:
+        # the schema as the scheduler itself makes it: Alembic migrations where scheduler/store has
+        # them (then the scheduler accepts a database that this command created), else the models
+        prepare = getattr(store, "upgrade", None) or store.create_all
+        prepare()
+    except (SQLAlchemyError, ImportError, OSError, RuntimeError) as exc:  # RuntimeError: MigrationError
         raise CliError(f"{config}: cannot open the database: {exc}") from exc
     return AccessStore(store.session)
 
