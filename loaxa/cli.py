@@ -16,9 +16,13 @@ from loaxa.plugins import optional_modules
 COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.config_cmd",
     "loaxa.keys_cmd",
+    "loaxa.tls_cmd",
+    "loaxa.doctor",
     "gateway.cli",
     "scheduler.cli",
     "scheduler.access.cli",
+    "scheduler.store.cli",
+    "scheduler.schedules.cli",
     "devices.cli",
     "devices.sensors.cli",
     "firmware_bridge.cli",

@@ -1,4 +1,4 @@
-"""Start and stop the real servers Loa Xã talks to: Mosquitto, InfluxDB 1.x, VictoriaMetrics.
+"""Start and stop the real servers Loa Xã talks to: Mosquitto, InfluxDB 1.x, VictoriaMetrics, PostgreSQL.
 
 Used by the test fixtures, the demo and the benchmarks. Every server gets a free loopback port and a
 directory of its own, is waited for until it answers, and is stopped (SIGTERM, then SIGKILL) on
@@ -7,13 +7,16 @@ directory of its own, is waited for until it answers, and is stopped (SIGTERM, t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import glob
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -287,3 +290,166 @@ class VictoriaMetrics(_Process):
         if status != 200:
             raise RuntimeError(f"export failed with HTTP {status}: {body[:300]!r}")
         return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def find_postgres_binary(name: str) -> str:
+    """``initdb``/``postgres`` of the newest PostgreSQL under /usr/lib/postgresql (Debian keeps them off PATH)."""
+    def version(path: str) -> int:
+        try:
+            return int(Path(path).parts[-3])
+        except ValueError:
+            return 0
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=version)
+    if found:
+        return found[-1]
+    return find_binary(name, "postgresql")
+
+
+#: The unprivileged account a throwaway cluster runs as when we are root (PostgreSQL refuses root).
+#: ``nobody`` exists on every Debian machine; override with LOAXA_PG_USER.
+PG_TEST_USER = "nobody"
+
+
+@dataclass
+class PostgreSQL(_Process):
+    """A throwaway PostgreSQL cluster (Debian ``postgresql``) on 127.0.0.1, role ``loaxa`` with a password.
+
+    ``initdb`` and the server run as the current user, or, when that is root (as on CI), as an
+    unprivileged account (``nobody`` unless LOAXA_PG_USER says otherwise): the cluster then lives in
+    its own directory under the system temp dir, owned by that account, because a root-only test
+    directory cannot be entered by it. The unix socket is in that directory too (not
+    /var/run/postgresql). Durability is switched off (``fsync=off``): this cluster is for tests and
+    is deleted by :meth:`stop`.
+    """
+
+    port: int = 0
+    role: str = "loaxa"
+    password: str = "loaxa-test-pw"
+    cluster_dir: Path | None = field(default=None, init=False)
+    _owns_cluster_dir: bool = field(default=False, init=False)
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of the ``postgres`` database (psycopg 3)."""
+        return self.url_for("postgres")
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql+psycopg://{self.role}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def _account(self) -> tuple[int, int] | None:
+        """(uid, gid) to run as, or None to stay as we are."""
+        if os.geteuid() != 0:
+            return None
+        import pwd
+
+        name = os.environ.get("LOAXA_PG_USER", PG_TEST_USER)
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError as exc:
+            raise ServerUnavailable(f"PostgreSQL cannot run as root and there is no user {name!r} "
+                                    "(set LOAXA_PG_USER to an unprivileged account)") from exc
+        return entry.pw_uid, entry.pw_gid
+
+    def _run_as(self) -> dict[str, Any]:
+        acct = self._account()
+        if acct is None:
+            return {}
+        return {"user": acct[0], "group": acct[1], "extra_groups": []}
+
+    def start(self, timeout: float = 60.0) -> PostgreSQL:
+        initdb = find_postgres_binary("initdb")
+        postgres = find_postgres_binary("postgres")
+        if not self.port:
+            self.port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        acct = self._account()
+        if acct is None:
+            self.cluster_dir = self.workdir / "cluster"
+            self.cluster_dir.mkdir(exist_ok=True)
+        else:
+            self.cluster_dir = Path(tempfile.mkdtemp(prefix="loaxa-pg-"))
+            self._owns_cluster_dir = True
+            os.chown(self.cluster_dir, *acct)
+        d = self.cluster_dir
+        pwfile = d / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if acct is not None:
+            os.chown(pwfile, *acct)
+        run_as = self._run_as()
+        env = {"PATH": SEARCH_PATH, "LANG": "C.UTF-8", "HOME": str(d)}
+        done = subprocess.run(
+            [initdb, "-D", str(d / "data"), "-U", self.role, f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale",
+             "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"],
+            capture_output=True, cwd=d, env=env, timeout=timeout, **run_as,
+        )
+        pwfile.unlink()
+        if done.returncode != 0:
+            raise ServerUnavailable(f"initdb failed ({done.returncode}): {done.stderr.decode(errors='replace')[-800:]}")
+        self.log_path = self.workdir / "postgres.log"
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [postgres, "-D", str(d / "data"), "-p", str(self.port), "-k", str(d),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                 "-c", "full_page_writes=off", "-c", "max_connections=50", "-c", "shared_buffers=16MB"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=d, env=env, start_new_session=True, **run_as,
+            )
+        finally:
+            log.close()
+        # a cluster outlives its parent (own session): stop it at interpreter exit if nobody did
+        atexit.register(self.stop)
+        wait_for_port(self.port, self.proc, timeout, "postgres", self.log_path)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """The port opens before the server accepts logins ("the database system is starting up")."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self._dsn("postgres"), connect_timeout=2):
+                    return
+            except psycopg.OperationalError as exc:
+                last = exc
+                if self.proc is not None and self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise ServerUnavailable(f"postgres did not accept logins on port {self.port}: {last}; "
+                                f"log: {tail(self.log_path)}")
+
+    def _dsn(self, database: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user={self.role} password={self.password} dbname={database}"
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (a plain identifier) and return its SQLAlchemy URL."""
+        import psycopg
+
+        if not name.replace("_", "").isalnum() or not name.isascii():
+            raise ValueError(f"database name {name!r}: letters, digits and _ only")
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Fast shutdown (SIGINT: clients are disconnected), then forcefully; the cluster is deleted."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if self.cluster_dir is not None:
+            shutil.rmtree(self.cluster_dir, ignore_errors=True)
+            self.cluster_dir = None

@@ -36,9 +36,11 @@ Example:
 """
 
 AT_HELP = """\
-Schedule a broadcast at TIME. TIME is local time in the scheduler's time zone (Asia/Ho_Chi_Minh
-unless configured otherwise), e.g. "18:30" (today), "2026-12-01 06:00", or ISO 8601 with a zone
-("2026-12-01T06:00:00+07:00"). A time in the past is refused.
+Schedule a broadcast at TIME: "today 18:30", "tomorrow 06:00", "hôm nay 18:30", "ngày mai 06:00",
+a full local date and time "2026-12-01 06:00" (in the scheduler's time zone, Asia/Ho_Chi_Minh unless
+configured otherwise), or ISO 8601 with its offset ("2026-12-01T06:00+07:00"). Anything else is
+refused, never guessed: "18:30" alone, "01/12/2026", "Mon-Sat 06:00" (a repeating time is a schedule).
+A time in the past is refused.
 """
 
 STATUS_HELP = """\
@@ -248,25 +250,19 @@ def _handle(fn: Any) -> Any:
 
 
 def parse_local_time(text: str, tz_name: str, now: datetime | None = None) -> datetime:
-    """A user's TIME: naive means local time in ``tz_name``; only a clock time means today."""
+    """A user's TIME, read exactly (:mod:`scheduler.schedules.timeinput`) and not in the past."""
     from zoneinfo import ZoneInfo
 
-    from dateutil import parser as dparser
+    from scheduler.schedules.recurrence import RecurrenceError
+    from scheduler.schedules.timeinput import TimeInputError, parse_time
 
-    tz = ZoneInfo(tz_name)
-    now = now or datetime.now(tz)
-    default = now.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    now = now or datetime.now(ZoneInfo(tz_name))
     try:
-        dt = dparser.isoparse(text)
-    except ValueError:
-        try:
-            dt = dparser.parse(text, default=default, dayfirst=True)
-        except (ValueError, OverflowError) as exc:
-            raise CliError(f'cannot read the time {text!r}; write e.g. "18:30" or "2026-12-01 06:00"') from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=tz)
+        dt = parse_time(text, tz_name, now)
+    except (TimeInputError, RecurrenceError) as exc:
+        raise CliError(str(exc)) from exc
     if dt < now - timedelta(minutes=1):
-        raise CliError(f"{text!r} means {dt.astimezone(tz):%Y-%m-%d %H:%M %Z}, which is in the past")
+        raise CliError(f"{text!r} means {dt:%Y-%m-%d %H:%M %Z}, which is in the past")
     return dt
 
 

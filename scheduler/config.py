@@ -76,10 +76,16 @@ class DispatchSection(StrictModel):
 
 
 class IocInfluxSection(StrictModel):
+    """Where the IOC read API (scheduler/ioc/, docs/ioc-api.md) reads readings with InfluxQL."""
+
     url: str = Field(pattern=r"^https?://")
-    database: str
+    database: str = Field(min_length=1, max_length=200)
     username: str | None = None
     password: Secret | None = None
+    token: Secret | None = Field(default=None, description="InfluxDB 2.x/3.x token (instead of username/password)")
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_range_days: int = Field(default=31, ge=1, le=3660, description="longest from..to one request may ask")
+    max_points: int = Field(default=50_000, ge=100, le=1_000_000, description="most points in one page")
 
 
 class SchedulerConfig(StrictModel):

@@ -19,14 +19,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from loaxa import sdnotify
 from loaxa.mqttlink import MqttLink
 from protocol.signing import Signer, load_private_key
+from scheduler.access.deps import require
 from scheduler.access.media_urls import MediaUrlError, MediaUrlSigner, load_or_create_secret
+from scheduler.access.permissions import FLEET_READ, IOC_READ
 from scheduler.access.service import Access
 from scheduler.access.store import AccessStore
 from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
 from scheduler.http import create_app
+from scheduler.ioc import IocApi, IocSettings, IocSetupError
 from scheduler.media import MediaLibrary
+from scheduler.metrics import SchedulerMetrics
+from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,7 @@ class Scheduler:
     library: MediaLibrary
     dispatcher: Dispatcher
     app: FastAPI
+    ioc: IocApi | None = None
 
     @classmethod
     def build(cls, cfg: SchedulerConfig) -> Scheduler:
@@ -106,8 +112,12 @@ class Scheduler:
         url = cfg.scheduler.database_url or default_url(data_dir)
         try:
             store = Store(url)
-            store.create_all()
         except (SQLAlchemyError, ImportError) as exc:  # ImportError: no driver for this URL
+            raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
+        try:
+            store.upgrade()  # Alembic migrations to the newest schema (adopts a pre-migration database)
+        except (SQLAlchemyError, ImportError, MigrationError) as exc:
+            store.close()
             raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
         library = MediaLibrary(
             data_dir / "media",
@@ -150,8 +160,27 @@ class Scheduler:
             session_ttl_s=cfg.access.session_hours * 3600,
             idle_s=cfg.access.idle_minutes * 60,
         )
+        metrics = SchedulerMetrics(
+            astore,
+            lambda: {
+                "mqtt_connected": float(dispatcher.link.connected.is_set()),
+                "commands_published": float(dispatcher.sent),
+                "messages_received": float(dispatcher.received),
+            },
+        )
+        routers = [metrics.router(require(FLEET_READ))]
+        ioc: IocApi | None = None
+        if cfg.influx is not None:
+            try:
+                ioc = IocApi(IocSettings.from_section(cfg.influx), require(IOC_READ),
+                             known_gateways=lambda: astore.call(astore.store.gateways), registry=metrics.registry)
+            except IocSetupError as exc:
+                raise SetupError(str(exc)) from exc
+            routers.append(ioc.router)
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
-        return cls(cfg, astore, library, dispatcher, app)
+        for router in routers:  # /metrics and /ioc/v1
+            app.include_router(router)
+        return cls(cfg, astore, library, dispatcher, app, ioc)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -205,6 +234,8 @@ class Scheduler:
             waiter.cancel()
             systemd.cancel()
             await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
+            if self.ioc is not None:
+                await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)
 
 

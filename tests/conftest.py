@@ -1,4 +1,4 @@
-"""Fixtures that start real servers (Mosquitto, InfluxDB 1.6.7, VictoriaMetrics) on free ports.
+"""Fixtures that start real servers (Mosquitto, InfluxDB 1.6.7, VictoriaMetrics, PostgreSQL) on free ports.
 
 Each server lives in the test's temporary directory and is stopped after the test. A missing binary
 fails the test with the Debian package to install; nothing here fakes a broker or a database.
@@ -10,13 +10,14 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loaxa.servers import InfluxDB1, Mosquitto, MosquittoUser, ServerUnavailable, VictoriaMetrics
+from loaxa.servers import InfluxDB1, Mosquitto, MosquittoUser, PostgreSQL, ServerUnavailable, VictoriaMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +61,32 @@ def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     server = _start(VictoriaMetrics(tmp_path / "victoria-metrics"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
+    """One throwaway PostgreSQL cluster for the whole test session (initdb costs seconds)."""
+    server = _start(PostgreSQL(tmp_path_factory.mktemp("postgresql")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgreSQL) -> Iterator[str]:
+    """A fresh, empty database on the session's cluster; dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The scheduler's database URL, once for SQLite (a file) and once for PostgreSQL (a fresh database)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'scheduler.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 def loaxa_env(**extra: str) -> dict[str, str]:

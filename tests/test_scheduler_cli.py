@@ -255,24 +255,20 @@ def test_cli_without_scheduler_says_so(tmp_path: Path) -> None:
 
 def test_parse_local_time() -> None:
     now = datetime(2026, 11, 25, 9, 0, tzinfo=TZ)
-    assert parse_local_time("18:30", "Asia/Ho_Chi_Minh", now) == datetime(2026, 11, 25, 18, 30, tzinfo=TZ)
+    assert parse_local_time("today 18:30", "Asia/Ho_Chi_Minh", now) == datetime(2026, 11, 25, 18, 30, tzinfo=TZ)
+    assert parse_local_time("ngày mai 06:00", "Asia/Ho_Chi_Minh", now) == datetime(2026, 11, 26, 6, tzinfo=TZ)
     assert parse_local_time("2026-12-01 06:00", "Asia/Ho_Chi_Minh", now) == datetime(2026, 12, 1, 6, tzinfo=TZ)
     utc = parse_local_time("2026-12-01T06:00:00Z", "Asia/Ho_Chi_Minh", now)
     assert utc.astimezone(TZ).hour == 13
     with pytest.raises(CliError, match="in the past"):
-        parse_local_time("08:00", "Asia/Ho_Chi_Minh", now)
+        parse_local_time("today 08:00", "Asia/Ho_Chi_Minh", now)
     with pytest.raises(CliError, match="cannot read the time"):
         parse_local_time("sáng mai", "Asia/Ho_Chi_Minh", now)
 
 
-def test_scheduler_run_names_what_is_wrong(tmp_path: Path) -> None:
-    cfg = scheduler_config_dict(tmp_path, "mqtt://127.0.0.1:1", Keys())
-    cfg["signing"]["private_key"] = {"value": "not-a-key"}
-    conf = tmp_path / "s.yaml"
-    conf.write_text(yaml.safe_dump(cfg))
-    res = run_loaxa("scheduler", "run", "--config", str(conf))
-    assert res.returncode == 2 and "signing.private_key: private key is not valid base64" in res.stderr
-    cfg["signing"]["private_key"] = {"file": "missing.key"}
-    conf.write_text(yaml.safe_dump(cfg))
-    res = run_loaxa("scheduler", "run", "--config", str(conf))
-    assert res.returncode == 2 and "cannot read secret file" in res.stderr and "missing.key" in res.stderr
+@pytest.mark.parametrize("text", ["Mon-Sat 06:00", "18:30", "01/12/2026 06:00", "Saturday 06:00", "6am"])
+def test_parse_local_time_refuses_what_it_would_have_to_guess(text: str) -> None:
+    """The old parser (dateutil's fuzzy parse) made "Mon-Sat 06:00" one broadcast on Saturday."""
+    now = datetime(2026, 11, 25, 9, 0, tzinfo=TZ)  # a Wednesday
+    with pytest.raises(CliError, match="today 17:00"):  # refused, with examples
+        parse_local_time(text, "Asia/Ho_Chi_Minh", now)

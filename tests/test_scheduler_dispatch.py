@@ -1,5 +1,6 @@
-"""The scheduler's dispatcher against a real Mosquitto, a real SQLite file, a real HTTP server and
-real ffmpeg; a small MQTT client plays the gateway (verifies signatures, acks, reports playback)."""
+"""The scheduler's dispatcher against a real Mosquitto, a real SQLite file or PostgreSQL database
+(each test that uses ``running`` runs on both), a real HTTP server and real ffmpeg; a small MQTT
+client plays the gateway (verifies signatures, acks, reports playback)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ async def start_scheduler(tmp_path: Path, broker: Mosquitto, **sections: dict[st
 
 
 @pytest.fixture
-async def running(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Running]:
-    sched, keys = await start_scheduler(tmp_path, mosquitto)
+async def running(tmp_path: Path, mosquitto: Mosquitto, db_url: str) -> AsyncIterator[Running]:
+    sched, keys = await start_scheduler(tmp_path, mosquitto, scheduler={"database_url": db_url})
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
     base = f"http://127.0.0.1:{sched.config.http.port}"
@@ -355,9 +356,11 @@ async def test_bad_broadcast_requests_are_refused(running: Running, tone: Path) 
     assert r.status_code == 422
 
 
-async def test_pending_plans_survive_a_scheduler_restart(tmp_path: Path, mosquitto: Mosquitto, tone: Path) -> None:
+async def test_pending_plans_survive_a_scheduler_restart(
+    tmp_path: Path, mosquitto: Mosquitto, tone: Path, db_url: str
+) -> None:
     keys = Keys()
-    raw = scheduler_config_dict(tmp_path, mosquitto.url, keys)
+    raw = scheduler_config_dict(tmp_path, mosquitto.url, keys, scheduler={"database_url": db_url})
     cfg = SchedulerConfig.model_validate(raw)
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()
