@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.broker_cmd",
     "gateway.cli",
     "scheduler.cli",
+    "scheduler.access.cli",
     "scheduler.store.cli",
     "scheduler.schedules.cli",
     "scheduler.media.cli",

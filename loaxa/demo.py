@@ -160,6 +160,9 @@ class Demo:
             sched = central.user(SCHEDULER_USER)
             scfg["broker"].update({"username": sched.username, "password": {"value": sched.password}})
             spath = write_yaml(self.root / "scheduler" / "scheduler.yaml", scfg)
+            from scheduler.access.demo import create_demo_access
+
+            self.endpoints.update(create_demo_access(spath, [gw for gw, _ in GATEWAYS]))
             self.spawn("scheduler", "scheduler", "run", "--config", str(spath))
             self.endpoints["scheduler"] = {"url": f"http://127.0.0.1:{port}", "config": str(spath)}
 
@@ -318,15 +321,19 @@ def print_banner(ep: dict[str, Any], endpoints_file: Path | None) -> None:
     if endpoints_file:
         lines.append(f"  endpoints written to {endpoints_file}")
     if "scheduler" in ep:
-        cfg = ep["scheduler"]["config"]
+        from scheduler.access.demo import banner_lines
+
+        url = ep["scheduler"]["url"]
         gws = " ".join(ep["gateways"])
+        lines += banner_lines(ep, url)
         lines += [
             "",
             "Try it in another terminal (speakers report below as they start and finish):",
-            f"  .venv/bin/loaxa broadcast now --config {cfg} --targets {gws} --priority emergency \\",
+            f"  export LOAXA_URL={url} LOAXA_PASSWORD='{ep['accounts']['admin']['password']}'",
+            f"  .venv/bin/loaxa broadcast now --login admin --targets {gws} --priority emergency \\",
             "      --text 'Thông báo khẩn: lúc 17h30 ngày 02/12/2026 mực nước sông đạt 132,5 cm, "
             "bà con di chuyển lên vùng cao.'",
-            f"  .venv/bin/loaxa broadcast status BROADCAST_ID --config {cfg}",
+            "  .venv/bin/loaxa broadcast status BROADCAST_ID --login admin",
         ]
     lines += [
         "",

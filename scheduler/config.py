@@ -32,7 +32,22 @@ class HttpSection(StrictModel):
     public_url: str | None = Field(default=None, description="URL gateways use to fetch media")
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     api_token: Secret | None = Field(
-        default=None, description="if set, /api/* needs 'Authorization: Bearer <token>'; /media stays open"
+        default=None, description="removed: the API takes per-machine tokens now (`loaxa tokens create`)"
+    )
+    media_url_secret: Secret | None = Field(
+        default=None,
+        description="key (base64, >= 32 bytes) that signs gateways' media URLs; "
+        "default: <data_dir>/media-url.key, created on first start",
+    )
+
+
+class AccessSection(StrictModel):
+    """Browser sessions (accounts, roles and tokens live in the database: `loaxa users`, `loaxa tokens`)."""
+
+    session_hours: int = Field(default=12, ge=1, le=24 * 30, description="a session ends this long after login")
+    idle_minutes: int = Field(default=120, ge=5, le=24 * 60, description="... or after this long unused")
+    secure_cookies: bool | None = Field(
+        default=None, description="mark cookies Secure; default: when public_url is https or the request came over TLS"
     )
 
 
@@ -91,6 +106,7 @@ class SchedulerConfig(StrictModel):
     broker: MqttEndpoint
     signing: SigningSection
     http: HttpSection = HttpSection()
+    access: AccessSection = AccessSection()
     media: MediaSection = MediaSection()
     dispatch: DispatchSection = DispatchSection()
     influx: IocInfluxSection | None = None

@@ -109,8 +109,8 @@ class Outgoing:
 
 #: Builds a signed envelope: (kind, body, ttl_ms) -> Envelope. Supplied by the dispatcher.
 MakeEnvelope = Callable[[str, BaseModel, int], Envelope]
-#: Builds the plan body for one gateway: (broadcast, device targets or "*") -> BroadcastPlanBody.
-MakePlan = Callable[[Broadcast, list[str] | str], BroadcastPlanBody]
+#: Builds the plan body for one gateway: (broadcast, device targets or "*", gateway) -> BroadcastPlanBody.
+MakePlan = Callable[[Broadcast, list[str] | str, str], BroadcastPlanBody]
 
 
 def advance_speaker(row: SpeakerDelivery, state: str, at: int, now: int, reason: str | None = None) -> bool:
@@ -153,6 +153,8 @@ class Store:
 
     def create_all(self) -> None:
         """Tables straight from the models, without migrations: for throwaway databases only."""
+        import scheduler.access.models  # noqa: F401  (its tables join Base.metadata)
+
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -414,7 +416,7 @@ class Store:
                             s.add(Speaker(gateway_id=gw, device_id=dev))
                 for dev in sorted(speaker_ids):
                     s.add(SpeakerDelivery(broadcast_id=bid, gateway_id=gw, device_id=dev, state=SPK_PENDING))
-                env = make_envelope("broadcast.plan", make_plan(b, plan_targets), expires_at - now)
+                env = make_envelope("broadcast.plan", make_plan(b, plan_targets, gw), expires_at - now)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(

@@ -68,7 +68,7 @@ class Dispatcher:
         store: AsyncStore,
         link: MqttLink,
         signer: Signer,
-        media_url: Callable[[str], str],
+        media_url: Callable[[str, str, int], str],
         *,
         resend_interval_s: float = 30.0,
         max_late_s: int = 3600,
@@ -99,13 +99,14 @@ class Dispatcher:
 
     # ------------------------------------------------------------ building commands (DB thread)
 
-    def make_plan(self, b: Broadcast, targets: list[str] | str) -> BroadcastPlanBody:
+    def make_plan(self, b: Broadcast, targets: list[str] | str, gateway: str) -> BroadcastPlanBody:
+        """The plan for one gateway; its media URL is signed for that gateway, valid while the plan is."""
         m = b.media
         item = PlanItem(
             broadcast_id=b.id,
             media=MediaRef(
                 sha256=m.sha256,
-                url=self.media_url(m.sha256),
+                url=self.media_url(m.sha256, gateway, b.expires_at),
                 bytes=m.size,
                 duration_ms=m.duration_ms,
                 content_type=m.content_type,

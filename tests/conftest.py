@@ -143,10 +143,11 @@ def loaxa_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_loaxa(*args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``loaxa ARGS`` from this checkout and capture its output."""
+def run_loaxa(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+              **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``loaxa ARGS`` from this checkout and capture its output (``env``: extra variables)."""
     return subprocess.run([sys.executable, "-m", "loaxa", *args], capture_output=True, text=True,
-                          timeout=timeout, env=loaxa_env(), cwd=ROOT, **kw)
+                          timeout=timeout, env=loaxa_env(**(env or {})), cwd=ROOT, **kw)
 
 
 def spawn_loaxa(*args: str, log: Path, **kw: Any) -> subprocess.Popen[bytes]:

@@ -251,3 +251,33 @@ async def wait_for_async(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {within}s waiting for {what} (last value: {last!r})")
+
+
+def add_token(
+    store: Any,
+    role: str = "admin",
+    areas: str | list[str] | None = None,
+    *,
+    name: str | None = None,
+    expires_at: int | None = None,
+) -> str:
+    """An API token made straight in the scheduler's database (``store``: a scheduler.db.Store)."""
+    import secrets
+
+    from scheduler.access.permissions import Grant
+    from scheduler.access.store import AccessStore
+
+    return str(
+        AccessStore(store.session).create_token(
+            name or f"test-{role}-{secrets.token_hex(3)}",
+            Grant.make(role, areas),
+            expires_at=expires_at,
+            actor="test",
+            address=None,
+            now=now_ms(),
+        )
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,17 @@ def _count(influx_url: str, measurement: str) -> int:
     with urllib.request.urlopen(f"{influx_url}/query?{q}", timeout=5) as resp:
         series = json.loads(resp.read())["results"][0].get("series") or []
     return max((v for s in series for v in s["values"][0][1:] if isinstance(v, int)), default=0)
+
+
+def _get(url: str, token: str | None = None) -> int:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
 
 
 def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
@@ -54,15 +66,31 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         wait_until(lambda: {g for g, s in statuses.items() if s == "online"} == gateways, timeout=30,
                    what="both demo gateways online")
 
+        # the demo's accounts: named, with roles per commune, and an IOC token
+        url = ep["scheduler"]["url"]
+        accounts, tokens = ep["accounts"], ep["tokens"]
+        assert accounts["admin"]["roles"] == [{"role": "admin", "areas": "*"}]
+        assert accounts["chutich-an-binh"]["roles"] == [{"role": "approver", "areas": ["xa-an-binh"]}]
+        assert accounts["canbo-phu-my"]["roles"] == [{"role": "operator", "areas": ["xa-phu-my"]}]
+        assert accounts["kythuat"]["roles"] == [{"role": "technician", "areas": "*"}]
+        assert tokens["ioc"]["role"] == "ioc" and tokens["ioc"]["token"].startswith("lxa_")
+        wait_until(lambda: _get(url + "/api/health") == 200, timeout=30, what="scheduler HTTP up")
+        assert _get(url + "/api/gateways") == 401
+        assert _get(url + "/api/gateways", tokens["ioc"]["token"]) == 200
+        # an operator of one commune cannot broadcast to the other
+        denied = run_loaxa("broadcast", "now", "--url", url, "--login", "canbo-an-binh", "--text", "Thử",
+                           "--targets", "xa-phu-my", env={"LOAXA_PASSWORD": accounts["canbo-an-binh"]["password"]})
+        assert denied.returncode == 2 and "HTTP 403" in denied.stderr, denied.stderr
+
         # a broadcast from the CLI plays on both gateways' simulated speakers
-        cfg = ep["scheduler"]["config"]
-        sent = run_loaxa("broadcast", "now", "--config", cfg, "--text", "Thông báo thử nghiệm",
-                         "--targets", *sorted(gateways), "--json")
+        admin = {"LOAXA_URL": url, "LOAXA_PASSWORD": accounts["admin"]["password"]}
+        sent = run_loaxa("broadcast", "now", "--login", "admin", "--text", "Thông báo thử nghiệm",
+                         "--targets", *sorted(gateways), "--json", env=admin)
         assert sent.returncode == 0, sent.stderr
         bc_id = json.loads(sent.stdout)["id"]
 
         def speakers_finished() -> list[dict[str, object]] | None:
-            out = run_loaxa("broadcast", "status", bc_id, "--config", cfg, "--json")
+            out = run_loaxa("broadcast", "status", bc_id, "--login", "admin", "--json", env=admin)
             speakers = json.loads(out.stdout)["speakers"] if out.returncode == 0 else []
             done = len(speakers) == 6 and all(s["state"] == "finished" for s in speakers)
             return speakers if done else None
@@ -83,6 +111,7 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         c.loop_stop()
         out = (tmp_path / "demo.log").read_text()
         assert "Demo stopped." in out and "xa-an-binh: online" in out
+        assert f"chutich-an-binh    password {accounts['chutich-an-binh']['password']}" in out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -18,7 +18,15 @@ from protocol.models import BroadcastCancelBody, BroadcastPlanBody
 from protocol.signing import parse_body_as
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler
-from tests.sched_support import Keys, TestGateway, make_tone, scheduler_config_dict, wait_for_async
+from tests.sched_support import (
+    Keys,
+    TestGateway,
+    add_token,
+    bearer,
+    make_tone,
+    scheduler_config_dict,
+    wait_for_async,
+)
 
 
 class Running:
@@ -72,7 +80,8 @@ async def running(tmp_path: Path, mosquitto: CentralBroker, db_url: str) -> Asyn
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
     base = f"http://127.0.0.1:{sched.config.http.port}"
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+    headers = bearer(add_token(sched.store.store))
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as http:
 
         async def up() -> bool:
             try:

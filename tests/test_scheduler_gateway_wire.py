@@ -17,7 +17,7 @@ from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler
 from tests.conftest import spawn_loaxa
-from tests.sched_support import Keys, make_tone, scheduler_config_dict, wait_for_async
+from tests.sched_support import Keys, add_token, bearer, make_tone, scheduler_config_dict, wait_for_async
 
 
 async def test_real_gateway_plays_and_reports(tmp_path: Path, central_broker_factory: Any,
@@ -48,7 +48,8 @@ async def test_real_gateway_plays_and_reports(tmp_path: Path, central_broker_fac
         "--credentials", str(lan.write_credentials(tmp_path / "speakers.json")), log=tmp_path / "speakers.log"
     )
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=30) as http:
+        headers = bearer(add_token(sched.store.store))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=30, headers=headers) as http:
 
             async def online() -> bool:
                 try:

@@ -13,10 +13,11 @@ import httpx
 import pytest
 
 from loaxa.brokers import CentralBroker
+from protocol.signing import now_ms
 from scheduler.config import SchedulerConfig
 from scheduler.http import parse_range
-from scheduler.service import Scheduler
-from tests.sched_support import Keys, make_tone, scheduler_config_dict, wait_for_async
+from scheduler.service import Scheduler, SetupError
+from tests.sched_support import Keys, add_token, bearer, make_tone, scheduler_config_dict, wait_for_async
 
 #: the gateways the tests' scheduler serves (it ignores any other gateway id)
 GATEWAYS: tuple[str, ...] = ()
@@ -44,7 +45,8 @@ async def server(tmp_path: Path, mosquitto: CentralBroker) -> AsyncIterator[tupl
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=120) as http:
+    headers = bearer(add_token(sched.store.store, "operator", ["xa-test"]))
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=120, headers=headers) as http:
 
         async def up() -> bool:
             try:
@@ -89,7 +91,7 @@ async def test_upload_is_transcoded_and_served_with_ranges(
     r2 = await http.post("/api/media", content=src.read_bytes())
     assert r2.json()["sha256"] == m["sha256"] and len(stored_files(sched)) == 1
 
-    url = f"/media/{m['sha256']}"
+    url = signed(sched, m["sha256"])
     size = len(data)
     full = await http.get(url)
     assert full.status_code == 200 and full.content == data
@@ -120,7 +122,7 @@ async def test_upload_is_transcoded_and_served_with_ranges(
     stale = await http.get(url, headers={"Range": "bytes=0-9", "If-Range": '"other"'})
     assert stale.status_code == 200 and stale.content == data
 
-    assert (await http.get("/media/" + "0" * 64)).status_code == 404
+    assert (await http.get(signed(sched, "0" * 64))).status_code == 404
     bad = await http.get("/media/not-a-hash")
     assert bad.status_code == 422 and "pattern" in bad.text
     assert (await http.get("/media/" + m["sha256"].upper())).status_code == 422
@@ -182,29 +184,23 @@ async def test_text_is_read_aloud(server: tuple[Scheduler, httpx.AsyncClient]) -
     assert r.status_code == 201, r.text
     m = r.json()
     assert m["content_type"] == "audio/mpeg" and m["duration_ms"] > 1000
-    assert (await http.get(f"/media/{m['sha256']}")).status_code == 200
+    assert (await http.get(f"/api/media/{m['sha256']}/audio")).status_code == 200
     r = await http.post("/api/tts", json={"text": ""})
     assert r.status_code == 422
     assert media_rows(sched) == 1
 
 
-async def test_api_token(tmp_path: Path, mosquitto: CentralBroker) -> None:
+async def test_shared_api_token_is_refused_with_the_way_forward(tmp_path: Path, mosquitto: CentralBroker) -> None:
     cfg = SchedulerConfig.model_validate(
         scheduler_config_dict(tmp_path, mosquitto, Keys(), http={"api_token": {"value": "s3cret"}})
     )
-    sched = Scheduler.build(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sched.run(stop))
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}") as http:
-            await wait_for_async(lambda: _ok(http, "/api/health"), what="HTTP up")
-            assert (await http.get("/api/broadcasts")).status_code == 401
-            r = await http.get("/api/broadcasts", headers={"Authorization": "Bearer s3cret"})
-            assert r.status_code == 200 and r.json() == []
-            assert (await http.get("/media/" + "a" * 64)).status_code == 404  # media stays open
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    with pytest.raises(SetupError, match="loaxa tokens create"):
+        Scheduler.build(cfg)
+
+
+def signed(sched: Scheduler, sha256: str) -> str:
+    """The URL a gateway would get in its plan."""
+    return str(sched.dispatcher.media_url(sha256, "xa-test", now_ms() + 60_000))
 
 
 async def _ok(http: httpx.AsyncClient, path: str) -> bool:

@@ -18,10 +18,18 @@ from loaxa.servers import InfluxDB1
 from scheduler.config import SchedulerConfig
 from scheduler.metrics import reason_label
 from scheduler.service import Scheduler
-from tests.sched_support import Keys, TestGateway, make_tone, scheduler_config_dict, wait_for_async
+from tests.sched_support import (
+    Keys,
+    TestGateway,
+    add_token,
+    bearer,
+    make_tone,
+    scheduler_config_dict,
+    wait_for_async,
+)
 
-TOKEN = "metrics-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: Filled with an admin API token once the scheduler's database exists.
+AUTH: dict[str, str] = {}
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -48,10 +56,11 @@ async def test_metrics_show_state_and_counters(
     tmp: Path = tmp_path_factory.mktemp("metrics")
     keys = Keys()
     cfg = SchedulerConfig.model_validate(scheduler_config_dict(
-        tmp, broker, keys, gateways=["xa-metrics"], http={"api_token": {"value": TOKEN}},
+        tmp, broker, keys, gateways=["xa-metrics"],
         influx={"url": influx_server.url, "database": influx_server.database},
     ))
     sched = Scheduler.build(cfg)
+    AUTH.update(bearer(add_token(sched.store.store, "admin")))
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
     gw = TestGateway(broker, "xa-metrics", keys, auto_ack=False)

@@ -1,7 +1,7 @@
 """The scheduler mounts /ioc/v1 when its config has an ``influx:`` section (real app, real servers).
 
-Until scheduler/access/ provides per-account ``ioc`` tokens, the router is guarded by the
-scheduler's shared ``http.api_token`` (all areas); without that token it refuses everyone.
+The router is guarded by ``require("ioc:read")`` (scheduler/access/): an API token of the ``ioc``
+role (or any role holding ``ioc:read``), scoped to its areas.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import pytest
 from loaxa.servers import InfluxDB1, Mosquitto
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler, SetupError
-from tests.sched_support import Keys, scheduler_config_dict, wait_for_async
+from tests.sched_support import Keys, add_token, bearer, scheduler_config_dict, wait_for_async
 
 
 @asynccontextmanager
-async def running(tmp: Path, broker: Mosquitto, **sections: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
+async def running(
+    tmp: Path, broker: Mosquitto, **sections: dict[str, Any]
+) -> AsyncIterator[tuple[httpx.AsyncClient, Scheduler]]:
     cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp, broker.url, Keys(), **sections))
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()
@@ -37,7 +39,7 @@ async def running(tmp: Path, broker: Mosquitto, **sections: dict[str, Any]) -> A
                     return False
 
             await wait_for_async(up, within=30, what="scheduler HTTP up")
-            yield http
+            yield http, sched
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -48,19 +50,19 @@ async def test_ioc_router_is_mounted_and_needs_the_token(
     tmp_path_factory: pytest.TempPathFactory, influx_server: InfluxDB1, broker: Mosquitto
 ) -> None:
     influx = {"url": influx_server.url, "database": influx_server.database}
-    token = {"api_token": {"value": "s3cret-token"}}
-    async with running(tmp_path_factory.mktemp("w1"), broker, influx=influx, http=token) as http:
+    async with running(tmp_path_factory.mktemp("w1"), broker, influx=influx) as (http, sched):
+        ioc = add_token(sched.store.store, "ioc", name="ioc")
+        operator = add_token(sched.store.store, "operator", ["xa-a"], name="canbo")
         assert (await http.get("/ioc/v1/measurements")).status_code == 401
         r = await http.get("/ioc/v1/measurements", headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
-        r = await http.get("/ioc/v1/measurements", headers={"Authorization": "Bearer s3cret-token"})
+        r = await http.get("/ioc/v1/measurements", headers=bearer(operator))
+        assert r.status_code == 403 and "ioc:read" in r.json()["detail"]
+        r = await http.get("/ioc/v1/measurements", headers=bearer(ioc))
         assert r.status_code == 200 and "measurements" in r.json()
         paths = (await http.get("/openapi.json")).json()["paths"]
         assert {"/ioc/v1/readings", "/ioc/v1/latest", "/ioc/v1/communes", "/ioc/v1/health"} <= set(paths)
-    async with running(tmp_path_factory.mktemp("w2"), broker, influx=influx) as http:
-        r = await http.get("/ioc/v1/measurements", headers={"Authorization": "Bearer anything"})
-        assert r.status_code == 401 and "http.api_token" in r.json()["detail"]
-    async with running(tmp_path_factory.mktemp("w3"), broker) as http:
+    async with running(tmp_path_factory.mktemp("w3"), broker) as (http, _sched):
         assert (await http.get("/ioc/v1/measurements")).status_code == 404  # no influx: section, no IOC API
 
 
