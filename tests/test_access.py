@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI
 
-from loaxa.servers import Mosquitto
+from loaxa.brokers import CentralBroker
 from protocol.signing import now_ms
 from scheduler.access.deps import api_routes, declared_permissions, require
 from scheduler.access.media_urls import GRACE_S
@@ -71,8 +71,9 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Env]:
-    cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp_path, mosquitto.url, Keys()))
+async def env(tmp_path: Path, mosquitto: CentralBroker) -> AsyncIterator[Env]:
+    cfg = SchedulerConfig.model_validate(
+        scheduler_config_dict(tmp_path, mosquitto, Keys(), gateways=["xa-an-binh", "xa-phu-my"]))
     sched = Scheduler.build(cfg)
     store = sched.store.store
     access = AccessStore(store.session)

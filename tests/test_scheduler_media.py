@@ -298,7 +298,7 @@ async def test_stored_items_are_loudness_normalised(
     items.append(("tts", r.json(), float("nan")))
     assert items[0][2] < target.integrated_lufs - 15 and items[1][2] > target.integrated_lufs + 5  # far off before
     for name, m, _before in items:
-        data = (await http.get(f"/media/{m['sha256']}")).content
+        data = (await http.get(f"/api/media/{m['sha256']}/audio")).content
         integrated, true_peak = _loudness(await _pcm(data, tmp_path))
         assert abs(integrated - target.integrated_lufs) <= 1.0, (name, integrated)
         assert true_peak <= target.true_peak_dbtp + 0.5, (name, true_peak)  # limited (encoder overshoot allowed)
