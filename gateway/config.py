@@ -33,10 +33,22 @@ class TrustedKey(StrictModel):
         load_public_key(v)
         return v
 
+    @model_validator(mode="after")
+    def _derived_id(self) -> TrustedKey:
+        from protocol.signing import key_id_for, load_public_key
+
+        derived = key_id_for(load_public_key(self.public_key))
+        if self.id != derived:
+            raise ValueError(f"id {self.id!r} is not the id of this key: it must be {derived!r} "
+                             "(`loaxa keys generate` prints a key with its id)")
+        return self
+
 
 class TrustSection(StrictModel):
     keys: list[TrustedKey] = Field(min_length=1)
     clock_skew_s: int = Field(default=120, ge=0, le=3600)
+    command_timeout_s: float = Field(default=30.0, gt=0, le=3600,
+                                     description="a command's handler is stopped (and refused 'timeout') after this")
 
 
 class InfluxSection(StrictModel):

@@ -55,6 +55,11 @@ T = TypeVar("T")
 
 #: Refusal reasons that mean "I have already seen this command": the first copy got through.
 ALREADY_SEEN_REASONS = frozenset({"replay", "duplicate", "seen", "already_seen", "replayed"})
+#: Refusals that can heal: the command stays pending and is sent again (same envelope) until it is
+#: acked or expires by this scheduler's clock. ``deferred``: kept by a gateway whose clock is behind;
+#: ``future``/``expired``: judged by a gateway clock that may be wrong (a Pi after a power cut);
+#: ``internal``/``timeout``: a gateway fault or a slow device; ``in_progress``: a copy is running.
+RETRY_REASONS = frozenset({"deferred", "future", "expired", "internal", "timeout", "in_progress"})
 
 
 def default_url(data_dir: Path) -> str:
@@ -133,7 +138,8 @@ class Outgoing:
 
 
 #: Builds a signed envelope: (kind, body, ttl_ms) -> Envelope. Supplied by the dispatcher.
-MakeEnvelope = Callable[[str, BaseModel, int], Envelope]
+#: ``make_envelope(kind, body, ttl_ms, gateway_id)``: a signed envelope naming its gateway
+MakeEnvelope = Callable[[str, BaseModel, int, str], Envelope]
 #: Builds the plan body for one gateway: (broadcast, device targets or "*") -> BroadcastPlanBody.
 MakePlan = Callable[[Broadcast, list[str] | str], BroadcastPlanBody]
 
@@ -411,7 +417,7 @@ class Store:
                             s.add(Speaker(gateway_id=gw, device_id=dev))
                 for dev in sorted(speaker_ids):
                     s.add(SpeakerDelivery(broadcast_id=bid, gateway_id=gw, device_id=dev, state=SPK_PENDING))
-                env = make_envelope("broadcast.plan", make_plan(b, plan_targets), expires_at - now)
+                env = make_envelope("broadcast.plan", make_plan(b, plan_targets), expires_at - now, gw)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(
@@ -454,7 +460,8 @@ class Store:
                     d.error = "cancelled before delivery"
                 elif d.state != GW_DELIVERED:
                     continue
-                env = make_envelope("broadcast.cancel", BroadcastCancelBody(broadcast_ids=[bid]), b.expires_at - now)
+                env = make_envelope("broadcast.cancel", BroadcastCancelBody(broadcast_ids=[bid]), b.expires_at - now,
+                                    d.gateway_id)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(
@@ -539,6 +546,9 @@ class Store:
         if d.state in (GW_DELIVERED, GW_REFUSED):
             return d.state  # the first answer counts
         reason = (ack.reason or "").lower()
+        if not ack.ok and reason in RETRY_REASONS and d.expires_at > now:
+            d.error = f"not yet: {ack.reason}: {ack.error or ''}".strip().rstrip(":")[:500]
+            return d.state  # still pending: the resend loop sends it again
         if ack.ok or reason in ALREADY_SEEN_REASONS:
             d.state = GW_DELIVERED
             d.acked_at = now

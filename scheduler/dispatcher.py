@@ -9,6 +9,10 @@
   A resend is the SAME envelope (same id): a gateway that got the first copy but whose ack was lost
   refuses it as a replay, and an ack refusing with reason ``replay``/``duplicate`` counts as
   delivered. A gateway therefore never acts twice on one command.
+* A refusal that can heal is not final (``scheduler.db.RETRY_REASONS``): ``deferred`` (the
+  gateway keeps it until its clock catches up), ``future``/``expired`` by the gateway's clock
+  (wrong after a power cut), ``internal``, ``timeout``, ``in_progress``. The command stays pending and
+  is sent again every ``resend_interval_s`` until it is acked or expires by the scheduler's clock.
 * ``loaxa/v1/+/ack`` updates per-gateway delivery; ``loaxa/v1/+/event`` playback reports update
   per-speaker state (never backwards); ``loaxa/v1/+/dev/+/state`` (retained) teaches the speakers.
 """
@@ -37,7 +41,7 @@ from protocol.models import (
     Status,
     Targets,
 )
-from protocol.signing import Signer, now_ms
+from protocol.signing import MAX_LIFETIME_MS, Signer, now_ms
 from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
 from scheduler.db import AsyncStore, Incoming, Outgoing, Store
 from scheduler.models import Broadcast
@@ -113,8 +117,10 @@ class Dispatcher:
         )
         return BroadcastPlanBody(items=[item])
 
-    def make_envelope(self, kind: str, body: BaseModel, ttl_ms: int) -> Envelope:
-        return self.signer.envelope(kind, body, ttl_ms=max(1000, ttl_ms))
+    def make_envelope(self, kind: str, body: BaseModel, ttl_ms: int, gw: str) -> Envelope:
+        """A signed command for gateway ``gw`` (named in the envelope, which the gateway checks);
+        its lifetime is capped at the contract's maximum (7 days)."""
+        return self.signer.envelope(kind, body, gw=gw, ttl_ms=min(max(1000, ttl_ms), MAX_LIFETIME_MS))
 
     # ------------------------------------------------------------ API used by the HTTP side / CLI
 

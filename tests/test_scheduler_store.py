@@ -42,8 +42,8 @@ def make_plan(b: Broadcast, targets: list[str] | str) -> BroadcastPlanBody:
     return BroadcastPlanBody(items=[PlanItem(broadcast_id=b.id, media=ref, targets=targets)])  # type: ignore[arg-type]
 
 
-def make_env(kind: str, body: BaseModel, ttl: int) -> Envelope:
-    return signer.envelope(kind, body, ttl_ms=ttl, issued_at=T0)
+def make_env(kind: str, body: BaseModel, ttl: int, gw: str) -> Envelope:
+    return signer.envelope(kind, body, gw=gw, ttl_ms=ttl, issued_at=T0)
 
 
 def create(store: Store, targets: list[str], **kw: int) -> tuple[str, list[str]]:
