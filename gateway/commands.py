@@ -57,6 +57,7 @@ DEFER_MAX_UNSYNCED_MS = 30 * DAY_MS
 DEFER_LIMIT = 1000
 #: Seen ids are forgotten this long after their command expired (a margin for a clock that steps back).
 PURGE_MARGIN_MS = DAY_MS
+PURGE_MARGIN_UNSYNCED_MS = 30 * DAY_MS
 
 
 class CommandRefused(Exception):
@@ -281,12 +282,11 @@ class CommandRouter:
     # ------------------------------------------------------------------ upkeep
 
     def purge_seen(self) -> int:
-        """Forget seen ids whose command expired more than a day ago (the clock may step back a
-        little). Skipped while the kernel says the clock is unsynchronised: a wrong clock could
-        forget ids that are still valid."""
-        if self._clock_is_synced() is False:
-            return 0
-        n = self._seen.purge(self._now() - PURGE_MARGIN_MS)
+        """Forget seen ids whose command expired long enough ago that no clock error brings it back:
+        a day with a synchronised clock, 30 days while the kernel says it is not (or cannot tell),
+        since a wrong clock could otherwise forget ids that are still valid."""
+        margin = PURGE_MARGIN_MS if self._clock_is_synced() else PURGE_MARGIN_UNSYNCED_MS
+        n = self._seen.purge(self._now() - margin)
         self.purged += n
         return n
 

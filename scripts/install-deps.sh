@@ -10,7 +10,7 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc mosquitto mosquitto-clients influxdb influxdb-client
-              victoria-metrics ffmpeg espeak-ng socat sqlite3)
+              victoria-metrics ffmpeg espeak-ng socat sqlite3 faketime)
 # (the web UI tests will add chromium and chromium-driver here)
 
 SUDO=""

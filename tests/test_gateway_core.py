@@ -123,7 +123,8 @@ def test_commands_are_verified_and_acked(setup) -> None:  # type: ignore[no-unty
                               ttl_ms=5_000)
     unknown_kind = signer.envelope("self.destruct", {}, gw=GW, cmd_id="kind-1")
     bad_body = signer.envelope("broadcast.cancel", {"broadcast_ids": []}, gw=GW, cmd_id="body-1")
-    for env in (stranger.envelope("ping", PingBody(), gw=GW, cmd_id="stranger-1"), forged, expired, unknown_kind, bad_body):
+    from_stranger = stranger.envelope("ping", PingBody(), gw=GW, cmd_id="stranger-1")
+    for env in (from_stranger, forged, expired, unknown_kind, bad_body):
         w.publish(topic, env.model_dump_json())
     w.publish(topic, b'{"id": "junk-1", "v": 1')  # truncated JSON
     w.publish(topic, json.dumps({"id": "schema-1", "v": 2}))
