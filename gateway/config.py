@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from devices.config import DeviceConfig
-from devices.sensors.config import check_device_set
+from devices.config import DeviceConfig, device_set_problems
 from gateway.broadcast.config import BroadcastSection
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
@@ -108,12 +107,7 @@ class GatewayConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_devices(self) -> GatewayConfig:
-        seen: set[str] = set()
-        for dev in self.devices:
-            if dev.id in seen:
-                raise ValueError(f"device id {dev.id!r} appears twice")
-            seen.add(dev.id)
-        problems = check_device_set(self.devices)  # one serial port set up two ways, a GPIO pin used twice
+        problems = device_set_problems(self.devices)  # an id twice, one serial port set up two ways, …
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -20,7 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.cli",
     "devices.cli",
     "devices.sensors.cli",
-    "firmware_bridge.cli",
+    "gateway.serial.firmware_cli",
     "loaxa.demo",
 )
 

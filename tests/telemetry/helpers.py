@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.telemetry.service import TelemetryService
-from protocol.signing import public_key_b64
+from protocol.signing import key_id_for, public_key_b64
 from protocol.topics import health_topic
 
 GW = "gw-test"
@@ -33,12 +33,12 @@ def config_dict(
     measurement: str = "environment",
     **spool: Any,
 ) -> dict[str, Any]:
-    key = public_key_b64(Ed25519PrivateKey.generate().public_key())
+    public = Ed25519PrivateKey.generate().public_key()
     return {
         "gateway": {"id": GW, "commune": "Xã Thử Nghiệm", "data_dir": str(tmp_path / "gwdata")},
         "uplink": {"url": broker_url},
         "local_broker": {"url": broker_url},
-        "trust": {"keys": [{"id": "k1", "public_key": key}]},
+        "trust": {"keys": [{"id": key_id_for(public), "public_key": public_key_b64(public)}]},
         "influx": influx,
         "spool": {"max_bytes": 64 * 1024 * 1024, **spool},
         "devices": [{"id": d, "type": "mqtt_sensor", "measurement": measurement} for d in devices],
