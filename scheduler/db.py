@@ -9,6 +9,7 @@ SQLite never sees two writers from this process.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +25,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from protocol.ids import validate_id
-from protocol.models import Ack, BroadcastCancelBody, BroadcastPlanBody, Envelope, PlaybackEvent, Status
+from protocol.models import (
+    COMMAND_BODIES,
+    Ack,
+    BroadcastCancelBody,
+    BroadcastPlanBody,
+    Envelope,
+    PlaybackEvent,
+    Status,
+)
 from scheduler.models import (
     GW_DELIVERED,
     GW_EXPIRED,
@@ -480,25 +489,42 @@ class Store:
 
     # ------------------------------------------------------------ delivery
 
-    def _expire_overdue(self, s: Session, now: int) -> None:
-        """Unacknowledged commands past their expiry: ``expired``; their speakers ``failed``."""
+    def _expire_overdue(self, s: Session, now: int, renew: MakeEnvelope | None = None) -> None:
+        """Unacknowledged commands past their expiry: ``expired``; their speakers ``failed``.
+
+        With ``renew``, a command that only reached the contract's lifetime cap (7 days) while its
+        broadcast is still to come is signed again instead (same body, new id and lifetime)."""
         q = select(GatewayDelivery).where(GatewayDelivery.state == GW_PENDING, GatewayDelivery.expires_at <= now)
         for d in s.scalars(q).all():
+            if renew is not None and not d.broadcast.cancelled and d.broadcast.expires_at > now:
+                old = json.loads(d.envelope)
+                body = COMMAND_BODIES[old["kind"]].model_validate(old["body"])
+                env = renew(old["kind"], body, d.broadcast.expires_at - now, d.gateway_id)
+                log.info("command %s to %s reached its lifetime undelivered; sent again as %s",
+                         d.command_id, d.gateway_id, env.id)
+                d.command_id, d.envelope, d.expires_at = env.id, env.model_dump_json(), env.expires_at
+                d.error = "signed again: the previous command reached the 7-day lifetime cap undelivered"
+                continue
             d.state = GW_EXPIRED
             d.error = "not acknowledged before it expired"
             if d.kind == KIND_PLAN:
                 self._speakers_of(s, d, (SPK_PENDING,), SPK_FAILED, now, "not delivered in time")
 
     def pending_commands(
-        self, gateways: Iterable[str] | Literal["online"] | None, now: int, sent_before: int | None = None
+        self,
+        gateways: Iterable[str] | Literal["online"] | None,
+        now: int,
+        sent_before: int | None = None,
+        renew: MakeEnvelope | None = None,
     ) -> list[Outgoing]:
         """Unacknowledged, unexpired commands: for ``gateways`` (a list, every gateway whose status
         is online, or all), optionally only those last sent before a time.
 
-        Expired ones (of every gateway) are marked ``expired`` on the way.
+        Expired ones (of every gateway) are marked ``expired`` on the way, or signed again with
+        ``renew`` when only the lifetime cap ended them (see :meth:`_expire_overdue`).
         """
         with self.session() as s, s.begin():
-            self._expire_overdue(s, now)
+            self._expire_overdue(s, now, renew)
             q = select(GatewayDelivery).where(GatewayDelivery.state == GW_PENDING)
             if gateways == "online":
                 q = q.join(Gateway, Gateway.id == GatewayDelivery.gateway_id).where(Gateway.status == "online")

@@ -13,6 +13,8 @@
   gateway keeps it until its clock catches up), ``future``/``expired`` by the gateway's clock
   (wrong after a power cut), ``internal``, ``timeout``, ``in_progress``. The command stays pending and
   is sent again every ``resend_interval_s`` until it is acked or expires by the scheduler's clock.
+* Every envelope names its gateway (``gw``) and lives at most 7 days (the contract's cap); a command
+  that reaches the cap undelivered while its broadcast is still to come is signed again (new id).
 * ``loaxa/v1/+/ack`` updates per-gateway delivery; ``loaxa/v1/+/event`` playback reports update
   per-speaker state (never backwards); ``loaxa/v1/+/dev/+/state`` (retained) teaches the speakers.
 """
@@ -189,7 +191,7 @@ class Dispatcher:
     ) -> int:
         now = now_ms()
         sent_before = now - int(self.resend_interval_s * 1000) if only_due else None
-        out = await self.store.call(self.db.pending_commands, gateways, now, sent_before)
+        out = await self.store.call(self.db.pending_commands, gateways, now, sent_before, self.make_envelope)
         if out:
             log.info("sending %d pending command(s) again", len(out))
         return await self.send(out)
