@@ -422,3 +422,21 @@ async def test_pending_plans_survive_a_scheduler_restart(tmp_path: Path, mosquit
         await gw.disconnect()
         stop2.set()
         await asyncio.wait_for(task2, 15)
+
+
+async def test_signing_key_id_is_derived_from_the_key(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The scheduler signs under the id derived from its key; a configured id that is not the key's
+    own is refused at start-up (on main any label was used as the key id)."""
+    from scheduler.service import SetupError
+
+    keys = Keys()
+    cfg = scheduler_config_dict(tmp_path, mosquitto.url, keys)
+    cfg["signing"]["key_id"] = "centre-key-1"
+    with pytest.raises(SetupError, match=keys.key_id):
+        Scheduler.build(SchedulerConfig.model_validate(cfg))
+    del cfg["signing"]["key_id"]
+    sched = Scheduler.build(SchedulerConfig.model_validate(cfg))
+    try:
+        assert sched.dispatcher.signer.key_id == keys.key_id
+    finally:
+        sched.store.close()
