@@ -27,7 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.media.cli",
     "devices.cli",
     "devices.sensors.cli",
-    "firmware_bridge.cli",
+    "gateway.serial.firmware_cli",
     "loaxa.demo",
 )
 

@@ -39,7 +39,7 @@ case "$role" in
   dev)
     # every real server and tool the demo and the test suite start themselves
     PACKAGES=("${BASE[@]}" mosquitto mosquitto-clients influxdb influxdb-client victoria-metrics ffmpeg
-              espeak-ng socat postgresql)
+              espeak-ng socat postgresql faketime)
     UNITS=()
     EXTRA="[dev]" ;;
   *)
