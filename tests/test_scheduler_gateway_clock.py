@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from loaxa.brokers import CentralBroker, LanBroker
+from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler
 from tests.conftest import ROOT, loaxa_env, spawn_loaxa
