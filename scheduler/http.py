@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.ids import ID_PATTERN, MESSAGE_ID_PATTERN
@@ -32,6 +33,7 @@ from scheduler.db import BadRequest, NotFound
 from scheduler.dispatcher import Dispatcher
 from scheduler.media import MediaError, MediaLibrary
 from scheduler.models import Media
+from scheduler.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ def create_app(
     timezone: str = "Asia/Ho_Chi_Minh",
     api_token: str | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the package's own files, no CDN
         title="Loa Xã scheduler",
         version="1",
         description="Broadcast scheduling and delivery tracking for commune public-address systems.",
@@ -325,4 +327,5 @@ def create_app(
     async def gateways() -> list[dict[str, Any]]:
         return await store.call(db.gateways)
 
+    mount_web(app, dispatcher, library, timezone=timezone)
     return app

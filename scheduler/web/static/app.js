@@ -1,0 +1,69 @@
+// Loa Xã web UI: the few things that need JavaScript. Every task also works without it.
+// Texts come from the page (data-* attributes rendered from the catalogue), never from this file.
+"use strict";
+
+// A form with data-confirm asks before it is sent (emergency broadcasts, cancelling). The form also
+// carries a checkbox the server requires, so the confirmation holds without JavaScript too.
+function setupConfirm(form) {
+  form.addEventListener("submit", (ev) => {
+    const when = form.dataset.confirmWhen;
+    if (when) {
+      const field = form.elements.namedItem(when.split("=")[0]);
+      if (!field || field.value !== when.split("=")[1]) return;
+    }
+    if (!window.confirm(form.dataset.confirm)) ev.preventDefault();
+  });
+}
+
+// A form with data-upload sends its file with a progress bar, then goes where the server redirects.
+function setupUpload(form) {
+  const bar = form.querySelector("progress");
+  const status = form.querySelector("[data-upload-status]");
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", form.action);
+    if (bar) { bar.hidden = false; bar.value = 0; }
+    xhr.upload.addEventListener("progress", (e) => {
+      if (e.lengthComputable && bar) bar.value = Math.round((100 * e.loaded) / e.total);
+    });
+    xhr.addEventListener("load", () => {
+      if (xhr.status < 400) { window.location.assign(xhr.responseURL); return; }
+      document.open(); document.write(xhr.responseText); document.close();
+    });
+    xhr.addEventListener("error", () => { if (status) status.textContent = form.dataset.uploadFailed || ""; });
+    xhr.send(new FormData(form));
+  });
+}
+
+// A live board: [data-events] names a Server-Sent Events URL whose messages are the broadcast's
+// status; each row [data-speaker="gw/dev"] gets its state in words from the table's data-label-*.
+function setupBoard(board) {
+  const source = new EventSource(board.dataset.events);
+  const labels = board.dataset;
+  const label = (state) => labels["label" + state.charAt(0).toUpperCase() + state.slice(1)] || state;
+  source.addEventListener("status", (ev) => {
+    const st = JSON.parse(ev.data);
+    for (const sp of st.speakers) {
+      const row = board.querySelector(`[data-speaker="${CSS.escape(sp.gateway + "/" + sp.device)}"]`);
+      if (!row) continue;
+      const cell = row.querySelector(".state");
+      cell.textContent = label(sp.state);
+      cell.className = "state state-" + sp.state;
+      row.dataset.state = sp.state;
+      const reason = row.querySelector(".reason");
+      if (reason) reason.textContent = sp.reason || "";
+    }
+    for (const [state, n] of Object.entries(st.summary || {})) {
+      const out = board.querySelector(`[data-count="${CSS.escape(state)}"]`);
+      if (out) out.textContent = String(n);
+    }
+    if (st.done) source.close();
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("form[data-confirm]").forEach(setupConfirm);
+  document.querySelectorAll("form[data-upload]").forEach(setupUpload);
+  document.querySelectorAll("[data-events]").forEach(setupBoard);
+});
