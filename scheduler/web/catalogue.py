@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from babel.messages.catalog import Catalog
-from babel.messages.extract import extract_from_dir
+from babel.messages.extract import DEFAULT_KEYWORDS, extract_from_dir
 from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po, write_po
@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BABEL_CFG = ROOT / "babel.cfg"
 #: Locales whose catalogue must translate every msgid (English msgids stand for themselves).
 COMPLETE_LOCALES = ("vi",)
+#: gettext's usual keywords, plus ``tr(request, message)`` of the page handlers.
+KEYWORDS = {**DEFAULT_KEYWORDS, "tr": (2,)}
 
 
 def extract() -> Catalog:
@@ -29,7 +31,7 @@ def extract() -> Catalog:
         method_map, options_map = parse_mapping_cfg(f, filename=str(BABEL_CFG))  # type: ignore[no-untyped-call]
     catalog = Catalog(project="loaxa-web", charset="utf-8")
     for filename, lineno, message, comments, context in extract_from_dir(
-        ROOT, method_map, options_map, strip_comment_tags=True
+        ROOT, method_map, options_map, keywords=KEYWORDS, strip_comment_tags=True
     ):
         catalog.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
     return catalog
