@@ -146,9 +146,9 @@ async def login(request: Request) -> Response:
         if result.reason == "throttled":
             msg = tr(request, "Too many wrong passwords. This sign-in was not checked; "
                               "try again in %(seconds)s seconds.") % {"seconds": result.retry_after_s}
-            resp = _login_form(request, login=login_name, next_path=next_path, error=msg, status_code=429)
-            resp.headers["Retry-After"] = str(result.retry_after_s)
-            return resp
+            refused = _login_form(request, login=login_name, next_path=next_path, error=msg, status_code=429)
+            refused.headers["Retry-After"] = str(result.retry_after_s)
+            return refused
         return _login_form(request, login=login_name, next_path=next_path, status_code=401,
                            error=tr(request, "Wrong login name or password."))
     secure = access.secure_cookies or request.url.scheme == "https"
