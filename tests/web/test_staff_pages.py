@@ -56,7 +56,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         d = Demo(json.loads(ep_file.read_text()))
 
         def speakers_known() -> bool:
-            gws = {g["id"]: g for g in d.api("/api/gateways")}
+            try:
+                gws = {g["id"]: g for g in d.api("/api/gateways")}
+            except OSError:  # the scheduler is still starting
+                return False
             return all(g in gws and gws[g]["status"] == "online" and len(gws[g]["speakers"]) == 3
                        for g in (AN_BINH, PHU_MY))
 
