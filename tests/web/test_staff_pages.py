@@ -55,15 +55,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
                    what=f"the demo's endpoints file (log: {tmp / 'demo.log'})")
         d = Demo(json.loads(ep_file.read_text()))
 
-        def speakers_known() -> bool:
+        def gateways_online() -> bool:
             try:
                 gws = {g["id"]: g for g in d.api("/api/gateways")}
             except OSError:  # the scheduler is still starting
                 return False
-            return all(g in gws and gws[g]["status"] == "online" and len(gws[g]["speakers"]) == 3
-                       for g in (AN_BINH, PHU_MY))
+            return all(g in gws and gws[g]["status"] == "online" for g in (AN_BINH, PHU_MY))
 
-        wait_until(speakers_known, timeout=120, interval=0.5, what="both gateways online with 3 speakers each")
+        wait_until(gateways_online, timeout=120, interval=0.5, what="both gateways online")
         yield d
     finally:
         if proc.poll() is None:
@@ -113,10 +112,11 @@ def test_operator_broadcasts_now_and_the_board_follows_every_speaker(browser: An
     bid = page.url.rsplit("/", 1)[1]
     page.evaluate("() => { window.__sameDocument = true; }")  # gone if the page reloads
 
+    # the scheduler may learn the commune's speakers from their first playback report: rows appear live
     rows = page.locator("tr[data-speaker]")
-    assert rows.count() == 3
     page.wait_for_function(
-        "() => [...document.querySelectorAll('tr[data-speaker]')].every(r => r.dataset.state === 'finished')",
+        "() => { const rows = [...document.querySelectorAll('tr[data-speaker]')];"
+        " return rows.length === 3 && rows.every(r => r.dataset.state === 'finished'); }",
         timeout=120_000,
     )
     assert page.evaluate("() => window.__sameDocument === true"), "the board reloaded instead of updating live"
@@ -149,7 +149,7 @@ def test_technician_sees_the_fleet_and_library_pages_pass(browser: Any, demo: De
     page.get_by_role("navigation").get_by_role("link", name="Thiết bị").click()
     for commune in ("Xã An Bình", "Xã Phú Mỹ"):
         assert page.get_by_role("heading", name=commune).count() == 1
-    assert page.locator("tr[data-device] .state-online").count() == 6
+    assert page.locator("h2 .state-online").count() == 2  # both gateways on line
     assert_page_ok(page, "fleet-360")
     page.goto(demo.url + "/library")
     assert_page_ok(page, "library-360")

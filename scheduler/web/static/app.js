@@ -42,11 +42,27 @@ function setupBoard(board) {
   const source = new EventSource(board.dataset.events);
   const labels = board.dataset;
   const label = (state) => labels["label" + state.charAt(0).toUpperCase() + state.slice(1)] || state;
+  const communes = JSON.parse(board.dataset.communes || "{}");
+  const tbody = board.querySelector("[data-rows]");
+  // a speaker the scheduler learns of while the broadcast plays gets its row
+  const addRow = (sp) => {
+    const row = document.createElement("tr");
+    row.dataset.speaker = sp.gateway + "/" + sp.device;
+    for (const [cls, text] of [["", communes[sp.gateway] || sp.gateway], ["", sp.device], ["state", ""], ["reason", ""]]) {
+      const td = document.createElement("td");
+      if (cls) td.className = cls;
+      td.textContent = text;
+      row.appendChild(td);
+    }
+    tbody.appendChild(row);
+    const empty = board.querySelector("[data-empty]");
+    if (empty) empty.hidden = true;
+    return row;
+  };
   source.addEventListener("status", (ev) => {
     const st = JSON.parse(ev.data);
     for (const sp of st.speakers) {
-      const row = board.querySelector(`[data-speaker="${CSS.escape(sp.gateway + "/" + sp.device)}"]`);
-      if (!row) continue;
+      const row = board.querySelector(`[data-speaker="${CSS.escape(sp.gateway + "/" + sp.device)}"]`) || addRow(sp);
       const cell = row.querySelector(".state");
       cell.textContent = label(sp.state);
       cell.className = "state state-" + sp.state;
