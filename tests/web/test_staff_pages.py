@@ -166,10 +166,17 @@ def test_upload_shows_progress_and_lands_in_the_library(browser: Any, demo: Demo
     page = sign_in(browser, demo, "canbo-phu-my", viewport={"width": 1280, "height": 900})
     page.goto(demo.url + "/library")
     page.get_by_label("Tệp âm thanh (MP3, WAV, OGG…)").set_input_files(str(tone))
+    # remember the progress bar's highest value across the navigation that follows the upload
+    page.evaluate("""() => {
+      const bar = document.querySelector("form[data-upload] progress");
+      new MutationObserver(() => sessionStorage.setItem("maxProgress", String(bar.value)))
+        .observe(bar, {attributes: true});
+    }""")
     page.get_by_role("button", name="Tải lên").click()
     page.wait_for_url("**/library?added=*")
+    assert page.evaluate("() => sessionStorage.getItem('maxProgress')") == "100"
     assert page.get_by_role("status").first.inner_text() == "Đã thêm tệp âm thanh vào thư viện."
-    assert page.get_by_role("cell", name="chuong-bao.wav").is_visible()
+    assert page.get_by_role("cell", name="chuong-bao.wav", exact=True).is_visible()
     audio = page.locator("audio").first.get_attribute("src")
     assert audio is not None
     resp = page.request.get(demo.url + audio)
