@@ -195,7 +195,7 @@ def test_a_form_without_the_csrf_token_is_refused(browser: Any, demo: Demo) -> N
     page.goto(demo.url + "/now")
     page.get_by_label("Văn bản cần đọc (tiếng Việt)").fill("Thử CSRF")
     page.locator(f"input[name=gateways][value={AN_BINH}]").check()
-    page.evaluate("() => { document.querySelector('form[action="/now"] input[name=csrf_token]').value = 'forged'; }")
+    page.locator("form[action='/now'] input[name=csrf_token]").evaluate("el => { el.value = 'forged'; }")
     with page.expect_navigation() as nav:
         page.get_by_role("button", name="Phát ngay").click()
     assert nav.value.status == 403
