@@ -122,6 +122,7 @@ def test_operator_broadcasts_now_and_the_board_follows_every_speaker(browser: An
     assert page.evaluate("() => window.__sameDocument === true"), "the board reloaded instead of updating live"
     assert rows.locator(".state").all_inner_texts() == ["đã phát xong"] * 3
     assert page.locator("[data-count=finished]").inner_text() == "3"
+    assert page.locator("[data-count=started]").inner_text() == "0"  # the counts follow, too
     assert_page_ok(page, "board-finished-360")
 
     admin = sign_in(browser, demo, "admin")

@@ -70,9 +70,8 @@ function setupBoard(board) {
       const reason = row.querySelector(".reason");
       if (reason) reason.textContent = sp.reason || "";
     }
-    for (const [state, n] of Object.entries(st.summary || {})) {
-      const out = board.querySelector(`[data-count="${CSS.escape(state)}"]`);
-      if (out) out.textContent = String(n);
+    for (const out of board.querySelectorAll("[data-count]")) {
+      out.textContent = String((st.summary || {})[out.dataset.count] || 0);
     }
     if (st.done) source.close();
   });
