@@ -51,3 +51,13 @@ def priority_key(value: int) -> str:
 
 
 TERMINAL = frozenset({"finished", "failed", "preempted", "skipped"})
+
+#: Roles of the access package, in the words of a commune office.
+ROLE_NAMES: dict[str, str] = {
+    "admin": N_("Administrator"),
+    "approver": N_("Approver (commune chairman)"),
+    "operator": N_("Operator (commune staff)"),
+    "technician": N_("Technician"),
+    "viewer": N_("Read only"),
+    "ioc": N_("IOC (read-only API)"),
+}

@@ -519,11 +519,6 @@ async def approvals(request: Request, principal: Annotated[Principal, Depends(pa
     return _coming(request, principal, "/approvals")
 
 
-@router.get("/admin", response_class=HTMLResponse)
-async def admin(request: Request, principal: Annotated[Principal, Depends(page("accounts:admin"))]) -> HTMLResponse:
-    return _coming(request, principal, "/admin")
-
-
 def _coming(request: Request, principal: Principal, path: str) -> HTMLResponse:
     item = next(i for i in NAV if i.path == path)
     return render(request, principal, "coming.html", {"item": item})

@@ -205,6 +205,33 @@ def test_a_form_without_the_csrf_token_is_refused(browser: Any, demo: Demo) -> N
     page.context.close()
 
 
+def test_admin_creates_a_token_shown_once_revokes_it_and_reads_the_audit_log(browser: Any, demo: Demo) -> None:
+    page = sign_in(browser, demo, "admin", viewport={"width": 1280, "height": 900})
+    page.get_by_role("navigation").get_by_role("link", name="Quản trị").click()
+    assert page.get_by_role("cell", name="canbo-an-binh", exact=True).is_visible()
+    page.get_by_label("Tên", exact=True).fill("may-tram-khi-tuong")
+    page.get_by_role("button", name="Tạo mã truy cập").click()
+    token = page.get_by_label("Mã truy cập", exact=True).input_value()
+    assert token.startswith("lxa_")
+    resp = page.request.get(f"{demo.url}/api/gateways", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200  # the IOC role reads the fleet
+    assert_page_ok(page, "admin-desktop")
+    page.goto(demo.url + "/admin")
+    assert token not in page.content()  # shown once, never again
+    page.once("dialog", lambda d: d.accept())
+    row = page.get_by_role("row").filter(has_text="may-tram-khi-tuong")
+    row.get_by_role("button", name="Thu hồi").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("row").filter(has_text="may-tram-khi-tuong").get_by_text("đã thu hồi").is_visible()
+    resp = page.request.get(f"{demo.url}/api/gateways", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 401
+    page.get_by_role("link", name="Nhật ký kiểm tra").click()
+    assert "còn nguyên vẹn" in page.get_by_role("status").inner_text()
+    assert page.get_by_role("cell", name="broadcast.created").count() >= 1
+    assert_page_ok(page, "audit-desktop")
+    page.context.close()
+
+
 def test_login_throttling_through_the_browser(browser: Any, demo: Demo) -> None:
     """Last in this module: it locks the account (and may lock 127.0.0.1) for a while."""
     ctx = browser.new_context(viewport=PHONE, locale="vi-VN")
