@@ -147,6 +147,25 @@ def test_operator_broadcasts_now_and_the_board_follows_every_speaker(browser: An
     page.context.close()
 
 
+def test_broadcast_now_works_without_javascript(browser: Any, demo: Demo) -> None:
+    """The essential task with scripts off: the form posts, the board refreshes itself until done."""
+    from playwright.sync_api import expect
+
+    ctx = browser.new_context(viewport=PHONE, locale="vi-VN", java_script_enabled=False)
+    page = ctx.new_page()
+    page.goto(demo.url + "/login")
+    page.get_by_label("Tên đăng nhập").fill("canbo-phu-my")
+    page.get_by_label("Mật khẩu").fill(demo.password("canbo-phu-my"))
+    page.get_by_role("button", name="Đăng nhập").click()
+    page.get_by_role("navigation").get_by_role("link", name="Phát ngay").click()
+    page.get_by_label("Văn bản cần đọc (tiếng Việt)").fill("Loa xã Phú Mỹ thử phát, không dùng JavaScript.")
+    page.locator(f"input[name=gateways][value={PHU_MY}]").check()
+    page.get_by_role("button", name="Phát ngay").click()
+    page.wait_for_url("**/broadcasts/*")
+    expect(page.locator("tr[data-state=finished]")).to_have_count(3, timeout=120_000)
+    ctx.close()
+
+
 def test_technician_sees_the_fleet_and_library_pages_pass(browser: Any, demo: Demo) -> None:
     page = sign_in(browser, demo, "kythuat")
     page.get_by_role("navigation").get_by_role("link", name="Thiết bị").click()
