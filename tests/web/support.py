@@ -102,6 +102,19 @@ def horizontal_overflow(page: Any) -> int:
     return width
 
 
+#: One page and everything it loads, uncompressed, must stay under this (4G in the countryside).
+PAGE_BUDGET = 100_000
+
+
+def page_weight(page: Any) -> int:
+    """Bytes of the document and every resource it loaded (decoded sizes: cache or not, compressed or not)."""
+    total: int = page.evaluate(
+        "() => performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))"
+        ".reduce((sum, e) => sum + (e.decodedBodySize || 0), 0)"
+    )
+    return total
+
+
 def screenshot(page: Any, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"

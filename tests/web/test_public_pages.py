@@ -6,9 +6,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.web.support import PHONE, SchedulerProcess, check_accessibility, horizontal_overflow, screenshot
-
-PAGE_BUDGET = 100_000  # bytes over the wire for one page and everything it loads
+from tests.web.support import (
+    PAGE_BUDGET,
+    PHONE,
+    SchedulerProcess,
+    check_accessibility,
+    horizontal_overflow,
+    screenshot,
+)
 
 
 def _requests(page: Any) -> list[Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import spawn_loaxa, wait_until
-from tests.web.support import PHONE, check_accessibility, horizontal_overflow, screenshot
+from tests.web.support import PAGE_BUDGET, PHONE, check_accessibility, horizontal_overflow, page_weight, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +89,7 @@ def assert_page_ok(page: Any, name: str) -> None:
     problems = check_accessibility(page)
     assert problems == [], f"{name}: {problems}"
     assert horizontal_overflow(page) <= 0, f"{name} scrolls sideways at {page.viewport_size['width']} px"
+    assert page_weight(page) < PAGE_BUDGET, f"{name} weighs {page_weight(page)} bytes"
     screenshot(page, name)
 
 
