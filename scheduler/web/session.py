@@ -25,7 +25,7 @@ from scheduler.access.deps import (
 )
 from scheduler.access.principal import Principal
 
-__all__ = ["AUTHENTICATED", "LoginRequired", "PageForbidden", "Principal", "page", "signed_in"]
+__all__ = ["AUTHENTICATED", "FormTooLarge", "LoginRequired", "PageForbidden", "Principal", "page", "signed_in"]
 
 
 class LoginRequired(Exception):
@@ -34,6 +34,26 @@ class LoginRequired(Exception):
     def __init__(self, next_path: str):
         super().__init__(next_path)
         self.next_path = next_path
+
+
+class FormTooLarge(Exception):
+    """A form bigger than the page accepts (refused before it is read)."""
+
+
+#: A form without a file is small (the longest is a broadcast text of 5000 characters, percent-encoded).
+MAX_FORM_BYTES = 256 * 1024
+#: A form with a file may carry the library's largest file plus this much for the other fields.
+MULTIPART_SLACK = 1024 * 1024
+
+
+def _check_size(request: Request) -> None:
+    """Refuse a body larger than the form can be, before Starlette parses (and spools) it."""
+    declared = request.headers.get("content-length")
+    limit = MAX_FORM_BYTES
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        limit = request.app.state.web.library.max_bytes + MULTIPART_SLACK
+    if declared is None or not declared.isdigit() or int(declared) > limit:
+        raise FormTooLarge()
 
 
 class PageForbidden(Exception):
@@ -77,6 +97,7 @@ def page(perm: str) -> Callable[[Request], Awaitable[Principal]]:
             query = f"?{request.url.query}" if request.url.query else ""
             raise LoginRequired(request.url.path + query if request.method in SAFE_METHODS else "/")
         if request.method not in SAFE_METHODS:
+            _check_size(request)
             await _check_csrf(request, principal)
         if perm != AUTHENTICATED and not principal.can(perm):
             await get_access(request).audit(principal, "access.denied", address=client_address(request),

@@ -36,7 +36,7 @@ from scheduler.web.app import WebContext
 from scheduler.web.labels import PRIORITIES, REASONS, SPEAKER_STATES, TERMINAL, priority_key
 from scheduler.web.nav import NAV, visible_nav
 from scheduler.web.render import safe_next
-from scheduler.web.session import AUTHENTICATED, LoginRequired, PageForbidden, Principal, page, signed_in
+from scheduler.web.session import AUTHENTICATED, FormTooLarge, LoginRequired, PageForbidden, Principal, page, signed_in
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -45,7 +45,7 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 #: Limits of the broadcast form (the JSON API has its own, larger ones).
 MAX_TEXT = 5000
 MAX_TITLE = 200
-MAX_FORM_BYTES = 64 * 1024
+MAX_LOGIN_BYTES = 8 * 1024
 #: An open live board streams for at most this long, then the page falls back to its refresh link.
 SSE_MAX_S = 30 * 60
 SSE_HEARTBEAT_S = 15.0
@@ -108,7 +108,14 @@ async def _forbidden(request: Request, exc: Exception) -> Response:
                   status_code=403)
 
 
-EXCEPTION_HANDLERS = {LoginRequired: _login_required, PageForbidden: _forbidden}
+async def _too_large(request: Request, exc: Exception) -> Response:
+    principal = await signed_in(request)
+    return render(request, principal, "message.html", {
+        "heading": tr(request, "Not allowed"), "message": tr(request, "The form is too large."),
+    }, status_code=413)
+
+
+EXCEPTION_HANDLERS = {LoginRequired: _login_required, PageForbidden: _forbidden, FormTooLarge: _too_large}
 
 
 # ------------------------------------------------------------------ sign in / out, home
@@ -131,7 +138,7 @@ async def login_page(request: Request, next: str | None = None) -> Response:
 async def login(request: Request) -> Response:
     """The sign-in form (anonymous by nature; throttled by the access service per login and address)."""
     declared = request.headers.get("content-length")
-    if not declared or not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+    if not declared or not declared.isdigit() or int(declared) > MAX_LOGIN_BYTES:
         return _login_form(request, error=tr(request, "The form is too large."), status_code=413)
     form = await request.form(max_files=0, max_fields=10)
     login_name = str(form.get("login") or "")[:64]

@@ -222,6 +222,13 @@ def test_a_form_without_the_csrf_token_is_refused(browser: Any, demo: Demo) -> N
     assert nav.value.status == 403
     assert page.get_by_role("heading", name="Không được phép").is_visible()
     assert count() == before  # nothing was created
+    # an oversized form is refused before it is read, even with the right token
+    page.goto(demo.url + "/now")
+    token = page.locator("form[action='/now'] input[name=csrf_token]").input_value()
+    resp = page.request.post(demo.url + "/now", form={"csrf_token": token, "gateways": AN_BINH,
+                                                      "text": "Loa " * 100_000})
+    assert resp.status == 413
+    assert count() == before
     page.context.close()
 
 
