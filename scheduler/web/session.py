@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from scheduler.access.deps import (
     AUTHENTICATED,
@@ -25,7 +25,11 @@ from scheduler.access.deps import (
 )
 from scheduler.access.principal import Principal
 
-__all__ = ["AUTHENTICATED", "FormTooLarge", "LoginRequired", "PageForbidden", "Principal", "page", "signed_in"]
+__all__ = ["AUTHENTICATED", "PUBLIC", "FormTooLarge", "LoginRequired", "PageForbidden", "Principal", "Public", "page",
+           "signed_in"]
+
+#: Declared by the few pages anyone may open: the sign-in page (and its form), the language switch.
+PUBLIC = "public"
 
 
 class LoginRequired(Exception):
@@ -108,3 +112,12 @@ def page(perm: str) -> Callable[[Request], Awaitable[Principal]]:
     setattr(dependency, PERMISSION_ATTR, perm)
     dependency.__name__ = f"page_{perm.replace(':', '_')}"
     return dependency
+
+
+async def _public() -> None:
+    """Anyone may open this page, on purpose (the route walk of the access tests sees the declaration)."""
+
+
+setattr(_public, PERMISSION_ATTR, PUBLIC)
+#: ``dependencies=[Public]`` on a route that needs no sign-in.
+Public = Depends(_public)

@@ -36,7 +36,16 @@ from scheduler.web.app import WebContext
 from scheduler.web.labels import PRIORITIES, REASONS, SPEAKER_STATES, TERMINAL, priority_key
 from scheduler.web.nav import NAV, visible_nav
 from scheduler.web.render import safe_next
-from scheduler.web.session import AUTHENTICATED, FormTooLarge, LoginRequired, PageForbidden, Principal, page, signed_in
+from scheduler.web.session import (
+    AUTHENTICATED,
+    FormTooLarge,
+    LoginRequired,
+    PageForbidden,
+    Principal,
+    Public,
+    page,
+    signed_in,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -127,14 +136,14 @@ def _login_form(request: Request, *, login: str = "", error: str | None = None, 
                   status_code=status_code)
 
 
-@router.get("/login", response_class=HTMLResponse)
+@router.get("/login", response_class=HTMLResponse, dependencies=[Public])
 async def login_page(request: Request, next: str | None = None) -> Response:
     if await signed_in(request) is not None:
         return RedirectResponse(safe_next(next), status_code=303)
     return _login_form(request, next_path=safe_next(next))
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, dependencies=[Public])
 async def login(request: Request) -> Response:
     """The sign-in form (anonymous by nature; throttled by the access service per login and address)."""
     declared = request.headers.get("content-length")
@@ -177,7 +186,7 @@ async def logout(request: Request, principal: Signed) -> Response:
     return resp
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, dependencies=[Public])
 async def home(request: Request) -> Response:
     principal = await signed_in(request)
     if principal is None:
