@@ -309,7 +309,9 @@ async def now_send(request: Request, principal: CanBroadcast) -> Response:
             if refused:
                 raise FormError(tr(request, "Your account may not order an emergency broadcast."))
             if not v["confirm"]:
-                raise FormError(tr(request, "An emergency broadcast interrupts everything: tick the confirmation."))
+                where = ", ".join(f"{known[g]['commune'] or g}" for g in involved)
+                raise FormError(tr(request, "An emergency broadcast interrupts whatever plays on every speaker of: "
+                                            "%(where)s. Tick the confirmation to send it.") % {"where": where})
         sha = await _media_for(request, v)
         bid = await ctx.dispatcher.create_broadcast(
             media_sha256=sha,

@@ -180,6 +180,32 @@ def test_technician_sees_the_fleet_and_library_pages_pass(browser: Any, demo: De
     page.context.close()
 
 
+def test_emergency_needs_a_confirmation_that_names_the_communes(browser: Any, demo: Demo) -> None:
+    page = sign_in(browser, demo, "chutich-an-binh")  # the chairman may order an emergency broadcast
+    page.goto(demo.url + "/now")
+    page.get_by_label("Văn bản cần đọc (tiếng Việt)").fill("Khẩn cấp: nước sông đang lên, bà con di chuyển lên vùng cao.")
+    page.locator(f"input[name=gateways][value={AN_BINH}]").check()
+    page.get_by_label("Khẩn cấp").check()
+    dialogs: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", answer)
+    with page.expect_navigation() as nav:  # not ticked: the server refuses and says where it would play
+        page.get_by_role("button", name="Phát ngay").click()
+    assert nav.value.status == 400
+    assert "Xã An Bình" in page.get_by_role("alert").inner_text()
+    assert "Xã An Bình" in dialogs[0]  # the browser's dialog named the commune, too
+    page.get_by_label("Tôi xác nhận phát khẩn cấp", exact=False).check()
+    page.get_by_role("button", name="Phát ngay").click()
+    page.wait_for_url("**/broadcasts/*")
+    assert "Khẩn cấp" in page.get_by_role("main").inner_text()
+    assert len(dialogs) == 2
+    page.context.close()
+
+
 def test_upload_shows_progress_and_lands_in_the_library(browser: Any, demo: Demo, tmp_path: Path) -> None:
     from tests.sched_support import make_tone
 

@@ -11,7 +11,10 @@ function setupConfirm(form) {
       const field = form.elements.namedItem(when.split("=")[0]);
       if (!field || field.value !== when.split("=")[1]) return;
     }
-    if (!window.confirm(form.dataset.confirm)) ev.preventDefault();
+    // say where it will be heard: the ticked communes and speakers, as their labels read
+    const where = [...form.querySelectorAll("input[type=checkbox][name=gateways]:checked, input[type=checkbox][name=speakers]:checked")]
+      .map((box) => (box.closest("label") || box).textContent.trim()).join("\n");
+    if (!window.confirm(form.dataset.confirm + (where ? "\n\n" + where : ""))) ev.preventDefault();
   });
 }
 
