@@ -185,7 +185,7 @@ def test_emergency_needs_a_confirmation_that_names_the_communes(browser: Any, de
     page.goto(demo.url + "/now")
     page.get_by_label("Văn bản cần đọc (tiếng Việt)").fill("Khẩn cấp: nước sông đang lên, bà con di chuyển lên vùng cao.")
     page.locator(f"input[name=gateways][value={AN_BINH}]").check()
-    page.get_by_label("Khẩn cấp").check()
+    page.get_by_role("radio", name="Khẩn cấp").check()
     dialogs: list[str] = []
 
     def answer(dialog: Any) -> None:
@@ -198,7 +198,7 @@ def test_emergency_needs_a_confirmation_that_names_the_communes(browser: Any, de
     assert nav.value.status == 400
     assert "Xã An Bình" in page.get_by_role("alert").inner_text()
     assert "Xã An Bình" in dialogs[0]  # the browser's dialog named the commune, too
-    page.get_by_label("Tôi xác nhận phát khẩn cấp", exact=False).check()
+    page.get_by_role("checkbox", name="Tôi xác nhận phát khẩn cấp").check()
     page.get_by_role("button", name="Phát ngay").click()
     page.wait_for_url("**/broadcasts/*")
     assert "Khẩn cấp" in page.get_by_role("main").inner_text()
