@@ -1,4 +1,4 @@
-"""Start and stop the real servers Loa Xã talks to: Mosquitto, InfluxDB 1.x, VictoriaMetrics.
+"""Start and stop the real servers Loa Xã talks to: Mosquitto, InfluxDB 1.x, VictoriaMetrics, PostgreSQL.
 
 Used by the test fixtures, the demo and the benchmarks. Every server gets a free loopback port and a
 directory of its own, is waited for until it answers, and is stopped (SIGTERM, then SIGKILL) on
@@ -7,20 +7,25 @@ directory of its own, is waited for until it answers, and is stopped (SIGTERM, t
 
 from __future__ import annotations
 
+import atexit
+import base64
 import contextlib
+import glob
+import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
@@ -110,25 +115,78 @@ class MosquittoUser:
     acl: list[str] = field(default_factory=list)
 
 
+def password_line(username: str, password: str, *, salt: bytes | None = None, iterations: int = 101) -> str:
+    """One line of a Mosquitto 2.0 password file (``$7$``: PBKDF2-SHA512, what mosquitto_passwd writes).
+
+    Written here rather than by running ``mosquitto_passwd`` once per account: a fleet benchmark has
+    a thousand device accounts.
+    """
+    if ":" in username or "\n" in username or "\n" in password:
+        raise ValueError(f"user name {username!r} or its password cannot go in a Mosquitto password file")
+    salt = salt if salt is not None else os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"{username}:$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
 @dataclass
 class Mosquitto(_Process):
-    """A Mosquitto broker on 127.0.0.1. Anonymous unless ``users`` is given (then password file + ACL)."""
+    """A Mosquitto broker on 127.0.0.1 with a password file and an ACL (``users`` and ``acl_text``).
+
+    ``anonymous=True`` (no accounts at all) is only for pure unit tests of a client; everything that
+    claims to test the system runs with accounts and the production ACL (:mod:`loaxa.brokers`).
+    ``bind_clientid`` sets ``use_username_as_clientid`` on the main listener; ``device_port=-1`` adds
+    a second listener (for the devices of a commune LAN) on which the client id is the user name.
+    """
 
     port: int = 0
     users: list[MosquittoUser] = field(default_factory=list)
     persistence: bool = True
     #: a whole ACL file's text; when given it replaces the per-user ``acl`` lines
     acl_text: str | None = None
+    anonymous: bool = False
+    bind_clientid: bool = False
+    device_port: int = 0
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def device_url(self) -> str:
+        """The URL of the device listener (client id bound to the user name)."""
+        if self.device_port <= 0:
+            raise ValueError("this broker has no device listener")
+        return f"mqtt://127.0.0.1:{self.device_port}"
+
+    def user(self, username: str) -> MosquittoUser:
+        for u in self.users:
+            if u.username == username:
+                return u
+        raise KeyError(f"no account {username!r} on the broker in {self.workdir}")
+
+    def _write_accounts(self) -> tuple[Path, Path]:
+        passwd = self.workdir / "passwd"
+        passwd.write_text("".join(password_line(u.username, u.password) + "\n" for u in self.users))
+        passwd.chmod(0o600)
+        acl = self.workdir / "acl"
+        if self.acl_text is not None:
+            acl.write_text(self.acl_text)
+        else:
+            acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
+                                   for u in self.users))
+        return passwd, acl
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
             "protocol mqtt",
+        ]
+        if self.bind_clientid:
+            lines.append("use_username_as_clientid true")
+        if self.device_port:
+            lines += [f"listener {self.device_port} 127.0.0.1", "protocol mqtt", "use_username_as_clientid true"]
+        lines += [
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
@@ -139,40 +197,77 @@ class Mosquitto(_Process):
             "max_queued_messages 100000",
             "max_inflight_messages 100",
             # payloads are limited to 256 KiB by the contract; the packet adds topic and properties
-            "max_packet_size 270000",
+            f"max_packet_size {MAX_PACKET_SIZE}",
         ]
         if os.geteuid() == 0:  # mosquitto drops root privileges unless told to keep the current user
             import pwd
 
             lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
         if self.users:
-            passwd = self.workdir / "passwd"
-            passwd.write_text("")
-            mosquitto_passwd = find_binary("mosquitto_passwd", "mosquitto")
-            for user in self.users:
-                subprocess.run([mosquitto_passwd, "-b", str(passwd), user.username, user.password], check=True,
-                               capture_output=True)
-            acl = self.workdir / "acl"
-            if self.acl_text is not None:
-                acl.write_text(self.acl_text)
-            else:
-                acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
-                                       for u in self.users))
+            passwd, acl = self._write_accounts()
             lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
-        else:
+        elif self.anonymous:
             lines.append("allow_anonymous true")
+        else:
+            raise ValueError("a Mosquitto needs accounts (users=...); anonymous=True is for pure unit tests only")
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
-    def start(self, timeout: float = 15.0) -> Mosquitto:
+    def start(self, timeout: float = 15.0) -> Self:
         binary = find_binary("mosquitto", "mosquitto")
         if not self.port:
             self.port = free_port()
+        if self.device_port < 0:
+            self.device_port = free_port()
         conf = self.write_config()
         self.proc = self._spawn([binary, "-c", str(conf)], "mosquitto.log")
         wait_for_port(self.port, self.proc, timeout, "mosquitto", self.log_path)
         return self
+
+    def reload_accounts(self, probe: MosquittoUser | None = None, timeout: float = 15.0) -> None:
+        """Rewrite the password file and ACL and make the running broker read them (SIGHUP).
+
+        With ``probe``, return only once that account can log in (the reload is asynchronous).
+        """
+        self._write_accounts()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGHUP)
+        if probe is not None:
+            deadline = time.monotonic() + timeout
+            while not can_log_in(self.port, probe.username, probe.password):
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable(f"mosquitto did not take account {probe.username!r} within {timeout:.0f}s;"
+                                            f" log: {tail(self.log_path)}")
+                time.sleep(0.05)
+
+
+#: what our brokers allow (docs/telemetry.md measures how many readings fit)
+MAX_PACKET_SIZE = 270000
+
+
+def can_log_in(port: int, username: str, password: str, timeout: float = 5.0) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT with these credentials gets CONNACK 0 (a bare socket, no library)."""
+    def field_(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+
+    client_id = f"probe-{os.getpid()}-{time.monotonic_ns()}".encode()
+    body = field_(b"MQTT") + bytes([4, 0xC2]) + (5).to_bytes(2, "big")
+    body += field_(client_id) + field_(username.encode()) + field_(password.encode())
+    packet = bytes([0x10, len(body)]) + body if len(body) < 128 else None
+    if packet is None:
+        raise ValueError("user name and password too long for the probe")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(packet)
+            ack = s.recv(4)
+            if len(ack) == 4 and ack[0] == 0x20 and ack[3] == 0:
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+                return True
+            return False
+    except OSError:
+        return False
 
 
 def _http(url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -287,3 +382,166 @@ class VictoriaMetrics(_Process):
         if status != 200:
             raise RuntimeError(f"export failed with HTTP {status}: {body[:300]!r}")
         return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def find_postgres_binary(name: str) -> str:
+    """``initdb``/``postgres`` of the newest PostgreSQL under /usr/lib/postgresql (Debian keeps them off PATH)."""
+    def version(path: str) -> int:
+        try:
+            return int(Path(path).parts[-3])
+        except ValueError:
+            return 0
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=version)
+    if found:
+        return found[-1]
+    return find_binary(name, "postgresql")
+
+
+#: The unprivileged account a throwaway cluster runs as when we are root (PostgreSQL refuses root).
+#: ``nobody`` exists on every Debian machine; override with LOAXA_PG_USER.
+PG_TEST_USER = "nobody"
+
+
+@dataclass
+class PostgreSQL(_Process):
+    """A throwaway PostgreSQL cluster (Debian ``postgresql``) on 127.0.0.1, role ``loaxa`` with a password.
+
+    ``initdb`` and the server run as the current user, or, when that is root (as on CI), as an
+    unprivileged account (``nobody`` unless LOAXA_PG_USER says otherwise): the cluster then lives in
+    its own directory under the system temp dir, owned by that account, because a root-only test
+    directory cannot be entered by it. The unix socket is in that directory too (not
+    /var/run/postgresql). Durability is switched off (``fsync=off``): this cluster is for tests and
+    is deleted by :meth:`stop`.
+    """
+
+    port: int = 0
+    role: str = "loaxa"
+    password: str = "loaxa-test-pw"
+    cluster_dir: Path | None = field(default=None, init=False)
+    _owns_cluster_dir: bool = field(default=False, init=False)
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of the ``postgres`` database (psycopg 3)."""
+        return self.url_for("postgres")
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql+psycopg://{self.role}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def _account(self) -> tuple[int, int] | None:
+        """(uid, gid) to run as, or None to stay as we are."""
+        if os.geteuid() != 0:
+            return None
+        import pwd
+
+        name = os.environ.get("LOAXA_PG_USER", PG_TEST_USER)
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError as exc:
+            raise ServerUnavailable(f"PostgreSQL cannot run as root and there is no user {name!r} "
+                                    "(set LOAXA_PG_USER to an unprivileged account)") from exc
+        return entry.pw_uid, entry.pw_gid
+
+    def _run_as(self) -> dict[str, Any]:
+        acct = self._account()
+        if acct is None:
+            return {}
+        return {"user": acct[0], "group": acct[1], "extra_groups": []}
+
+    def start(self, timeout: float = 60.0) -> PostgreSQL:
+        initdb = find_postgres_binary("initdb")
+        postgres = find_postgres_binary("postgres")
+        if not self.port:
+            self.port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        acct = self._account()
+        if acct is None:
+            self.cluster_dir = self.workdir / "cluster"
+            self.cluster_dir.mkdir(exist_ok=True)
+        else:
+            self.cluster_dir = Path(tempfile.mkdtemp(prefix="loaxa-pg-"))
+            self._owns_cluster_dir = True
+            os.chown(self.cluster_dir, *acct)
+        d = self.cluster_dir
+        pwfile = d / "pwfile"
+        pwfile.write_text(self.password + "\n")
+        if acct is not None:
+            os.chown(pwfile, *acct)
+        run_as = self._run_as()
+        env = {"PATH": SEARCH_PATH, "LANG": "C.UTF-8", "HOME": str(d)}
+        done = subprocess.run(
+            [initdb, "-D", str(d / "data"), "-U", self.role, f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale",
+             "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"],
+            capture_output=True, cwd=d, env=env, timeout=timeout, **run_as,
+        )
+        pwfile.unlink()
+        if done.returncode != 0:
+            raise ServerUnavailable(f"initdb failed ({done.returncode}): {done.stderr.decode(errors='replace')[-800:]}")
+        self.log_path = self.workdir / "postgres.log"
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [postgres, "-D", str(d / "data"), "-p", str(self.port), "-k", str(d),
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                 "-c", "full_page_writes=off", "-c", "max_connections=50", "-c", "shared_buffers=16MB"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=d, env=env, start_new_session=True, **run_as,
+            )
+        finally:
+            log.close()
+        # a cluster outlives its parent (own session): stop it at interpreter exit if nobody did
+        atexit.register(self.stop)
+        wait_for_port(self.port, self.proc, timeout, "postgres", self.log_path)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """The port opens before the server accepts logins ("the database system is starting up")."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self._dsn("postgres"), connect_timeout=2):
+                    return
+            except psycopg.OperationalError as exc:
+                last = exc
+                if self.proc is not None and self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise ServerUnavailable(f"postgres did not accept logins on port {self.port}: {last}; "
+                                f"log: {tail(self.log_path)}")
+
+    def _dsn(self, database: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user={self.role} password={self.password} dbname={database}"
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (a plain identifier) and return its SQLAlchemy URL."""
+        import psycopg
+
+        if not name.replace("_", "").isalnum() or not name.isascii():
+            raise ValueError(f"database name {name!r}: letters, digits and _ only")
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Fast shutdown (SIGINT: clients are disconnected), then forcefully; the cluster is deleted."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if self.cluster_dir is not None:
+            shutil.rmtree(self.cluster_dir, ignore_errors=True)
+            self.cluster_dir = None

@@ -1,5 +1,4 @@
-"""The scheduler's database: engine set-up (SQLite WAL by default, any SQLAlchemy URL) and the
-:class:`Store`, whose methods are the only code that reads or writes the tables.
+"""The scheduler's database: the :class:`Store`, whose methods are the only code that reads or writes the tables.
 
 Store methods are synchronous and each runs in one transaction. The dispatcher and the HTTP API run
 them on one dedicated thread (:class:`AsyncStore`), so the event loop never waits on the disk and
@@ -15,13 +14,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, create_engine, event, or_, select, update
-from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, selectinload
 
 from protocol.ids import validate_id
 from protocol.models import Ack, BroadcastCancelBody, BroadcastPlanBody, Envelope, PlaybackEvent, Status
@@ -47,6 +44,9 @@ from scheduler.models import (
     Speaker,
     SpeakerDelivery,
 )
+from scheduler.store.engine import default_url as default_url  # re-exported: scheduler.service uses it
+from scheduler.store.engine import make_engine as make_engine
+from scheduler.store.engine import make_sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +55,6 @@ T = TypeVar("T")
 
 #: Refusal reasons that mean "I have already seen this command": the first copy got through.
 ALREADY_SEEN_REASONS = frozenset({"replay", "duplicate", "seen", "already_seen", "replayed"})
-
-
-def default_url(data_dir: Path) -> str:
-    return f"sqlite:///{(data_dir / 'scheduler.db').resolve()}"
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; for SQLite: WAL, synchronous=NORMAL, foreign keys on, 30 s busy timeout."""
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
-            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
 
 
 class NotFound(LookupError):
@@ -134,8 +109,8 @@ class Outgoing:
 
 #: Builds a signed envelope: (kind, body, ttl_ms) -> Envelope. Supplied by the dispatcher.
 MakeEnvelope = Callable[[str, BaseModel, int], Envelope]
-#: Builds the plan body for one gateway: (broadcast, device targets or "*") -> BroadcastPlanBody.
-MakePlan = Callable[[Broadcast, list[str] | str], BroadcastPlanBody]
+#: Builds the plan body for one gateway: (broadcast, device targets or "*", gateway) -> BroadcastPlanBody.
+MakePlan = Callable[[Broadcast, list[str] | str, str], BroadcastPlanBody]
 
 
 def advance_speaker(row: SpeakerDelivery, state: str, at: int, now: int, reason: str | None = None) -> bool:
@@ -165,9 +140,21 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._session = make_sessionmaker(self.engine)
+
+    def upgrade(self) -> str | None:
+        """Bring the schema to the newest migration (a pre-migration database is adopted first).
+
+        Raises :class:`~scheduler.store.migrate.MigrationError` for a database the scheduler did not make.
+        """
+        from scheduler.store.migrate import upgrade
+
+        return upgrade(self.engine)
 
     def create_all(self) -> None:
+        """Tables straight from the models, without migrations: for throwaway databases only."""
+        import scheduler.access.models  # noqa: F401  (its tables join Base.metadata)
+
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -250,6 +237,19 @@ class Store:
     def record_status(self, gw: str, status: Status, now: int) -> bool:
         with self.session() as s, s.begin():
             return self._status(s, gw, status, now)
+
+    def register_gateways(self, entries: Iterable[tuple[str, str | None]]) -> None:
+        """Create (or name the commune of) the configured gateways: the only way a gateway row is
+        born. A gateway id that merely appears in a topic is never registered."""
+        with self.session() as s, s.begin():
+            for gw, commune in entries:
+                row = self._gateway(s, gw)
+                if commune is not None:
+                    row.commune = commune[:200] or None
+
+    def gateway_ids(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Gateway.id)).all())
 
     def touch_gateway(self, gw: str, now: int) -> None:
         with self.session() as s, s.begin():
@@ -334,6 +334,11 @@ class Store:
         with self.session() as s:
             return s.get(Media, sha256)
 
+    def list_media(self, limit: int = 100) -> list[Media]:
+        """The library, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Media).order_by(Media.created_at.desc()).limit(limit)))
+
     # ------------------------------------------------------------ broadcasts
 
     def create_broadcast(
@@ -411,7 +416,7 @@ class Store:
                             s.add(Speaker(gateway_id=gw, device_id=dev))
                 for dev in sorted(speaker_ids):
                     s.add(SpeakerDelivery(broadcast_id=bid, gateway_id=gw, device_id=dev, state=SPK_PENDING))
-                env = make_envelope("broadcast.plan", make_plan(b, plan_targets), expires_at - now)
+                env = make_envelope("broadcast.plan", make_plan(b, plan_targets, gw), expires_at - now)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(

@@ -39,7 +39,7 @@ case "$role" in
   dev)
     # every real server and tool the demo and the test suite start themselves (chromium: the web UI tests)
     PACKAGES=("${BASE[@]}" mosquitto mosquitto-clients influxdb influxdb-client victoria-metrics ffmpeg
-              espeak-ng socat chromium)
+              espeak-ng socat postgresql chromium)
     UNITS=()
     EXTRA="[dev]" ;;
   *)

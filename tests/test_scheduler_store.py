@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,10 @@ T0 = 1_800_000_000_000
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    st = Store(f"sqlite:///{tmp_path / 'scheduler.db'}")
-    st.create_all()
+def store(db_url: str) -> Iterator[Store]:
+    """A Store on SQLite and, in a second run, on PostgreSQL (both real servers)."""
+    st = Store(db_url)
+    st.upgrade()  # the migrations, as the scheduler runs them on start
     st.add_media(
         Media(
             sha256=SHA,
@@ -31,13 +33,14 @@ def store(tmp_path: Path) -> Store:
             created_at=T0,
         )
     )
-    return st
+    yield st
+    st.close()
 
 
 signer = make_signer()
 
 
-def make_plan(b: Broadcast, targets: list[str] | str) -> BroadcastPlanBody:
+def make_plan(b: Broadcast, targets: list[str] | str, gateway: str = "") -> BroadcastPlanBody:
     ref = MediaRef(sha256=b.media_sha256, url="http://x/m", bytes=1000, duration_ms=2000)
     return BroadcastPlanBody(items=[PlanItem(broadcast_id=b.id, media=ref, targets=targets)])  # type: ignore[arg-type]
 
@@ -62,6 +65,18 @@ def create(store: Store, targets: list[str], **kw: int) -> tuple[str, list[str]]
         make_envelope=make_env,
     )
     return bid, [o.command_id for o in out]
+
+
+def test_sqlite_commits_are_durable_before_commands_are_published(tmp_path: Path) -> None:
+    """Commands are published right after commit: the commit must be on disk (synchronous=FULL, WAL)."""
+    st = Store(f"sqlite:///{tmp_path / 'scheduler.db'}")
+    try:
+        with st.engine.connect() as conn:  # a connection of the pool the Store really uses
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # 2 = FULL (1 = NORMAL)
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        st.close()
 
 
 def test_targets_parse() -> None:

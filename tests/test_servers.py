@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pwd
 import time
 import urllib.request
+from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
@@ -69,3 +71,27 @@ def test_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(servers, "SEARCH_PATH", str(tmp_path))
     with pytest.raises(servers.ServerUnavailable, match="apt-get install influxdb"):
         InfluxDB1(tmp_path / "x").start()
+
+
+def test_postgresql_cluster_runs_unprivileged_and_is_removed(tmp_path: Path) -> None:
+    import os
+
+    import psycopg
+
+    from loaxa.servers import PostgreSQL
+
+    pg = PostgreSQL(tmp_path / "pg").start()
+    try:
+        assert pg.proc is not None and pg.cluster_dir is not None
+        uid = next(int(line.split()[1]) for line in Path(f"/proc/{pg.proc.pid}/status").read_text().splitlines()
+                   if line.startswith("Uid:"))
+        assert uid != 0 and (os.geteuid() != 0 or uid == pwd.getpwnam(os.environ.get("LOAXA_PG_USER", "nobody")).pw_uid)
+        url = pg.create_database("t_harness")
+        with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+            conn.execute("CREATE TABLE t (x text)")
+            conn.execute("INSERT INTO t VALUES ('Loa Xã')")
+            assert conn.execute("SELECT x FROM t").fetchone() == ("Loa Xã",)
+        cluster = pg.cluster_dir
+    finally:
+        pg.stop()
+    assert not cluster.exists() and pg.proc is None
