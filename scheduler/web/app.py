@@ -26,9 +26,13 @@ class WebContext:
 
 
 def mount_web(app: FastAPI, dispatcher: Dispatcher, library: MediaLibrary, *, timezone: str) -> None:
-    from scheduler.web import pages
+    from scheduler.web import admin, pages, staff
 
     check_catalogues()
     app.state.web = WebContext(dispatcher, library, Renderer(timezone))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)
+    app.include_router(staff.router)
+    app.include_router(admin.router)
+    for exc, handler in staff.EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(exc, handler)

@@ -1,35 +1,20 @@
-"""The pages anyone may open: the landing page with the sign-in form, and the language switch."""
+"""The language switch (the sign-in page and the others are in :mod:`scheduler.web.staff`)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import RedirectResponse
 
-from scheduler.web.app import WebContext
 from scheduler.web.i18n import COOKIE, LOCALES
 from scheduler.web.render import COOKIE_MAX_AGE, safe_next
+from scheduler.web.session import Public
 
 router = APIRouter(include_in_schema=False)
 
 
-def web(request: Request) -> WebContext:
-    ctx: WebContext = request.app.state.web
-    return ctx
-
-
-@router.get("/", response_class=HTMLResponse)
-async def home(request: Request) -> HTMLResponse:
-    return web(request).renderer.page(request, "login.html", {"error": None, "login": ""})
-
-
-@router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request) -> HTMLResponse:
-    return web(request).renderer.page(request, "login.html", {"error": None, "login": ""})
-
-
-@router.get("/lang/{locale}")
+@router.get("/lang/{locale}", dependencies=[Public])
 async def set_language(
     request: Request, locale: str, next: Annotated[str | None, Query(max_length=2000)] = None
 ) -> RedirectResponse:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
-from loaxa.servers import Mosquitto, ServerUnavailable
+from loaxa.brokers import CentralBroker
+from loaxa.servers import ServerUnavailable
 from tests.web.support import SchedulerProcess, launch_chromium
 
 
@@ -24,10 +25,10 @@ def browser() -> Iterator[Any]:
 def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchedulerProcess]:
     tmp = tmp_path_factory.mktemp("web")
     try:
-        broker = Mosquitto(tmp / "mosquitto").start()
+        broker = CentralBroker(tmp / "mosquitto").start()
     except ServerUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
-    sched = SchedulerProcess.start(tmp, broker.url)
+    sched = SchedulerProcess.start(tmp, broker)
     yield sched
     sched.stop()
     broker.stop()

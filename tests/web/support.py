@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from loaxa.brokers import CentralBroker
 from loaxa.servers import free_port
 from tests.conftest import spawn_loaxa, wait_until
 from tests.sched_support import Keys, scheduler_config_dict
@@ -55,9 +56,9 @@ class SchedulerProcess:
     log: Path
 
     @classmethod
-    def start(cls, tmp: Path, broker_url: str, **sections: dict[str, Any]) -> SchedulerProcess:
+    def start(cls, tmp: Path, broker: CentralBroker, **sections: dict[str, Any]) -> SchedulerProcess:
         port = free_port()
-        cfg = scheduler_config_dict(tmp, broker_url, Keys(), port=port, **sections)
+        cfg = scheduler_config_dict(tmp, broker, Keys(), port=port, **sections)
         path = tmp / "scheduler.yaml"
         path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
         log = tmp / "scheduler.log"
