@@ -11,6 +11,8 @@ exist). Writes go through the dispatcher and the media library, exactly as the J
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import logging
 import os
@@ -33,6 +35,7 @@ from scheduler.db import BadRequest, NotFound
 from scheduler.media import MediaError
 from scheduler.web import queries
 from scheduler.web.app import WebContext
+from scheduler.web.filters import format_datetime_ms
 from scheduler.web.labels import PRIORITIES, REASONS, SPEAKER_STATES, TERMINAL, priority_key
 from scheduler.web.nav import NAV, visible_nav
 from scheduler.web.render import safe_next
@@ -447,6 +450,30 @@ async def broadcast_log(request: Request, principal: CanReadBroadcasts, gateway:
     rows = await _visible_broadcasts(request, principal, gateway)
     return render(request, principal, "log.html", {"rows": rows, "gateways": gateways, "gateway": gateway,
                                                     "priorities": PRIORITIES})
+
+
+@router.get("/log.csv")
+async def broadcast_log_csv(request: Request, principal: CanReadBroadcasts, gateway: str | None = None) -> Response:
+    """The log as CSV (UTF-8 with a BOM so that Excel shows Vietnamese correctly), times in the scheduler's zone."""
+    gateways = await _gateways(request, principal, "broadcast:read")
+    if gateway not in {g["id"] for g in gateways}:
+        gateway = None
+    rows = await _visible_broadcasts(request, principal, gateway)
+    zone = web(request).renderer.timezone
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["created", "id", "title", "gateways", "priority", "start_at", "cancelled"])
+    for b in rows:
+        w.writerow([format_datetime_ms(b["created_at"], zone), b["id"], _cell(b["title"] or ""),
+                    " ".join(b["gateway_ids"]), b["priority"],
+                    format_datetime_ms(b["start_at"], zone) if b["start_at"] else "", int(bool(b["cancelled"]))])
+    return Response("\ufeff" + out.getvalue(), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": 'attachment; filename="nhat-ky-phat.csv"'})
+
+
+def _cell(text: str) -> str:
+    """A spreadsheet never runs a cell as a formula (CSV injection)."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 # ------------------------------------------------------------------ audio library

@@ -135,6 +135,10 @@ def test_operator_broadcasts_now_and_the_board_follows_every_speaker(browser: An
     page.get_by_role("navigation").get_by_role("link", name="Nhật ký phát").click()
     assert page.get_by_role("link", name="Họp dân thôn Đông").is_visible()
     assert_page_ok(page, "log-360")
+    with page.expect_download() as dl:
+        page.get_by_role("link", name="Tải về dạng CSV").click()
+    text = Path(dl.value.path()).read_text(encoding="utf-8-sig")
+    assert "Họp dân thôn Đông" in text and bid in text
 
     # the operator of the other commune sees neither the broadcast nor its board
     other = sign_in(browser, demo, "canbo-phu-my")
