@@ -178,6 +178,13 @@ def test_technician_sees_the_fleet_and_library_pages_pass(browser: Any, demo: De
         assert page.get_by_role("heading", name=commune).count() == 1
     assert page.locator("h2 .state-online").count() == 2  # both gateways on line
     assert_page_ok(page, "fleet-360")
+    page.goto(demo.url + "/fleet?lang=en")  # English on request, remembered for the next pages
+    assert page.get_by_role("heading", name="Devices").is_visible()
+    assert page.get_by_role("navigation").get_by_role("link", name="Audio library").is_visible()
+    assert_page_ok(page, "fleet-en-360")
+    page.goto(demo.url + "/library")
+    assert page.get_by_role("heading", name="Audio library").is_visible()
+    page.goto(demo.url + "/library?lang=vi")
     page.goto(demo.url + "/library")
     assert_page_ok(page, "library-360")
     assert page.locator("form[action='/library']").count() == 0  # a technician reads the library only
