@@ -373,10 +373,30 @@ async def board(request: Request, bid: BroadcastId, principal: CanReadBroadcasts
         return _not_found(request, principal)
     ctx = web(request)
     communes = {g["id"]: g["commune"] for g in await ctx.dispatcher.store.call(ctx.dispatcher.db.gateways)}
+    can_cancel = not st["cancelled"] and not st["done"] and all(
+        principal.can("broadcast:cancel", g) for g in queries.target_gateways(st["targets"]))
     return render(request, principal, "board.html", {
         "b": st, "communes": communes, "states": SPEAKER_STATES, "reasons": REASONS,
-        "level": priority_key(st["priority"]), "priorities": PRIORITIES,
+        "level": priority_key(st["priority"]), "priorities": PRIORITIES, "can_cancel": can_cancel,
     })
+
+
+@router.post("/broadcasts/{bid}/cancel", response_class=HTMLResponse)
+async def cancel_broadcast(request: Request, bid: BroadcastId,
+                           principal: Annotated[Principal, Depends(page("broadcast:cancel"))]) -> Response:
+    """Cancel on every gateway; allowed only to whom may cancel in every commune the broadcast reaches."""
+    ctx = web(request)
+    try:
+        st = await _board_status(request, principal, bid)
+    except NotFound:
+        return _not_found(request, principal)
+    gws = queries.target_gateways(st["targets"])
+    if not all(principal.can("broadcast:cancel", g) for g in gws):
+        raise PageForbidden("broadcast:cancel")
+    sent = await ctx.dispatcher.cancel_broadcast(bid)
+    await get_access(request).audit(principal, "broadcast.cancel", address=client_address(request), target=bid,
+                                    detail={"cancel_commands": sent, "via": "web"})
+    return RedirectResponse(f"/broadcasts/{bid}", status_code=303)
 
 
 @router.get("/broadcasts/{bid}/events")

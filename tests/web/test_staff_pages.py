@@ -214,6 +214,12 @@ def test_emergency_needs_a_confirmation_that_names_the_communes(browser: Any, de
     page.wait_for_url("**/broadcasts/*")
     assert "Khẩn cấp" in page.get_by_role("main").inner_text()
     assert len(dialogs) == 2
+    # and the chairman calls it off from the board
+    page.get_by_role("button", name="Huỷ bản tin").click()
+    page.wait_for_load_state()
+    assert page.get_by_text("Bản tin này đã bị huỷ.").is_visible()
+    assert len(dialogs) == 3
+    assert page.get_by_role("button", name="Huỷ bản tin").count() == 0
     page.context.close()
 
 
