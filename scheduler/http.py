@@ -200,9 +200,10 @@ def create_app(
 
     # ------------------------------------------------------------ media for gateways
 
-    @app.api_route(
+    # HEAD answers like GET without a body; listed once in OpenAPI (two methods would share one operation id)
+    @app.head("/media/{sha256}", include_in_schema=False)
+    @app.get(
         "/media/{sha256}",
-        methods=["GET", "HEAD"],
         summary="Stored audio for a gateway (the signed URL from its plan; byte ranges)",
         responses={403: {"description": "not a valid signed URL for a gateway"}},
     )
