@@ -249,8 +249,9 @@ class Executor:
 
     async def _wait_media(self, plan: StoredPlan) -> object | None:
         item = plan.item
-        if self.media.has(item.media.sha256):
-            return self.media.path(item.media.sha256)
+        ready = self.media.ready(item.media)  # hashed during this run and still of its size: no I/O
+        if ready is not None:
+            return ready
         # a scheduled item must have its media by its start; one restored after its start (gateway
         # outage) gets a moment, then the late-start rule decides
         deadline = (plan.received_at + self.s.now_media_wait_ms if plan.now_plan

@@ -6,6 +6,13 @@ its bytes hash to the announced sha256 (and have the announced size); bytes that
 thrown away and the fetch fails with reason ``media_mismatch``. The cache keeps its total size under
 ``max_bytes`` by evicting the least recently used files, never a file that a pending plan needs
 (``pinned``).
+
+Surviving a power cut: a downloaded file is fsynced before it is renamed into place, and the folder
+after the rename, so a file named by its sha256 is complete once it is there. Even so, a file found
+on disk is not trusted blindly: its size is checked every time it is about to be used, and its bytes
+are hashed once per run of the gateway (at start-up by :meth:`MediaCache.verify_all`, or on first
+use if that has not reached it yet) before it is played; a file that fails either check is deleted
+and downloaded again. After that, a broadcast of media already in the cache costs one ``stat``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ class MediaCache:
         self._timeout_s = timeout_s
         self._retries = retries
         self._inflight: dict[str, asyncio.Task[Path]] = {}
+        #: files whose bytes were hashed (or downloaded and hashed) during this run, with their size
+        self._verified: dict[str, int] = {}
         self._client: httpx.AsyncClient | None = None
         self.stats: dict[str, int] = {"fetched": 0, "resumed": 0, "mismatch": 0, "evicted": 0, "errors": 0}
         root.mkdir(parents=True, exist_ok=True)
@@ -74,6 +83,44 @@ class MediaCache:
 
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    def ready(self, media: MediaRef) -> Path | None:
+        """The local path of ``media`` if it is in the cache, hashed during this run and still of
+        its size (one ``stat``, no I/O beyond it); None when :meth:`ensure` has work to do."""
+        if self._verified.get(media.sha256) != media.bytes:
+            return None
+        path = self.path(media.sha256)
+        if _size(path) != media.bytes:
+            self._verified.pop(media.sha256, None)
+            return None
+        return path
+
+    def is_verified(self, sha256: str) -> bool:
+        return sha256 in self._verified
+
+    async def verify_all(self) -> int:
+        """Hash every file of the cache once (at start-up, in a thread); delete those whose bytes do
+        not hash to their name, and leftover partial downloads whose name is not a sha256. Returns
+        the number of files deleted."""
+        bad = 0
+        for p in await asyncio.to_thread(lambda: sorted(self.root.iterdir())):
+            name = p.name
+            if name.endswith(".part") or name in self._verified or not _is_sha(name):
+                continue
+            try:
+                digest = await asyncio.to_thread(_sha256_file, p)
+                size = _size(p)
+            except OSError as exc:
+                log.warning("media cache: cannot read %s: %s", p, exc)
+                continue
+            if digest == name:
+                self._verified[name] = size
+            elif name not in self._inflight:
+                bad += 1
+                self.stats["mismatch"] += 1
+                log.warning("media cache: %s does not hash to its name (truncated by a power cut?): deleted", p)
+                _rm(p)
+        return bad
 
     def total_bytes(self) -> int:
         total = 0
@@ -103,7 +150,7 @@ class MediaCache:
 
     async def _fetch(self, media: MediaRef) -> Path:
         final = self.path(media.sha256)
-        if final.is_file():
+        if await self._check_present(media, final):
             with contextlib.suppress(OSError):
                 os.utime(final)  # most recently used: evicted last
             return final
@@ -132,9 +179,28 @@ class MediaCache:
             self.stats["mismatch"] += 1
             raise MediaError(f"bytes from {media.url} hash to {digest}, expected {media.sha256}", "media_mismatch")
         await asyncio.to_thread(self._make_room, set(self._pinned()) | {media.sha256})
-        os.replace(part, final)
+        await asyncio.to_thread(_commit, part, final)
+        self._verified[media.sha256] = media.bytes
         self.stats["fetched"] += 1
         return final
+
+    async def _check_present(self, media: MediaRef, final: Path) -> bool:
+        """Whether ``final`` is there with the announced size and (once per run) the right hash;
+        a file that fails is deleted so that it is downloaded again."""
+        size = _size(final)
+        if size == 0 and not final.is_file():
+            return False
+        if size == media.bytes and self._verified.get(media.sha256) == size:
+            return True
+        if size == media.bytes and await asyncio.to_thread(_sha256_file, final) == media.sha256:
+            self._verified[media.sha256] = size
+            return True
+        self._verified.pop(media.sha256, None)
+        self.stats["mismatch"] += 1
+        log.warning("media cache: %s has %d bytes (announced %d) or wrong bytes: downloading it again",
+                    final, size, media.bytes)
+        _rm(final)
+        return False
 
     async def _download(self, client: httpx.AsyncClient, media: MediaRef, part: Path) -> None:
         have = _size(part)
@@ -219,6 +285,23 @@ def _size(path: Path) -> int:
 
 def _rm(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def _is_sha(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _commit(part: Path, final: Path) -> None:
+    """Make a verified download durable under its final name: fsync the bytes, rename, fsync the
+    folder (so that neither a truncated file nor a lost rename survives a power cut)."""
+    with open(part, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(part, final)
+    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
