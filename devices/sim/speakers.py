@@ -23,7 +23,7 @@ import hashlib
 import logging
 import socket
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import aiomqtt
@@ -82,10 +82,43 @@ class SharedFetch:
         return None
 
 
+class Alarms:
+    """The wake-ups of the simulated speakers of one process, one timer per instant.
+
+    Real speakers are separate devices that each start at ``start_at`` by their own clock. Twenty
+    of them simulated on one CPU would otherwise wake one after another, each behind the others'
+    work (publishing ``started``), and the simulator would measure its own queue instead of the
+    system. Every speaker due at the same instant therefore waits on the same timer, and each takes
+    its own timestamp as soon as it resumes, before any of them does anything else."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, asyncio.Future[None]] = {}
+        self._timers: set[asyncio.Task[None]] = set()
+
+    async def wait(self, wall_ms: int) -> None:
+        fut = self._due.get(wall_ms)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._due[wall_ms] = fut
+            task = asyncio.get_running_loop().create_task(self._ring(wall_ms, fut))
+            self._timers.add(task)
+            task.add_done_callback(self._timers.discard)
+        await asyncio.shield(fut)
+
+    async def _ring(self, wall_ms: int, fut: asyncio.Future[None]) -> None:
+        try:
+            await sleep_until(wall_ms)
+        finally:
+            self._due.pop(wall_ms, None)
+            if not fut.done():
+                fut.set_result(None)
+
+
 class SimSpeaker:
     def __init__(self, endpoint: MqttEndpoint, gateway: str, device_id: str, *, faults: Iterable[str] = (),
                  fetch: bool = True, volume: int = 70, http: httpx.AsyncClient | None = None,
-                 fetcher: SharedFetch | None = None) -> None:
+                 fetcher: SharedFetch | None = None, alarms: Alarms | None = None,
+                 clock_offset_ms: int = 0) -> None:
         self.endpoint = endpoint
         self.gateway = gateway
         self.device_id = device_id
@@ -95,6 +128,10 @@ class SimSpeaker:
         self.power = True
         self.http = http
         self.fetcher = fetcher or SharedFetch()
+        self.alarms = alarms or Alarms()
+        #: this speaker's clock minus the machine's: every timestamp it reports and the instant it
+        #: starts at are on its own clock, like a device whose NTP is off by this much
+        self.clock_offset_ms = clock_offset_ms
         self.plays: OrderedDict[str, _Play] = OrderedDict()
         self.current: _Play | None = None
         self._acks: OrderedDict[str, Ack] = OrderedDict()
@@ -107,6 +144,10 @@ class SimSpeaker:
         self.t_state = device_topic(gateway, device_id, "state")
         self.connected = asyncio.Event()
         self._pending: set[asyncio.Task[None]] = set()
+
+    def now(self) -> int:
+        """This speaker's clock (ms since the epoch)."""
+        return now_ms() + self.clock_offset_ms
 
     # ---------------------------------------------------------------- connection
 
@@ -151,7 +192,7 @@ class SimSpeaker:
 
     async def _publish_state(self) -> None:
         playing = self.current.cmd.broadcast_id if self.current and not self.current.ended else None
-        st = DeviceState(online=True, ts=now_ms(), volume=self.volume, playing=playing, power=self.power,
+        st = DeviceState(online=True, ts=self.now(), volume=self.volume, playing=playing, power=self.power,
                          firmware="sim-1.0")
         await self._pub(self.t_state, st.model_dump_json(exclude_none=True), retain=True)
 
@@ -159,7 +200,7 @@ class SimSpeaker:
                      at: int | None = None) -> None:
         assert play.cmd.broadcast_id is not None
         ev = PlaybackEvent(broadcast_id=play.cmd.broadcast_id, device=self.device_id, state=state,
-                           at=at if at is not None else now_ms(), reason=reason)
+                           at=at if at is not None else self.now(), reason=reason)
         if state != "started":
             play.ended = True
         play.events.append(ev)
@@ -183,7 +224,7 @@ class SimSpeaker:
     # ---------------------------------------------------------------- commands
 
     async def _ack(self, cmd_id: str, ok: bool, reason: str | None = None) -> None:
-        ack = Ack(id=cmd_id, ok=ok, reason=reason, error=reason, ts=now_ms())
+        ack = Ack(id=cmd_id, ok=ok, reason=reason, error=reason, ts=self.now())
         self._acks[cmd_id] = ack
         while len(self._acks) > 1000:
             self._acks.popitem(last=False)
@@ -266,10 +307,11 @@ class SimSpeaker:
         if problem is not None:
             await self._event(play, "failed", problem)
             return
-        await sleep_until(cmd.start_at)
+        # start_at is on this speaker's clock: the machine's clock reads start_at - offset then
+        await self.alarms.wait(cmd.start_at - self.clock_offset_ms)
         # a real speaker starts by itself: take the start time now, before this process also does the
         # work of the other simulated speakers that wake at the same moment
-        started_at = now_ms()
+        started_at = self.now()
         await asyncio.sleep(0)
         cur = self.current
         if cur is not None and not cur.ended and cur is not play:
@@ -288,7 +330,7 @@ class SimSpeaker:
             await asyncio.sleep(total / 2000)
             self.die()
             return
-        await sleep_until(cmd.start_at + total)
+        await sleep_until(cmd.start_at + total - self.clock_offset_ms)
         await self._event(play, "finished")
         if self.current is play:
             self.current = None
@@ -318,13 +360,39 @@ def parse_faults(specs: Iterable[str], ids: list[str]) -> dict[str, set[str]]:
     return out
 
 
+def endpoint_for(endpoint: MqttEndpoint, device_id: str, passwords: Mapping[str, str] | None) -> MqttEndpoint:
+    """The broker endpoint of one speaker: with ``passwords`` (device id → password) the speaker logs
+    in with its own account, user name = device id, as a real speaker does on the commune broker."""
+    if not passwords or device_id not in passwords:
+        return endpoint
+    from loaxa.yamlconf import Secret
+
+    return endpoint.model_copy(update={"username": device_id, "password": Secret(value=passwords[device_id])})
+
+
+def clock_offsets(ids: list[str], spread_ms: int) -> dict[str, int]:
+    """A fixed, reproducible clock offset in [-spread_ms, +spread_ms] per speaker id (0 when 0)."""
+    if spread_ms <= 0:
+        return {i: 0 for i in ids}
+    out = {}
+    for i in ids:
+        h = int.from_bytes(hashlib.sha256(i.encode()).digest()[:4], "big")
+        out[i] = h % (2 * spread_ms + 1) - spread_ms
+    return out
+
+
 async def run_fleet(endpoint: MqttEndpoint, gateway: str, ids: list[str], faults: dict[str, set[str]] | None = None,
-                    *, fetch: bool = True, ready: asyncio.Event | None = None) -> list[SimSpeaker]:
-    """Run simulated speakers until cancelled."""
+                    *, fetch: bool = True, ready: asyncio.Event | None = None,
+                    passwords: Mapping[str, str] | None = None, clock_spread_ms: int = 0) -> list[SimSpeaker]:
+    """Run simulated speakers until cancelled, all in this process on one event loop, each with its
+    own MQTT connection (a real speaker has its own connection to the commune broker)."""
     async with httpx.AsyncClient(timeout=30) as http:
         fetcher = SharedFetch()
-        speakers = [SimSpeaker(endpoint, gateway, i, faults=(faults or {}).get(i, ()), fetch=fetch, http=http,
-                               fetcher=fetcher) for i in ids]
+        alarms = Alarms()
+        offsets = clock_offsets(ids, clock_spread_ms)
+        speakers = [SimSpeaker(endpoint_for(endpoint, i, passwords), gateway, i, faults=(faults or {}).get(i, ()),
+                               fetch=fetch, http=http, fetcher=fetcher, alarms=alarms, clock_offset_ms=offsets[i])
+                    for i in ids]
         tasks = [asyncio.create_task(s.run(), name=f"sim-{s.device_id}") for s in speakers]
         try:
             await asyncio.gather(*(s.connected.wait() for s in speakers))

@@ -61,6 +61,8 @@ class MediaCache:
         self._inflight: dict[str, asyncio.Task[Path]] = {}
         #: files whose bytes were hashed (or downloaded and hashed) during this run, with their size
         self._verified: dict[str, int] = {}
+        #: bytes in the cache as last counted (plus downloads since): evict() scans only when over
+        self._approx_bytes: int | None = None
         self._client: httpx.AsyncClient | None = None
         self.stats: dict[str, int] = {"fetched": 0, "resumed": 0, "mismatch": 0, "evicted": 0, "errors": 0}
         root.mkdir(parents=True, exist_ok=True)
@@ -181,6 +183,8 @@ class MediaCache:
         await asyncio.to_thread(self._make_room, set(self._pinned()) | {media.sha256})
         await asyncio.to_thread(_commit, part, final)
         self._verified[media.sha256] = media.bytes
+        if self._approx_bytes is not None:
+            self._approx_bytes += media.bytes
         self.stats["fetched"] += 1
         return final
 
@@ -188,7 +192,8 @@ class MediaCache:
         """Whether ``final`` is there with the announced size and (once per run) the right hash;
         a file that fails is deleted so that it is downloaded again."""
         size = _size(final)
-        if size == 0 and not final.is_file():
+        if size == 0:  # not there (an empty file is never complete media either)
+            _rm(final)
             return False
         if size == media.bytes and self._verified.get(media.sha256) == size:
             return True
@@ -258,6 +263,7 @@ class MediaCache:
                 continue
             files.append((st.st_mtime, st.st_size, p))
         over = total - self.max_bytes  # the incoming file is already counted as its .part
+        self._approx_bytes = total
         if over <= 0:
             return
         for _mtime, size, p in sorted(files):
@@ -267,12 +273,16 @@ class MediaCache:
             self.stats["evicted"] += 1
             log.info("media cache: evicted %s (%d bytes)", p.name, size)
             over -= size
+            self._approx_bytes -= size
             if over <= 0:
                 return
         log.warning("media cache over its cap by %d bytes: everything left is needed by a pending plan", over)
 
     async def evict(self) -> None:
-        """Bring the cache under its cap (after a plan is done)."""
+        """Bring the cache under its cap (after a plan is done); no folder scan while the cache is
+        known to be under it."""
+        if self._approx_bytes is not None and self._approx_bytes <= self.max_bytes:
+            return
         await asyncio.to_thread(self._make_room, set(self._pinned()))
 
 
