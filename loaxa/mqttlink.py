@@ -134,8 +134,12 @@ class MqttLink:
         props.SessionExpiryInterval = self.session_expiry_s
         kw: dict[str, Any] = self.endpoint.client_kwargs()
         kw["identifier"] = self.endpoint.client_id or self.client_id
-        return aiomqtt.Client(**kw, will=self.will, clean_start=False, properties=props,
-                              max_inflight_messages=self._max_inflight, timeout=10)
+        client = aiomqtt.Client(**kw, will=self.will, clean_start=False, properties=props,
+                                max_inflight_messages=self._max_inflight, timeout=10)
+        # aiomqtt logs a WARNING for every publish made while more than 10 are in flight: a gateway
+        # telling 50 speakers to play at once would spend more CPU on those lines than on MQTT
+        client.pending_calls_threshold = max(self._max_inflight, 10) * 2
+        return client
 
     async def run(self) -> None:
         """Stay connected until cancelled."""

@@ -6,7 +6,9 @@ obeys ``play`` / ``stop`` / ``volume`` / ``power`` commands on ``…/dev/{dev}/c
 ``…/dev/{dev}/ack`` (a repeated command id gets the same answer again and is not acted on twice),
 fetches and checks the media (sha256) when asked to, starts at the command's ``start_at`` by its own
 clock and reports ``started`` / ``finished`` / ``preempted`` / ``skipped`` / ``failed`` on
-``…/dev/{dev}/event`` with real timestamps. It plays one thing at a time: a play whose start comes
+``…/dev/{dev}/event`` with real timestamps. Its retained state changes when it comes online and
+when its volume or power changes, not for every broadcast: the playback reports already say what it
+plays, and the gateway would otherwise handle two more messages per speaker per broadcast. It plays one thing at a time: a play whose start comes
 while another plays replaces it if its priority is the same or higher (the old one is reported
 ``preempted``), otherwise it is reported ``skipped`` (``busy``).
 
@@ -292,7 +294,6 @@ class SimSpeaker:
         await self._event(play, state, cmd.reason)
         if self.current is play:
             self.current = None
-            await self._publish_state()
 
     async def _fetch(self, cmd: DeviceCommand) -> str | None:
         """Fetch and check the media; returns a failure reason or None."""
@@ -324,7 +325,6 @@ class SimSpeaker:
         self.current = play
         play.started = True
         await self._event(play, "started", at=started_at)
-        await self._publish_state()
         total = cmd.duration_ms * (cmd.repeat or 1)
         if "die-mid-play" in self.faults:
             await asyncio.sleep(total / 2000)
@@ -334,7 +334,6 @@ class SimSpeaker:
         await self._event(play, "finished")
         if self.current is play:
             self.current = None
-            await self._publish_state()
 
 
 def speaker_ids(count: int, prefix: str = "loa", ids: list[str] | None = None) -> list[str]:
