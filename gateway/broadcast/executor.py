@@ -269,8 +269,9 @@ class Executor:
         except MediaError as exc:
             reason, msg = exc.reason, str(exc)
         else:
-            # the speakers still need the command and the media: keep the whole lead after the download
-            if plan.now_plan and now_ms() > plan.start_at - self.s.now_lead_ms:
+            # the speakers still need the command and the media (from the gateway, over the LAN): the
+            # common start stands if half the lead is left, else it moves to a whole lead from now
+            if plan.now_plan and now_ms() > plan.start_at - self.s.now_lead_ms // 2:
                 plan.start_at = now_ms() + self.s.now_lead_ms
                 plan.end_at = plan.start_at + item.media.duration_ms * item.repeat
                 await self.store.reschedule(plan.broadcast_id, plan.start_at, plan.end_at)
