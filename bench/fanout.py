@@ -402,10 +402,12 @@ def run_fleet(args: argparse.Namespace, work: Path, central: Mosquitto, rec: Rec
     true_errors = [abs(at - offsets[k] - start_at) for k, (at, _a) in got.items() if k in offsets]
     spread_all = max(ats) - min(ats)
     off_abs = [abs(o) for o in offsets.values()]
+    rtts: list[float] = getattr(clock_offsets, "rtts", [])
     print(f"scheduled {args.ahead_s:.0f} s ahead ({at_started} of {total} started): spread within a gateway "
           f"p99 {pct(spreads, 99):.1f} ms, max {max(spreads)} ms; across all {spread_all} ms; "
           f"|start − start_at| by the speaker's clock p99 {pct(errors, 99):.0f} ms, max {max(errors)} ms; "
-          f"speaker clock offsets measured {len(offsets)}, |offset| p99 {pct(off_abs, 99)} ms; "
+          f"speaker clock offsets measured {len(offsets)}, |offset| p99 {pct(off_abs, 99)} ms "
+          f"(± half a round trip, p99 {pct(rtts, 99):.1f} ms); "
           f"|start − start_at| on the reference clock p99 {pct(true_errors, 99)} ms", flush=True)
     load_after = Path("/proc/loadavg").read_text().split()[0]
     rss_20 = [proc_stats(c.gateway.pid)[0] for c in communes if c.gateway is not None and c.gateway.poll() is None]
@@ -433,6 +435,8 @@ def run_fleet(args: argparse.Namespace, work: Path, central: Mosquitto, rec: Rec
         "start_error_max_ms": max(errors),
         "clock_offsets_measured": len(offsets),
         "clock_offset_abs_p99_ms": pct(off_abs, 99) if off_abs else None,
+        # the offsets are known within ± half the round trip of the probe
+        "clock_probe_rtt_p99_ms": round(pct(rtts, 99), 1) if rtts else None,
         "start_error_reference_p99_ms": pct(true_errors, 99) if true_errors else None,
         "missing_now": total - now_started,
         "missing_scheduled": total - at_started,
@@ -455,11 +459,13 @@ def fixed_starts(communes: list[Commune], bid: str) -> dict[str, int]:
     return out
 
 
-def clock_offsets(communes: list[Commune], rec: Recorder) -> dict[tuple[str, str], int]:
+def clock_offsets(communes: list[Commune], rec: Recorder, probes: int = 3) -> dict[tuple[str, str], int]:
     """Each speaker's clock offset in ms (its clock minus this machine's), measured the way NTP
     does over the LAN broker: a ``power on`` command (which changes nothing on a speaker that is
     on) is sent at t1, the speaker's ack carries its clock ``ts``, it arrives at t2; offset =
-    ts − (t1 + t2) / 2, within ± (t2 − t1) / 2. Speakers that do not answer are left out."""
+    ts − (t1 + t2) / 2, within ± (t2 − t1) / 2. Of ``probes`` exchanges the one with the shortest
+    round trip counts. Speakers that do not answer are left out. The round trips are kept in
+    ``clock_offsets.rtts`` (ms) for the report."""
     import threading
     import uuid
 
@@ -467,45 +473,50 @@ def clock_offsets(communes: list[Commune], rec: Recorder) -> dict[tuple[str, str
 
     from protocol.models import DeviceCommand
 
-    out: dict[tuple[str, str], int] = {}
+    best: dict[tuple[str, str], tuple[float, int]] = {}  # (gw, dev) → (rtt, offset)
     for c in communes:
-        got: dict[str, tuple[int, float]] = {}
-        done = threading.Event()
-        ids = {uuid.uuid4().hex: d for d in c.speakers}
-
-        def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage, got: Any = got, ids: Any = ids,
-                       done: Any = done) -> None:
-            t2 = time.time() * 1000
-            try:
-                ack = json.loads(msg.payload)
-            except ValueError:
-                return
-            dev = ids.get(ack.get("id"))
-            if dev is not None and isinstance(ack.get("ts"), int):
-                got[dev] = (ack["ts"], t2)
-                if len(got) == len(ids):
-                    done.set()
-
         cl = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        cl.on_message = on_message
         cl.connect("127.0.0.1", c.lan.port)
         cl.loop_start()
         try:
-            cl.subscribe(f"loaxa/v1/{c.gw}/dev/+/ack", qos=1)[1]
-            time.sleep(0.3)
-            sent: dict[str, float] = {}
-            for cid, dev in ids.items():
-                cmd = DeviceCommand(id=cid, op="power", power=True, ts=now_ms())
-                sent[dev] = time.time() * 1000
-                cl.publish(f"loaxa/v1/{c.gw}/dev/{dev}/cmd", cmd.model_dump_json(exclude_none=True), qos=1)
-            done.wait(5)
+            cl.subscribe(f"loaxa/v1/{c.gw}/dev/+/ack", qos=1)
+            time.sleep(0.2)
+            for _ in range(probes):
+                got: dict[str, tuple[int, float]] = {}
+                done = threading.Event()
+                ids = {uuid.uuid4().hex: d for d in c.speakers}
+
+                def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage, got: Any = got, ids: Any = ids,
+                               done: Any = done) -> None:
+                    t2 = time.time() * 1000
+                    try:
+                        ack = json.loads(msg.payload)
+                    except ValueError:
+                        return
+                    dev = ids.get(ack.get("id"))
+                    if dev is not None and isinstance(ack.get("ts"), int):
+                        got[dev] = (ack["ts"], t2)
+                        if len(got) == len(ids):
+                            done.set()
+
+                cl.on_message = on_message
+                sent: dict[str, float] = {}
+                for cid, dev in ids.items():
+                    cmd = DeviceCommand(id=cid, op="power", power=True, ts=now_ms())
+                    sent[dev] = time.time() * 1000
+                    cl.publish(f"loaxa/v1/{c.gw}/dev/{dev}/cmd", cmd.model_dump_json(exclude_none=True), qos=0)
+                done.wait(5)
+                for dev, (ts, t2) in got.items():
+                    t1 = sent[dev]
+                    rtt = t2 - t1
+                    if (c.gw, dev) not in best or rtt < best[(c.gw, dev)][0]:
+                        best[(c.gw, dev)] = (rtt, round(ts - (t1 + t2) / 2))
+                time.sleep(0.1)
         finally:
             cl.loop_stop()
             cl.disconnect()
-        for dev, (ts, t2) in got.items():
-            t1 = sent[dev]
-            out[(c.gw, dev)] = round(ts - (t1 + t2) / 2)
-    return out
+    clock_offsets.rtts = [r for r, _o in best.values()]  # type: ignore[attr-defined]
+    return {k: o for k, (_r, o) in best.items()}
 
 
 TARGETS: dict[str, tuple[str, float]] = {
