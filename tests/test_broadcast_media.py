@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +16,22 @@ from gateway.broadcast.media import MediaCache, MediaError
 from gateway.broadcast.mediaserver import serve
 from loaxa.servers import free_port
 from tests.broadcast_env import MediaServer
+
+
+@pytest.fixture(autouse=True)
+async def _close_caches(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Every cache a test opens has its HTTP client closed at the end of the test."""
+    opened: list[MediaCache] = []
+    real_init = MediaCache.__init__
+
+    def init(self: MediaCache, *a: Any, **kw: Any) -> None:
+        real_init(self, *a, **kw)
+        opened.append(self)
+
+    monkeypatch.setattr(MediaCache, "__init__", init)
+    yield
+    for cache in opened:
+        await cache.aclose()
 
 
 @pytest.fixture

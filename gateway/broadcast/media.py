@@ -26,7 +26,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from protocol.models import MediaRef
 
@@ -41,6 +41,10 @@ class MediaError(Exception):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class _Retry(Exception):
+    """A download that stopped short or got an unexpected answer: resumed after a pause."""
 
 
 class MediaCache:
@@ -63,19 +67,23 @@ class MediaCache:
         self._verified: dict[str, int] = {}
         #: bytes in the cache as last counted (plus downloads since): evict() scans only when over
         self._approx_bytes: int | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._client: aiohttp.ClientSession | None = None
         self.stats: dict[str, int] = {"fetched": 0, "resumed": 0, "mismatch": 0, "evicted": 0, "errors": 0}
         root.mkdir(parents=True, exist_ok=True)
 
-    def client(self) -> httpx.AsyncClient:
-        """One HTTP client for the life of the cache (building one costs tens of ms of CPU on a Pi)."""
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=True)
+    def client(self) -> aiohttp.ClientSession:
+        """One HTTP client for the life of the cache (building one costs tens of ms of CPU on a Pi).
+        aiohttp, which the gateway's media server loads anyway: a second HTTP stack would cost the
+        Pi about 6 MB of RAM and a few ms of CPU per download more."""
+        if self._client is None or self._client.closed:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s)
+            # raw bytes: what is hashed is what was published, whatever a proxy claims about encoding
+            self._client = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
         return self._client
 
     async def aclose(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     # ------------------------------------------------------------------ queries
@@ -167,7 +175,7 @@ class MediaCache:
             except MediaError:
                 _rm(part)
                 raise
-            except (httpx.HTTPError, OSError) as exc:
+            except (aiohttp.ClientError, OSError, TimeoutError, _Retry) as exc:
                 last = exc
                 self.stats["errors"] += 1
                 log.warning("media %s from %s: %s (will resume)", media.sha256[:12], media.url, exc)
@@ -207,7 +215,7 @@ class MediaCache:
         _rm(final)
         return False
 
-    async def _download(self, client: httpx.AsyncClient, media: MediaRef, part: Path) -> None:
+    async def _download(self, client: aiohttp.ClientSession, media: MediaRef, part: Path) -> None:
         have = _size(part)
         if have > media.bytes:
             _rm(part)
@@ -215,26 +223,26 @@ class MediaCache:
         if have == media.bytes:
             return
         headers = {"Range": f"bytes={have}-"} if have else {}
-        async with client.stream("GET", media.url, headers=headers) as resp:
-            if resp.status_code == 416 and have:  # our partial file is stale: start over
+        async with client.get(media.url, headers=headers, allow_redirects=True) as resp:
+            if resp.status == 416 and have:  # our partial file is stale: start over
                 _rm(part)
-                raise httpx.TransportError("range not satisfiable, restarting")
-            if resp.status_code == 404:
+                raise _Retry("range not satisfiable, restarting")
+            if resp.status == 404:
                 raise MediaError(f"{media.url}: HTTP 404", "media_unavailable")
-            if resp.status_code not in (200, 206):
-                raise httpx.TransportError(f"{media.url}: HTTP {resp.status_code}")
+            if resp.status not in (200, 206):
+                raise _Retry(f"{media.url}: HTTP {resp.status}")
             mode = "ab"
-            if resp.status_code == 200:
+            if resp.status == 200:
                 mode, have = "wb", 0
-                total = resp.headers.get("content-length")
+                total = resp.headers.get("Content-Length")
             else:
                 self.stats["resumed"] += 1
-                total = resp.headers.get("content-range", "").rpartition("/")[2]
+                total = resp.headers.get("Content-Range", "").rpartition("/")[2]
             if total and total.isdigit() and int(total) != media.bytes:
                 self.stats["mismatch"] += 1
                 raise MediaError(f"{media.url} has {total} bytes, the plan announced {media.bytes}", "media_mismatch")
             with open(part, mode) as f:  # noqa: ASYNC230 - small chunked writes
-                async for chunk in resp.aiter_bytes(CHUNK):
+                async for chunk in resp.content.iter_chunked(CHUNK):
                     have += len(chunk)
                     if have > media.bytes:
                         break
@@ -244,7 +252,7 @@ class MediaCache:
             self.stats["mismatch"] += 1
             raise MediaError(f"{media.url} sent more than the announced {media.bytes} bytes", "media_mismatch")
         if have < media.bytes:
-            raise httpx.TransportError(f"download stopped at {have} of {media.bytes} bytes")
+            raise _Retry(f"download stopped at {have} of {media.bytes} bytes")
 
     # ------------------------------------------------------------------ eviction
 

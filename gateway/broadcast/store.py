@@ -106,6 +106,9 @@ class PlanStore:
         #: operations submitted during the current turn of the event loop, handed to the writer
         #: thread together at the end of it (one queue put and one thread wake-up for 50 reports)
         self._pending: list[_Op] = []
+        #: how long operations are gathered before they go to the writer thread: the acks and reports
+        #: of a commune's speakers arrive over a few ms, one MQTT packet per turn of the loop
+        self.gather_s = 0.002
         self._thread = threading.Thread(target=self._worker, name="planstore", daemon=True)
         self._thread.start()
         self.commits = 0
@@ -114,7 +117,7 @@ class PlanStore:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
-            loop.call_soon(self._hand_over)
+            loop.call_later(self.gather_s, self._hand_over)
         self._pending.append(_Op(fn, args, fut, loop))
         return await fut
 
