@@ -9,8 +9,9 @@ clock and reports ``started`` / ``finished`` / ``preempted`` / ``skipped`` / ``f
 ``…/dev/{dev}/event`` with real timestamps. Its retained state changes when it comes online and
 when its volume or power changes, not for every broadcast: the playback reports already say what it
 plays, and the gateway would otherwise handle two more messages per speaker per broadcast. It plays
-one thing at a time: a play whose start comes while another plays replaces it if its priority is the same or higher (the old one is reported
-``preempted``), otherwise it is reported ``skipped`` (``busy``).
+one thing at a time: a play whose start comes while another plays replaces it if its priority is
+the same or higher (the old one is reported ``preempted``), otherwise it is reported ``skipped``
+(``busy``).
 
 Faults, for tests: ``no-ack`` (ignores every command), ``refuse`` (acks play commands with
 ``ok: false``), ``die-mid-play`` (drops its connection without a goodbye halfway through the first
