@@ -29,8 +29,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
 import aiomqtt
-import httpx
 from pydantic import ValidationError
 
 from loaxa.clock import now_ms, sleep_until
@@ -62,7 +62,7 @@ class SharedFetch:
     def __init__(self) -> None:
         self._results: OrderedDict[tuple[str, str | None], asyncio.Task[str | None]] = OrderedDict()
 
-    async def fetch(self, http: httpx.AsyncClient, url: str, sha256: str | None) -> str | None:
+    async def fetch(self, http: aiohttp.ClientSession, url: str, sha256: str | None) -> str | None:
         key = (url, sha256)
         task = self._results.get(key)
         if task is None or (task.done() and task.result() is not None):  # retry failures
@@ -73,14 +73,15 @@ class SharedFetch:
         return await asyncio.shield(task)
 
     @staticmethod
-    async def _get(http: httpx.AsyncClient, url: str, sha256: str | None) -> str | None:
+    async def _get(http: aiohttp.ClientSession, url: str, sha256: str | None) -> str | None:
         try:
-            resp = await http.get(url)
-        except httpx.HTTPError as exc:
+            async with http.get(url) as resp:
+                if resp.status != 200:
+                    return f"media_unavailable: HTTP {resp.status}"
+                body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return f"media_unavailable: {exc}"[:200]
-        if resp.status_code != 200:
-            return f"media_unavailable: HTTP {resp.status_code}"
-        if sha256 and hashlib.sha256(resp.content).hexdigest() != sha256:
+        if sha256 and hashlib.sha256(body).hexdigest() != sha256:
             return "media_mismatch"
         return None
 
@@ -119,7 +120,7 @@ class Alarms:
 
 class SimSpeaker:
     def __init__(self, endpoint: MqttEndpoint, gateway: str, device_id: str, *, faults: Iterable[str] = (),
-                 fetch: bool = True, volume: int = 70, http: httpx.AsyncClient | None = None,
+                 fetch: bool = True, volume: int = 70, http: aiohttp.ClientSession | None = None,
                  fetcher: SharedFetch | None = None, alarms: Alarms | None = None,
                  clock_offset_ms: int = 0) -> None:
         self.endpoint = endpoint
@@ -386,7 +387,7 @@ async def run_fleet(endpoint: MqttEndpoint, gateway: str, ids: list[str], faults
                     passwords: Mapping[str, str] | None = None, clock_spread_ms: int = 0) -> list[SimSpeaker]:
     """Run simulated speakers until cancelled, all in this process on one event loop, each with its
     own MQTT connection (a real speaker has its own connection to the commune broker)."""
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), auto_decompress=False) as http:
         fetcher = SharedFetch()
         alarms = Alarms()
         offsets = clock_offsets(ids, clock_spread_ms)
