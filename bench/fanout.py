@@ -351,7 +351,7 @@ def run_fleet(args: argparse.Namespace, work: Path, central: Mosquitto, rec: Rec
     wait(all_online, 600, "every gateway online with all its speakers")
     print(f"{args.gateways} gateways × {args.speakers} speakers up in {time.monotonic() - t_boot:.1f} s; "
           f"load average {Path('/proc/loadavg').read_text().split()[0:3]}", flush=True)
-    time.sleep(3)  # let the start-up settle
+    settle(communes)
     load_before = Path("/proc/loadavg").read_text().split()[0]
 
     # ---- 1. broadcast now
@@ -443,6 +443,23 @@ def run_fleet(args: argparse.Namespace, work: Path, central: Mosquitto, rec: Rec
         "gateway20_rss_mb_mean": round(sum(rss_20) / len(rss_20), 1) if rss_20 else None,
         "cpu_s_during_now": cpu_now,
     }
+
+
+def settle(communes: list[Commune], limit_s: float = 90.0) -> None:
+    """Wait until the fleet itself is quiet after its start-up (the processes of this run use less
+    than a fifth of a core over 2 s), at most ``limit_s``: the broadcast is measured on a fleet at
+    rest, as in the field, not on one still importing and connecting."""
+    deadline = time.monotonic() + limit_s
+    time.sleep(3)
+    while time.monotonic() < deadline:
+        before = sum(cpu_by_kind(communes).values())
+        time.sleep(2)
+        used = (sum(cpu_by_kind(communes).values()) - before) / 2
+        if used < 0.2:
+            print(f"  fleet at rest ({used:.2f} of a core); load average "
+                  f"{Path('/proc/loadavg').read_text().split()[0:3]}", flush=True)
+            return
+    print("  ! the fleet did not come to rest; measuring anyway", flush=True)
 
 
 def fixed_starts(communes: list[Commune], bid: str) -> dict[str, int]:

@@ -179,20 +179,21 @@ class SimSpeaker:
             finally:
                 self._client = None
 
-    async def _pub(self, topic: str, payload: str, retain: bool = False) -> None:
+    async def _pub(self, topic: str, payload: str, retain: bool = False, qos: int = 1) -> None:
         """Hand a message to the client without waiting for the broker's PUBACK, so a speaker answers
-        the next command at once (messages still leave in order)."""
+        the next command at once (messages still leave in order). Acks go at QoS 0: a lost one is
+        answered by the gateway's retry, as the LAN contract says."""
         client = self._client
         if client is None or self.dead:
             return
-        task = asyncio.create_task(self._pub_wait(client, topic, payload, retain))
+        task = asyncio.create_task(self._pub_wait(client, topic, payload, retain, qos))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     @staticmethod
-    async def _pub_wait(client: aiomqtt.Client, topic: str, payload: str, retain: bool) -> None:
+    async def _pub_wait(client: aiomqtt.Client, topic: str, payload: str, retain: bool, qos: int) -> None:
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(topic, payload, qos=1, retain=retain)
+            await client.publish(topic, payload, qos=qos, retain=retain)
 
     async def _publish_state(self) -> None:
         playing = self.current.cmd.broadcast_id if self.current and not self.current.ended else None
@@ -232,7 +233,7 @@ class SimSpeaker:
         self._acks[cmd_id] = ack
         while len(self._acks) > 1000:
             self._acks.popitem(last=False)
-        await self._pub(self.t_ack, ack.model_dump_json(exclude_none=True))
+        await self._pub(self.t_ack, ack.model_dump_json(exclude_none=True), qos=0)
 
     async def _on_cmd(self, payload: object) -> None:
         if "no-ack" in self.faults or self.dead:
@@ -247,7 +248,7 @@ class SimSpeaker:
             return
         old = self._acks.get(cmd.id)
         if old is not None:  # a retry of a command already handled: same answer, no second action
-            await self._pub(self.t_ack, old.model_dump_json(exclude_none=True))
+            await self._pub(self.t_ack, old.model_dump_json(exclude_none=True), qos=0)
             return
         if cmd.op == "play":
             await self._on_play(cmd)
