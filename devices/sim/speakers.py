@@ -43,6 +43,8 @@ from protocol.topics import device_topic
 log = logging.getLogger(__name__)
 
 FAULTS = ("no-ack", "refuse", "die-mid-play")
+#: a simulated speaker reports ``started`` this long after it started (its timestamp is the start)
+REPORT_DELAY_S = 0.05
 
 
 @dataclass
@@ -316,7 +318,10 @@ class SimSpeaker:
         # a real speaker starts by itself: take the start time now, before this process also does the
         # work of the other simulated speakers that wake at the same moment
         started_at = self.now()
-        await asyncio.sleep(0)
+        # ... and report a moment later: on a bench machine the simulator processes of many
+        # communes wake at the same instant, and one that publishes at once keeps the CPU from the
+        # others, whose speakers would then "start" late (a real speaker has its own CPU)
+        await asyncio.sleep(REPORT_DELAY_S)
         cur = self.current
         if cur is not None and not cur.ended and cur is not play:
             if (cur.cmd.priority or 0) > (cmd.priority or 0):
@@ -362,14 +367,14 @@ def parse_faults(specs: Iterable[str], ids: list[str]) -> dict[str, set[str]]:
     return out
 
 
-def endpoint_for(endpoint: MqttEndpoint, device_id: str, passwords: Mapping[str, str] | None) -> MqttEndpoint:
-    """The broker endpoint of one speaker: with ``passwords`` (device id → password) the speaker logs
+def endpoint_for(endpoint: MqttEndpoint, device_id: str, credentials: Mapping[str, str] | None) -> MqttEndpoint:
+    """The broker endpoint of one speaker: with ``credentials`` (device id → password) the speaker logs
     in with its own account, user name = device id, as a real speaker does on the commune broker."""
-    if not passwords or device_id not in passwords:
+    if not credentials or device_id not in credentials:
         return endpoint
     from loaxa.yamlconf import Secret
 
-    return endpoint.model_copy(update={"username": device_id, "password": Secret(value=passwords[device_id])})
+    return endpoint.model_copy(update={"username": device_id, "password": Secret(value=credentials[device_id])})
 
 
 def clock_offsets(ids: list[str], spread_ms: int) -> dict[str, int]:
@@ -385,14 +390,14 @@ def clock_offsets(ids: list[str], spread_ms: int) -> dict[str, int]:
 
 async def run_fleet(endpoint: MqttEndpoint, gateway: str, ids: list[str], faults: dict[str, set[str]] | None = None,
                     *, fetch: bool = True, ready: asyncio.Event | None = None,
-                    passwords: Mapping[str, str] | None = None, clock_spread_ms: int = 0) -> list[SimSpeaker]:
+                    credentials: Mapping[str, str] | None = None, clock_spread_ms: int = 0) -> list[SimSpeaker]:
     """Run simulated speakers until cancelled, all in this process on one event loop, each with its
     own MQTT connection (a real speaker has its own connection to the commune broker)."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), auto_decompress=False) as http:
         fetcher = SharedFetch()
         alarms = Alarms()
         offsets = clock_offsets(ids, clock_spread_ms)
-        speakers = [SimSpeaker(endpoint_for(endpoint, i, passwords), gateway, i, faults=(faults or {}).get(i, ()),
+        speakers = [SimSpeaker(endpoint_for(endpoint, i, credentials), gateway, i, faults=(faults or {}).get(i, ()),
                                fetch=fetch, http=http, fetcher=fetcher, alarms=alarms, clock_offset_ms=offsets[i])
                     for i in ids]
         tasks = [asyncio.create_task(s.run(), name=f"sim-{s.device_id}") for s in speakers]
