@@ -1,21 +1,29 @@
 """Fan-out benchmark of the broadcast path on loopback.
 
 Starts one central Mosquitto, then per commune a Mosquitto, a real gateway process
-(``loaxa gateway run``) and a simulated-speaker process (``loaxa sim speakers``), by default
-50 gateways × 20 speakers = 1,000 speakers. The centre's part is played by this script: it signs
-``broadcast.plan`` commands with protocol.signing and publishes them to every gateway, and serves the
-media over HTTP. Measured:
+(``loaxa gateway run``) and a simulated-speaker process (``loaxa sim speakers``: all speakers of a
+commune on one event loop, one MQTT connection each), by default 50 gateways × 20 speakers = 1,000
+speakers. The centre's part is played by this script: it signs ``broadcast.plan`` commands with
+protocol.signing and publishes them to every gateway, and serves the media over HTTP. Measured, once
+the fleet is at rest after its start-up:
 
 1. ``now``: time from publishing the commands to each speaker's ``started`` (the speaker's own
-   timestamp, same clock): p50, p99 and max (all started); also when the reports reached the centre;
+   timestamp): p50, p99 and max (all started); the spread within each gateway and each speaker's
+   start against the start its gateway fixed; when the reports reached the centre;
 2. scheduled 5 s ahead: spread of the speakers' start timestamps within each gateway (p99 and max
-   over gateways), across all speakers, and their error against ``start_at``;
-3. one gateway with 50 speakers: its RSS and the CPU time it spends on one broadcast, and idle CPU.
+   over gateways) and across all, their error against ``start_at`` by the speaker's clock and, with
+   each speaker's clock offset measured NTP-style over its broker, on the reference clock;
+3. a lone gateway with 20 and with 50 speakers (``--cpu-sizes``): CPU seconds per broadcast (command
+   → every ``finished`` at the centre; new media each time), per thread, RSS and idle CPU; with
+   ``--baseline PATH`` (a checkout of main, e.g. ``git worktree add --detach /tmp/main main``) main's
+   gateway is measured alike in the same run and the ratios are given.
 
-Prints figures, then one JSON line. Run from the repository root:
+Prints figures, then one JSON line with each target and what was measured (``null`` = not measured
+in this run, never counted as met). Report ``cat /proc/loadavg`` with a run. From the repository root:
 
-    /work/venv/bin/python bench/fanout.py                 # 50 × 20
-    /work/venv/bin/python bench/fanout.py --gateways 5    # a quick run
+    python bench/fanout.py                                # 50 × 20, then the lone gateways
+    python bench/fanout.py --gateways 5                   # a quick run
+    python bench/fanout.py --gateways 0 --profile /tmp/p  # CPU only, cProfile of the broadcasts
 """
 
 from __future__ import annotations
