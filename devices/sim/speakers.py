@@ -329,7 +329,7 @@ class SimSpeaker:
                 return
             if cur.task is not None:
                 cur.task.cancel()
-            await self._event(cur, "preempted", f"preempted by {cmd.broadcast_id}")
+            await self._event(cur, "preempted", f"preempted by {cmd.broadcast_id}", at=started_at)
         self.current = play
         play.started = True
         await self._event(play, "started", at=started_at)
