@@ -44,7 +44,8 @@ def _paths(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from loaxa.provision import ServerPaths
 
     if args.reload is None:
-        reload = ["systemctl", "reload", "mosquitto"] if shutil.which("systemctl") and Path("/run/systemd/system").is_dir() else []
+        systemd = shutil.which("systemctl") and Path("/run/systemd/system").is_dir()
+        reload = ["systemctl", "reload", "mosquitto"] if systemd else []
     else:
         import shlex
 
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--sensor", "--sensors", action="append", default=[], metavar="ID[:MEASUREMENT]",
                    help="an MQTT sensor (several: repeat or comma-separate); measurement default environment")
     a.add_argument("--uplink-url", help="the central broker as the Pi reaches it (default: the scheduler's broker.url)")
-    a.add_argument("--lan-address", help="the Pi's commune LAN address for the devices' listener (default 192.168.10.1)")
+    a.add_argument("--lan-address", help="the Pi's LAN address for the devices' listener (default 192.168.10.1)")
     a.add_argument("--lan-port", type=int, help="the devices' listener port (default 1883)")
     a.add_argument("--local-port", type=int, help="the gateway's loopback listener port (default 1883)")
     a.add_argument("--media-url", help="URL the speakers fetch media from on the Pi, e.g. http://192.168.10.1:8091")
@@ -174,10 +175,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_device_add(args: argparse.Namespace) -> int:
-    from loaxa.provision import ProvisionError, add_device
+    from loaxa.provision import DeviceKind, ProvisionError, add_device
     from protocol.errors import ProtocolError
 
-    kind = "ip_speaker" if args.type == "ip_speaker" else "mqtt_sensor"
+    kind: DeviceKind = "ip_speaker" if args.type == "ip_speaker" else "mqtt_sensor"
     try:
         result = add_device(_paths(args), args.gateway, args.device, kind, args.measurement)
     except (ProvisionError, ValueError, ProtocolError, OSError) as exc:

@@ -26,11 +26,11 @@ from loaxa.brokers import CentralBroker, _blocks
 from loaxa.cli import main as loaxa_main
 from loaxa.provision import (
     CentralAcl,
+    DeviceEntry,
     ServerPaths,
     add_commune,
     config_with_gateway,
     config_without_gateway,
-    DeviceEntry,
 )
 from loaxa.servers import can_log_in, find_binary, free_port, wait_for_port
 from scheduler.config import load_scheduler_config
@@ -58,10 +58,17 @@ def write_server(tmp: Path, central: CentralBroker, keys: Keys, gateways: list[s
 
 async def run_loaxa(*args: str, log: Path) -> int:
     """``loaxa ARGS`` as a child process (the scheduler in this process keeps running meanwhile)."""
-    with open(log, "ab") as out:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "loaxa", *args, stdout=out,
-                                                    stderr=subprocess.STDOUT, env=loaxa_env(), cwd=ROOT)
-        return await asyncio.wait_for(proc.wait(), 120)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "loaxa", *args, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, env=loaxa_env(), cwd=ROOT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    await asyncio.to_thread(_append, log, out)
+    assert proc.returncode is not None
+    return proc.returncode
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
 
 
 def start_lan_broker(pi: Path) -> subprocess.Popen[bytes]:
@@ -148,7 +155,8 @@ async def test_commune_add_install_broadcast_remove(tmp_path: Path, central_brok
 
             async def played() -> bool:
                 st = (await http.get(f"/api/broadcasts/{bid}")).json()
-                return {sp["device"]: sp["state"] for sp in st["speakers"]} == {"loa-01": "finished", "loa-02": "finished"}
+                states = {sp["device"]: sp["state"] for sp in st["speakers"]}
+                return states == {"loa-01": "finished", "loa-02": "finished"}
 
             try:
                 await wait_for_async(played, within=60, what="both new speakers finished")
@@ -261,7 +269,8 @@ def test_install_refuses_a_damaged_bundle_and_another_identity(tmp_path: Path) -
     good = {"etc/loaxa/x": b"abc"}
     import hashlib
 
-    meta = {"gateway": "xa-a", "files": {"etc/loaxa/x": {"sha256": hashlib.sha256(b"abc").hexdigest(), "mode": "0o600"}}}
+    sha = hashlib.sha256(b"abc").hexdigest()
+    meta: dict[str, Any] = {"gateway": "xa-a", "files": {"etc/loaxa/x": {"sha256": sha, "mode": "0o600"}}}
     with pytest.raises(BundleError, match="damaged"):
         install(bundle("b1.tar.gz", {"etc/loaxa/x": b"abd"}, meta), tmp_path / "root")
     with pytest.raises(BundleError, match="unsafe"):
