@@ -41,7 +41,7 @@ from tests.sched_support import Keys, TestGateway, add_token, bearer, make_tone,
 NEW = "xa-ba"
 
 
-def write_server(tmp: Path, central: CentralBroker, keys: Keys, gateways: list[str]) -> tuple[Path, dict[str, Any]]:
+def write_server(tmp: Path, central: str | CentralBroker, keys: Keys, gateways: list[str]) -> tuple[Path, dict[str, Any]]:
     """A server's /etc/loaxa: scheduler.yaml with its signing key in secrets/signing.key (0600)."""
     etc = tmp / "server" / "etc" / "loaxa"
     (etc / "secrets").mkdir(parents=True)
@@ -280,3 +280,39 @@ def test_install_refuses_a_damaged_bundle_and_another_identity(tmp_path: Path) -
     with pytest.raises(BundleError, match="not a readable bundle"):
         install(tmp_path / "junk.tar.gz", tmp_path / "root")
     assert not (tmp_path / "root").exists()
+
+
+def test_device_add_and_reinstall(tmp_path: Path) -> None:
+    """``loaxa device add`` rebuilds the bundle with one more account; secrets already made stay; the Pi
+    takes the new bundle over the old one, and refuses another commune's bundle without --force."""
+    import tarfile
+
+    from loaxa.gateway_install import BundleError, install
+    from loaxa.provision import ProvisionError, add_device
+
+    etc, _cfg = write_server(tmp_path, "mqtt://127.0.0.1:1883", Keys(), [])
+    paths = ServerPaths(root=etc, broker_passwd=tmp_path / "passwd", broker_acl=tmp_path / "acl")
+    add_commune(paths, "xa-a", "Xã A", devices=[DeviceEntry(id="loa-01", type="ip_speaker")])
+    lan_pw = (etc / "communes" / "xa-a" / "secrets" / "lan-gateway.password").read_text()
+    pi = tmp_path / "pi"
+    install(paths.bundle_path("xa-a"), pi)
+    add_device(paths, "xa-a", "mua-cho", "mqtt_sensor", "rain")
+    add_device(paths, "xa-a", "mua-cho", "mqtt_sensor", "rain")  # again: no second entry
+    with pytest.raises(ProvisionError, match="another type"):
+        add_device(paths, "xa-a", "mua-cho", "ip_speaker")
+    with pytest.raises(ProvisionError, match="no commune"):
+        add_device(paths, "xa-zz", "loa-01", "ip_speaker")
+    assert (etc / "communes" / "xa-a" / "secrets" / "lan-gateway.password").read_text() == lan_pw
+    with tarfile.open(paths.bundle_path("xa-a")) as tar:
+        passwd = tar.extractfile("etc/mosquitto/loaxa-lan.passwd").read().decode()  # type: ignore[union-attr]
+    assert sorted(line.split(":")[0] for line in passwd.splitlines()) == ["gateway", "loa-01", "mua-cho"]
+    install(paths.bundle_path("xa-a"), pi)
+    cfg = yaml.safe_load((pi / "etc/loaxa/gateway.yaml").read_text())
+    assert [(d["id"], d.get("measurement")) for d in cfg["devices"]] == [("loa-01", None), ("mua-cho", "rain")]
+    assert set(json.loads((pi / "etc/loaxa/devices.json").read_text())) == {"loa-01", "mua-cho"}
+    assert loaxa_main(["config", "check", str(pi / "etc/loaxa/gateway.yaml")]) == 0
+
+    add_commune(paths, "xa-b", "Xã B")
+    with pytest.raises(BundleError, match="is gateway 'xa-a'"):
+        install(paths.bundle_path("xa-b"), pi)
+    assert install(paths.bundle_path("xa-b"), pi, force=True)[0] == "xa-b"
