@@ -85,7 +85,7 @@ def run_restore(args: argparse.Namespace) -> int:
     print(f"{args.archive}: {len(written)} files restored under {args.root}")
     if args.root == Path("/"):
         print("now: loaxa db upgrade --config /etc/loaxa/scheduler.yaml; systemctl start mosquitto loaxa-scheduler;"
-              " loaxa doctor server")
+              " loaxa doctor --config /etc/loaxa/scheduler.yaml")
     return 0
 
 

@@ -152,5 +152,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"gateway {gw} installed under {args.root} ({len(written)} files)")
     if args.root == Path("/"):
-        print("now: systemctl reload mosquitto && systemctl restart loaxa-gateway && loaxa doctor gateway")
+        print("now: systemctl reload mosquitto && systemctl restart loaxa-gateway")
+        print("then: loaxa doctor --config /etc/loaxa/gateway.yaml")
     return 0

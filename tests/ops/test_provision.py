@@ -41,7 +41,8 @@ from tests.sched_support import Keys, TestGateway, add_token, bearer, make_tone,
 NEW = "xa-ba"
 
 
-def write_server(tmp: Path, central: str | CentralBroker, keys: Keys, gateways: list[str]) -> tuple[Path, dict[str, Any]]:
+def write_server(tmp: Path, central: str | CentralBroker, keys: Keys,
+                 gateways: list[str]) -> tuple[Path, dict[str, Any]]:
     """A server's /etc/loaxa: scheduler.yaml with its signing key in secrets/signing.key (0600)."""
     etc = tmp / "server" / "etc" / "loaxa"
     (etc / "secrets").mkdir(parents=True)
