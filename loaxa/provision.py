@@ -471,7 +471,34 @@ def trusted_keys(paths: ServerPaths) -> list[tuple[str, str]]:
         raise ProvisionError(f"{paths.config}: cannot load the signing key: {exc}") from None
     if cfg.signing.key_id is not None and cfg.signing.key_id != key_id_for(public):
         raise ProvisionError(f"{paths.config}: signing.key_id is not the id of signing.private_key")
-    return [(key_id_for(public), public_key_b64(public))]
+    keys = [(key_id_for(public), public_key_b64(public))]
+    return keys + [k for k in extra_trusted_keys(paths) if k not in keys]
+
+
+def extra_trusted_keys(paths: ServerPaths) -> list[tuple[str, str]]:
+    """More keys every gateway trusts, one ``KEY_ID PUBLIC_KEY`` a line in ``<root>/trusted-keys.txt``
+    (``#`` comments): the next key during a rotation (docs/operations.md, "Rotate the signing key")."""
+    from protocol.signing import key_id_for, load_public_key
+
+    f = paths.root / "trusted-keys.txt"
+    if not f.exists():
+        return []
+    out = []
+    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError("write KEY_ID PUBLIC_KEY (as `loaxa keys generate` prints them)")
+            derived = key_id_for(load_public_key(parts[1]))
+            if derived != parts[0]:
+                raise ValueError(f"{parts[0]!r} is not the id of this key; it is {derived!r}")
+        except ValueError as exc:
+            raise ProvisionError(f"{f}:{n}: {exc}") from None
+        out.append((parts[0], parts[1]))
+    return out
 
 
 def build_bundle(paths: ServerPaths, state: CommuneState) -> Path:
@@ -625,6 +652,20 @@ def add_commune(
         result.notes.append("the scheduler serves it after its next restart (or give --api/--token-file "
                             "to register it at once)")
     return result
+
+
+def rebuild_bundles(paths: ServerPaths, ids: Iterable[str] = ()) -> list[Path]:
+    """Rebuild the bundles of these communes (all when none is named) from their state: after a change
+    of the trusted keys or the CA. Nothing on the server's brokers changes."""
+    states = list_communes(paths)
+    wanted = list(ids)
+    if wanted:
+        by_id = {st.id: st for st in states}
+        missing = [gw for gw in wanted if gw not in by_id]
+        if missing:
+            raise ProvisionError(f"no commune {missing[0]!r} under {paths.communes}")
+        states = [by_id[gw] for gw in wanted]
+    return [build_bundle(paths, st) for st in states]
 
 
 def add_device(paths: ServerPaths, gw: str, dev: str, kind: DeviceKind, measurement: str | None = None) -> Result:

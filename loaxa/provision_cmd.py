@@ -80,6 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _server_args(r)
     r.set_defaults(func=run_remove)
 
+    rb = csub.add_parser("rebuild", help="rebuild bundles (all, or the ones named) after the trusted keys "
+                         "or the CA changed")
+    rb.add_argument("ids", nargs="*", metavar="ID")
+    _server_args(rb)
+    rb.set_defaults(func=run_rebuild)
+
     ls = csub.add_parser("list", help="provisioned communes")
     _server_args(ls)
     ls.set_defaults(func=run_list)
@@ -163,6 +169,20 @@ def run_remove(args: argparse.Namespace) -> int:
     except (ProvisionError, ValueError, ProtocolError, OSError) as exc:
         return _fail("commune remove", exc)
     return _report(f"commune {args.id} removed", result)
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    from loaxa.provision import ProvisionError, rebuild_bundles
+    from protocol.errors import ProtocolError
+
+    try:
+        bundles = rebuild_bundles(_paths(args), args.ids)
+    except (ProvisionError, ValueError, ProtocolError, OSError) as exc:
+        return _fail("commune rebuild", exc)
+    for b in bundles:
+        print(b)
+    print(f"{len(bundles)} bundle(s) rebuilt: install each on its Pi (loaxa gateway install) and restart the gateway")
+    return 0
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -317,3 +317,25 @@ def test_device_add_and_reinstall(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="is gateway 'xa-a'"):
         install(paths.bundle_path("xa-b"), pi)
     assert install(paths.bundle_path("xa-b"), pi, force=True)[0] == "xa-b"
+
+
+def test_rotation_trusts_the_next_key_in_every_rebuilt_bundle(tmp_path: Path) -> None:
+    import tarfile
+
+    from loaxa.provision import ProvisionError, rebuild_bundles
+    from protocol.signing import public_key_b64
+
+    keys, nxt = Keys(), Keys()
+    etc, _cfg = write_server(tmp_path, "mqtt://127.0.0.1:1883", keys, [])
+    paths = ServerPaths(root=etc, broker_passwd=tmp_path / "passwd", broker_acl=tmp_path / "acl")
+    for gw in ("xa-a", "xa-b"):
+        add_commune(paths, gw, gw.upper())
+    (etc / "trusted-keys.txt").write_text(f"# the next key\n{nxt.key_id} {public_key_b64(nxt.private.public_key())}\n")
+    assert len(rebuild_bundles(paths)) == 2
+    for gw in ("xa-a", "xa-b"):
+        with tarfile.open(paths.bundle_path(gw)) as tar:
+            cfg = yaml.safe_load(tar.extractfile("etc/loaxa/gateway.yaml").read())  # type: ignore[union-attr]
+        assert [k["id"] for k in cfg["trust"]["keys"]] == [keys.key_id, nxt.key_id]
+    (etc / "trusted-keys.txt").write_text(f"{keys.key_id} {public_key_b64(nxt.private.public_key())}\n")
+    with pytest.raises(ProvisionError, match=r"trusted-keys.txt:1: .* is not the id of this key"):
+        rebuild_bundles(paths, ["xa-a"])
