@@ -122,7 +122,7 @@ def install(bundle: Path, root: Path = Path("/"), *, force: bool = False) -> tup
         (root / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (root / PI_CONFIG_DIR / "secrets").chmod(0o700)
     if root == Path("/"):
-        _mosquitto_can_read(root)
+        _owners(root)
     try:
         load_gateway_config(current)
     except ConfigError as exc:
@@ -131,17 +131,37 @@ def install(bundle: Path, root: Path = Path("/"), *, force: bool = False) -> tup
     return gw, written
 
 
-def _mosquitto_can_read(root: Path) -> None:
-    """On a real Pi Mosquitto runs as 'mosquitto': let it read its password file (root:mosquitto 0640)."""
-    import grp
+def _owners(root: Path) -> None:
+    """On a real Pi: the gateway runs as 'loaxa' and Mosquitto as 'mosquitto'; each reads only its own.
 
-    try:
-        gid = grp.getgrnam("mosquitto").gr_gid
-    except KeyError:
-        return
-    f = root / "etc/mosquitto/loaxa-lan.passwd"
-    os.chown(f, 0, gid)
-    f.chmod(0o640)
+    gateway.yaml root:loaxa 0640, its secrets loaxa 0600, its data dir loaxa; the LAN password file
+    root:mosquitto 0640. devices.json stays root 0600 (for the technician setting up the devices).
+    """
+    import grp
+    import pwd
+
+    def ids(user: str, group: str) -> tuple[int, int] | None:
+        try:
+            return (pwd.getpwnam(user).pw_uid if user != "root" else 0), grp.getgrnam(group).gr_gid
+        except KeyError:
+            return None
+
+    from loaxa.provision import PI_CONFIG_DIR, PI_DATA_DIR
+
+    conf = root / PI_CONFIG_DIR
+    loaxa = ids("loaxa", "loaxa")
+    if loaxa is not None:
+        os.chown(conf / "gateway.yaml", 0, loaxa[1])
+        os.chown(conf / "secrets", *loaxa)
+        for f in (conf / "secrets").iterdir():
+            os.chown(f, *loaxa)
+        for d in (Path(PI_DATA_DIR), Path(PI_DATA_DIR).parent):
+            os.chown(root / str(d).lstrip("/"), *loaxa)
+    mosq = ids("root", "mosquitto")
+    if mosq is not None:
+        f = root / "etc/mosquitto/loaxa-lan.passwd"
+        os.chown(f, *mosq)
+        f.chmod(0o640)
 
 
 def run(args: argparse.Namespace) -> int:

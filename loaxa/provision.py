@@ -135,6 +135,9 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
+        if path.exists() and os.geteuid() == 0:  # keep who may read it (e.g. root:loaxa 0640)
+            st = path.stat()
+            os.chown(tmp, st.st_uid, st.st_gid)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
