@@ -144,7 +144,9 @@ def run_add(args: argparse.Namespace) -> int:
         paths = _paths(args)
         token = None
         if args.token_file:
-            token = args.token_file.read_text().strip()
+            # `loaxa tokens create` prints a line about the token, then the token: take the last line
+            lines = [ln.strip() for ln in args.token_file.read_text().splitlines() if ln.strip()]
+            token = lines[-1] if lines else None
         elif os.environ.get("LOAXA_TOKEN"):
             token = os.environ["LOAXA_TOKEN"]
         api = args.api

@@ -98,7 +98,8 @@ async def test_commune_add_install_broadcast_remove(tmp_path: Path, central_brok
     for g in existing:
         await g.connect()
     token = add_token(sched.store.store)
-    (tmp_path / "token").write_text(token + "\n")
+    # as `loaxa tokens create` prints it: a line about the token, then the token
+    (tmp_path / "token").write_text(f"token provisioning (admin:*)\n{token}\n")
     lan_port, local_port = free_port(), free_port()
     api = f"http://127.0.0.1:{sched_cfg.http.port}"
     assert central.proc is not None
