@@ -132,11 +132,23 @@ def sqlite_snapshot(db: Path, out: Path) -> None:
         src.close()
 
 
-def _pg_url(url: str) -> str:
+def _pg(url: str, tool: str) -> tuple[str, str, dict[str, str]]:
+    """(binary, libpq URL without the password, environment with PGPASSWORD): the password never
+    appears on a command line, where ``ps`` would show it."""
     from sqlalchemy.engine import make_url
 
-    u = make_url(url).set(drivername="postgresql")
-    return u.render_as_string(hide_password=False)
+    from loaxa.servers import ServerUnavailable, find_postgres_binary
+
+    try:
+        binary = shutil.which(tool) or find_postgres_binary(tool)
+    except ServerUnavailable:
+        raise BackupError(f"{tool} is not installed (apt-get install postgresql-client)") from None
+    u = make_url(url)
+    env = dict(os.environ)
+    if u.password:
+        env["PGPASSWORD"] = str(u.password)
+    bare = u.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    return binary, bare, env
 
 
 def create(config: Path, out: Path, *, config_dir: Path | None = None,
@@ -187,11 +199,9 @@ def create(config: Path, out: Path, *, config_dir: Path | None = None,
                 manifest["database"] = {"kind": "sqlite", "path": str(db.absolute()), "member": "db/scheduler.db"}
         else:
             dump = tmp / "scheduler.pgdump"
-            pg_dump = shutil.which("pg_dump")
-            if pg_dump is None:
-                raise BackupError("pg_dump is not installed (apt-get install postgresql-client)")
-            r = subprocess.run([pg_dump, "--format=custom", "--no-owner", f"--file={dump}", _pg_url(url)],
-                               capture_output=True, text=True, timeout=3600)
+            pg_dump, bare, env = _pg(url, "pg_dump")
+            r = subprocess.run([pg_dump, "--format=custom", "--no-owner", f"--file={dump}", f"--dbname={bare}"],
+                               capture_output=True, text=True, timeout=3600, env=env)
             if r.returncode != 0:
                 raise BackupError(f"pg_dump failed: {r.stderr.strip()[-500:]}")
             db_member = (dump, "db/scheduler.pgdump", "")
@@ -305,6 +315,8 @@ def restore(archive: Path, root: Path = Path("/"), *, force: bool = False,
         if existing and not force:
             raise BackupError(f"{len(existing)} file(s) exist already, e.g. {existing[0]}; "
                               "stop the services and give --force to overwrite them")
+        if db.get("kind") == "postgresql":  # first: if the database refuses, no file has changed
+            _pg_restore(staging / db["member"], database_url)
         written: list[Path] = []
         for src, dest, mode in targets:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -314,8 +326,6 @@ def restore(archive: Path, root: Path = Path("/"), *, force: bool = False,
             src.chmod(mode)
             os.replace(src, dest)
             written.append(dest)
-        if db.get("kind") == "postgresql":
-            _pg_restore(staging / db["member"], database_url)
         if root != Path("/"):
             _relocate_configs(written, root, list(manifest.get("roots", [])))
         return written
@@ -327,10 +337,8 @@ def _pg_restore(dump: Path, url: str | None) -> None:
     if not url:
         raise BackupError("this backup holds a PostgreSQL dump: give --database-url of the (empty) database to "
                           "restore it into")
-    pg_restore = shutil.which("pg_restore")
-    if pg_restore is None:
-        raise BackupError("pg_restore is not installed (apt-get install postgresql-client)")
-    r = subprocess.run([pg_restore, "--no-owner", "--exit-on-error", f"--dbname={_pg_url(url)}", str(dump)],
-                       capture_output=True, text=True, timeout=3600)
+    pg_restore, bare, env = _pg(url, "pg_restore")
+    r = subprocess.run([pg_restore, "--no-owner", "--exit-on-error", f"--dbname={bare}", str(dump)],
+                       capture_output=True, text=True, timeout=3600, env=env)
     if r.returncode != 0:
         raise BackupError(f"pg_restore failed: {r.stderr.strip()[-500:]}")

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from loaxa.backup import restore
 from loaxa.brokers import CentralBroker
 from loaxa.cli import main as loaxa_main
+from loaxa.servers import PostgreSQL
 from scheduler.config import load_scheduler_config
 from scheduler.service import Scheduler
 from tests.ops.test_provision import run_loaxa, write_server
@@ -50,11 +52,20 @@ async def _until_up(http: httpx.AsyncClient) -> None:
     await wait_for_async(up, within=30, what="the scheduler's API")
 
 
-async def test_backup_online_restore_elsewhere_same_key_same_broadcasts(tmp_path: Path,
-                                                                        central_broker_factory: Any) -> None:
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+async def test_backup_online_restore_elsewhere_same_key_same_broadcasts(
+        tmp_path: Path, central_broker_factory: Any, db: str, request: pytest.FixtureRequest) -> None:
     central: CentralBroker = central_broker_factory(gateways=[GW])
     keys = Keys()
     etc, _cfg = write_server(tmp_path, central, keys, [GW])
+    pg: PostgreSQL | None = None
+    if db == "postgresql":
+        pg = request.getfixturevalue("postgres_server")
+        assert pg is not None
+        pg_url = request.getfixturevalue("postgres_url")
+        text = (etc / "scheduler.yaml").read_text()
+        (etc / "scheduler.yaml").write_text(text.replace("scheduler:\n", f"scheduler:\n  database_url: {pg_url}\n", 1))
+        assert await run_loaxa("db", "upgrade", "--config", str(etc / "scheduler.yaml"), log=tmp_path / "db.log") == 0
     gw = TestGateway(central, GW, keys)
     await gw.connect()
     log = tmp_path / "cli.log"
@@ -82,9 +93,15 @@ async def test_backup_online_restore_elsewhere_same_key_same_broadcasts(tmp_path
         await asyncio.wait_for(task, 15)
     assert archive.stat().st_mode & 0o777 == 0o600
 
-    # into an empty directory
+    # into an empty directory (and, for PostgreSQL, an empty database: the old one is lost)
     new_root = tmp_path / "restored"
-    rc = await run_loaxa("backup", "restore", str(archive), "--root", str(new_root), log=log)
+    extra: list[str] = []
+    if pg is not None:
+        name = pg_url.rsplit("/", 1)[1]
+        pg.drop_database(name)
+        pg.create_database(name)
+        extra = ["--database-url", pg_url]
+    rc = await run_loaxa("backup", "restore", str(archive), "--root", str(new_root), *extra, log=log)
     assert rc == 0, log.read_text()
     restored_cfg = new_root / str(etc / "scheduler.yaml").lstrip("/")
     assert loaxa_main(["config", "check", str(restored_cfg)]) == 0
@@ -115,9 +132,10 @@ async def test_backup_online_restore_elsewhere_same_key_same_broadcasts(tmp_path
         await gw.disconnect()
 
     # never over existing files without --force; with --force it does
-    assert await run_loaxa("backup", "restore", str(archive), "--root", str(new_root), log=log) == 2
+    assert await run_loaxa("backup", "restore", str(archive), "--root", str(new_root), *extra, log=log) == 2
     assert "exist already" in log.read_text()
-    assert await run_loaxa("backup", "restore", str(archive), "--root", str(new_root), "--force", log=log) == 0
+    if pg is None:  # (a PostgreSQL dump goes into an empty database only)
+        assert await run_loaxa("backup", "restore", str(archive), "--root", str(new_root), "--force", log=log) == 0
 
 
 async def _n(gw: TestGateway) -> int:
