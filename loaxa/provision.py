@@ -25,6 +25,8 @@ rewritten to the same content, and the bundle is rebuilt with the same identity.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -36,13 +38,14 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from loaxa.brokers import (
     CENTRAL_ACL_EXAMPLE,
@@ -85,17 +88,29 @@ class DeviceEntry(StrictModel):
 
 
 class CommuneState(StrictModel):
-    """``<root>/communes/<gw>/commune.yaml``: what was provisioned for one commune."""
+    """``<root>/communes/<gw>/commune.yaml``: what was provisioned for one commune.
+
+    Every value here ends up in a generated file (a Mosquitto config, a YAML), so each is checked for
+    its shape: a commune name with a line break must not be able to add a line to a broker config.
+    """
 
     id: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
     name: str = Field(min_length=1, max_length=200)
-    uplink_url: str
-    lan_address: str = "192.168.10.1"
+    uplink_url: str = Field(pattern=r"^mqtts?://[A-Za-z0-9.\-\[\]:]+:\d{1,5}$", max_length=300)
+    lan_address: str = Field(default="192.168.10.1", pattern=r"^[A-Za-z0-9.\-:]{1,253}$")
     lan_port: int = Field(default=1883, ge=1, le=65535)
     local_port: int = Field(default=1883, ge=1, le=65535)
-    media_public_url: str | None = None
+    media_public_url: str | None = Field(default=None, pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(:\d{1,5})?/?$",
+                                         max_length=300)
     devices: list[DeviceEntry] = Field(default_factory=list)
     created_at: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        if any(unicodedata.category(c).startswith("C") for c in v):
+            raise ValueError("a commune name cannot hold line breaks or control characters")
+        return v.strip()
 
 
 @dataclass
@@ -579,6 +594,23 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
 # ------------------------------------------------------------------ the commands
 
 
+@contextlib.contextmanager
+def _locked(paths: ServerPaths) -> Iterator[None]:
+    """One provisioning command at a time: two running at once would each rewrite the broker's files
+    and the scheduler config from what they read before the other wrote."""
+    paths.communes.mkdir(parents=True, exist_ok=True)
+    with open(paths.communes / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ProvisionError(f"another `loaxa commune`/`loaxa device` command is running "
+                                 f"({paths.communes / '.lock'}); wait for it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @dataclass
 class Result:
     bundle: Path | None = None
@@ -601,7 +633,7 @@ def _ensure_devices(state: CommuneState, new: Iterable[DeviceEntry]) -> None:
             have.add(d.id)
 
 
-def add_commune(
+def _add_commune(
     paths: ServerPaths,
     gw: str,
     name: str,
@@ -657,7 +689,7 @@ def add_commune(
     return result
 
 
-def rebuild_bundles(paths: ServerPaths, ids: Iterable[str] = ()) -> list[Path]:
+def _rebuild_bundles(paths: ServerPaths, ids: Iterable[str] = ()) -> list[Path]:
     """Rebuild the bundles of these communes (all when none is named) from their state: after a change
     of the trusted keys or the CA. Nothing on the server's brokers changes."""
     states = list_communes(paths)
@@ -671,7 +703,7 @@ def rebuild_bundles(paths: ServerPaths, ids: Iterable[str] = ()) -> list[Path]:
     return [build_bundle(paths, st) for st in states]
 
 
-def add_device(paths: ServerPaths, gw: str, dev: str, kind: DeviceKind, measurement: str | None = None) -> Result:
+def _add_device(paths: ServerPaths, gw: str, dev: str, kind: DeviceKind, measurement: str | None = None) -> Result:
     state = load_state(paths, gw)
     if state is None:
         raise ProvisionError(f"no commune {gw!r} under {paths.communes} (loaxa commune add first)")
@@ -685,7 +717,7 @@ def add_device(paths: ServerPaths, gw: str, dev: str, kind: DeviceKind, measurem
                   notes=["copy the new bundle to the Pi and run `loaxa gateway install` there again"])
 
 
-def remove_commune(paths: ServerPaths, gw: str) -> Result:
+def _remove_commune(paths: ServerPaths, gw: str) -> Result:
     """Undo :func:`add_commune`: the broker account and ACL block go first (access is revoked), then
     the config entry and the provisioned state."""
     validate_id(gw, "gateway id")
@@ -708,3 +740,24 @@ def remove_commune(paths: ServerPaths, gw: str) -> Result:
     if not (removed or changed or result.notes):
         result.notes.append(f"nothing to remove: {gw} was not provisioned")
     return result
+
+
+def add_commune(paths: ServerPaths, gw: str, name: str, **kw: Any) -> Result:
+    """Provision (or re-provision) commune gateway ``gw`` (see :func:`_add_commune` for the options)."""
+    with _locked(paths):
+        return _add_commune(paths, gw, name, **kw)
+
+
+def add_device(paths: ServerPaths, gw: str, dev: str, kind: DeviceKind, measurement: str | None = None) -> Result:
+    with _locked(paths):
+        return _add_device(paths, gw, dev, kind, measurement)
+
+
+def remove_commune(paths: ServerPaths, gw: str) -> Result:
+    with _locked(paths):
+        return _remove_commune(paths, gw)
+
+
+def rebuild_bundles(paths: ServerPaths, ids: Iterable[str] = ()) -> list[Path]:
+    with _locked(paths):
+        return _rebuild_bundles(paths, ids)

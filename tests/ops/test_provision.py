@@ -250,7 +250,16 @@ def test_add_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> None:
         add_commune(paths, "Xa X", "X")
     with pytest.raises(ValueError):
         DeviceEntry(id="gateway!", type="ip_speaker")
-    assert not (tmp_path / "passwd").exists() and not (tmp_path / "communes").exists()
+    # values that end up in a broker config cannot add lines to it
+    etc, _cfg = write_server(tmp_path, "mqtt://127.0.0.1:1883", Keys(), [])
+    paths = ServerPaths(root=etc, broker_passwd=tmp_path / "passwd", broker_acl=tmp_path / "acl")
+    before = (etc / "scheduler.yaml").read_text()
+    for kw in ({"name": "Xã A\nallow_anonymous true"}, {"name": "A", "lan_address": "0.0.0.0\nallow_anonymous true"},
+               {"name": "A", "uplink_url": "mqtt://h:1 x"}):
+        with pytest.raises(ValueError, match="name|lan_address|uplink_url"):
+            add_commune(paths, "xa-x", **kw)  # type: ignore[arg-type]
+    assert not (tmp_path / "passwd").exists() and not (etc / "communes" / "xa-x").exists()
+    assert (etc / "scheduler.yaml").read_text() == before
 
 
 def test_install_refuses_a_damaged_bundle_and_another_identity(tmp_path: Path) -> None:
