@@ -256,7 +256,7 @@ def test_add_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> None:
     before = (etc / "scheduler.yaml").read_text()
     for kw in ({"name": "Xã A\nallow_anonymous true"}, {"name": "A", "lan_address": "0.0.0.0\nallow_anonymous true"},
                {"name": "A", "uplink_url": "mqtt://h:1 x"}):
-        with pytest.raises(ValueError, match="name|lan_address|uplink_url"):
+        with pytest.raises(ValueError, match=r"name|lan_address|uplink_url"):
             add_commune(paths, "xa-x", **kw)  # type: ignore[arg-type]
     assert not (tmp_path / "passwd").exists() and not (etc / "communes" / "xa-x").exists()
     assert (etc / "scheduler.yaml").read_text() == before
