@@ -58,6 +58,39 @@ class Entry:
     sha256: str
     size: int
     mode: int
+    owner: str = ""  # user and group names: a restored scheduler.db must belong to `loaxa` again
+    group: str = ""
+
+
+def _names(path: Path) -> tuple[str, str]:
+    import grp
+    import pwd
+
+    st = path.stat()
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = ""
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = ""
+    return owner, group
+
+
+def _chown(path: Path, owner: str, group: str) -> None:
+    """Give a restored file its owner back (by name: uids differ between machines); root only."""
+    import grp
+    import pwd
+
+    if os.geteuid() != 0 or not (owner or group):
+        return
+    try:
+        uid = pwd.getpwnam(owner).pw_uid if owner else -1
+        gid = grp.getgrnam(group).gr_gid if group else -1
+    except KeyError:
+        return  # that account does not exist here (yet): install.sh creates `loaxa`
+    os.chown(path, uid, gid)
 
 
 @dataclass
@@ -210,10 +243,12 @@ def create(config: Path, out: Path, *, config_dir: Path | None = None,
         entries: list[tuple[Path, Entry]] = []
         if db_member is not None:
             src, member, orig = db_member
-            entries.append((src, Entry(member, orig, _sha256_file(src), src.stat().st_size, 0o600)))
+            owner, group = _names(Path(orig)) if orig else ("", "")
+            entries.append((src, Entry(member, orig, _sha256_file(src), src.stat().st_size, 0o600, owner, group)))
         for path, member in plan.files:
             st = path.stat()
-            entries.append((path, Entry(member, str(path), _sha256_file(path), st.st_size, st.st_mode & 0o777)))
+            entries.append((path, Entry(member, str(path), _sha256_file(path), st.st_size, st.st_mode & 0o777,
+                                        *_names(path))))
         manifest["files"] = [e.__dict__ for _p, e in entries]
 
         part = tmp / "archive.tar.gz"
@@ -295,6 +330,18 @@ def _relocate_configs(paths: Iterable[Path], root: Path, prefixes: list[str]) ->
             p.write_text(relocate(text, root, longest_first), encoding="utf-8")
 
 
+def _makedirs(d: Path, owner: str, group: str) -> None:
+    """Create ``d`` and its missing parents, owned like the file that goes in (the scheduler's data
+    directory must be the service user's, or SQLite cannot make its WAL file next to the database)."""
+    missing = []
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for m in reversed(missing):
+        m.mkdir(mode=0o750)
+        _chown(m, owner, group)
+
+
 def restore(archive: Path, root: Path = Path("/"), *, force: bool = False,
             database_url: str | None = None) -> list[Path]:
     """Restore ``archive`` under ``root``; returns the files written."""
@@ -304,26 +351,25 @@ def restore(archive: Path, root: Path = Path("/"), *, force: bool = False,
     try:
         manifest = verify(archive, staging)
         db = manifest.get("database") or {}
-        targets: list[tuple[Path, Path, int]] = []
+        targets: list[tuple[Path, Path, dict[str, Any]]] = []
         for e in manifest["files"]:
-            if e["member"] == db.get("member"):
+            if e["member"] == db.get("member") and db.get("kind") != "sqlite":
                 continue
-            targets.append((staging / e["member"], root / e["path"].lstrip("/"), int(e["mode"])))
-        if db.get("kind") == "sqlite":
-            targets.append((staging / db["member"], root / db["path"].lstrip("/"), 0o600))
-        existing = [t for _s, t, _m in targets if t.exists()]
+            targets.append((staging / e["member"], root / e["path"].lstrip("/"), e))
+        existing = [t for _s, t, _e in targets if t.exists()]
         if existing and not force:
             raise BackupError(f"{len(existing)} file(s) exist already, e.g. {existing[0]}; "
                               "stop the services and give --force to overwrite them")
         if db.get("kind") == "postgresql":  # first: if the database refuses, no file has changed
             _pg_restore(staging / db["member"], database_url)
         written: list[Path] = []
-        for src, dest, mode in targets:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.name == "scheduler.db":
+        for src, dest, e in targets:
+            _makedirs(dest.parent, str(e.get("owner", "")), str(e.get("group", "")))
+            if e["member"] == db.get("member"):  # the SQLite file: no stale WAL next to it
                 for suffix in ("-wal", "-shm"):
                     dest.with_name(dest.name + suffix).unlink(missing_ok=True)
-            src.chmod(mode)
+            src.chmod(int(e["mode"]) & 0o777)
+            _chown(src, str(e.get("owner", "")), str(e.get("group", "")))
             os.replace(src, dest)
             written.append(dest)
         if root != Path("/"):

@@ -204,3 +204,35 @@ def test_restore_refuses_damaged_archives_and_writes_nothing(tmp_path: Path) -> 
     manifest = json.loads(tarfile.open(out).extractfile("MANIFEST.json").read())  # type: ignore[union-attr]
     assert all(len(e["sha256"]) == 64 for e in manifest["files"])
     assert restore(out, target)  # the good one restores
+
+
+def test_restore_gives_files_and_new_folders_their_owners_back(tmp_path: Path) -> None:
+    """As root, a restored file belongs to the account it belonged to (by name), and so do the folders
+    made for it: a scheduler.db owned by root would stop the `loaxa` service from writing."""
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can give files to another account")
+    from tests.sched_support import Keys as K
+
+    nobody = pwd.getpwnam("nobody")
+    out_dir = tmp_path / "a"
+    out_dir.mkdir()
+    archive = _archive(out_dir, {"key": (K().seed_b64 + "\n").encode()})
+    key = out_dir / "src" / "etc" / "key"
+    os.chown(key, nobody.pw_uid, nobody.pw_gid)
+    archive = _archive_again(out_dir)
+    target = tmp_path / "target"
+    restore(archive, target)
+    restored = target / str(key).lstrip("/")
+    assert restored.stat().st_uid == nobody.pw_uid
+    assert restored.parent.stat().st_uid == nobody.pw_uid  # made by the restore, for this file
+
+
+def _archive_again(tmp: Path) -> Path:
+    from loaxa.backup import create
+
+    out = tmp / "again.tar.gz"
+    create(tmp / "src" / "cfg.yaml", out, broker_files=())
+    return out

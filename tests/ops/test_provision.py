@@ -323,6 +323,14 @@ def test_device_add_and_reinstall(tmp_path: Path) -> None:
     assert set(json.loads((pi / "etc/loaxa/devices.json").read_text())) == {"loa-01", "mua-cho"}
     assert loaxa_main(["config", "check", str(pi / "etc/loaxa/gateway.yaml")]) == 0
 
+    # an unpacked bundle (a folder) installs the same way
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(paths.bundle_path("xa-a")) as tar:
+        tar.extractall(unpacked, filter="data")
+    assert install(unpacked, tmp_path / "pi2")[0] == "xa-a"
+    assert (tmp_path / "pi2/etc/loaxa/gateway.yaml").read_text() == (pi / "etc/loaxa/gateway.yaml").read_text().replace(
+        str(pi), str(tmp_path / "pi2"))
+
     add_commune(paths, "xa-b", "Xã B")
     with pytest.raises(BundleError, match="is gateway 'xa-a'"):
         install(paths.bundle_path("xa-b"), pi)
