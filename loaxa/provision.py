@@ -463,8 +463,8 @@ listener {state.lan_port} {state.lan_address}
 use_username_as_clientid true
 
 max_packet_size {MAX_PACKET_SIZE}
-persistence true
-persistence_location {PI_MOSQUITTO_DATA}
+# persistence: Debian's /etc/mosquitto/mosquitto.conf sets `persistence true` and its location
+# (a second persistence_location here would stop Mosquitto from starting)
 max_queued_messages 100000
 """
 

@@ -75,7 +75,10 @@ def _append(path: Path, data: bytes) -> None:
 def start_lan_broker(pi: Path) -> subprocess.Popen[bytes]:
     """Mosquitto as Debian starts it: a main config that includes conf.d, where the bundle put its own."""
     main = pi / "etc" / "mosquitto" / "mosquitto.conf"
-    lines = [f"log_dest file {pi / 'mosquitto.log'}", "log_type error", "log_type warning",
+    # Debian's /etc/mosquitto/mosquitto.conf, with this test's paths (a conf.d file that repeats one of
+    # its settings, e.g. persistence_location, stops Mosquitto from starting)
+    lines = ["persistence true", f"persistence_location {pi / 'var' / 'lib' / 'mosquitto'}/",
+             f"log_dest file {pi / 'mosquitto.log'}", "log_type error", "log_type warning",
              f"include_dir {pi / 'etc' / 'mosquitto' / 'conf.d'}"]
     if os.geteuid() == 0:  # as the Debian service would drop to 'mosquitto'; tests keep their own user
         lines.insert(0, f"user {pwd.getpwuid(os.getuid()).pw_name}")
