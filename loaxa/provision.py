@@ -537,7 +537,12 @@ def build_bundle(paths: ServerPaths, state: CommuneState) -> Path:
 
     ca_file = load_scheduler_config(paths.config).broker.ca_file
     if ca_file is not None:
-        files[f"{PI_CONFIG_DIR}/ca.crt"] = (Path(ca_file).read_bytes(), 0o644)
+        ca_path = ca_file if ca_file.is_absolute() else paths.config.parent / ca_file
+        try:
+            files[f"{PI_CONFIG_DIR}/ca.crt"] = (ca_path.read_bytes(), 0o644)
+        except OSError as exc:
+            raise ProvisionError(f"{paths.config}: broker.ca_file {ca_path}: {exc.strerror}; the gateways need "
+                                 "this CA certificate (loaxa tls init)") from None
     cfg = gateway_yaml(state, trusted_keys(paths), ca=ca_file is not None)
     header = (f"# Gateway of {state.name} ({state.id}); written by `loaxa commune add` on the server.\n"
               "# Install with `loaxa gateway install`; change devices on the server (`loaxa device add`).\n")

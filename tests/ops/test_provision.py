@@ -360,3 +360,26 @@ def test_rotation_trusts_the_next_key_in_every_rebuilt_bundle(tmp_path: Path) ->
     (etc / "trusted-keys.txt").write_text(f"{keys.key_id} {public_key_b64(nxt.private.public_key())}\n")
     with pytest.raises(ProvisionError, match=r"trusted-keys.txt:1: .* is not the id of this key"):
         rebuild_bundles(paths, ["xa-a"])
+
+
+def test_bundle_carries_the_ca_of_the_central_broker(tmp_path: Path) -> None:
+    """With TLS to the central broker (``broker.ca_file`` in the scheduler config, from ``loaxa tls init``),
+    the bundle brings the CA certificate and the gateway's uplink checks the broker against it."""
+    import tarfile
+
+    from loaxa.gateway_install import install
+    from loaxa.tlsca import init_ca
+
+    etc, _cfg = write_server(tmp_path, "mqtts://mqtt.huyen.example.vn:8883", Keys(), [])
+    ca = init_ca(etc / "tls")
+    text = (etc / "scheduler.yaml").read_text()
+    (etc / "scheduler.yaml").write_text(text.replace("broker:\n", "broker:\n  ca_file: tls/ca.crt\n", 1))
+    paths = ServerPaths(root=etc, broker_passwd=tmp_path / "passwd", broker_acl=tmp_path / "acl")
+    add_commune(paths, "xa-a", "Xã A")
+    with tarfile.open(paths.bundle_path("xa-a")) as tar:
+        assert tar.extractfile("etc/loaxa/ca.crt").read() == ca.ca_cert.read_bytes()  # type: ignore[union-attr]
+    pi = tmp_path / "pi"
+    install(paths.bundle_path("xa-a"), pi)
+    uplink = yaml.safe_load((pi / "etc/loaxa/gateway.yaml").read_text())["uplink"]
+    assert uplink["url"] == "mqtts://mqtt.huyen.example.vn:8883"
+    assert Path(uplink["ca_file"]) == pi / "etc/loaxa/ca.crt" and Path(uplink["ca_file"]).exists()
