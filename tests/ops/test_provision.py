@@ -32,7 +32,7 @@ from loaxa.provision import (
     config_with_gateway,
     config_without_gateway,
 )
-from loaxa.servers import can_log_in, find_binary, free_port, wait_for_port
+from loaxa.servers import ServerUnavailable, can_log_in, find_binary, free_port, wait_for_port
 from scheduler.config import load_scheduler_config
 from scheduler.service import Scheduler
 from tests.conftest import ROOT, loaxa_env, spawn_loaxa
@@ -135,9 +135,22 @@ async def test_commune_add_install_broadcast_remove(tmp_path: Path, central_brok
         for secret in ("secrets/uplink.password", "secrets/lan.password", "devices.json"):
             assert (pi / "etc" / "loaxa" / secret).stat().st_mode & 0o777 == 0o600, secret
         assert "password" not in yaml.safe_load(gw_yaml.read_text())["uplink"]["password"]  # a {file: …}
-        lan = start_lan_broker(pi)
-        procs.append(lan)
-        await asyncio.to_thread(wait_for_port, lan_port, lan, 15, "LAN mosquitto from the bundle", pi / "mosquitto.log")
+        for attempt in range(3):
+            lan = start_lan_broker(pi)
+            procs.append(lan)
+            try:
+                await asyncio.to_thread(wait_for_port, lan_port, lan, 15, "LAN mosquitto from the bundle",
+                                        pi / "mosquitto.log")
+                break
+            except ServerUnavailable as exc:
+                # the free ports were taken by another program on this shared machine meanwhile:
+                # provision again with new ones (re-running commune add is safe), reinstall
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                lan_port, local_port = free_port(), free_port()
+                assert await run_loaxa("commune", "add", NEW, "--name", "Xã Ba", "--lan-port", str(lan_port),
+                                       "--local-port", str(local_port), *server_args, log=log) == 0, log.read_text()
+                assert await run_loaxa("gateway", "install", str(bundle), "--root", str(pi), log=log) == 0
         procs.append(spawn_loaxa("gateway", "run", "--config", str(gw_yaml), log=tmp_path / "gw.log"))
         procs.append(spawn_loaxa("sim", "speakers", "--broker", f"mqtt://127.0.0.1:{lan_port}", "--gateway", NEW,
                                  "--count", "2", "--credentials", str(pi / "etc" / "loaxa" / "devices.json"),
@@ -176,6 +189,8 @@ async def test_commune_add_install_broadcast_remove(tmp_path: Path, central_brok
         assert (etc / "scheduler.yaml").read_text().count(f"id: {NEW}") == 1
 
         # remove: the gateway's password no longer opens the central broker
+        gw_log = tmp_path / "gw.log"
+        offset = len(gw_log.read_bytes())
         rc = await run_loaxa("commune", "remove", NEW, *server_args, log=log)
         assert rc == 0, log.read_text()
 
@@ -183,6 +198,15 @@ async def test_commune_add_install_broadcast_remove(tmp_path: Path, central_brok
             return not await asyncio.to_thread(can_log_in, central.port, NEW, uplink_pw)
 
         await wait_for_async(refused, within=15, what="the removed gateway refused by the central broker")
+        # and the running gateway's own session is cut at the reload, and its reconnections refused
+        async def cut() -> bool:
+            text = (await asyncio.to_thread(gw_log.read_bytes))[offset:].decode(errors="replace")
+            return "uplink: connection to" in text and "Not authorized" in text
+
+        try:
+            await wait_for_async(cut, within=30, what="the removed gateway's session closed by the broker")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{gw_log.read_bytes()[offset:].decode(errors='replace')}") from None
         assert NEW not in (central.workdir / "acl").read_text()
         assert not (etc / "communes" / NEW).exists()
         served = [g["id"] for g in yaml.safe_load((etc / "scheduler.yaml").read_text())["gateways"]]
