@@ -246,7 +246,7 @@ class CentralAcl:
 
     readers: list[str]
     gateways: list[str]
-    custom: list[str]
+    custom: dict[str, str]
 
     @classmethod
     def parse(cls, text: str) -> CentralAcl:
@@ -255,7 +255,7 @@ class CentralAcl:
         reader_body = _body(example[VIEWER_USER])
         readers: list[str] = []
         gateways: list[str] = []
-        custom: list[str] = []
+        custom: dict[str, str] = {}
         for name, block in blocks.items():
             if name == SCHEDULER_USER:
                 continue
@@ -265,13 +265,13 @@ class CentralAcl:
             elif body == _body(_substitute(example[EXAMPLE_GATEWAY], name)):
                 gateways.append(name)
             else:
-                custom.append(block)
+                custom[name] = block
         return cls(readers, gateways, custom)
 
     def render(self) -> str:
         text = central_acl(self.gateways, self.readers)
         if self.custom:
-            text += "\n# blocks kept as they were (not written by loaxa)\n" + "\n".join(self.custom)
+            text += "\n# blocks kept as they were (not written by loaxa)\n" + "\n".join(self.custom.values())
         return text
 
 
@@ -282,10 +282,13 @@ def _body(block: str) -> list[str]:
 def update_central_acl(paths: ServerPaths, *, add: Iterable[str] = (), remove: Iterable[str] = ()) -> bool:
     """Regenerate the central ACL with these gateways added/removed. True when the file changed."""
     old = paths.broker_acl.read_text() if paths.broker_acl.exists() else None
-    acl = CentralAcl.parse(old) if old is not None else CentralAcl([VIEWER_USER], [], [])
+    acl = CentralAcl.parse(old) if old is not None else CentralAcl([VIEWER_USER], [], {})
     for gw in add:
+        acl.custom.pop(gw, None)  # a hand-written block of this gateway gives way to the generated one
         if gw not in acl.gateways:
             acl.gateways.append(gw)
+    for gw in remove:
+        acl.custom.pop(gw, None)  # whatever its block looked like, it goes: this revokes its access
     acl.gateways = [g for g in acl.gateways if g not in set(remove)]
     new = acl.render()
     if new == old:

@@ -267,6 +267,20 @@ def test_central_acl_keeps_readers_and_hand_written_blocks() -> None:
     assert set(blocks) == {"scheduler", "viewer", "ioc", "xa-a", "xa-b", "ingest"}
 
 
+def test_remove_drops_a_hand_written_gateway_block_too(tmp_path: Path) -> None:
+    from loaxa.provision import update_central_acl
+
+    paths = ServerPaths(root=tmp_path, broker_passwd=tmp_path / "passwd", broker_acl=tmp_path / "acl")
+    hand = "user scheduler\ntopic read loaxa/v1/#\n\nuser xa-old\ntopic write loaxa/v1/xa-old/#\n"
+    (tmp_path / "acl").write_text(hand)
+    update_central_acl(paths, remove=["xa-old"])
+    assert "xa-old" not in (tmp_path / "acl").read_text()
+    (tmp_path / "acl").write_text("user xa-old\ntopic write loaxa/v1/xa-old/#\n")
+    update_central_acl(paths, add=["xa-old"])
+    _pre, blocks = _blocks((tmp_path / "acl").read_text())
+    assert "loaxa/v1/xa-old/#" not in blocks["xa-old"] and "topic read loaxa/v1/xa-old/cmd" in blocks["xa-old"]
+
+
 def test_add_refuses_bad_input_and_changes_nothing(tmp_path: Path) -> None:
     paths = ServerPaths(root=tmp_path, broker_passwd=tmp_path / "passwd", broker_acl=tmp_path / "acl")
     from loaxa.provision import ProvisionError
