@@ -388,6 +388,22 @@ def config_without_gateway(text: str, gw: str) -> str:
     return result
 
 
+def _gateway_ids(text: str) -> list[str]:
+    data = yaml.safe_load(text) or {}
+    return [str(g.get("id")) for g in (data.get("gateways") or []) if isinstance(g, dict)]
+
+
+def checked_edit(path: Path, old: str, new: str, gw: str, *, present: bool) -> None:
+    """Make sure the text edit did what it should (``gw`` listed once, or not at all; every other
+    gateway kept), whatever the file's layout, before :func:`write_scheduler_config` replaces it."""
+    before, after = _gateway_ids(old), _gateway_ids(new)
+    others_kept = [g for g in after if g != gw] == [g for g in before if g != gw]
+    if not others_kept or after.count(gw) != (1 if present else 0):
+        raise ProvisionError(f"{path}: could not {'add' if present else 'remove'} gateway {gw} under 'gateways:' "
+                             "automatically (unusual layout); edit that list by hand and run the command again")
+    write_scheduler_config(path, new)
+
+
 def write_scheduler_config(path: Path, text: str) -> None:
     """Validate the new text as a scheduler config (in the same folder, so relative secrets resolve)
     and only then replace the file."""
@@ -686,7 +702,7 @@ def _add_commune(
     text = paths.config.read_text(encoding="utf-8")
     new = config_with_gateway(text, gw, name)
     if new != text:
-        write_scheduler_config(paths.config, new)
+        checked_edit(paths.config, text, new, gw, present=True)
         result.notes.append(f"{paths.config}: gateway {gw} added under 'gateways:'")
     if api and token:
         register_via_api(api, token, gw, name)
@@ -737,8 +753,8 @@ def _remove_commune(paths: ServerPaths, gw: str) -> Result:
     if paths.config.exists():
         text = paths.config.read_text(encoding="utf-8")
         new = config_without_gateway(text, gw)
-        if new != text:
-            write_scheduler_config(paths.config, new)
+        if new != text or gw in _gateway_ids(text):
+            checked_edit(paths.config, text, new, gw, present=False)
             result.notes.append(f"{paths.config}: gateway {gw} removed from 'gateways:' (its history stays "
                                 "in the database)")
     cdir = paths.commune_dir(gw)

@@ -421,3 +421,16 @@ def test_bundle_carries_the_ca_of_the_central_broker(tmp_path: Path) -> None:
     uplink = yaml.safe_load((pi / "etc/loaxa/gateway.yaml").read_text())["uplink"]
     assert uplink["url"] == "mqtts://mqtt.huyen.example.vn:8883"
     assert Path(uplink["ca_file"]) == pi / "etc/loaxa/ca.crt" and Path(uplink["ca_file"]).exists()
+
+
+def test_unusual_gateways_layout_is_refused_not_mangled(tmp_path: Path) -> None:
+    from loaxa.provision import ProvisionError, remove_commune
+
+    etc, _cfg = write_server(tmp_path, "mqtt://127.0.0.1:1883", Keys(), [])
+    cfg = etc / "scheduler.yaml"
+    cfg.write_text(cfg.read_text().replace("gateways: []", "gateways:\n- commune: Xã A\n  id: xa-a"))
+    before = cfg.read_text()
+    paths = ServerPaths(root=etc, broker_passwd=tmp_path / "passwd", broker_acl=tmp_path / "acl")
+    with pytest.raises(ProvisionError, match="edit that list by hand"):
+        remove_commune(paths, "xa-a")
+    assert cfg.read_text() == before
