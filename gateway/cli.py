@@ -16,7 +16,7 @@ report health. Stops cleanly on Ctrl-C or SIGTERM. Under systemd it uses Type=no
 """
 
 #: Modules that add more ``loaxa gateway`` actions with ``register_gateway(gsub)``.
-EXTRA_MODULES: tuple[str, ...] = ("gateway.telemetry.export_cli",)
+EXTRA_MODULES: tuple[str, ...] = ("gateway.telemetry.export_cli", "loaxa.gateway_install")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

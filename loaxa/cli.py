@@ -19,6 +19,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "loaxa.tls_cmd",
     "loaxa.doctor",
     "loaxa.broker_cmd",
+    "loaxa.provision_cmd",
+    "loaxa.backup_cmd",
     "gateway.cli",
     "scheduler.cli",
     "scheduler.access.cli",
