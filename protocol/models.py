@@ -189,6 +189,21 @@ class Telemetry(_Strict):
         return [Reading(ts=self.ts, fields=self.fields)]
 
 
+#: most timestamps one receipt names (a gateway splits longer lists over several receipts)
+MAX_RECEIPT_TS = 5_000
+
+
+class TelemetryReceipt(_Strict):
+    """``loaxa/v1/{gw}/dev/{dev}/receipt`` (gateway → device, QoS 1): the readings of this device the
+    gateway has committed to its disk (``stored``) or refused for good (``refused``: they will never be
+    stored, sending them again is pointless), by timestamp. A device that keeps a buffer forgets a
+    reading only when a receipt names it; see docs/protocol.md, "Telemetry receipts"."""
+
+    stored: list[EpochMs] = Field(default_factory=list, max_length=MAX_RECEIPT_TS)
+    refused: list[EpochMs] = Field(default_factory=list, max_length=MAX_RECEIPT_TS)
+    at: EpochMs
+
+
 # ---------------------------------------------------------------- commands (central → gateway)
 
 
