@@ -1,0 +1,16 @@
+"""The local set-up (demo, tests) gives each gateway a media server for its speakers (issue 15, point 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.config import GatewayConfig
+from loaxa.localsetup import gateway_config, make_signer
+
+
+def test_gateway_config_serves_media_from_the_gateway(tmp_path: Path) -> None:
+    cfg = gateway_config("xa-a", data_dir=tmp_path, uplink_url="mqtt://127.0.0.1:1", lan_url="mqtt://127.0.0.1:2",
+                         signer=make_signer(), media_port=18091)
+    parsed = GatewayConfig.model_validate(cfg)
+    assert parsed.broadcast.media_listen == "127.0.0.1:18091"
+    assert parsed.broadcast.media_public_url == "http://127.0.0.1:18091"
