@@ -84,6 +84,23 @@ class Ack(_Open):
 PlaybackState = Literal["started", "finished", "failed", "preempted", "skipped"]
 
 
+#: Failure reasons a gateway infers when a speaker said nothing in time. A later ``failed`` report of
+#: the speaker itself with another reason is more specific: it refines the outcome (the reason becomes
+#: ``"{speaker's reason}; {inferred}"``, see :func:`refined_reason`) instead of being dropped.
+INFERRED_FAILURE_REASONS = frozenset({"no_start_report", "no_finish_report"})
+
+
+def refined_reason(current: str | None, reported: str | None) -> str | None:
+    """The reason a ``failed`` outcome should get when a new ``failed`` report arrives, or None when
+    the report adds nothing (the outcome keeps its reason)."""
+    if current not in INFERRED_FAILURE_REASONS or not reported or reported in INFERRED_FAILURE_REASONS:
+        return None
+    if reported.endswith(f"; {current}"):  # already combined (by the gateway, for the centre)
+        return reported[:500]
+    suffix = f"; {current}"
+    return reported[: 500 - len(suffix)] + suffix
+
+
 class PlaybackEvent(_Open):
     """``loaxa/v1/{gw}/event`` with ``kind = "playback"``: what really played, per device."""
 
