@@ -179,6 +179,10 @@ async def resend(client: Any, gateway: str, devices: Sequence[SimDevice], pick: 
             stats.resent += len(part)
 
 
+def unreceipted(devices: Sequence[SimDevice]) -> int:
+    return sum(len(d.receipts) for d in devices if d.receipts is not None)
+
+
 async def read_receipts(client: Any, devices: Sequence[SimDevice]) -> None:
     """Feed every receipt that arrives to its device's buffer (until cancelled)."""
     by_id = {d.id: d for d in devices}
@@ -315,7 +319,7 @@ async def _main(args: argparse.Namespace) -> int:
                             stats.readings += len(readings)
                     if args.receipts:  # wait for the last receipts, sending again what is late
                         deadline = time.monotonic() + args.receipt_wait
-                        while any(d.receipts is not None and len(d.receipts) for d in devices) and time.monotonic() < deadline:
+                        while unreceipted(devices) and time.monotonic() < deadline:
                             await asyncio.sleep(0.2)
                             await resend(client, args.gateway, devices, lambda b: b.due(), qos=args.qos, stats=stats)
                 finally:
@@ -327,7 +331,7 @@ async def _main(args: argparse.Namespace) -> int:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
     print(json.dumps(stats.summary(devices)), flush=True)
-    return 1 if any(d.receipts is not None and len(d.receipts) for d in devices) else 0
+    return 1 if unreceipted(devices) else 0
 
 
 def _kinds(value: str) -> str:

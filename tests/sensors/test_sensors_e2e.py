@@ -7,7 +7,6 @@ Needs the telemetry service (spool + InfluxDB writer, gateway.telemetry); skippe
 from __future__ import annotations
 
 import json
-
 import signal
 import time
 from pathlib import Path
