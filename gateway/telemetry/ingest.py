@@ -172,16 +172,14 @@ class TelemetryIngest:
         marker = self.session_marker
         if present is None or marker is None:
             return
-        if present:
-            return
         had_one = marker.exists()
-        if had_one:
+        if had_one and not present:
             self.sessions_lost += 1
             log.error("the LAN broker %s has no session for %s: readings queued for the gateway were lost",
                       self.endpoint.url, self.client_id)
             if self.on_session_lost is not None:
                 self.on_session_lost()
-        else:
+        elif not had_one:
             try:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text(f"{self.client_id}\n")
