@@ -67,7 +67,10 @@ class InfluxSection(StrictModel):
     ca_file: Path | None = None
     verify_tls: bool = True
     retry_initial_s: float = Field(default=0.5, gt=0, le=60, description="first retry delay after a failure")
-    retry_max_s: float = Field(default=30.0, gt=0, le=3600, description="longest delay between write retries")
+    retry_max_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="longest delay between write retries (with jitter): InfluxDB back → writes resume within it",
+    )
 
     @model_validator(mode="after")
     def _target(self) -> InfluxSection:

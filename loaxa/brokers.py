@@ -29,6 +29,10 @@ from protocol.ids import validate_id
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "mosquitto"
 CENTRAL_ACL_EXAMPLE = CONFIG_DIR / "acl.example"
 LAN_ACL_EXAMPLE = CONFIG_DIR / "commune-lan.acl.example"
+LAN_CONF_EXAMPLE = CONFIG_DIR / "commune-lan.conf.example"
+#: the settings of ``commune-lan.conf.example`` a :class:`LanBroker` runs with, as production does
+LAN_PERSISTENCE_KEYS = ("autosave_interval", "autosave_on_changes", "persistent_client_expiration",
+                        "max_queued_messages")
 #: the gateway id the examples are written for
 EXAMPLE_GATEWAY = "xa-an-binh"
 SCHEDULER_USER = "scheduler"
@@ -92,6 +96,17 @@ def lan_acl(gateway_id: str, *, example: str | None = None) -> str:
     if EXAMPLE_GATEWAY not in text:
         raise AclExampleError(f"{LAN_ACL_EXAMPLE}: names no gateway {EXAMPLE_GATEWAY!r} to replace")
     return _substitute(text, gateway_id)
+
+
+def lan_persistence(example: str | None = None) -> dict[str, str]:
+    """The persistence settings of the commune LAN broker's production config."""
+    text = example if example is not None else LAN_CONF_EXAMPLE.read_text()
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0] in LAN_PERSISTENCE_KEYS:
+            out[parts[0]] = parts[1].strip()
+    return out
 
 
 def new_password() -> str:
@@ -163,6 +178,7 @@ class LanBroker(Mosquitto):
         self.users = [MosquittoUser(LAN_GATEWAY_USER, new_password())]
         self.users += [MosquittoUser(validate_id(d, "device id"), new_password()) for d in self.devices]
         self.acl_text = lan_acl(self.gateway_id)
+        self.conf_overrides = {**lan_persistence(), **self.conf_overrides}
 
     def add_device(self, dev: str) -> MosquittoUser:
         """An account for one more device (the broker reloads its password file)."""

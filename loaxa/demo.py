@@ -135,6 +135,7 @@ class Demo:
                 signer=signer, devices=devices, health_interval_s=10,
                 uplink_auth=(gw, central.user(gw).password), lan_auth=(gw_lan.username, gw_lan.password),
                 influx={"api": "v1", "url": influx.url, "database": influx.database},
+                media_port=free_port(),  # speakers fetch from the gateway's cache, never from the centre
             )
             path = write_yaml(self.root / gw / "gateway.yaml", cfg)
             self.spawn(f"gateway-{gw}", "gateway", "run", "--config", str(path))

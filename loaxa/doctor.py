@@ -115,7 +115,24 @@ def diagnose(path: Path, kind: str | None, timeout: float) -> Iterator[Result]:
             yield from check_certs(label, ep)
         if cfg.influx is not None:
             yield check_influx(cfg.influx.url, timeout, cfg.influx.ca_file, cfg.influx.verify_tls)
+        yield check_media_local(cfg)
         yield from check_services(["loaxa-gateway", "mosquitto"])
+
+
+def check_media_local(cfg: Any) -> Result:
+    """IP speakers must fetch media from the gateway's cache: otherwise they are given the centre's
+    URL and a broadcast whose file the gateway holds fails whenever the centre is unreachable."""
+    speakers = [d.id for d in cfg.devices if getattr(d, "type", None) == "ip_speaker"]
+    if not speakers:
+        return Result("media", "ok", "no IP speakers: nothing fetches media over the network")
+    bc = cfg.broadcast
+    if bc.media_listen and bc.media_public_url:
+        return Result("media", "ok", f"{len(speakers)} IP speaker(s) fetch media from {bc.media_public_url}")
+    return Result("media", "fail",
+                  f"{len(speakers)} IP speaker(s) but no broadcast.media_listen/media_public_url: they would fetch "
+                  "media from the centre at play time and fail (media_unavailable) when it is unreachable",
+                  "set broadcast.media_listen (e.g. 0.0.0.0:8091) and broadcast.media_public_url "
+                  "(e.g. http://192.168.10.1:8091, the gateway's LAN address)")
 
 
 def check_programs(kind: str) -> Iterator[Result]:

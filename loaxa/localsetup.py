@@ -33,8 +33,11 @@ def gateway_config(
     health_interval_s: float = 30.0,
     uplink_auth: tuple[str, str] | None = None,
     lan_auth: tuple[str, str] | None = None,
+    media_port: int | None = None,
 ) -> dict[str, Any]:
-    """A gateway config (as a dict ready for YAML) for servers on this machine."""
+    """A gateway config (as a dict ready for YAML) for servers on this machine. With ``media_port``
+    the gateway serves its verified media cache there and tells its speakers to fetch from it, so a
+    broadcast whose media the gateway holds plays with the whole centre gone (issue 15)."""
     cfg: dict[str, Any] = {
         "gateway": {"id": gw_id, "data_dir": str(data_dir)},
         "uplink": {"url": uplink_url, "keepalive_s": 10},
@@ -53,6 +56,9 @@ def gateway_config(
         cfg["local_broker"]["password"] = {"value": lan_auth[1]}
     if influx:
         cfg["influx"] = influx
+    if media_port:
+        cfg["broadcast"] = {"media_listen": f"127.0.0.1:{media_port}",
+                            "media_public_url": f"http://127.0.0.1:{media_port}"}
     return cfg
 
 

@@ -23,6 +23,10 @@ class MqttEndpoint(StrictModel):
     cert_file: Path | None = None
     key_file: Path | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    reconnect_max_s: float = Field(
+        default=10.0, ge=0.5, le=300,
+        description="longest wait between reconnect attempts (exponential backoff with jitter up to this)",
+    )
 
     @field_validator("url")
     @classmethod

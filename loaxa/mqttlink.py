@@ -1,6 +1,7 @@
 """A long-lived MQTT 5 connection that survives broker restarts and network cuts.
 
-``MqttLink`` wraps ``aiomqtt.Client``: it reconnects with exponential backoff and jitter, re-subscribes,
+``MqttLink`` wraps ``aiomqtt.Client``: it reconnects with exponential backoff and jitter (at most
+``reconnect_max_s`` of the endpoint, 10 s by default), re-subscribes,
 runs ``on_connect`` hooks (e.g. publish a retained "online" status), and queues publishes made while
 the broker is unreachable (in memory, bounded, oldest dropped and counted), flushing them in order on
 reconnect. The session is persistent (``clean_start=False`` with a session expiry) so QoS 1 messages
@@ -167,8 +168,10 @@ class MqttLink:
                 self._client = None
                 self.connected.clear()
             self.reconnects += 1
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 30.0)
+            # exponential backoff with "equal jitter", never longer than the endpoint's reconnect_max_s:
+            # a broker that comes back is used again within that time
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.endpoint.reconnect_max_s)
 
     def _handlers_for(self, message: aiomqtt.Message) -> list[tuple[str, Handler]]:
         """The subscriptions a topic matches, remembered per topic (matching a filter in aiomqtt

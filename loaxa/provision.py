@@ -483,7 +483,10 @@ use_username_as_clientid true
 
 max_packet_size {MAX_PACKET_SIZE}
 # persistence: Debian's /etc/mosquitto/mosquitto.conf sets `persistence true` and its location
-# (a second persistence_location here would stop Mosquitto from starting)
+# (a second persistence_location here would stop Mosquitto from starting). Save every second and
+# keep the gateway's session 30 days (docs/telemetry.md, "What survives what").
+autosave_interval 1
+persistent_client_expiration 30d
 max_queued_messages 100000
 """
 

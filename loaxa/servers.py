@@ -146,6 +146,9 @@ class Mosquitto(_Process):
     anonymous: bool = False
     bind_clientid: bool = False
     device_port: int = 0
+    #: persistence settings (``autosave_interval``, ...) replacing the defaults below, e.g. the
+    #: production LAN broker's (:class:`loaxa.brokers.LanBroker`)
+    conf_overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -199,6 +202,9 @@ class Mosquitto(_Process):
             # payloads are limited to 256 KiB by the contract; the packet adds topic and properties
             f"max_packet_size {MAX_PACKET_SIZE}",
         ]
+        if self.conf_overrides:
+            lines = [ln for ln in lines if ln.split(" ", 1)[0] not in self.conf_overrides]
+            lines += [f"{k} {v}" for k, v in self.conf_overrides.items()]
         if os.geteuid() == 0:  # mosquitto drops root privileges unless told to keep the current user
             import pwd
 

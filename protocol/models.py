@@ -84,6 +84,23 @@ class Ack(_Open):
 PlaybackState = Literal["started", "finished", "failed", "preempted", "skipped"]
 
 
+#: Failure reasons a gateway infers when a speaker said nothing in time. A later ``failed`` report of
+#: the speaker itself with another reason is more specific: it refines the outcome (the reason becomes
+#: ``"{speaker's reason}; {inferred}"``, see :func:`refined_reason`) instead of being dropped.
+INFERRED_FAILURE_REASONS = frozenset({"no_start_report", "no_finish_report"})
+
+
+def refined_reason(current: str | None, reported: str | None) -> str | None:
+    """The reason a ``failed`` outcome should get when a new ``failed`` report arrives, or None when
+    the report adds nothing (the outcome keeps its reason)."""
+    if current not in INFERRED_FAILURE_REASONS or not reported or reported in INFERRED_FAILURE_REASONS:
+        return None
+    if reported.endswith(f"; {current}"):  # already combined (by the gateway, for the centre)
+        return reported[:500]
+    suffix = f"; {current}"
+    return reported[: 500 - len(suffix)] + suffix
+
+
 class PlaybackEvent(_Open):
     """``loaxa/v1/{gw}/event`` with ``kind = "playback"``: what really played, per device."""
 
@@ -187,6 +204,21 @@ class Telemetry(_Strict):
             return list(self.readings)
         assert self.ts is not None and self.fields is not None
         return [Reading(ts=self.ts, fields=self.fields)]
+
+
+#: most timestamps one receipt names (a gateway splits longer lists over several receipts)
+MAX_RECEIPT_TS = 5_000
+
+
+class TelemetryReceipt(_Strict):
+    """``loaxa/v1/{gw}/dev/{dev}/receipt`` (gateway → device, QoS 1): the readings of this device the
+    gateway has committed to its disk (``stored``) or refused for good (``refused``: they will never be
+    stored, sending them again is pointless), by timestamp. A device that keeps a buffer forgets a
+    reading only when a receipt names it; see docs/protocol.md, "Telemetry receipts"."""
+
+    stored: list[EpochMs] = Field(default_factory=list, max_length=MAX_RECEIPT_TS)
+    refused: list[EpochMs] = Field(default_factory=list, max_length=MAX_RECEIPT_TS)
+    at: EpochMs
 
 
 # ---------------------------------------------------------------- commands (central → gateway)

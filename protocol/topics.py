@@ -13,9 +13,11 @@ ROOT = "loaxa/v1"
 GatewayTopicKind = Literal["status", "health", "cmd", "ack", "event"]
 #: ``ack`` and ``event`` (device → gateway) carry a device's answer to a ``cmd`` and its playback
 #: reports with the device's own timestamps; see docs/broadcast.md.
-DeviceTopicKind = Literal["state", "cmd", "telemetry", "ack", "event"]
+#: ``receipt`` (gateway → device) tells a sensor which of its telemetry readings are on the gateway's
+#: disk (docs/protocol.md, "Telemetry receipts").
+DeviceTopicKind = Literal["state", "cmd", "telemetry", "ack", "event", "receipt"]
 GATEWAY_KINDS: frozenset[str] = frozenset({"status", "health", "cmd", "ack", "event"})
-DEVICE_KINDS: frozenset[str] = frozenset({"state", "cmd", "telemetry", "ack", "event"})
+DEVICE_KINDS: frozenset[str] = frozenset({"state", "cmd", "telemetry", "ack", "event", "receipt"})
 
 
 def gateway_topic(gw: str, kind: GatewayTopicKind) -> str:

@@ -30,6 +30,7 @@ from protocol.models import (
     Envelope,
     PlaybackEvent,
     Status,
+    refined_reason,
 )
 from scheduler.models import (
     GW_DELIVERED,
@@ -140,6 +141,14 @@ def advance_speaker(row: SpeakerDelivery, state: str, at: int, now: int, reason:
         row.started_at = at
     elif state in TERMINAL_SPEAKER_STATES and row.state not in TERMINAL_SPEAKER_STATES:
         row.ended_at = at
+    if state == row.state == SPK_FAILED:
+        # a gateway's inferred reason (no_start_report) refined by the speaker's own (issue 15)
+        better = refined_reason(row.reason, reason)
+        if better is None:
+            return False
+        row.reason = better[:500]
+        row.updated_at = now
+        return True
     if SPEAKER_RANK[state] <= SPEAKER_RANK[row.state]:
         return False
     row.state = state

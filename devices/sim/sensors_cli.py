@@ -4,6 +4,10 @@ Each simulated device publishes on ``loaxa/v1/{gw}/dev/{dev}/telemetry`` exactly
 networked sensor would: ``{"ts":…,"fields":{…}}`` one reading at a time, or with ``--batch K``
 ``{"readings":[…]}`` of K readings (as a sensor that buffers while its Wi-Fi is down). The values
 come from devices.sensors.sim (flood waves, rain bursts, daily cycles, outages).
+
+With ``--receipts`` each device keeps its readings until the gateway's receipt names them
+(``loaxa/v1/{gw}/dev/{dev}/receipt``, devices/sim/receipts.py) and publishes them again after a
+reconnection or when a receipt is late: nothing is lost even when the broker dies.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from devices.sensors.sim import KINDS, SimTime, default_seed, make_model
+from devices.sim.receipts import ReceiptBuffer
 from protocol.ids import is_valid_id
 from protocol.models import Reading, Telemetry
 from protocol.topics import device_topic
@@ -50,6 +55,8 @@ class SimDevice:
     model: Any
     pending: list[Reading] = field(default_factory=list)
     published: int = 0
+    #: readings kept until the gateway's receipt (``--receipts``)
+    receipts: ReceiptBuffer | None = None
 
 
 @dataclass
@@ -57,12 +64,19 @@ class PublishStats:
     messages: int = 0
     readings: int = 0
     errors: int = 0
+    resent: int = 0
     started: float = field(default_factory=time.monotonic)
 
-    def summary(self, devices: int) -> dict[str, Any]:
+    def summary(self, devices: Sequence[SimDevice]) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started
-        return {"devices": devices, "messages": self.messages, "readings": self.readings, "errors": self.errors,
-                "elapsed_s": round(elapsed, 2), "readings_per_s": round(self.readings / elapsed, 1) if elapsed else 0}
+        out: dict[str, Any] = {
+            "devices": len(devices), "messages": self.messages, "readings": self.readings, "errors": self.errors,
+            "elapsed_s": round(elapsed, 2), "readings_per_s": round(self.readings / elapsed, 1) if elapsed else 0}
+        bufs = [d.receipts for d in devices if d.receipts is not None]
+        if bufs:
+            out.update(receipted=sum(b.stored + b.refused for b in bufs), unreceipted=sum(len(b) for b in bufs),
+                       resent=self.resent, dropped_unreceipted=sum(b.dropped for b in bufs))
+        return out
 
 
 def make_devices(gateway: str, count: int, kinds: Sequence[str], prefix: str, seed: int | None) -> list[SimDevice]:
@@ -111,6 +125,9 @@ async def publish_sim_sensors(
     tick = 0
 
     async def send(dev: SimDevice, readings: list[Reading]) -> None:
+        if dev.receipts is not None:
+            for r in readings:
+                dev.receipts.add(r)
         async with gate:
             try:
                 await client.publish(device_topic(gateway, dev.id, "telemetry"), telemetry_payload(readings), qos=qos)
@@ -140,11 +157,39 @@ async def publish_sim_sensors(
                 sends.append(send(dev, readings))
         if sends:
             await asyncio.gather(*sends)
+        await resend(client, gateway, devices, lambda b: b.due(), qos=qos, stats=stats)
         tick += 1
         if done():
             break
         await asyncio.sleep(max(0.0, start + tick * interval_s - loop.time()))
     return stats
+
+
+async def resend(client: Any, gateway: str, devices: Sequence[SimDevice], pick: Any, *, qos: int,
+                 stats: PublishStats, chunk: int = 500) -> None:
+    """Publish again what ``pick(buffer)`` returns (``unreceipted`` after a reconnection, ``due``
+    otherwise) for every device that keeps receipts."""
+    for dev in devices:
+        if dev.receipts is None:
+            continue
+        again: list[Reading] = pick(dev.receipts)
+        for i in range(0, len(again), chunk):
+            part = again[i : i + chunk]
+            await client.publish(device_topic(gateway, dev.id, "telemetry"), telemetry_payload(part), qos=qos)
+            stats.resent += len(part)
+
+
+def unreceipted(devices: Sequence[SimDevice]) -> int:
+    return sum(len(d.receipts) for d in devices if d.receipts is not None)
+
+
+async def read_receipts(client: Any, devices: Sequence[SimDevice]) -> None:
+    """Feed every receipt that arrives to its device's buffer (until cancelled)."""
+    by_id = {d.id: d for d in devices}
+    async for msg in client.messages:
+        dev = by_id.get(str(msg.topic).split("/")[4]) if str(msg.topic).count("/") == 5 else None
+        if dev is not None and dev.receipts is not None:
+            dev.receipts.on_receipt(bytes(msg.payload))
 
 
 class DeviceClients:
@@ -188,6 +233,29 @@ class DeviceClients:
     async def publish(self, topic: str, payload: Any, qos: int = 0) -> None:
         await self.clients[topic.split("/")[4]].publish(topic, payload, qos=qos)
 
+    async def subscribe(self, topic: str, qos: int = 0) -> None:
+        await self.clients[topic.split("/")[4]].subscribe(topic, qos=qos)
+
+    @property
+    def messages(self) -> Any:
+        """Messages of all the devices' connections, merged."""
+        return self._merged()
+
+    async def _merged(self) -> Any:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump(c: Any) -> None:
+            async for m in c.messages:
+                await queue.put(m)
+
+        tasks = [asyncio.create_task(pump(c)) for c in self.clients.values()]
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            for t in tasks:
+                t.cancel()
+
 
 async def _main(args: argparse.Namespace) -> int:
     import aiomqtt
@@ -200,6 +268,9 @@ async def _main(args: argparse.Namespace) -> int:
                             password=Secret(value=password) if password else None)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     devices = make_devices(args.gateway, args.count, kinds, args.prefix, args.seed)
+    if args.receipts:
+        for d in devices:
+            d.receipts = ReceiptBuffer(resend_after_s=args.resend_after)
     if args.print_config:
         print(devices_yaml(devices), end="")
         return 0
@@ -225,23 +296,42 @@ async def _main(args: argparse.Namespace) -> int:
             async with connect as client:
                 client.pending_calls_threshold = 1000  # many sensors publish at once, by design
                 delay = 0.5
-                await publish_sim_sensors(
-                    client, args.gateway, devices, interval_s=args.interval, batch=args.batch, speed=args.speed,
-                    messages=args.messages, duration_s=args.duration, qos=args.qos, stats=stats)
-                for dev in devices:  # what a partly filled batch still holds
-                    if dev.pending:
-                        readings, dev.pending = dev.pending, []
-                        await client.publish(device_topic(args.gateway, dev.id, "telemetry"),
-                                             telemetry_payload(readings), qos=args.qos)
-                        stats.messages += 1
-                        stats.readings += len(readings)
+                reader = None
+                if args.receipts:
+                    for d in devices:
+                        await client.subscribe(device_topic(args.gateway, d.id, "receipt"), qos=1)
+                    reader = asyncio.create_task(read_receipts(client, devices))
+                    # after a (re)connection: everything without a receipt, again
+                    await resend(client, args.gateway, devices, lambda b: b.unreceipted(), qos=args.qos, stats=stats)
+                try:
+                    await publish_sim_sensors(
+                        client, args.gateway, devices, interval_s=args.interval, batch=args.batch, speed=args.speed,
+                        messages=args.messages, duration_s=args.duration, qos=args.qos, stats=stats)
+                    for dev in devices:  # what a partly filled batch still holds
+                        if dev.pending:
+                            readings, dev.pending = dev.pending, []
+                            if dev.receipts is not None:
+                                for r in readings:
+                                    dev.receipts.add(r)
+                            await client.publish(device_topic(args.gateway, dev.id, "telemetry"),
+                                                 telemetry_payload(readings), qos=args.qos)
+                            stats.messages += 1
+                            stats.readings += len(readings)
+                    if args.receipts:  # wait for the last receipts, sending again what is late
+                        deadline = time.monotonic() + args.receipt_wait
+                        while unreceipted(devices) and time.monotonic() < deadline:
+                            await asyncio.sleep(0.2)
+                            await resend(client, args.gateway, devices, lambda b: b.due(), qos=args.qos, stats=stats)
+                finally:
+                    if reader is not None:
+                        reader.cancel()
             break
         except aiomqtt.MqttError as exc:
             print(f"broker {args.broker}: {exc}; retrying in {delay:g}s", file=sys.stderr, flush=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
-    print(json.dumps(stats.summary(len(devices))), flush=True)
-    return 0
+    print(json.dumps(stats.summary(devices)), flush=True)
+    return 1 if unreceipted(devices) else 0
 
 
 def _kinds(value: str) -> str:
@@ -300,6 +390,13 @@ def register_sim(simsub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--messages", type=_positive(int), help="stop after this many messages per sensor")
     p.add_argument("--duration", type=_positive(float), help="stop after this many seconds")
     p.add_argument("--qos", type=int, choices=[0, 1], default=1, help="MQTT QoS (default 1)")
+    p.add_argument("--receipts", action="store_true",
+                   help="keep each reading until the gateway's receipt says it is on disk; publish again after a "
+                        "reconnection (docs/protocol.md, Telemetry receipts); exit 1 if some never got one")
+    p.add_argument("--resend-after", type=_positive(float), default=30.0,
+                   help="--receipts: publish a reading again after this many seconds without a receipt (default 30)")
+    p.add_argument("--receipt-wait", type=_positive(float), default=30.0,
+                   help="--receipts: at the end, wait this long for the last receipts (default 30)")
     p.add_argument("--print-config", action="store_true",
                    help="print the gateway YAML 'devices:' entries for these sensors and exit")
     p.set_defaults(func=run)

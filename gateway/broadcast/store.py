@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from protocol.models import PlanItem
+from protocol.models import PlanItem, refined_reason
 
 T = TypeVar("T")
 
@@ -265,8 +265,20 @@ class PlanStore:
 
     def _advance_sync(self, broadcast_id: str, device: str, state: str, at: int | None, reason: str | None,
                       event: str | None) -> bool:
-        row = self._db.execute("SELECT state FROM outcomes WHERE broadcast_id=? AND device=?",
+        row = self._db.execute("SELECT state, reason FROM outcomes WHERE broadcast_id=? AND device=?",
                                (broadcast_id, device)).fetchone()
+        if row is not None and row[0] == "failed" and state == "failed":
+            # the speaker's own, later reason beats the gateway's guess (no_start_report): keep both
+            better = refined_reason(row[1], reason)
+            if better is None:
+                return False
+            self._db.execute("UPDATE outcomes SET reason=? WHERE broadcast_id=? AND device=?",
+                             (better, broadcast_id, device))
+            if event is not None:
+                ev = json.loads(event)
+                ev["reason"] = better
+                self._db.execute("INSERT INTO outbox(payload) VALUES (?)", (json.dumps(ev, separators=(",", ":")),))
+            return True
         if row is None or row[0] in TERMINAL or RANK[state] <= RANK[row[0]]:
             return False
         self._db.execute("UPDATE outcomes SET state=?, at=?, reason=? WHERE broadcast_id=? AND device=?",

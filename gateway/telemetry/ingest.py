@@ -33,17 +33,29 @@ Persistent session
     connection the message came on (a message id means nothing on the next connection); anything
     not acked before a disconnect is redelivered by the broker: that is where at-least-once
     duplicates come from.
+
+Receipts and the lost-session alarm
+    The PUBACK a *sensor* gets comes from the broker, which keeps the reading in memory until its
+    next save: a broker killed in between loses it. So after each commit the gateway also publishes
+    a receipt to every device in the batch (``loaxa/v1/{gw}/dev/{dev}/receipt``, QoS 1), naming the
+    timestamps now on disk or refused for good; a device that keeps its readings until the receipt
+    loses nothing whatever happens to the broker. When the broker answers a CONNECT without the
+    session it used to have (a restart without persistence), ``on_session_lost`` raises the alarm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -52,6 +64,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from loaxa.mqttconf import MqttEndpoint
+from protocol.models import MAX_RECEIPT_TS
 
 from .spool import NewRow, Spool
 
@@ -77,6 +90,8 @@ class InMsg:
 
 #: Turns a list of messages into rows to store (counting whatever it refuses).
 Process = Callable[[list[InMsg]], list[NewRow]]
+#: {device: (timestamps stored, timestamps refused)} for the receipts of one commit
+Receipts = dict[str, tuple[list[int], list[int]]]
 
 
 class TelemetryIngest:
@@ -91,6 +106,10 @@ class TelemetryIngest:
         session_expiry_s: int = 7 * 86400,
         receive_maximum: int = 200,
         mqtt_version: int = 3,
+        receipt_topic: Callable[[str], str] | None = None,
+        take_refused: Callable[[], dict[str, list[int]]] | None = None,
+        on_session_lost: Callable[[], None] | None = None,
+        session_marker: Path | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.topic_filter = topic_filter
@@ -100,6 +119,15 @@ class TelemetryIngest:
         self.session_expiry_s = session_expiry_s
         self.receive_maximum = receive_maximum
         self.mqtt_version = mqtt_version
+        #: device id → topic of its receipts (None: no receipts are sent)
+        self.receipt_topic = receipt_topic
+        self.take_refused = take_refused
+        self.on_session_lost = on_session_lost
+        #: a file that exists once this gateway's telemetry client has had a session on the broker:
+        #: connecting later without one means the broker lost it (and what it held for us)
+        self.session_marker = session_marker
+        self.receipts_sent = 0
+        self.sessions_lost = 0
         self.connected = asyncio.Event()
         self.received = 0
         self.acked = 0
@@ -133,12 +161,30 @@ class TelemetryIngest:
         self.connects += 1
         self._backoff = 1.0
         client.subscribe(self.topic_filter, qos=1)
-        log.info(
-            "telemetry ingest connected to %s (session present: %s)",
-            self.endpoint.url,
-            getattr(flags, "session_present", "?"),
-        )
+        present = getattr(flags, "session_present", None)
+        log.info("telemetry ingest connected to %s (session present: %s)", self.endpoint.url, present)
         self.connected.set()
+        self._check_session(present)
+
+    def _check_session(self, present: bool | None) -> None:
+        """Raise the alarm when the broker has no session although we had one: whatever it held for
+        us (readings sensors sent while the gateway was away) is gone."""
+        marker = self.session_marker
+        if present is None or marker is None:
+            return
+        had_one = marker.exists()
+        if had_one and not present:
+            self.sessions_lost += 1
+            log.error("the LAN broker %s has no session for %s: readings queued for the gateway were lost",
+                      self.endpoint.url, self.client_id)
+            if self.on_session_lost is not None:
+                self.on_session_lost()
+        elif not had_one:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(f"{self.client_id}\n")
+            except OSError as exc:
+                log.warning("cannot write %s: %s (a lost broker session will not be noticed)", marker, exc)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._epoch += 1
@@ -295,18 +341,51 @@ class TelemetryIngest:
                     self.poisoned += 1
                     log.exception("telemetry message on %s could not be processed; dropping it", m.topic[:200])
         acks = [(m.mid, m.qos, m.epoch) for m in batch if m.qos > 0]
-        self._submit(rows, acks, len(batch), size)
+        self._submit(rows, acks, len(batch), size, self._receipts(rows))
 
-    def _submit(self, rows: list[NewRow], acks: list[tuple[int, int, int]], msgs: int, nbytes: int) -> None:
+    def _receipts(self, rows: list[NewRow]) -> Receipts:
+        """What the receipts of this batch will say, once it is committed."""
+        if self.receipt_topic is None:
+            return {}
+        out: Receipts = {}
+        for ts, dev, _meas, _fields in rows:
+            out.setdefault(dev, ([], []))[0].append(ts)
+        if self.take_refused is not None:
+            for dev, refused in self.take_refused().items():
+                out.setdefault(dev, ([], []))[1].extend(refused)
+        return out
+
+    def _submit(
+        self, rows: list[NewRow], acks: list[tuple[int, int, int]], msgs: int, nbytes: int, receipts: Receipts
+    ) -> None:
         def done(exc: BaseException | None) -> None:
             if exc is None:
                 self._ack(acks)
+                self._send_receipts(receipts)
                 self._release(msgs, nbytes)
             elif self._loop is not None and not self._loop.is_closed():
                 # keep the messages unacknowledged and try the commit again: nothing is lost
-                self._loop.call_later(1.0, self._submit, rows, acks, msgs, nbytes)
+                self._loop.call_later(1.0, self._submit, rows, acks, msgs, nbytes, receipts)
 
         self.spool.submit(rows, done)
+
+    def _send_receipts(self, receipts: Receipts) -> None:
+        """After the commit: tell each device which of its readings are on disk (QoS 1). Not sent while
+        disconnected; the device then sends those readings again and the duplicates are harmless."""
+        client = self.client
+        if client is None or self.receipt_topic is None or not receipts or not self.connected.is_set():
+            return
+        now = int(time.time() * 1000)
+        for dev, (stored, refused) in receipts.items():
+            topic = self.receipt_topic(dev)
+            stored = sorted(set(stored))
+            refused = sorted(set(refused) - set(stored))
+            step = MAX_RECEIPT_TS
+            for i in range(0, max(len(stored), len(refused)), step):
+                payload = json.dumps({"stored": stored[i : i + step], "refused": refused[i : i + step], "at": now},
+                                     separators=(",", ":"))
+                if client.publish(topic, payload, qos=1).rc == paho.MQTT_ERR_SUCCESS:
+                    self.receipts_sent += 1
 
     def _ack(self, acks: list[tuple[int, int, int]]) -> None:
         client = self.client
@@ -366,9 +445,10 @@ class TelemetryIngest:
                         await loop.run_in_executor(None, lambda: client.connect(ep.host, ep.port, ep.keepalive_s))
                 except (OSError, ValueError) as exc:
                     self.last_error = f"cannot connect to {ep.url}: {exc}"
-                    log.warning("telemetry ingest: %s; retrying in %.0f s", self.last_error, self._backoff)
-                    await asyncio.sleep(self._backoff)
-                    self._backoff = min(self._backoff * 2, 10.0)
+                    wait = self._backoff * random.uniform(0.5, 1.0)
+                    log.warning("telemetry ingest: %s; retrying in %.1f s", self.last_error, wait)
+                    await asyncio.sleep(wait)
+                    self._backoff = min(self._backoff * 2, self.endpoint.reconnect_max_s)
                     continue
                 misc = loop.create_task(self._misc_forever(client))
                 try:
@@ -379,8 +459,8 @@ class TelemetryIngest:
                 self._epoch += 1
                 with contextlib.suppress(Exception):
                     client.disconnect()  # make sure the socket is closed before connecting again
-                await asyncio.sleep(self._backoff)
-                self._backoff = min(self._backoff * 2, 10.0)
+                await asyncio.sleep(self._backoff * random.uniform(0.5, 1.0))
+                self._backoff = min(self._backoff * 2, self.endpoint.reconnect_max_s)
         finally:
             # no clean DISCONNECT of the session: unacknowledged messages stay queued at the broker
             with contextlib.suppress(Exception):
@@ -410,4 +490,6 @@ class TelemetryIngest:
             "telemetry_mqtt_connects": self.connects,
             "telemetry_mqtt_pauses": self.pauses,
             "telemetry_mqtt_poisoned": self.poisoned,
+            "telemetry_receipts_sent": self.receipts_sent,
+            "telemetry_mqtt_sessions_lost": self.sessions_lost,
         }

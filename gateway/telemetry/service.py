@@ -22,7 +22,7 @@ from devices.config import MqttSensorConfig
 from gateway.config import GatewayConfig, InfluxSection
 from loaxa.clock import now_ms
 from protocol.models import AlarmEvent, Reading
-from protocol.topics import filter_devices
+from protocol.topics import device_topic, filter_devices
 
 from .ingest import InMsg, TelemetryIngest
 from .lineproto import format_fields, line, tag_set
@@ -33,6 +33,8 @@ from .writer import RejectedData, TooLarge, TransientError, Writer, make_writer
 log = logging.getLogger(__name__)
 
 SPOOL_FILE = "telemetry-spool.sqlite3"
+#: exists once the telemetry client has had a session on the LAN broker (see ``_session_lost``)
+SESSION_MARKER = "telemetry-mqtt-session"
 _MEASUREMENT_RE = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 PublishEvent = Callable[[AlarmEvent], Awaitable[None]]
@@ -93,7 +95,14 @@ class TelemetryService:
             client_id=f"loaxa-gw-{self.gateway_id}-telemetry"[:128],
             process=self._process,
             spool=self.spool,
+            receipt_topic=lambda dev: device_topic(self.gateway_id, dev, "receipt"),
+            take_refused=self._take_refused,
+            on_session_lost=self._session_lost,
+            session_marker=data_dir / SESSION_MARKER,
         )
+        #: refused readings (by device) of the batch being processed, for its receipts
+        self._refused_ts: dict[str, list[int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         # counters
         self.rejected: Counter[str] = Counter()
         self.rejected_by_device: Counter[str] = Counter()
@@ -177,8 +186,31 @@ class TelemetryService:
         checked = check_payload(m.payload, now, self.limits)
         if checked.rejected:
             self._reject(checked.rejected, dev, size=len(m.payload))
+            if checked.refused_ts:
+                self._refused_ts.setdefault(dev, []).extend(checked.refused_ts)
         for ts, fields in checked.accepted:
             rows.append((ts, dev, meas, fields))
+
+    def _take_refused(self) -> dict[str, list[int]]:
+        refused, self._refused_ts = self._refused_ts, {}
+        return refused
+
+    def _session_lost(self) -> None:
+        """The LAN broker came back without the telemetry client's session (restarted without saving
+        it): what it held for the gateway is gone. Devices with receipts send theirs again; readings
+        of plain MQTT sensors sent while the gateway was away are lost, and the technician must know."""
+        event = AlarmEvent(
+            code="telemetry_session_lost",
+            severity="critical",
+            at=now_ms(),
+            message=f"the LAN broker {self.config.local_broker.url} had no session for the gateway's telemetry "
+            "client: readings that sensors without receipts sent while the gateway was not connected may be "
+            "lost (was the broker restarted without persistence, or its database deleted?)",
+            details={"broker": self.config.local_broker.url, "client_id": self.ingest.client_id},
+        )
+        task = asyncio.get_running_loop().create_task(self._publish_alarm(event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def accept_polled(self, device_id: str, measurement: str, readings: Sequence[Reading]) -> None:
         """The :data:`devices.base.ReadingSink`: returns once the valid readings are committed."""
@@ -281,6 +313,9 @@ class TelemetryService:
                     delay = min(delay * 2, cfg.retry_max_s)
                     continue
                 await spool.mark_delivered(rows[-1].id, bad)
+                if self.last_error is not None:
+                    log.info("InfluxDB writes succeed again (last error: %s)", self.last_error)
+                    self.last_error = None
                 if bad:
                     await self._alarm_quarantine(bad)
                 self.written += len(rows) - len(bad)
@@ -349,10 +384,26 @@ class TelemetryService:
             details={"count": len(seen), "devices": devices[:50], "examples": seen[:5]},
         ))
 
+    async def _alarm_dropped(self, drops: tuple[int, int, int]) -> None:
+        """A full spool that drops undelivered readings is data loss: an alarm, not only a counter."""
+        count, oldest, newest = drops
+        await self._publish_alarm(AlarmEvent(
+            code="telemetry_dropped",
+            severity="critical",
+            at=now_ms(),
+            message=f"the telemetry spool is full ({self.spool.max_bytes} bytes): dropped the {count} oldest "
+            f"undelivered reading(s), ts {oldest} to {newest}; is InfluxDB reachable?",
+            details={"count": count, "oldest_ts": oldest, "newest_ts": newest, "spool_max_bytes": self.spool.max_bytes,
+                     "influx_last_error": self.last_error},
+        ))
+
     async def _alarms_forever(self) -> None:
         interval = self.config.spool.alarm_interval_s
         while True:
             await asyncio.sleep(min(interval, 5.0) if not (self._alarm_pending or self._oversize) else interval)
+            drops = self.spool.take_drops()
+            if drops is not None:
+                await self._alarm_dropped(drops)
             if self._oversize:
                 await self._alarm_oversize()
             if not self._alarm_pending:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -134,6 +135,9 @@ class Spool:
         self.commits = 0
         self.delivered_rows = 0
         self.retained_evicted = 0
+        #: undelivered readings dropped since the last :meth:`take_drops` (count, oldest ts, newest ts)
+        self._drops: tuple[int, int, int] | None = None
+        self._drops_lock = threading.Lock()
         self.last_commit_error: str | None = None
         self.moved_aside: Path | None = None  # set when an unreadable spool file was moved aside
         # spool thread only
@@ -292,15 +296,29 @@ class Spool:
         self.committed_rows += len(rows)
         self.commits += 1
         if evicted is not None:
-            freed, dropped_pending, dropped_retained = evicted
+            freed, dropped_pending, dropped_retained, span = evicted
+            if dropped_pending and span is not None:
+                with self._drops_lock:
+                    old = self._drops
+                    self._drops = (
+                        (dropped_pending, *span) if old is None
+                        else (old[0] + dropped_pending, min(old[1], span[0]), max(old[2], span[1]))
+                    )
             self.bytes -= freed
             self.pending -= dropped_pending
             self.dropped += dropped_pending
             self.retained_evicted += dropped_retained
 
-    def _evict_sync(self, total: int) -> tuple[int, int, int]:
+    def take_drops(self) -> tuple[int, int, int] | None:
+        """(count, oldest ts, newest ts) of the undelivered readings dropped since the last call."""
+        with self._drops_lock:
+            drops, self._drops = self._drops, None
+        return drops
+
+    def _evict_sync(self, total: int) -> tuple[int, int, int, tuple[int, int] | None]:
         """Delete the oldest rows until the spool is back to ``evict_to`` of its bound (inside the
-        caller's transaction). Returns (bytes freed, undelivered rows dropped, retained rows dropped)."""
+        caller's transaction). Returns (bytes freed, undelivered rows dropped, retained rows dropped,
+        (oldest, newest) ts of the undelivered rows dropped)."""
         conn = self.conn
         target = total - int(self.max_bytes * self.evict_to)
         freed = 0
@@ -319,12 +337,12 @@ class Spool:
                     break
             after = chunk[-1][0]
         if not cut:
-            return 0, 0, 0
+            return 0, 0, 0, None
         (retained,) = conn.execute(
             "SELECT COUNT(*) FROM readings WHERE id <= ? AND id <= ?", (cut, self.delivered_upto)
         ).fetchone()
-        (pending,) = conn.execute(
-            "SELECT COUNT(*) FROM readings WHERE id <= ? AND id > ?", (cut, self.delivered_upto)
+        pending, oldest, newest = conn.execute(
+            "SELECT COUNT(*), MIN(ts), MAX(ts) FROM readings WHERE id <= ? AND id > ?", (cut, self.delivered_upto)
         ).fetchone()
         conn.execute("DELETE FROM readings WHERE id <= ?", (cut,))
         if pending:
@@ -335,7 +353,8 @@ class Spool:
                 self.max_bytes,
                 pending,
             )
-        return freed, int(pending), int(retained)
+        span = (int(oldest), int(newest)) if pending else None
+        return freed, int(pending), int(retained), span
 
     # ------------------------------------------------------------------ delivery
 

@@ -69,6 +69,8 @@ class Checked:
 
     accepted: list[tuple[int, str]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    #: timestamps of refused readings that had a valid ``ts`` (named in the device's receipt)
+    refused_ts: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,9 @@ def check_readings(items: Sequence[Any], now_ms: int, limits: Limits = Limits())
         if isinstance(res, Rejection):
             slot = counts.setdefault(res.reason, [res.message, 0])
             slot[1] += 1
+            ts = item.get("ts") if type(item) is dict else None
+            if type(ts) is int and 0 <= ts <= 2**53:
+                out.refused_ts.append(ts)
         else:
             out.accepted.append(res)
     out.rejected = [Rejection(reason, msg, n) for reason, (msg, n) in counts.items()]

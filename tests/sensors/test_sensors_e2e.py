@@ -6,6 +6,7 @@ Needs the telemetry service (spool + InfluxDB writer, gateway.telemetry); skippe
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_sensor_readings_reach_influxdb(tmp_path: Path, central_broker_factory: 
                            what="sim_sensor readings in InfluxDB")
         # the gateway is up and listening on its LAN broker: now the LAN sensors may talk
         sim = spawn_loaxa("sim", "sensors", "--broker", lan.device_url, "--gateway", "xa-e2e", "--count", "2",
-                          "--credentials", str(creds),
+                          "--credentials", str(creds), "--receipts",
                           "--kinds", "rain,power", "--interval", "0.3", "--messages", "5", "--seed", "3",
                           log=tmp_path / "sim.log")
         temp = wait_until(lambda: influxdb1.points("environment", where="WHERE device = 'nhiet-do-tu'"), 30,
@@ -62,6 +63,10 @@ def test_sensor_readings_reach_influxdb(tmp_path: Path, central_broker_factory: 
                            what="LAN sim sensor readings in InfluxDB")
         rain = wait_until(lambda: len(influxdb1.points("rain")) >= 5 and influxdb1.points("rain"), 30,
                           what="LAN sim rain readings in InfluxDB")
+        # the simulated sensors keep each reading until the gateway's receipt: all of them got one
+        assert sim.wait(60) == 0, (tmp_path / "sim.log").read_text()[-2000:]
+        summary = json.loads((tmp_path / "sim.log").read_text().strip().splitlines()[-1])
+        assert summary["receipted"] == summary["readings"] == 10 and summary["unreceipted"] == 0
     finally:
         procs = [p for p in (sim, gw) if p is not None]
         for p in procs:
