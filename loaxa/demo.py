@@ -336,6 +336,10 @@ def print_banner(ep: dict[str, Any], endpoints_file: Path | None) -> None:
             "      --text 'Thông báo khẩn: lúc 17h30 ngày 02/12/2026 mực nước sông đạt 132,5 cm, "
             "bà con di chuyển lên vùng cao.'",
             "  .venv/bin/loaxa broadcast status BROADCAST_ID --login admin",
+            "",
+            "The IOC reads the last hour of water levels of one commune (CSV) with its token:",
+            f"  curl -H 'Authorization: Bearer {ep['tokens']['ioc']['token']}' \\",
+            f"      '{url}/ioc/v1/readings?measurement=water_level&gateway={next(iter(ep['gateways']))}&format=csv'",
         ]
     lines += [
         "",

@@ -104,6 +104,21 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         for measurement in ("water_level", "rain", "environment", "air_quality", "power", "gateway_health"):
             wait_until(lambda m=measurement: _count(influx, m) > 0, timeout=30, interval=1,
                        what=f"{measurement} readings in InfluxDB")
+        # the IOC's curl line from the banner: a CSV of the commune's water levels, read with its token
+        first = next(iter(ep["gateways"]))
+
+        def ioc_rows() -> list[str] | None:
+            req = urllib.request.Request(
+                f"{url}/ioc/v1/readings?measurement=water_level&gateway={first}&format=csv",
+                headers={"Authorization": f"Bearer {tokens['ioc']['token']}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                rows = resp.read().decode().splitlines()
+            return rows if len(rows) > 1 else None
+
+        rows = wait_until(ioc_rows, timeout=30, interval=1, what="water levels through the IOC API")
+        assert rows[0].startswith("time,gateway,device,commune,") and "water_level_cm" in rows[0], rows[:2]
+        assert all(r.split(",")[1] == first for r in rows[1:]), rows[:3]
+        assert f"&gateway={first}&format=csv" in (tmp_path / "demo.log").read_text()
         assert proc.wait(90) == 0, (tmp_path / "demo.log").read_text()[-3000:]
         # a clean stop: each gateway said offline on its way out
         wait_until(lambda: all(statuses.get(g) == "offline" for g in gateways), timeout=5,
