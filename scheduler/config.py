@@ -9,6 +9,7 @@ from pydantic import Field
 
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
+from scheduler.fleet.config import FleetSection
 
 
 class SchedulerSection(StrictModel):
@@ -75,6 +76,7 @@ class SchedulerConfig(StrictModel):
     media: MediaSection = MediaSection()
     dispatch: DispatchSection = DispatchSection()
     influx: IocInfluxSection | None = None
+    fleet: FleetSection = FleetSection()
 
 
 def load_scheduler_config(path: str | Path) -> SchedulerConfig:

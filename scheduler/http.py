@@ -110,6 +110,18 @@ def _file_chunks(path: Path, first: int, last: int) -> Iterator[bytes]:
             yield chunk
 
 
+class _TokenCaller:
+    """The caller of the shared API token: every permission, every gateway."""
+
+    name = "api-token"
+
+    def can(self, perm: str, gateway: str | None = None) -> bool:
+        return True
+
+    def gateways(self, perm: str) -> frozenset[str] | None:
+        return None
+
+
 def create_app(
     dispatcher: Dispatcher,
     library: MediaLibrary,
@@ -117,6 +129,7 @@ def create_app(
     media_url: Any,
     timezone: str = "Asia/Ho_Chi_Minh",
     api_token: str | None = None,
+    fleet: Any = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Loa Xã scheduler",
@@ -324,5 +337,23 @@ def create_app(
     @app.get("/api/gateways", dependencies=api, summary="Gateways, their status and their speakers")
     async def gateways() -> list[dict[str, Any]]:
         return await store.call(db.gateways)
+
+    if fleet is not None:
+        from scheduler.fleet.routes import make_router
+
+        def token_require(perm: str) -> Any:
+            """Until accounts and roles exist: the API token holds every permission in every area."""
+
+            def dependency(authorization: Annotated[str | None, Header()] = None) -> _TokenCaller:
+                check_token(authorization)
+                return _TokenCaller()
+
+            return dependency
+
+        async def log_audit(p: Any, request: Request, action: str, target: str | None, detail: dict[str, Any]) -> None:
+            client = request.client.host if request.client else "unknown"
+            log.info("audit: %s from %s: %s %s %s", p.name, client, action, target, detail)
+
+        app.include_router(make_router(fleet, token_require, log_audit))
 
     return app

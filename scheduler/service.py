@@ -21,6 +21,7 @@ from protocol.signing import Signer, load_private_key
 from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
+from scheduler.fleet.service import Fleet
 from scheduler.http import create_app
 from scheduler.media import MediaLibrary
 from scheduler.store.migrate import MigrationError
@@ -61,6 +62,7 @@ class Scheduler:
     library: MediaLibrary
     dispatcher: Dispatcher
     app: FastAPI
+    fleet: Fleet
 
     @classmethod
     def build(cls, cfg: SchedulerConfig) -> Scheduler:
@@ -111,8 +113,10 @@ class Scheduler:
             token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
         except RuntimeError as exc:
             raise SetupError(f"http.api_token: {exc}") from exc
-        app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token)
-        return cls(cfg, astore, library, dispatcher, app)
+        fleet = Fleet(cfg.fleet, dispatcher, influx=cfg.influx, timezone=cfg.scheduler.timezone)
+        app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token,
+                         fleet=fleet)
+        return cls(cfg, astore, library, dispatcher, app, fleet)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -151,11 +155,12 @@ class Scheduler:
         )
         stop = stop or asyncio.Event()
         disp = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
+        fleet = asyncio.create_task(self.fleet.run(), name="fleet")
         http = asyncio.create_task(server.serve(), name="http")
         waiter = asyncio.create_task(stop.wait(), name="stop")
         systemd = asyncio.create_task(self._systemd(server), name="systemd")
         try:
-            done, _ = await asyncio.wait({disp, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({disp, fleet, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 if t is not waiter and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
@@ -163,9 +168,10 @@ class Scheduler:
             sdnotify.notify("STOPPING=1")
             server.should_exit = True
             disp.cancel()
+            fleet.cancel()
             waiter.cancel()
             systemd.cancel()
-            await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
+            await asyncio.gather(disp, fleet, http, waiter, systemd, return_exceptions=True)
             await asyncio.to_thread(self.store.close)
 
 
