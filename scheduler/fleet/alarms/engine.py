@@ -305,21 +305,21 @@ class AlarmEngine:
 
     # ------------------------------------------------------------ people
 
-    async def acknowledge(self, alarm_id: int, by: str, note: str | None) -> AlarmRecord:
+    async def acknowledge(self, alarm_id: int, by: str, note: str | None, at: int | None = None) -> AlarmRecord:
         async with self._lock:
             rec = next((r for r in self.alarms.values() if r.id == alarm_id), None)
             if rec is None:
                 rec = await self.astore.call(self.store.get_alarm, alarm_id)
             if rec is None:
                 raise LookupError(f"no alarm {alarm_id}")
-            now = now_ms()
+            now = now_ms() if at is None else at
             acked = acknowledge(rec, now, by=by, note=note)
             (saved,) = await self.astore.call(self.store.save_alarms, [(acked, "acknowledged", by, note)], now)
             if saved.status == "active":
                 self.alarms[saved.key] = saved
             return saved
 
-    async def clear_by_hand(self, alarm_id: int, by: str, note: str | None) -> AlarmRecord:
+    async def clear_by_hand(self, alarm_id: int, by: str, note: str | None, at: int | None = None) -> AlarmRecord:
         """Clear an alarm whose condition the scheduler cannot see end (it comes back if it still holds)."""
         async with self._lock:
             rec = next((r for r in self.alarms.values() if r.id == alarm_id), None)
@@ -328,7 +328,7 @@ class AlarmEngine:
                 if stored is None:
                     raise LookupError(f"no alarm {alarm_id}")
                 raise LifecycleError(f"alarm {alarm_id} is already cleared")
-            now = now_ms()
+            now = now_ms() if at is None else at
             cleared = clear(rec, now, by=by, note=note)
             (saved,) = await self.astore.call(self.store.save_alarms, [(cleared, "cleared", by, note)], now)
             self.alarms.pop(rec.key, None)
