@@ -174,7 +174,8 @@ class FleetActions:
         asked_at = now_ms()
 
         def done() -> bool:
-            return self._refused(env.id) or ((view.health_at or 0) > before and (view.health_at or 0) >= asked_at)
+            fresh = (view.health_at or 0) > before and (view.health_at or 0) >= asked_at
+            return self._refused(env.id) or (fresh and self.state.acks.get(env.id) is not None)
 
         await self.state.wait_for(done, self.timeout_s)
         ack = self._ack_dict(env.id, sent)

@@ -7,8 +7,8 @@ outcome). ``require`` and ``audit`` come from the access package (scheduler/acce
 passed in, so this module does not depend on how callers authenticate.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: FastAPI reads the route annotations at definition
+# time, and the permission dependencies are built inside make_router.
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, Protocol
 
@@ -57,7 +57,7 @@ class SetIn(BaseModel):
         default=None, max_length=500, description="gateway-wide set only: these devices (default: all speakers)")
 
     @model_validator(mode="after")
-    def _something(self) -> SetIn:
+    def _something(self) -> "SetIn":
         if self.volume is None and self.power is None and self.source is None:
             raise ValueError("give at least one of volume, power, source")
         return self
@@ -83,7 +83,7 @@ class SilenceIn(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
 
     @model_validator(mode="after")
-    def _end(self) -> SilenceIn:
+    def _end(self) -> "SilenceIn":
         if (self.duration_s is None) == (self.ends_at is None):
             raise ValueError("give exactly one of duration_s and ends_at")
         return self

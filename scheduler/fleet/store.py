@@ -109,8 +109,9 @@ class FleetStore:
                     s.add(row)
                 _copy_into(row, rec)
                 s.flush()
-                s.add(FleetAlarmLog(alarm_id=row.id, at=at, action=action[:32], actor=actor,
-                                    note=(note or None) and note[:2000]))
+                if action != "seen":  # "still holds" is in last_seen, not worth a line of history
+                    s.add(FleetAlarmLog(alarm_id=row.id, at=at, action=action[:32], actor=actor,
+                                        note=(note or None) and note[:2000]))
                 out.append(record_of(row))
         return out
 

@@ -253,8 +253,8 @@ class AlarmEngine:
                 elif t.occurrences > 0 or t.severity != rec.severity:
                     raise_(occ, max(1, t.occurrences))
                     t.last_touch = now
-                elif now - t.last_touch >= TOUCH_EVERY_MS:
-                    put(touch(rec, now), "seen")
+                elif now - t.last_touch >= TOUCH_EVERY_MS or t.message != rec.message:
+                    put(touch(rec, now, t.message, t.details), "seen")
                     t.last_touch = now
                 t.occurrences = 0
             elif not t.holds and rec is not None:

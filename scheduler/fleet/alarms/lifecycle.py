@@ -100,11 +100,15 @@ def occur(current: AlarmRecord | None, occ: Occurrence) -> tuple[AlarmRecord, Tr
     return updated, "updated"
 
 
-def touch(current: AlarmRecord, at: int) -> AlarmRecord:
-    """The condition still holds: ``last_seen`` moves on, nothing else changes (not a new occurrence)."""
+def touch(current: AlarmRecord, at: int, message: str | None = None,
+          details: dict[str, Any] | None = None) -> AlarmRecord:
+    """The condition still holds: ``last_seen`` moves on and the message shows the latest value (a
+    water level still rising); not a new occurrence, so ``count`` stays."""
     if current.status != "active":
         raise LifecycleError(f"alarm {current.id} is cleared")
-    return replace(current, last_seen=max(current.last_seen, at))
+    return replace(current, last_seen=max(current.last_seen, at),
+                   message=(message or current.message)[:MAX_MESSAGE],
+                   details=dict(details) if details is not None else current.details)
 
 
 def clear(current: AlarmRecord, at: int, *, by: str | None = None, note: str | None = None) -> AlarmRecord:

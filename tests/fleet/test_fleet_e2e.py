@@ -1,0 +1,198 @@
+"""The fleet end to end: the scheduler, a real gateway process, simulated speakers as processes, the
+central and commune brokers, a real SMTP server and a webhook receiver.
+
+* speakers of the gateway's configuration are listed before they ever speak;
+* a stopped speaker simulator raises "speaker offline" within the rule's delay; four speakers of one
+  commune going offline together are ONE e-mail to the commune's technician (not to another
+  commune's, not to the chairman, whose route takes only critical alarms) and one signed webhook
+  call (delivered after a refused first attempt);
+* restarting the simulator clears the alarms and sends one recovery e-mail;
+* a maintenance silence suppresses both the alarm and the recovery notices;
+* ``device.set`` answers with the speaker's own reported state; pings answer per device;
+* a device removed from the gateway's configuration disappears after a remote restart, and a
+  broadcast to the gateway then waits for no phantom speaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from tests.fleet.common import COMMUNE, GW, FleetBench, SmtpSink, WebhookSink, fleet_section
+from tests.sched_support import make_tone, wait_for_async
+
+GROUP = ["loa-01", "loa-02", "loa-03", "loa-04"]
+SPEAKERS = [*GROUP, "loa-05", "loa-06"]  # loa-06 is configured but never switched on
+
+
+def online(d: dict[str, dict[str, Any]], ids: list[str]) -> bool:
+    return all(d.get(i, {}).get("status") == "online" for i in ids)
+
+
+async def test_speakers_offline_mail_recovery_silence_and_actions(tmp_path: Path, mosquitto_factory: Any) -> None:
+    smtp = SmtpSink()
+    hook = WebhookSink(fail_first=1)
+    bench = FleetBench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"),
+                       devices=[{"id": d, "type": "ip_speaker"} for d in SPEAKERS]
+                       + [{"id": "muc-nuoc", "type": "mqtt_sensor", "measurement": "water_level"}],
+                       fleet=fleet_section(smtp.port, hook.url))
+    await bench.start()
+    try:
+        # configured devices are listed before their first message: unknown, not absent
+        listed = await bench.wait_devices(lambda d: "loa-06" in d and "muc-nuoc" in d, "the configured devices")
+        assert listed["loa-06"]["status"] == "unknown" and listed["loa-06"]["configured"] is True
+        assert listed["muc-nuoc"]["kind"] == "sensor" and listed["loa-06"]["kind"] == "speaker"
+        bench.start_sim("group", GROUP)
+        bench.start_sim("five", ["loa-05"])
+        d = await bench.wait_devices(lambda d: online(d, [*GROUP, "loa-05"]), "five speakers online")
+        spk = d["loa-05"]
+        assert (spk["volume"], spk["power"], spk["source"], spk["firmware"], spk["rssi"]) == (
+            70, True, "stream", "sim-1.0", -60)
+        assert spk["last_seen"] is not None
+        fleet = await bench.api("GET", "/api/fleet")
+        (gw,) = fleet["gateways"]
+        assert gw["status"] == "online" and gw["commune"] == COMMUNE and gw["health"]["uptime_s"] is not None
+        first_seen = spk["last_seen"]
+
+        # "last seen" stays current while online (the gateway's health every 2 s vouches for it)
+        await bench.wait_devices(lambda d: d["loa-05"]["last_seen"] > first_seen + 1500, "last_seen moving on")
+
+        # ---- four speakers die together: one alarm each, ONE e-mail
+        bench.kill_sim("group")
+        alarms = await bench.wait_alarms(lambda a: len([x for x in a if x["type"] == "speaker_offline"]) == 4,
+                                         "four speaker_offline alarms")
+        assert sorted(a["device"] for a in alarms) == GROUP
+        assert all(a["state"] == "ACTIVE_UNACK" and a["severity"] == "minor" for a in alarms)
+        await wait_for_async(lambda: _n(smtp.count() >= 1), within=30, what="the alarm e-mail")
+        await wait_for_async(lambda: _n(len(hook.calls) >= 1), within=30, what="the webhook call")
+        text = smtp.text(0)
+        assert all(s in text for s in GROUP) and COMMUNE in text and "speaker offline" in text
+        assert smtp.rcpts[0] == ["kythuat@an-binh.test"]  # not the other commune's, not the chairman
+        payload, signed = hook.calls[0]
+        assert signed and payload["kind"] == "raised" and payload["gateway"] == GW
+        assert sorted(a["device"] for a in payload["alarms"]) == GROUP and hook.attempts == 2  # one retry
+        assert "loa-01" in payload["text"] and len(payload["text"]) <= 480
+        d = await bench.devices_by_id()
+        assert d["loa-01"]["status"] == "offline" and d["loa-05"]["status"] == "online"
+
+        # acknowledge one with a note
+        a1 = next(a for a in alarms if a["device"] == "loa-01")
+        acked = await bench.api("POST", f"/api/alarms/{a1['id']}/ack", json={"note": "đang đến kiểm tra"})
+        assert acked["state"] == "ACTIVE_ACK" and acked["ack_note"] == "đang đến kiểm tra"
+        r = await bench.http.post(f"/api/alarms/{a1['id']}/ack", json={"note": "again"})
+        assert r.status_code == 409
+
+        # ---- back: the alarms clear by themselves and ONE recovery e-mail goes out
+        bench.start_sim("group", GROUP)
+        await bench.wait_alarms(lambda a: not [x for x in a if x["type"] == "speaker_offline"], "alarms cleared")
+        await wait_for_async(lambda: _n(smtp.count() >= 2), within=30, what="the recovery e-mail")
+        assert "RECOVERED" in smtp.text(1) and all(s in smtp.text(1) for s in GROUP)
+        cleared = await bench.alarms("cleared")
+        c1 = next(a for a in cleared if a["id"] == a1["id"])
+        assert c1["state"] == "CLEARED_ACK" and c1["cleared_by"] is None
+        hist = await bench.api("GET", f"/api/alarms/{a1['id']}")
+        assert [e["action"] for e in hist["log"]] == ["raised", "acknowledged", "cleared"]
+
+        # ---- maintenance: a silence suppresses the notices of both the alarm and its end
+        sil = await bench.api("POST", "/api/silences", json={"gateway": GW, "duration_s": 600,
+                                                              "reason": "thay dây loa"})
+        assert sil["created_by"] == "api-token"
+        sent_before = smtp.count()
+        bench.kill_sim("group")
+        silenced = await bench.wait_alarms(
+            lambda a: len([x for x in a if x["type"] == "speaker_offline"]) == 4, "alarms under the silence")
+        assert all(a["silenced"] and not a["notified"] for a in silenced)
+        assert not bench.sched.fleet.notifier._groups  # nothing is waiting to be sent
+        bench.start_sim("group", GROUP)
+        await bench.wait_alarms(lambda a: not [x for x in a if x["type"] == "speaker_offline"], "cleared again")
+        assert not bench.sched.fleet.notifier._groups
+        notes = await bench.api("GET", "/api/notifications")
+        assert smtp.count() == sent_before == 2 and len([n for n in notes if n["channel"] == "email"]) == 2
+        await bench.api("DELETE", f"/api/silences/{sil['id']}")
+
+        # ---- remote actions answered by the device itself
+        await bench.wait_devices(lambda d: online(d, [*GROUP, "loa-05"]), "all back online")
+        res = await bench.api("POST", f"/api/fleet/devices/{GW}/loa-05/set", json={"volume": 35, "source": "line"})
+        assert res["ok"] and res["ack"]["ok"], res
+        rep = res["devices"]["loa-05"]
+        assert rep["reported"] and rep["state"]["volume"] == 35 and rep["state"]["source"] == "line"
+        assert (await bench.devices_by_id())["loa-05"]["volume"] == 35
+        ping = await bench.api("POST", f"/api/fleet/devices/{GW}/loa-05/ping")
+        assert ping["ok"] and ping["devices"]["loa-05"]["ok"] and ping["devices"]["loa-05"]["rtt_ms"] >= 0
+        ping6 = await bench.api("POST", f"/api/fleet/devices/{GW}/loa-06/ping")
+        assert not ping6["ok"] and ping6["devices"]["loa-06"]["reason"] == "no_ack"
+        gw_ping = await bench.api("POST", f"/api/fleet/gateways/{GW}/ping")
+        assert gw_ping["ok"] and gw_ping["ack"]["rtt_ms"] >= 0
+        health = await bench.api("POST", f"/api/fleet/gateways/{GW}/health-report")
+        assert health["ok"] and health["health"]["devices"]
+        r = await bench.http.post(f"/api/fleet/devices/{GW}/nope/set", json={"volume": 1})
+        assert r.status_code == 404
+        r = await bench.http.post(f"/api/fleet/devices/{GW}/loa-05/set", json={"volume": 101})
+        assert r.status_code == 422
+
+        # ---- loa-06 leaves the configuration; the gateway is restarted remotely
+        bench.write_gateway_config([{"id": d, "type": "ip_speaker"} for d in SPEAKERS if d != "loa-06"])
+        pid = bench.gateway.pid if bench.gateway else None
+        restarted = await bench.api("POST", f"/api/fleet/gateways/{GW}/restart", json={"reason": "new config"})
+        assert restarted["ok"] and restarted["status"] == "online", restarted
+        assert bench.gateway is not None and bench.gateway.poll() is None and bench.gateway.pid == pid
+        d = await bench.wait_devices(lambda d: "loa-06" not in d and "loa-05" in d, "loa-06 forgotten")
+        assert "muc-nuoc" not in d
+        gws = await bench.api("GET", "/api/gateways")
+        assert sorted(s["device"] for s in gws[0]["speakers"]) == sorted([*GROUP, "loa-05"])
+        tone = make_tone(tmp_path / "t.wav", 0.5)
+        media = await bench.api("POST", "/api/media", content=tone.read_bytes())
+        bc = await bench.api("POST", "/api/broadcasts", json={"media_sha256": media["sha256"], "targets": [GW]})
+        assert sorted(s["device"] for s in bc["speakers"]) == sorted([*GROUP, "loa-05"])
+    except BaseException:
+        print(bench.logs())
+        raise
+    finally:
+        await bench.close()
+        smtp.stop()
+        hook.stop()
+
+
+async def _n(v: bool) -> bool:
+    return v
+
+
+async def test_flapping_speaker_is_one_alarm(tmp_path: Path, mosquitto_factory: Any) -> None:
+    """A speaker whose link drops and returns every ~1.3 s: never offline long enough for its own
+    alarm (30 s), but 4 changes within a minute make ONE 'flapping' alarm and one e-mail."""
+    import aiomqtt
+
+    from protocol.models import DeviceState
+    from protocol.topics import device_topic
+
+    smtp = SmtpSink()
+    fleet = fleet_section(smtp.port, speaker_offline={"after_s": 30, "severity": "minor"})
+    fleet["flapping"] = {"toggles": 4, "window_s": 60, "severity": "major"}
+    lan = mosquitto_factory("lan")
+    bench = FleetBench(tmp_path, mosquitto_factory("central"), lan,
+                       devices=[{"id": "loa-07", "type": "ip_speaker"}], fleet=fleet)
+    await bench.start()
+    host, port = lan.url.removeprefix("mqtt://").split(":")
+    try:
+        await bench.wait_devices(lambda d: "loa-07" in d, "loa-07 listed")
+        async with aiomqtt.Client(host, int(port), identifier="flappy-loa-07") as dev:
+            topic = device_topic(GW, "loa-07", "state")
+            for i in range(6):
+                up = i % 2 == 0
+                await dev.publish(topic, DeviceState(online=up, volume=60).model_dump_json(), qos=1, retain=True)
+                await bench.wait_devices(lambda d, up=up: d["loa-07"]["online"] is up, f"change {i} at the centre")
+                await asyncio.sleep(1.3)  # the device's own pace (the gateway relays one state per second)
+        alarms = await bench.wait_alarms(lambda a: any(x["type"] == "flapping" for x in a), "the flapping alarm")
+        assert [(a["type"], a["device"], a["severity"]) for a in alarms] == [("flapping", "loa-07", "major")]
+        assert alarms[0]["details"]["condition"] == "speaker_offline"
+        await wait_for_async(lambda: _n(smtp.count() >= 1), within=30, what="the flapping e-mail")
+        assert "flapping" in smtp.text(0) and "loa-07" in smtp.text(0)
+        assert len(await bench.alarms()) == 1
+        assert smtp.count() == 1
+    except BaseException:
+        print(bench.logs())
+        raise
+    finally:
+        await bench.close()
+        smtp.stop()
