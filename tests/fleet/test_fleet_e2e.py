@@ -196,3 +196,65 @@ async def test_flapping_speaker_is_one_alarm(tmp_path: Path, mosquitto_factory: 
     finally:
         await bench.close()
         smtp.stop()
+
+
+async def test_water_level_above_threshold_for_the_window_is_critical(tmp_path: Path, mosquitto_factory: Any,
+                                                                      influxdb1: Any) -> None:
+    """Readings go device → LAN broker → gateway spool → InfluxDB 1.6.7; the scheduler reads them
+    back with InfluxQL. 160 cm held for 2 s raises a critical alarm (the chairman is mailed too: his
+    route takes critical alarms); 145 cm keeps it (hysteresis: it clears below 140); 130 cm clears it."""
+    import json as _json
+
+    import aiomqtt
+
+    from protocol.signing import now_ms
+    from protocol.topics import device_topic
+
+    smtp = SmtpSink()
+    fleet = fleet_section(smtp.port, thresholds=[{
+        "name": "water_high", "measurement": "water_level", "field": "water_level_cm", "above": 150,
+        "clear_at": 140, "for_s": 2, "severity": "critical"}])
+    lan = mosquitto_factory("lan")
+    db = {"url": influxdb1.url, "database": influxdb1.database}
+    bench = FleetBench(tmp_path, mosquitto_factory("central"), lan,
+                       devices=[{"id": "muc-nuoc", "type": "mqtt_sensor", "measurement": "water_level"}],
+                       fleet=fleet, influx=db, gateway_influx={"api": "v1", **db, "flush_interval_s": 0.2})
+    await bench.start()
+    host, port = lan.url.removeprefix("mqtt://").split(":")
+    topic = device_topic(GW, "muc-nuoc", "telemetry")
+    try:
+        await bench.wait_devices(lambda d: "muc-nuoc" in d, "the sensor listed")
+        async with aiomqtt.Client(host, int(port), identifier="muc-nuoc") as dev:
+
+            async def feed(value: float, until: Any, what: str, within: float = 60) -> Any:
+                """Send a reading every 0.25 s (the sensor's pace) until the alarms satisfy ``until``."""
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + within
+                while loop.time() < deadline:
+                    await dev.publish(topic, _json.dumps({"ts": now_ms(), "fields": {"water_level_cm": value}}), qos=1)
+                    rows = await bench.alarms()
+                    if until(rows):
+                        return rows
+                    await asyncio.sleep(0.25)
+                raise AssertionError(f"timed out after {within}s feeding {value}: {what}")
+
+            first = now_ms()
+            rows = await feed(160.0, lambda a: any(x["type"] == "threshold_water_high" for x in a), "the alarm")
+            (alarm,) = rows
+            assert (alarm["severity"], alarm["device"], alarm["details"]["value"]) == ("critical", "muc-nuoc", 160.0)
+            assert alarm["first_seen"] - first >= 2000  # not before the level had held for the window
+            await feed(145.0, lambda a: a and a[0]["details"]["value"] == 145.0, "145 shown, alarm still active")
+            await feed(130.0, lambda a: not a, "the alarm cleared below 140")
+        await wait_for_async(lambda: _n(smtp.count() >= 4), within=30, what="alarm and recovery mails")
+        got = sorted((r[0], "RECOVERED" in smtp.text(i)) for i, r in enumerate(smtp.rcpts))
+        assert got == [("chutich@an-binh.test", False), ("chutich@an-binh.test", True),
+                       ("kythuat@an-binh.test", False), ("kythuat@an-binh.test", True)]
+        assert "CRITICAL" in smtp.text(0) or "CRITICAL" in smtp.text(1)
+        (cleared,) = await bench.alarms("cleared")
+        assert cleared["type"] == "threshold_water_high" and cleared["count"] == 1
+    except BaseException:
+        print(bench.logs())
+        raise
+    finally:
+        await bench.close()
+        smtp.stop()
