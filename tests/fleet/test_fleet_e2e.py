@@ -258,3 +258,53 @@ async def test_water_level_above_threshold_for_the_window_is_critical(tmp_path: 
     finally:
         await bench.close()
         smtp.stop()
+
+
+async def test_gateway_offline_alarm_and_unknown_when_the_centre_is_cut_off(tmp_path: Path,
+                                                                            mosquitto_factory: Any) -> None:
+    """A gateway killed without a goodbye: its will says offline, the alarm follows after the rule's
+    delay, and its speakers show "unknown" (no speaker alarm: the gateway's alarm covers them). With
+    the scheduler's own broker link down, everything is "unknown", never "offline"."""
+    import os
+    import signal
+
+    from tests.conftest import spawn_loaxa
+
+    smtp = SmtpSink()
+    central = mosquitto_factory("central")
+    bench = FleetBench(tmp_path, central, mosquitto_factory("lan"),
+                       devices=[{"id": "loa-01", "type": "ip_speaker"}], fleet=fleet_section(smtp.port))
+    await bench.start()
+    try:
+        bench.start_sim("one", ["loa-01"])
+        await bench.wait_devices(lambda d: online(d, ["loa-01"]), "loa-01 online")
+        assert bench.gateway is not None
+        os.killpg(bench.gateway.pid, signal.SIGKILL)
+        bench.gateway.wait(10)
+        (alarm,) = await bench.wait_alarms(lambda a: any(x["type"] == "gateway_offline" for x in a),
+                                           "the gateway_offline alarm")
+        assert alarm["severity"] == "major" and alarm["device"] is None and COMMUNE in alarm["message"]
+        d = await bench.devices_by_id()
+        assert d["loa-01"]["status"] == "unknown" and d["loa-01"]["online"] is None
+        await wait_for_async(lambda: _n(smtp.count() >= 1), within=30, what="the gateway e-mail")
+        assert "gateway offline" in smtp.text(0)
+
+        bench.gateway = spawn_loaxa("gateway", "run", "--config", str(bench.gw_yaml), log=tmp_path / "gw.log")
+        await bench.wait_alarms(lambda a: not a, "gateway alarm cleared")
+        await bench.wait_devices(lambda d: online(d, ["loa-01"]), "loa-01 online again")
+        assert not [a for a in await bench.alarms("cleared") if a["type"] == "speaker_offline"]
+
+        central.stop()  # the centre is cut off from every gateway
+        await wait_for_async(lambda: _n(not bench.sched.dispatcher.link.connected.is_set()), within=30,
+                             what="the scheduler's link down")
+        fleet = await bench.api("GET", "/api/fleet")
+        assert fleet["connected"] is False
+        (gw,) = fleet["gateways"]
+        assert gw["status"] == "unknown" and gw["devices"][0]["status"] == "unknown"
+        assert not await bench.alarms()  # and no alarm was raised by the cut
+    except BaseException:
+        print(bench.logs())
+        raise
+    finally:
+        await bench.close()
+        smtp.stop()
