@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.cli",
     "scheduler.store.cli",
     "scheduler.schedules.cli",
+    "scheduler.fleet.cli",
     "devices.cli",
     "devices.sensors.cli",
     "firmware_bridge.cli",

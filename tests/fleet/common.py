@@ -152,8 +152,9 @@ class FleetBench:
         sections: dict[str, Any] = {"fleet": self.fleet}
         if self.influx:
             sections["influx"] = self.influx
-        cfg = SchedulerConfig.model_validate(scheduler_config_dict(self.tmp, self.central.url, Keys(signer.private_key),
-                                                                   **sections))
+        raw = scheduler_config_dict(self.tmp, self.central.url, Keys(signer.private_key), **sections)
+        cfg = SchedulerConfig.model_validate(raw)
+        self.sched_yaml = write_yaml(self.tmp / "scheduler.yaml", raw)
         self.sched = Scheduler.build(cfg)
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(self.sched.run(self.stop_event))

@@ -308,3 +308,63 @@ async def test_gateway_offline_alarm_and_unknown_when_the_centre_is_cut_off(tmp_
     finally:
         await bench.close()
         smtp.stop()
+
+
+async def test_cli_devices_and_alarms(tmp_path: Path, mosquitto_factory: Any) -> None:
+    """``loaxa devices list|show|set|ping`` and ``loaxa alarms list|ack|silence|silences|unsilence``
+    against the running scheduler, as a technician types them."""
+    from tests.conftest import run_loaxa
+
+    smtp = SmtpSink()
+    bench = FleetBench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"),
+                       devices=[{"id": "loa-01", "type": "ip_speaker"}, {"id": "loa-02", "type": "ip_speaker"}],
+                       fleet=fleet_section(smtp.port))
+    await bench.start()
+
+    async def cli(*args: str) -> tuple[int, str]:
+        r = await asyncio.to_thread(run_loaxa, *args, "--config", str(bench.sched_yaml), timeout=120)
+        return r.returncode, r.stdout + r.stderr
+
+    try:
+        bench.start_sim("one", ["loa-01"])
+        await bench.wait_devices(lambda d: online(d, ["loa-01"]), "loa-01 online")
+        code, out = await cli("devices", "list")
+        assert code == 0, out
+        line = next(ln for ln in out.splitlines() if "loa-01" in ln)
+        assert "online" in line and "speaker" in line and "sim-1.0" in line
+        assert "unknown" in next(ln for ln in out.splitlines() if "loa-02" in ln)
+        code, out = await cli("devices", "set", f"{GW}/loa-01", "--volume", "42", "--power", "off")
+        assert code == 0, out
+        assert "loa-01: reported" in out and "volume 42" in out and "power off" in out
+        code, out = await cli("devices", "ping", f"{GW}/loa-01")
+        assert code == 0 and "loa-01: answered in" in out, out
+        code, out = await cli("devices", "ping", f"{GW}/loa-02")
+        assert code == 1 and "no answer" in out, out
+        code, out = await cli("devices", "set", f"{GW}/nope", "--volume", "1")
+        assert code == 2 and "HTTP 404" in out, out
+        code, out = await cli("devices", "show", f"{GW}/loa-01")
+        assert code == 0 and '"volume": 42' in out, out
+
+        code, out = await cli("alarms", "silence", f"{GW}/loa-01", "--for", "2h", "--reason", "thay loa")
+        assert code == 0 and "silence 1:" in out, out
+        code, out = await cli("alarms", "silences")
+        assert "thay loa" in out and "loa-01" in out
+        bench.kill_sim("one")
+        (alarm,) = await bench.wait_alarms(lambda a: len(a) == 1, "loa-01 offline alarm")
+        code, out = await cli("alarms", "list")
+        assert code == 0 and "speaker_offline" in out and "silenced" in out, out
+        code, out = await cli("alarms", "ack", str(alarm["id"]), "--note", "đã biết")
+        assert code == 0 and "ACTIVE_ACK" in out, out
+        code, out = await cli("alarms", "unsilence", "1")
+        assert code == 0, out
+        code, out = await cli("alarms", "silence", GW, "--for", "2 weeks")
+        assert code == 2 and "duration" in out, out
+        # the silence is over and the speaker is still offline: its alarm is notified now
+        await wait_for_async(lambda: _n(smtp.count() >= 1), within=30, what="the e-mail after the silence")
+        assert "loa-01" in smtp.text(0)
+    except BaseException:
+        print(bench.logs())
+        raise
+    finally:
+        await bench.close()
+        smtp.stop()
