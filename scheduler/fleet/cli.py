@@ -1,4 +1,4 @@
-"""``loaxa devices list|show|set|ping|health|restart`` and ``loaxa alarms list|show|ack|clear|silence|silences|unsilence``.
+"""``loaxa devices list|show|set|ping|health|restart`` and ``loaxa alarms list|show|ack|clear|silence|…``.
 
 Like ``loaxa broadcast``, these talk to the RUNNING scheduler over its HTTP API (address and
 credentials from the same config file): an action goes out as a signed command at once and the
