@@ -201,7 +201,7 @@ class Commune:
     def __init__(self, work: Path, index: int, speakers: int, central: Mosquitto, signer: Any) -> None:
         self.gw = f"xa-{index:03d}"
         self.dir = work / self.gw
-        self.lan = Mosquitto(self.dir / "lan").start()
+        self.lan = Mosquitto(self.dir / "lan", anonymous=True).start()
         self.speakers = [f"loa-{i:02d}" for i in range(1, speakers + 1)]
         media_port = port_below_ephemeral(20000 + 7 * index)
         cfg = gateway_config(self.gw, data_dir=self.dir / "data", uplink_url=central.url, lan_url=self.lan.url,
@@ -266,7 +266,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))  # clean up the fleet on SIGTERM too
 
     work = Path(tempfile.mkdtemp(prefix="loaxa-fanout-"))
-    central = Mosquitto(work / "central").start()
+    central = Mosquitto(work / "central", anonymous=True).start()
     rec = Recorder(central.port)
     media_srv = MediaDir(work / "central-media")
     signer = make_signer()

@@ -45,7 +45,8 @@ import yaml  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from loaxa.servers import InfluxDB1, Mosquitto  # noqa: E402
+from loaxa.brokers import LanBroker  # noqa: E402
+from loaxa.servers import InfluxDB1  # noqa: E402
 from protocol.signing import public_key_b64  # noqa: E402
 
 GW = "bench-gw"
@@ -80,15 +81,15 @@ class Pipeline:
     (read-only, as ``loaxa gateway export`` does): a reading counts as written once the spool's
     ``delivered_upto`` mark, moved only after InfluxDB answered 2xx, has passed it."""
 
-    def __init__(self, workdir: Path, broker: Mosquitto, influx: InfluxDB1, devices: list[str]) -> None:
+    def __init__(self, workdir: Path, broker: LanBroker, influx: InfluxDB1, devices: list[str]) -> None:
         self.workdir = workdir
         self.broker = broker
         self.data_dir = workdir / "gwdata"
         self.spool = self.data_dir / "telemetry-spool.sqlite3"
         cfg = {
             "gateway": {"id": GW, "commune": "Xã Benchmark", "data_dir": str(self.data_dir)},
-            "uplink": {"url": broker.url},
-            "local_broker": {"url": broker.url},
+            "uplink": broker.gateway_endpoint(),  # telemetry needs no centre: the LAN broker stands in
+            "local_broker": broker.gateway_endpoint(),
             "trust": {"keys": [{"id": "k", "public_key": public_key_b64(Ed25519PrivateKey.generate().public_key())}]},
             "influx": {"api": "v1", "url": influx.url, "database": influx.database},
             "devices": [{"id": d, "type": "mqtt_sensor", "measurement": "environment"} for d in [*devices, "probe"]],
@@ -117,11 +118,16 @@ class Pipeline:
         ):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"gateway did not start; see {self.workdir / 'gateway.log'}")
+            probe = self.broker.add_device("probe")
             subprocess.run(
                 [
                     "mosquitto_pub",
                     "-p",
-                    str(self.broker.port),
+                    str(self.broker.device_port),
+                    "-u",
+                    probe.username,
+                    "-P",
+                    probe.password,
                     "-q",
                     "1",
                     "-t",
@@ -185,16 +191,22 @@ class Pipeline:
             self.proc.wait(30)
 
 
-def start_publisher(broker: Mosquitto, topic_: str, payloads: list[bytes]) -> subprocess.Popen[bytes]:
+def start_publisher(broker: LanBroker, topic_: str, payloads: list[bytes]) -> subprocess.Popen[bytes]:
     """The sensors: ``mosquitto_pub -l`` (C, QoS 1, one message per line), so the benchmark's own
-    publishing costs little CPU next to the gateway, as real sensors are other devices."""
+    publishing costs little CPU next to the gateway, as real sensors are other devices. It logs in as
+    the device of the topic, with its own account, as on a production commune broker."""
+    device = broker.add_device(topic_.split("/")[4])
     proc = subprocess.Popen(
         [
             "mosquitto_pub",
             "-h",
             "127.0.0.1",
             "-p",
-            str(broker.port),
+            str(broker.device_port),
+            "-u",
+            device.username,
+            "-P",
+            device.password,
             "-t",
             topic_,
             "-l",
@@ -236,7 +248,7 @@ def topic(dev: str) -> str:
 
 
 def durable_rate(
-    pipe: Pipeline, broker: Mosquitto, dev: str, n_readings: int, per_msg: int, t_base: int
+    pipe: Pipeline, broker: LanBroker, dev: str, n_readings: int, per_msg: int, t_base: int
 ) -> tuple[float, float]:
     """Readings/s from first publish to all in InfluxDB; CPU-seconds of the pipeline per 10k readings."""
     msgs: list[bytes] = []
@@ -264,7 +276,7 @@ def durable_rate(
     return n_readings / (t1 - t0), cpu / n_readings * 10_000
 
 
-def baseline_rate(broker: Mosquitto, influx: InfluxDB1, n_msgs: int, t_base: int) -> float:
+def baseline_rate(broker: LanBroker, influx: InfluxDB1, n_msgs: int, t_base: int) -> float:
     """paho on_message → one synchronous /write per message (auto-ack, not durable)."""
     done = threading.Event()
     count = [0]
@@ -282,6 +294,7 @@ def baseline_rate(broker: Mosquitto, influx: InfluxDB1, n_msgs: int, t_base: int
             done.set()
 
     sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="baseline-sub", protocol=paho.MQTTv5)
+    sub.username_pw_set(*broker.gateway_auth())
     sub.on_message = on_message
     subscribed = threading.Event()
     sub.on_subscribe = lambda *a: subscribed.set()
@@ -370,7 +383,7 @@ def main() -> int:
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="loaxa-bench-ingest-"))
-    broker = Mosquitto(work / "mosquitto").start()
+    broker = LanBroker(work / "mosquitto", gateway_id=GW).start()  # the production LAN ACL, accounts
     influx = InfluxDB1(work / "influxdb").start()
     sims = [f"sim-{i}" for i in range(args.drain_sensors)]
     pipe = Pipeline(work, broker, influx, ["batch", "single", *sims])

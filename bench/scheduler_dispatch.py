@@ -33,7 +33,7 @@ from protocol.signing import now_ms  # noqa: E402
 from protocol.topics import ack_topic, device_topic, event_topic, parse_topic, status_topic  # noqa: E402
 from scheduler.config import SchedulerConfig  # noqa: E402
 from scheduler.service import Scheduler  # noqa: E402
-from tests.sched_support import Keys, make_tone, scheduler_config_dict  # noqa: E402
+from tests.sched_support import Keys, add_token, bearer, make_tone, scheduler_config_dict  # noqa: E402
 
 
 def fleet(port: int, gateways: list[str], speakers: int, ready: Any, done: Any) -> None:
@@ -80,7 +80,7 @@ def fleet(port: int, gateways: list[str], speakers: int, ready: Any, done: Any) 
 async def main(n_gw: int, n_spk: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        broker = Mosquitto(tmp / "mosquitto").start()
+        broker = Mosquitto(tmp / "mosquitto", anonymous=True).start()
         try:
             cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp, broker.url, Keys()))
             sched = Scheduler.build(cfg)
@@ -90,7 +90,10 @@ async def main(n_gw: int, n_spk: int) -> dict[str, float]:
             ctx = multiprocessing.get_context("spawn")
             ready = ctx.Event()
             done = ctx.Value("d", 0.0)
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=120) as http:
+            headers = bearer(add_token(sched.store.store))
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=120, headers=headers
+            ) as http:
                 while True:
                     try:
                         if (await http.get("/api/health")).json()["mqtt_connected"]:

@@ -172,7 +172,7 @@ async def main() -> None:
     gens = bench_generators()
     print("simulated sensor samples/s:", ", ".join(f"{k} {v:,}" for k, v in gens.items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="loaxa-bench-sensors-") as tmp:
-        broker = Mosquitto(Path(tmp) / "mosquitto").start()
+        broker = Mosquitto(Path(tmp) / "mosquitto", anonymous=True).start()
         try:
             single = await bench_publish(broker, args.devices, args.messages, 1)
             print(

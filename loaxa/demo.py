@@ -12,7 +12,6 @@ import argparse
 import importlib.util
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -38,8 +37,6 @@ installs them).
 
 GATEWAYS = (("xa-an-binh", "Xã An Bình"), ("xa-phu-my", "Xã Phú Mỹ"))
 SPEAKERS_PER_GATEWAY = 3
-#: The production ACL example: the demo runs with exactly what operators are told to deploy.
-CENTRAL_ACL = Path(__file__).resolve().parent.parent / "configs" / "mosquitto" / "acl.example"
 #: Sensors simulated inside each gateway (sim_sensor) ...
 SIM_SENSORS = (("mucnuoc-01", "water_level"), ("mua-01", "rain"), ("moitruong-01", "environment"))
 #: ... and on its commune LAN, publishing over MQTT like real networked sensors (mqtt_sensor).
@@ -84,24 +81,31 @@ class Demo:
         return proc
 
     def start(self) -> None:
+        from loaxa.brokers import (
+            LAN_GATEWAY_USER,
+            MONITOR_USER,
+            SCHEDULER_USER,
+            VIEWER_USER,
+            CentralBroker,
+            LanBroker,
+        )
         from loaxa.localsetup import gateway_config, make_signer, scheduler_config, write_yaml
-        from loaxa.servers import InfluxDB1, Mosquitto, MosquittoUser, free_port
+        from loaxa.servers import InfluxDB1, free_port
 
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
-        creds = {gw: secrets.token_urlsafe(12) for gw, _ in GATEWAYS}
-        viewer_pw = secrets.token_urlsafe(9)
-        sched_pw = secrets.token_urlsafe(12)
-        users = [MosquittoUser(gw, pw) for gw, pw in creds.items()]
-        users += [MosquittoUser("scheduler", sched_pw), MosquittoUser("viewer", viewer_pw)]
-        step("central MQTT broker (per-gateway credentials and ACL)")
-        central = Mosquitto(self.root / "central-mqtt", users=users, acl_text=CENTRAL_ACL.read_text()).start()
+        step("central MQTT broker (production ACL, an account per gateway, client ids bound to user names)")
+        central = CentralBroker(self.root / "central-mqtt", gateways=[gw for gw, _ in GATEWAYS],
+                                readers=[VIEWER_USER, MONITOR_USER]).start()
         self.servers.append(central)
         step("InfluxDB 1.x")
         influx = InfluxDB1(self.root / "influxdb", database="loaxa").start()
         self.servers.append(influx)
         signer = make_signer()
+        viewer, monitor = central.user(VIEWER_USER), central.user(MONITOR_USER)
         self.endpoints = {
-            "central_mqtt": {"url": central.url, "viewer": {"username": "viewer", "password": viewer_pw}},
+            "central_mqtt": {"url": central.url,
+                             "viewer": {"username": viewer.username, "password": viewer.password},
+                             "monitor": {"username": monitor.username, "password": monitor.password}},
             "influxdb": {"url": influx.url, "database": influx.database, "api": "v1"},
             "gateways": {},
             "data_dir": str(self.root),
@@ -110,8 +114,6 @@ class Demo:
         lan_sensors_sim = _has("devices.sim.sensors_cli")
         for gw, commune in GATEWAYS:
             step(f"gateway {gw} ({commune}): LAN broker, gateway, simulated devices")
-            lan = Mosquitto(self.root / gw / "lan-mqtt").start()
-            self.servers.append(lan)
             speakers = [f"loa-{i:02d}" for i in range(1, SPEAKERS_PER_GATEWAY + 1)]
             devices: list[dict[str, Any]] = [{"id": s, "type": "ip_speaker", "name": f"Loa {s}"} for s in speakers]
             devices += [{"id": d, "type": "sim_sensor", "kind": kind, "interval_s": 5} for d, kind in SIM_SENSORS]
@@ -122,21 +124,30 @@ class Demo:
                 sims = make_devices(gw, len(LAN_SENSOR_KINDS), LAN_SENSOR_KINDS, "lan", seed=None)
                 lan_sensors = [d.id for d in sims]
                 devices += [{"id": d.id, "type": "mqtt_sensor", "measurement": d.kind} for d in sims]
+            # the commune's LAN broker: its ACL generated from the example for this gateway id, an
+            # account for the gateway and one per speaker and networked sensor
+            lan = LanBroker(self.root / gw / "lan-mqtt", gateway_id=gw, devices=speakers + lan_sensors).start()
+            self.servers.append(lan)
+            creds_file = lan.write_credentials(self.root / gw / "device-passwords.json")
+            gw_lan = lan.user(LAN_GATEWAY_USER)
             cfg = gateway_config(
                 gw, commune=commune, data_dir=self.root / gw / "data", uplink_url=central.url, lan_url=lan.url,
-                signer=signer, devices=devices, health_interval_s=10, uplink_auth=(gw, creds[gw]),
+                signer=signer, devices=devices, health_interval_s=10,
+                uplink_auth=(gw, central.user(gw).password), lan_auth=(gw_lan.username, gw_lan.password),
                 influx={"api": "v1", "url": influx.url, "database": influx.database},
             )
             path = write_yaml(self.root / gw / "gateway.yaml", cfg)
             self.spawn(f"gateway-{gw}", "gateway", "run", "--config", str(path))
             if speakers_sim:
-                self.spawn(f"speakers-{gw}", "sim", "speakers", "--broker", lan.url, "--gateway", gw,
-                           "--count", str(SPEAKERS_PER_GATEWAY), "--prefix", "loa")
+                self.spawn(f"speakers-{gw}", "sim", "speakers", "--broker", lan.device_url, "--gateway", gw,
+                           "--count", str(SPEAKERS_PER_GATEWAY), "--prefix", "loa", "--credentials", str(creds_file))
             if lan_sensors:
-                self.spawn(f"lan-sensors-{gw}", "sim", "sensors", "--broker", lan.url, "--gateway", gw,
+                self.spawn(f"lan-sensors-{gw}", "sim", "sensors", "--broker", lan.device_url, "--gateway", gw,
                            "--count", str(len(LAN_SENSOR_KINDS)), "--kinds", ",".join(LAN_SENSOR_KINDS),
-                           "--prefix", "lan", "--interval", "5")
-            self.endpoints["gateways"][gw] = {"commune": commune, "lan_mqtt": lan.url, "config": str(path),
+                           "--prefix", "lan", "--interval", "5", "--credentials", str(creds_file))
+            self.endpoints["gateways"][gw] = {"commune": commune, "lan_mqtt": lan.url,
+                                              "lan_devices_mqtt": lan.device_url,
+                                              "device_credentials": str(creds_file), "config": str(path),
                                               "speakers": speakers,
                                               "sensors": [d for d, _ in SIM_SENSORS] + lan_sensors}
         if _has("scheduler.http"):
@@ -144,9 +155,14 @@ class Demo:
             port = self.http_port if self.http_port and _port_free(self.http_port) else free_port()
             scfg = scheduler_config(data_dir=self.root / "scheduler", broker_url=central.url, signer=signer,
                                     key_file=self.root / "scheduler" / "signing.key", http_port=port,
-                                    influx={"url": influx.url, "database": influx.database})
-            scfg["broker"].update({"username": "scheduler", "password": {"value": sched_pw}})
+                                    influx={"url": influx.url, "database": influx.database},
+                                    gateways=list(GATEWAYS))
+            sched = central.user(SCHEDULER_USER)
+            scfg["broker"].update({"username": sched.username, "password": {"value": sched.password}})
             spath = write_yaml(self.root / "scheduler" / "scheduler.yaml", scfg)
+            from scheduler.access.demo import create_demo_access
+
+            self.endpoints.update(create_demo_access(spath, [gw for gw, _ in GATEWAYS]))
             self.spawn("scheduler", "scheduler", "run", "--config", str(spath))
             self.endpoints["scheduler"] = {"url": f"http://127.0.0.1:{port}", "config": str(spath)}
 
@@ -246,9 +262,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         demo.start()
         ep = demo.endpoints
-        viewer = ep["central_mqtt"]["viewer"]
-        follower = StatusFollower(int(ep["central_mqtt"]["url"].rsplit(":", 1)[1]), viewer["username"],
-                                  viewer["password"])
+        # its own read-only account: client ids are user names, so a technician's mosquitto_sub as
+        # 'viewer' does not kick the follower off (nor the other way round)
+        monitor = ep["central_mqtt"]["monitor"]
+        follower = StatusFollower(int(ep["central_mqtt"]["url"].rsplit(":", 1)[1]), monitor["username"],
+                                  monitor["password"])
         if args.endpoints_file:
             args.endpoints_file.write_text(json.dumps(ep, indent=2, ensure_ascii=False))
         print_banner(ep, args.endpoints_file)
@@ -303,14 +321,19 @@ def print_banner(ep: dict[str, Any], endpoints_file: Path | None) -> None:
     if endpoints_file:
         lines.append(f"  endpoints written to {endpoints_file}")
     if "scheduler" in ep:
-        cfg = ep["scheduler"]["config"]
+        from scheduler.access.demo import banner_lines
+
+        url = ep["scheduler"]["url"]
         gws = " ".join(ep["gateways"])
+        lines += banner_lines(ep, url)
         lines += [
             "",
             "Try it in another terminal (speakers report below as they start and finish):",
-            f"  .venv/bin/loaxa broadcast now --config {cfg} --targets {gws} --priority emergency \\",
-            "      --text 'Thông báo khẩn: nước sông đang lên, đề nghị bà con di chuyển lên vùng cao'",
-            f"  .venv/bin/loaxa broadcast status BROADCAST_ID --config {cfg}",
+            f"  export LOAXA_URL={url} LOAXA_PASSWORD='{ep['accounts']['admin']['password']}'",
+            f"  .venv/bin/loaxa broadcast now --login admin --targets {gws} --priority emergency \\",
+            "      --text 'Thông báo khẩn: lúc 17h30 ngày 02/12/2026 mực nước sông đạt 132,5 cm, "
+            "bà con di chuyển lên vùng cao.'",
+            "  .venv/bin/loaxa broadcast status BROADCAST_ID --login admin",
         ]
     lines += [
         "",

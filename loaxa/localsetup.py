@@ -32,6 +32,7 @@ def gateway_config(
     influx: dict[str, Any] | None = None,
     health_interval_s: float = 30.0,
     uplink_auth: tuple[str, str] | None = None,
+    lan_auth: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """A gateway config (as a dict ready for YAML) for servers on this machine."""
     cfg: dict[str, Any] = {
@@ -47,13 +48,17 @@ def gateway_config(
     if uplink_auth:
         cfg["uplink"]["username"] = uplink_auth[0]
         cfg["uplink"]["password"] = {"value": uplink_auth[1]}
+    if lan_auth:
+        cfg["local_broker"]["username"] = lan_auth[0]
+        cfg["local_broker"]["password"] = {"value": lan_auth[1]}
     if influx:
         cfg["influx"] = influx
     return cfg
 
 
 def scheduler_config(*, data_dir: Path, broker_url: str, signer: Signer, key_file: Path, http_port: int,
-                     influx: dict[str, Any] | None = None) -> dict[str, Any]:
+                     influx: dict[str, Any] | None = None,
+                     gateways: list[tuple[str, str | None]] | None = None) -> dict[str, Any]:
     """A scheduler config for servers on this machine; writes the signing key to ``key_file`` (0600)."""
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.write_text(private_key_b64(signer.private_key) + "\n")
@@ -66,6 +71,8 @@ def scheduler_config(*, data_dir: Path, broker_url: str, signer: Signer, key_fil
     }
     if influx:
         cfg["influx"] = influx
+    if gateways:
+        cfg["gateways"] = [{"id": gw, **({"commune": c} if c else {})} for gw, c in gateways]
     return cfg
 
 

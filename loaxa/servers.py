@@ -8,8 +8,10 @@ directory of its own, is waited for until it answers, and is stopped (SIGTERM, t
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +25,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
 
@@ -113,25 +115,78 @@ class MosquittoUser:
     acl: list[str] = field(default_factory=list)
 
 
+def password_line(username: str, password: str, *, salt: bytes | None = None, iterations: int = 101) -> str:
+    """One line of a Mosquitto 2.0 password file (``$7$``: PBKDF2-SHA512, what mosquitto_passwd writes).
+
+    Written here rather than by running ``mosquitto_passwd`` once per account: a fleet benchmark has
+    a thousand device accounts.
+    """
+    if ":" in username or "\n" in username or "\n" in password:
+        raise ValueError(f"user name {username!r} or its password cannot go in a Mosquitto password file")
+    salt = salt if salt is not None else os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"{username}:$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
 @dataclass
 class Mosquitto(_Process):
-    """A Mosquitto broker on 127.0.0.1. Anonymous unless ``users`` is given (then password file + ACL)."""
+    """A Mosquitto broker on 127.0.0.1 with a password file and an ACL (``users`` and ``acl_text``).
+
+    ``anonymous=True`` (no accounts at all) is only for pure unit tests of a client; everything that
+    claims to test the system runs with accounts and the production ACL (:mod:`loaxa.brokers`).
+    ``bind_clientid`` sets ``use_username_as_clientid`` on the main listener; ``device_port=-1`` adds
+    a second listener (for the devices of a commune LAN) on which the client id is the user name.
+    """
 
     port: int = 0
     users: list[MosquittoUser] = field(default_factory=list)
     persistence: bool = True
     #: a whole ACL file's text; when given it replaces the per-user ``acl`` lines
     acl_text: str | None = None
+    anonymous: bool = False
+    bind_clientid: bool = False
+    device_port: int = 0
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def device_url(self) -> str:
+        """The URL of the device listener (client id bound to the user name)."""
+        if self.device_port <= 0:
+            raise ValueError("this broker has no device listener")
+        return f"mqtt://127.0.0.1:{self.device_port}"
+
+    def user(self, username: str) -> MosquittoUser:
+        for u in self.users:
+            if u.username == username:
+                return u
+        raise KeyError(f"no account {username!r} on the broker in {self.workdir}")
+
+    def _write_accounts(self) -> tuple[Path, Path]:
+        passwd = self.workdir / "passwd"
+        passwd.write_text("".join(password_line(u.username, u.password) + "\n" for u in self.users))
+        passwd.chmod(0o600)
+        acl = self.workdir / "acl"
+        if self.acl_text is not None:
+            acl.write_text(self.acl_text)
+        else:
+            acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
+                                   for u in self.users))
+        return passwd, acl
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         lines = [
             f"listener {self.port} 127.0.0.1",
             "protocol mqtt",
+        ]
+        if self.bind_clientid:
+            lines.append("use_username_as_clientid true")
+        if self.device_port:
+            lines += [f"listener {self.device_port} 127.0.0.1", "protocol mqtt", "use_username_as_clientid true"]
+        lines += [
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
@@ -142,40 +197,77 @@ class Mosquitto(_Process):
             "max_queued_messages 100000",
             "max_inflight_messages 100",
             # payloads are limited to 256 KiB by the contract; the packet adds topic and properties
-            "max_packet_size 270000",
+            f"max_packet_size {MAX_PACKET_SIZE}",
         ]
         if os.geteuid() == 0:  # mosquitto drops root privileges unless told to keep the current user
             import pwd
 
             lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
         if self.users:
-            passwd = self.workdir / "passwd"
-            passwd.write_text("")
-            mosquitto_passwd = find_binary("mosquitto_passwd", "mosquitto")
-            for user in self.users:
-                subprocess.run([mosquitto_passwd, "-b", str(passwd), user.username, user.password], check=True,
-                               capture_output=True)
-            acl = self.workdir / "acl"
-            if self.acl_text is not None:
-                acl.write_text(self.acl_text)
-            else:
-                acl.write_text("".join(f"user {u.username}\n" + "".join(f"{r}\n" for r in u.acl) + "\n"
-                                       for u in self.users))
+            passwd, acl = self._write_accounts()
             lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
-        else:
+        elif self.anonymous:
             lines.append("allow_anonymous true")
+        else:
+            raise ValueError("a Mosquitto needs accounts (users=...); anonymous=True is for pure unit tests only")
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
-    def start(self, timeout: float = 15.0) -> Mosquitto:
+    def start(self, timeout: float = 15.0) -> Self:
         binary = find_binary("mosquitto", "mosquitto")
         if not self.port:
             self.port = free_port()
+        if self.device_port < 0:
+            self.device_port = free_port()
         conf = self.write_config()
         self.proc = self._spawn([binary, "-c", str(conf)], "mosquitto.log")
         wait_for_port(self.port, self.proc, timeout, "mosquitto", self.log_path)
         return self
+
+    def reload_accounts(self, probe: MosquittoUser | None = None, timeout: float = 15.0) -> None:
+        """Rewrite the password file and ACL and make the running broker read them (SIGHUP).
+
+        With ``probe``, return only once that account can log in (the reload is asynchronous).
+        """
+        self._write_accounts()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGHUP)
+        if probe is not None:
+            deadline = time.monotonic() + timeout
+            while not can_log_in(self.port, probe.username, probe.password):
+                if time.monotonic() > deadline:
+                    raise ServerUnavailable(f"mosquitto did not take account {probe.username!r} within {timeout:.0f}s;"
+                                            f" log: {tail(self.log_path)}")
+                time.sleep(0.05)
+
+
+#: what our brokers allow (docs/telemetry.md measures how many readings fit)
+MAX_PACKET_SIZE = 270000
+
+
+def can_log_in(port: int, username: str, password: str, timeout: float = 5.0) -> bool:
+    """Whether an MQTT 3.1.1 CONNECT with these credentials gets CONNACK 0 (a bare socket, no library)."""
+    def field_(b: bytes) -> bytes:
+        return len(b).to_bytes(2, "big") + b
+
+    client_id = f"probe-{os.getpid()}-{time.monotonic_ns()}".encode()
+    body = field_(b"MQTT") + bytes([4, 0xC2]) + (5).to_bytes(2, "big")
+    body += field_(client_id) + field_(username.encode()) + field_(password.encode())
+    packet = bytes([0x10, len(body)]) + body if len(body) < 128 else None
+    if packet is None:
+        raise ValueError("user name and password too long for the probe")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(packet)
+            ack = s.recv(4)
+            if len(ack) == 4 and ack[0] == 0x20 and ack[3] == 0:
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+                return True
+            return False
+    except OSError:
+        return False
 
 
 def _http(url: str, data: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:

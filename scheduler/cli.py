@@ -1,8 +1,11 @@
 """``loaxa scheduler run`` and ``loaxa broadcast now|at|cancel|status|list``.
 
-The broadcast commands talk to the RUNNING scheduler over its HTTP API (address and token from the
-same config file), so a new broadcast is published the moment it is created and there is one writer
-of the database.
+The broadcast commands talk to the RUNNING scheduler over its HTTP API, so a new broadcast is
+published the moment it is created and there is one writer of the database. They need no config
+file and no signing key: the address comes from ``--url`` (or ``LOAXA_URL``, or a scheduler config
+given with ``--config``), and the caller signs in with an API token (``LOAXA_TOKEN`` or
+``--token-file``) or an account (``--login``, password from ``LOAXA_PASSWORD`` or a prompt). The
+scheduler checks the caller's role and communes and records who asked.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ give as many as you like. Priority: normal (daily programme), priority (importan
 emergency (storm, flood, fire: interrupts anything else playing).
 
 Example:
-  loaxa broadcast now --config /etc/loaxa/scheduler.yaml --media thong-bao.mp3 \\
-      --targets xa-an-binh xa-tan-lap/loa-cho --priority emergency
+  LOAXA_URL=https://loaxa.example.gov.vn loaxa broadcast now --login chutich-anbinh --media thong-bao.mp3 \\
+      --targets xa-an-binh xa-an-binh/loa-cho --priority emergency
 """
 
 AT_HELP = """\
@@ -48,8 +51,11 @@ skipped (cancelled or not played). Times are local. Exit code 0 when every speak
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True, help="the scheduler's YAML config (for its address)")
-    p.add_argument("--url", help="scheduler HTTP address (default: from the config)")
+    p.add_argument("--url", help="scheduler HTTP address (default: $LOAXA_URL, or from --config)")
+    p.add_argument("--config", type=Path, help="a scheduler YAML config, only to find its address")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--token-file", type=Path, help="file holding an API token (default: $LOAXA_TOKEN)")
+    auth.add_argument("--login", help="sign in as this account (password: $LOAXA_PASSWORD or a prompt)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -70,7 +76,6 @@ def _add_create(p: argparse.ArgumentParser) -> None:
     p.add_argument("--volume", type=int, default=70, help="0-100 (default 70)")
     p.add_argument("--repeat", type=int, default=1, help="play this many times (default 1)")
     p.add_argument("--title", help="a short title shown in reports")
-    p.add_argument("--by", dest="created_by", help="who asked for it (kept in the record)")
     p.add_argument(
         "--wait",
         type=float,
@@ -167,18 +172,51 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 class Api:
+    """The scheduler's HTTP API, signed in with a token or an account."""
+
     def __init__(self, args: argparse.Namespace):
+        import os
+
         import httpx
 
-        from scheduler.service import local_api_url
+        url = getattr(args, "url", None) or os.environ.get("LOAXA_URL")
+        if not url and getattr(args, "config", None) is not None:
+            from scheduler.service import local_api_url
 
-        cfg = _load(args)
-        self.cfg = cfg
-        self.base = (getattr(args, "url", None) or local_api_url(cfg)).rstrip("/")
-        headers = {}
-        if cfg.http.api_token is not None:
-            headers["Authorization"] = f"Bearer {cfg.http.api_token.get().strip()}"
-        self.client = httpx.Client(base_url=self.base, headers=headers, timeout=httpx.Timeout(30, read=600))
+            url = local_api_url(_load(args))
+        if not url:
+            raise CliError("where is the scheduler? give --url URL (or set LOAXA_URL), or --config SCHEDULER_YAML")
+        self.base = url.rstrip("/")
+        self.client = httpx.Client(base_url=self.base, timeout=httpx.Timeout(30, read=600))
+        self._tz: str | None = None
+        token_file = getattr(args, "token_file", None)
+        login = getattr(args, "login", None) or (None if token_file else os.environ.get("LOAXA_LOGIN"))
+        if token_file is not None:
+            try:
+                token = token_file.read_text().strip()
+            except OSError as exc:
+                raise CliError(f"{token_file}: {exc.strerror}") from exc
+        else:
+            token = os.environ.get("LOAXA_TOKEN", "").strip()
+        if token and not login:
+            self.client.headers["Authorization"] = f"Bearer {token}"
+        elif login:
+            import getpass
+
+            password = os.environ.get("LOAXA_PASSWORD") or getpass.getpass(f"Password for {login}: ")
+            session = self.call("POST", "/api/auth/login", json={"login": login, "password": password})
+            self.client.headers["X-CSRF-Token"] = session["csrf_token"]
+        else:
+            raise CliError(
+                "the scheduler needs to know who you are: set LOAXA_TOKEN (an admin makes one with "
+                "`loaxa tokens create`), give --token-file, or --login ACCOUNT"
+            )
+
+    @property
+    def timezone(self) -> str:
+        if self._tz is None:
+            self._tz = str(self.call("GET", "/api/health").get("timezone") or "Asia/Ho_Chi_Minh")
+        return self._tz
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         import httpx
@@ -308,7 +346,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
 @_handle
 def run_create(args: argparse.Namespace) -> int:
     api = Api(args)
-    tz = api.cfg.scheduler.timezone
+    tz = api.timezone
     start_at: int | None = None
     if getattr(args, "time", None) is not None:
         start_at = int(parse_local_time(args.time, tz).timestamp() * 1000)
@@ -325,7 +363,8 @@ def run_create(args: argparse.Namespace) -> int:
             headers={"Content-Type": "application/octet-stream"},
         )
     elif args.text is not None:
-        media = api.call("POST", "/api/tts", json={"text": args.text})
+        urgent = args.priority == "emergency"  # slower, and the key sentence repeated (docs/audio.md)
+        media = api.call("POST", "/api/tts", json={"text": args.text, "slow": urgent, "repeat_key": urgent})
     else:
         media = api.call("GET", f"/api/media/{args.sha256}")
     body = {
@@ -336,7 +375,6 @@ def run_create(args: argparse.Namespace) -> int:
         "volume": args.volume,
         "repeat": args.repeat,
         "title": args.title,
-        "created_by": args.created_by,
     }
     st = api.call("POST", "/api/broadcasts", json=body)
     if args.json and args.wait:
@@ -351,7 +389,7 @@ def run_create(args: argparse.Namespace) -> int:
         )
         for warning in st.get("warnings", []):
             print(f"warning: {warning}")
-        print(f"follow it with: loaxa broadcast status {st['id']} --config {args.config}")
+        print(f"follow it with: loaxa broadcast status {st['id']} --url {api.base}")
     if args.wait:
         return _wait_and_show(api, st["id"], args.wait, args.json)
     return 0
@@ -373,7 +411,7 @@ def _wait_and_show(api: Api, bid: str, timeout_s: float, as_json: bool) -> int:
     if as_json:
         print(json.dumps(st, ensure_ascii=False, indent=2))
     else:
-        print(render_status(st, api.cfg.scheduler.timezone))
+        print(render_status(st, api.timezone))
     return 0 if st["speakers"] and all(sp["state"] == "finished" for sp in st["speakers"]) else 1
 
 
@@ -396,7 +434,7 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, ensure_ascii=False, indent=2))
     else:
-        print(render_status(st, api.cfg.scheduler.timezone))
+        print(render_status(st, api.timezone))
     done = bool(st["speakers"]) and all(sp["state"] == "finished" for sp in st["speakers"])
     return 0 if done else 1
 
@@ -408,7 +446,7 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
-    tz = api.cfg.scheduler.timezone
+    tz = api.timezone
     print(
         _table(
             [
@@ -436,7 +474,7 @@ def run_gateways(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
-    tz = api.cfg.scheduler.timezone
+    tz = api.timezone
     table = []
     for g in rows:
         table.append(

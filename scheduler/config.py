@@ -9,6 +9,7 @@ from pydantic import Field
 
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
+from protocol.ids import GatewayId
 from scheduler.fleet.config import FleetSection
 
 
@@ -32,7 +33,22 @@ class HttpSection(StrictModel):
     public_url: str | None = Field(default=None, description="URL gateways use to fetch media")
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     api_token: Secret | None = Field(
-        default=None, description="if set, /api/* needs 'Authorization: Bearer <token>'; /media stays open"
+        default=None, description="removed: the API takes per-machine tokens now (`loaxa tokens create`)"
+    )
+    media_url_secret: Secret | None = Field(
+        default=None,
+        description="key (base64, >= 32 bytes) that signs gateways' media URLs; "
+        "default: <data_dir>/media-url.key, created on first start",
+    )
+
+
+class AccessSection(StrictModel):
+    """Browser sessions (accounts, roles and tokens live in the database: `loaxa users`, `loaxa tokens`)."""
+
+    session_hours: int = Field(default=12, ge=1, le=24 * 30, description="a session ends this long after login")
+    idle_minutes: int = Field(default=120, ge=5, le=24 * 60, description="... or after this long unused")
+    secure_cookies: bool | None = Field(
+        default=None, description="mark cookies Secure; default: when public_url is https or the request came over TLS"
     )
 
 
@@ -42,7 +58,12 @@ class MediaSection(StrictModel):
     transcode: Literal["keep", "mp3", "opus"] = Field(
         default="mp3", description="keep the upload as is, or convert to MP3 / Opus (48 kHz mono)"
     )
-    bitrate_kbps: int = Field(default=64, ge=16, le=320)
+    bitrate_kbps: int = Field(default=128, ge=16, le=320, description="music (kind=music uploads)")
+    speech_bitrate_kbps: int = Field(
+        default=48, ge=16, le=320, description="speech: text-to-speech and kind=speech uploads (the default)"
+    )
+    loudness_lufs: float = Field(default=-16.0, ge=-30.0, le=-10.0, description="integrated loudness of every item")
+    true_peak_dbtp: float = Field(default=-1.5, ge=-9.0, le=0.0, description="true-peak ceiling of every item")
     max_duration_s: int = Field(default=4 * 3600, ge=1, le=24 * 3600)
     tts_voice: str = Field(default="vi", max_length=64, description="espeak-ng voice for text-to-speech")
 
@@ -62,10 +83,23 @@ class DispatchSection(StrictModel):
 
 
 class IocInfluxSection(StrictModel):
+    """Where the IOC read API (scheduler/ioc/, docs/ioc-api.md) reads readings with InfluxQL."""
+
     url: str = Field(pattern=r"^https?://")
-    database: str
+    database: str = Field(min_length=1, max_length=200)
     username: str | None = None
     password: Secret | None = None
+    token: Secret | None = Field(default=None, description="InfluxDB 2.x/3.x token (instead of username/password)")
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    max_range_days: int = Field(default=31, ge=1, le=3660, description="longest from..to one request may ask")
+    max_points: int = Field(default=50_000, ge=100, le=1_000_000, description="most points in one page")
+
+
+class GatewayEntry(StrictModel):
+    """A gateway this scheduler serves: its id is its user name on the central broker."""
+
+    id: GatewayId
+    commune: str | None = Field(default=None, max_length=200)
 
 
 class SchedulerConfig(StrictModel):
@@ -73,9 +107,14 @@ class SchedulerConfig(StrictModel):
     broker: MqttEndpoint
     signing: SigningSection
     http: HttpSection = HttpSection()
+    access: AccessSection = AccessSection()
     media: MediaSection = MediaSection()
     dispatch: DispatchSection = DispatchSection()
     influx: IocInfluxSection | None = None
+    gateways: list[GatewayEntry] = Field(
+        default_factory=list,
+        description="the gateways this scheduler serves; messages of any other gateway id are ignored",
+    )
     fleet: FleetSection = FleetSection()
 
 

@@ -109,8 +109,8 @@ class Outgoing:
 
 #: Builds a signed envelope: (kind, body, ttl_ms) -> Envelope. Supplied by the dispatcher.
 MakeEnvelope = Callable[[str, BaseModel, int], Envelope]
-#: Builds the plan body for one gateway: (broadcast, device targets or "*") -> BroadcastPlanBody.
-MakePlan = Callable[[Broadcast, list[str] | str], BroadcastPlanBody]
+#: Builds the plan body for one gateway: (broadcast, device targets or "*", gateway) -> BroadcastPlanBody.
+MakePlan = Callable[[Broadcast, list[str] | str, str], BroadcastPlanBody]
 
 
 def advance_speaker(row: SpeakerDelivery, state: str, at: int, now: int, reason: str | None = None) -> bool:
@@ -153,6 +153,8 @@ class Store:
 
     def create_all(self) -> None:
         """Tables straight from the models, without migrations: for throwaway databases only."""
+        import scheduler.access.models  # noqa: F401  (its tables join Base.metadata)
+
         Base.metadata.create_all(self.engine)
 
     def close(self) -> None:
@@ -235,6 +237,19 @@ class Store:
     def record_status(self, gw: str, status: Status, now: int) -> bool:
         with self.session() as s, s.begin():
             return self._status(s, gw, status, now)
+
+    def register_gateways(self, entries: Iterable[tuple[str, str | None]]) -> None:
+        """Create (or name the commune of) the configured gateways: the only way a gateway row is
+        born. A gateway id that merely appears in a topic is never registered."""
+        with self.session() as s, s.begin():
+            for gw, commune in entries:
+                row = self._gateway(s, gw)
+                if commune is not None:
+                    row.commune = commune[:200] or None
+
+    def gateway_ids(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Gateway.id)).all())
 
     def touch_gateway(self, gw: str, now: int) -> None:
         with self.session() as s, s.begin():
@@ -319,6 +334,11 @@ class Store:
         with self.session() as s:
             return s.get(Media, sha256)
 
+    def list_media(self, limit: int = 100) -> list[Media]:
+        """The library, newest first."""
+        with self.session() as s:
+            return list(s.scalars(select(Media).order_by(Media.created_at.desc()).limit(limit)))
+
     # ------------------------------------------------------------ broadcasts
 
     def create_broadcast(
@@ -396,7 +416,7 @@ class Store:
                             s.add(Speaker(gateway_id=gw, device_id=dev))
                 for dev in sorted(speaker_ids):
                     s.add(SpeakerDelivery(broadcast_id=bid, gateway_id=gw, device_id=dev, state=SPK_PENDING))
-                env = make_envelope("broadcast.plan", make_plan(b, plan_targets), expires_at - now)
+                env = make_envelope("broadcast.plan", make_plan(b, plan_targets, gw), expires_at - now)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(

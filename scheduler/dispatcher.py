@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, cast
 
 import aiomqtt
@@ -39,7 +39,7 @@ from protocol.models import (
 )
 from protocol.signing import Signer, now_ms
 from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
-from scheduler.db import AsyncStore, Incoming, Outgoing, Store
+from scheduler.db import AsyncStore, BadRequest, Incoming, Outgoing, Store, Target
 from scheduler.models import Broadcast
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,17 @@ class Dispatcher:
         store: AsyncStore,
         link: MqttLink,
         signer: Signer,
-        media_url: Callable[[str], str],
+        media_url: Callable[[str, str, int], str],
         *,
         resend_interval_s: float = 30.0,
         max_late_s: int = 3600,
+        gateways: Iterable[str] = (),
     ):
+        #: the registered gateways (configured, or registered through the API); messages on any other
+        #: gateway's topics are ignored: a read-only account or a misconfigured broker must not make a
+        #: gateway appear
+        self.known_gateways: set[str] = set(gateways)
+        self._ignored: set[str] = set()
         self.store = store
         self.link = link
         self.signer = signer
@@ -93,13 +99,14 @@ class Dispatcher:
 
     # ------------------------------------------------------------ building commands (DB thread)
 
-    def make_plan(self, b: Broadcast, targets: list[str] | str) -> BroadcastPlanBody:
+    def make_plan(self, b: Broadcast, targets: list[str] | str, gateway: str) -> BroadcastPlanBody:
+        """The plan for one gateway; its media URL is signed for that gateway, valid while the plan is."""
         m = b.media
         item = PlanItem(
             broadcast_id=b.id,
             media=MediaRef(
                 sha256=m.sha256,
-                url=self.media_url(m.sha256),
+                url=self.media_url(m.sha256, gateway, b.expires_at),
                 bytes=m.size,
                 duration_ms=m.duration_ms,
                 content_type=m.content_type,
@@ -131,6 +138,10 @@ class Dispatcher:
         created_by: str | None = None,
         broadcast_id: str | None = None,
     ) -> str:
+        unknown = sorted({Target.parse(t).gateway for t in targets} - self.known_gateways)
+        if unknown:
+            raise BadRequest(f"unknown gateway(s) {', '.join(unknown)}: a target must be one of the scheduler's"
+                             " configured 'gateways'")
         bid, out = await self.store.call(
             self.db.create_broadcast,
             media_sha256=media_sha256,
@@ -150,6 +161,12 @@ class Dispatcher:
         log.info("broadcast %s created for %s", bid, ", ".join(targets))
         await self.send(out)
         return bid
+
+    async def register_gateway(self, gw: str, commune: str | None) -> None:
+        """Register a gateway (or rename its commune): from then on its messages count."""
+        await self.store.call(self.db.set_commune, gw, commune)
+        self.known_gateways.add(gw)
+        self._ignored.discard(gw)
 
     async def cancel_broadcast(self, bid: str) -> int:
         out = await self.store.call(self.db.cancel_broadcast, bid, self.make_envelope, now_ms())
@@ -201,13 +218,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------ incoming
 
-    @staticmethod
-    def _gateway_of(msg: aiomqtt.Message) -> str | None:
+    def _known(self, gw: str, topic: object) -> bool:
+        if gw in self.known_gateways:
+            return True
+        if gw not in self._ignored and len(self._ignored) < 1000:
+            self._ignored.add(gw)
+            log.warning("ignoring messages of gateway %r (first on %s): it is not in the scheduler's 'gateways'",
+                        gw[:64], str(topic)[:200])
+        return False
+
+    def _gateway_of(self, msg: aiomqtt.Message) -> str | None:
         try:
-            return parse_topic(str(msg.topic)).gateway
+            gw = parse_topic(str(msg.topic)).gateway
         except ProtocolError as exc:
             log.warning("ignoring message on %s: %s", msg.topic, exc)
             return None
+        return gw if self._known(gw, msg.topic) else None
 
     async def _on_status(self, msg: aiomqtt.Message) -> None:
         gw = self._gateway_of(msg)
@@ -256,7 +282,7 @@ class Dispatcher:
             t = parse_topic(str(msg.topic))
         except ProtocolError:
             return
-        if t.device is None or not msg.payload:
+        if t.device is None or not msg.payload or not self._known(t.gateway, msg.topic):
             return
         try:
             data = parse_json(bytes(msg.payload))

@@ -1,15 +1,17 @@
-"""The scheduler's HTTP side (FastAPI): media for gateways and a small JSON API.
+"""The scheduler's HTTP side (FastAPI): media for gateways and the JSON API.
 
-* ``GET|HEAD /media/{sha256}``: the stored audio, with byte ranges (206 / 416), ``ETag`` = the
-  SHA-256 and ``If-None-Match`` (304). Open to anyone who knows the hash (gateways fetch here).
+* ``GET|HEAD /media/{sha256}?gw=…&exp=…&sig=…``: the stored audio for ONE gateway, with the URL the
+  dispatcher signed into that gateway's plan (scheduler/access/media_urls.py); byte ranges
+  (206 / 416), ``ETag`` = the SHA-256 and ``If-None-Match`` (304). Nothing else can read it here.
 * ``/api/...``: upload media, text-to-speech, create / cancel / inspect broadcasts, list gateways.
-  Protected by a bearer token when ``http.api_token`` is set. OpenAPI at ``/docs`` and ``/openapi.json``.
+  Every route declares its permission (scheduler/access/permissions.py) and checks the areas of what
+  it touches: an operator of one commune cannot target another. ``created_by`` is the caller.
+  OpenAPI at ``/docs`` and ``/openapi.json`` lists the security schemes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import re
@@ -20,17 +22,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.ids import ID_PATTERN, MESSAGE_ID_PATTERN
-from protocol.models import PRIORITY_NAMES
+from protocol.models import PRIORITY_HIGH, PRIORITY_NAMES
 from protocol.signing import now_ms
+from scheduler.access import permissions as perms
+from scheduler.access.deps import Access, Principal, client_address, forbid, get_access, require
+from scheduler.access.routes import router as access_router
 from scheduler.db import BadRequest, NotFound
 from scheduler.dispatcher import Dispatcher
-from scheduler.media import MediaError, MediaLibrary
+from scheduler.media import MAX_TTS_CHARS, MediaError, MediaLibrary, transfer_seconds
+from scheduler.media.tts import build_script
 from scheduler.models import Media
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,8 @@ CHUNK = 256 * 1024
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 #: A start time this far in the past is refused (it would never play).
 PAST_TOLERANCE_MS = 60_000
+#: Priorities above "ưu tiên" pre-empt what is playing: they need ``broadcast:emergency``.
+EMERGENCY_FROM = PRIORITY_HIGH + 1
 
 
 class MediaOut(BaseModel):
@@ -49,11 +57,19 @@ class MediaOut(BaseModel):
     content_type: str
     original_name: str | None
     url: str
+    kind: str | None = Field(default=None, description="speech | music")
+    bitrate_kbps: int | None = None
+    loudness_lufs: float | None = Field(default=None, description="measured integrated loudness (EBU R128)")
+    true_peak_dbtp: float | None = None
+    transfer_s_1mbit: float = Field(description="seconds to send the file over a 1 Mbit/s link")
 
 
 class TtsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=20_000, description="Vietnamese text to read aloud")
+    text: str = Field(min_length=1, max_length=MAX_TTS_CHARS, description="Vietnamese text to read aloud")
+    normalize: bool = Field(default=True, description="write numbers, dates, units, abbreviations as words")
+    slow: bool = Field(default=False, description="slower speech and longer pauses (emergencies)")
+    repeat_key: bool = Field(default=False, description='end with "Xin nhắc lại: " and the first sentence')
 
 
 class GatewayIn(BaseModel):
@@ -72,7 +88,6 @@ class BroadcastIn(BaseModel):
     volume: int = Field(default=70, ge=0, le=100)
     repeat: int = Field(default=1, ge=1, le=100)
     title: str | None = Field(default=None, max_length=200)
-    created_by: str | None = Field(default=None, max_length=200)
     id: str | None = Field(default=None, pattern=MESSAGE_ID_PATTERN, description="choose the id (optional)")
 
 
@@ -110,44 +125,45 @@ def _file_chunks(path: Path, first: int, last: int) -> Iterator[bytes]:
             yield chunk
 
 
-class _TokenCaller:
-    """The caller of the shared API token: every permission, every gateway."""
+def _targets_gateways(targets: list[str]) -> set[str]:
+    return {t.split("/", 1)[0].strip() for t in targets}
 
-    name = "api-token"
 
-    def can(self, perm: str, gateway: str | None = None) -> bool:
-        return True
+async def require_areas(request: Request, p: Principal, perm: str, gateways: set[str]) -> None:
+    """403 naming the first gateway of ``gateways`` on which ``p`` lacks ``perm`` (and an audit entry)."""
+    for gw in sorted(gateways):
+        if not p.can(perm, gw):
+            await get_access(request).audit(p, "access.denied", address=client_address(request),
+                                            target=f"{request.method} {request.url.path}",
+                                            detail={"needs": perm, "gateway": gw})
+            raise forbid(p, perm, gw)
 
-    def gateways(self, perm: str) -> frozenset[str] | None:
-        return None
+
+def in_areas(p: Principal, perm: str, gateways: list[str] | set[str]) -> bool:
+    """Whether any of ``gateways`` is in the caller's areas for ``perm``."""
+    allowed = p.gateways(perm)
+    return allowed is None or any(gw in allowed for gw in gateways)
 
 
 def create_app(
     dispatcher: Dispatcher,
     library: MediaLibrary,
     *,
-    media_url: Any,
+    access: Access,
     timezone: str = "Asia/Ho_Chi_Minh",
-    api_token: str | None = None,
-    fleet: Any = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Loa Xã scheduler",
         version="1",
-        description="Broadcast scheduling and delivery tracking for commune public-address systems.",
+        description="Broadcast scheduling and delivery tracking for commune public-address systems. "
+        "Authenticate with an API token (Authorization: Bearer) or a session from POST /api/auth/login "
+        "(then send X-CSRF-Token on every state-changing request).",
     )
+    app.state.access = access
+    app.include_router(access_router)
     store = dispatcher.store
     db = dispatcher.db
     tz = ZoneInfo(timezone)
-
-    def check_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if api_token is None:
-            return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), api_token.encode()):
-            raise HTTPException(401, "missing or wrong API token (Authorization: Bearer ...)")
-
-    api = [Depends(check_token)]
 
     def media_out(m: Media) -> MediaOut:
         return MediaOut(
@@ -156,8 +172,16 @@ def create_app(
             duration_ms=m.duration_ms,
             content_type=m.content_type,
             original_name=m.original_name,
-            url=media_url(m.sha256),
+            url=f"/api/media/{m.sha256}/audio",
+            kind=m.kind,
+            bitrate_kbps=m.bitrate_kbps,
+            loudness_lufs=m.loudness_lufs,
+            true_peak_dbtp=m.true_peak_dbtp,
+            transfer_s_1mbit=round(transfer_seconds(m.size), 2),
         )
+
+    async def audit(p: Principal, request: Request, action: str, target: str | None, **detail: Any) -> None:
+        await access.audit(p, action, address=client_address(request), target=target, detail=detail)
 
     @app.exception_handler(BadRequest)
     async def _bad(_req: Request, exc: BadRequest) -> JSONResponse:
@@ -170,15 +194,39 @@ def create_app(
     @app.exception_handler(MediaError)
     async def _media(_req: Request, exc: MediaError) -> JSONResponse:
         code = 413 if "larger than the limit" in str(exc) else 400
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=code)
 
     # ------------------------------------------------------------ media for gateways
 
-    @app.api_route("/media/{sha256}", methods=["GET", "HEAD"], summary="Fetch stored audio (byte ranges)")
+    @app.api_route(
+        "/media/{sha256}",
+        methods=["GET", "HEAD"],
+        summary="Stored audio for a gateway (the signed URL from its plan; byte ranges)",
+        responses={403: {"description": "not a valid signed URL for a gateway"}},
+    )
     async def get_media(
         request: Request,
         sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN, description="SHA-256 of the file, lowercase hex")],
+        gw: Annotated[str | None, Query(max_length=64, description="the gateway the URL was signed for")] = None,
+        exp: Annotated[str | None, Query(max_length=12, description="expiry, epoch seconds")] = None,
+        sig: Annotated[str | None, Query(max_length=64, description="HMAC-SHA256, base64url")] = None,
     ) -> Response:
+        refused = access.media_urls.check(sha256, gw, exp, sig, now_ms() // 1000)
+        if refused is not None:
+            raise HTTPException(403, refused)
+        return await serve_media(request, sha256)
+
+    @app.get(
+        "/api/media/{sha256}/audio",
+        summary="Listen to stored audio (staff; byte ranges)",
+        dependencies=[Depends(require(perms.MEDIA_READ))],
+    )
+    async def get_media_audio(
+        request: Request, sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)]
+    ) -> Response:
+        return await serve_media(request, sha256)
+
+    async def serve_media(request: Request, sha256: str) -> Response:
         m = await store.call(db.get_media, sha256)
         path = library.path_of(m) if m is not None else None
         if m is None or path is None or not path.is_file():
@@ -219,21 +267,27 @@ def create_app(
             "ok": True,
             "mqtt_connected": dispatcher.link.connected.is_set(),
             "commands_sent": dispatcher.sent,
+            "timezone": timezone,
         }
 
     @app.post(
         "/api/media",
-        dependencies=api,
         status_code=201,
         response_model=MediaOut,
         summary="Upload audio (raw request body; name in ?name=)",
     )
-    async def upload_media(request: Request, name: str | None = None) -> MediaOut:
+    async def upload_media(
+        request: Request,
+        p: Annotated[Principal, Depends(require(perms.MEDIA_WRITE))],
+        name: Annotated[str | None, Query(max_length=300)] = None,
+        kind: Literal["speech", "music"] = "speech",
+    ) -> MediaOut:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > library.max_bytes:
             raise MediaError(
                 f"the file is larger than the limit of {library.max_bytes} bytes "
-                f"({int(declared)} bytes sent); nothing was stored"
+                f"({int(declared)} bytes sent); nothing was stored",
+                field="body",
             )
         fd, tmp = tempfile.mkstemp(dir=library.tmp, prefix="upload-")
         path = Path(tmp)
@@ -244,38 +298,64 @@ def create_app(
                     size += len(chunk)
                     if size > library.max_bytes:
                         raise MediaError(
-                            f"the file is larger than the limit of {library.max_bytes} bytes; nothing was stored"
+                            f"the file is larger than the limit of {library.max_bytes} bytes; nothing was stored",
+                            field="body",
                         )
                     await asyncio.to_thread(f.write, chunk)
             if size == 0:
-                raise MediaError("the upload is empty; send the audio file as the request body")
-            media = await asyncio.to_thread(library.ingest, path, name)
+                raise MediaError("the upload is empty; send the audio file as the request body", field="body")
+            media = await library.run_job(library.ingest, path, name, kind)
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)
         stored = await store.call(db.add_media, media)
+        await audit(p, request, "media.upload", stored.sha256, name=name, bytes=stored.size)
         return media_out(stored)
 
     @app.post(
         "/api/tts",
-        dependencies=api,
         status_code=201,
         response_model=MediaOut,
         summary="Read Vietnamese text aloud (espeak-ng) and store the audio",
     )
-    async def tts(body: TtsIn) -> MediaOut:
-        media = await asyncio.to_thread(library.tts, body.text)
+    async def tts(
+        request: Request, body: TtsIn, p: Annotated[Principal, Depends(require(perms.MEDIA_WRITE))]
+    ) -> MediaOut:
+        media = await library.run_job(
+            library.tts, body.text, slow=body.slow, repeat_key=body.repeat_key, normalize=body.normalize
+        )
         stored = await store.call(db.add_media, media)
+        await audit(p, request, "media.tts", stored.sha256, text=body.text[:200])
         return media_out(stored)
 
-    @app.get("/api/media/{sha256}", dependencies=api, response_model=MediaOut)
+    @app.post("/api/tts/preview", dependencies=[Depends(require(perms.MEDIA_WRITE))],
+              summary="The text as it will be read aloud (nothing stored)")
+    async def tts_preview(body: TtsIn) -> dict[str, Any]:
+        script = await asyncio.to_thread(
+            build_script, body.text, normalize=body.normalize, slow=body.slow, repeat_key=body.repeat_key
+        )
+        return {
+            "text": script.text,
+            "changes": [{"original": c.original, "spoken": c.spoken} for c in script.changes],
+            "warnings": script.warnings,
+            "rate_wpm": script.pace.rate_wpm,
+        }
+
+    @app.get("/api/media", dependencies=[Depends(require(perms.MEDIA_READ))], response_model=list[MediaOut],
+             summary="The audio library")
+    async def list_media(limit: int = 100) -> list[MediaOut]:
+        return [media_out(m) for m in await store.call(db.list_media, max(1, min(limit, 1000)))]
+
+    @app.get("/api/media/{sha256}", dependencies=[Depends(require(perms.MEDIA_READ))], response_model=MediaOut)
     async def media_info(sha256: Annotated[str, PathParam(pattern=SHA256_PATTERN)]) -> MediaOut:
         m = await store.call(db.get_media, sha256)
         if m is None:
             raise HTTPException(404, f"no media {sha256}")
         return media_out(m)
 
-    @app.post("/api/broadcasts", dependencies=api, status_code=201, summary="Create a broadcast and send it")
-    async def create_broadcast(body: BroadcastIn) -> dict[str, Any]:
+    @app.post("/api/broadcasts", status_code=201, summary="Create a broadcast and send it")
+    async def create_broadcast(
+        request: Request, body: BroadcastIn, p: Annotated[Principal, Depends(require(perms.BROADCAST_CREATE))]
+    ) -> dict[str, Any]:
         now = now_ms()
         start_at: int | None
         if body.start_at is None:
@@ -290,6 +370,10 @@ def create_app(
         priority = PRIORITY_NAMES[body.priority] if isinstance(body.priority, str) else body.priority
         if not 0 <= priority <= 9:
             raise BadRequest("priority must be 0-9 or one of normal, priority, emergency")
+        gateways = _targets_gateways(body.targets)
+        await require_areas(request, p, perms.BROADCAST_CREATE, gateways)
+        if priority >= EMERGENCY_FROM:
+            await require_areas(request, p, perms.BROADCAST_EMERGENCY, gateways)
         bid = await dispatcher.create_broadcast(
             media_sha256=body.media_sha256,
             targets=body.targets,
@@ -298,7 +382,7 @@ def create_app(
             volume=body.volume,
             repeat=body.repeat,
             title=body.title,
-            created_by=body.created_by,
+            created_by=p.name,
             broadcast_id=body.id,
         )
         st = await store.call(db.broadcast_status, bid)
@@ -310,50 +394,56 @@ def create_app(
             for gw, state in states.items()
             if state != "online"
         ]
+        await audit(p, request, "broadcast.create", bid, targets=st["targets"], priority=priority,
+                    volume=body.volume, start_at=start_at, media=body.media_sha256, title=body.title)
         return st
 
-    @app.get("/api/broadcasts", dependencies=api, summary="Recent broadcasts")
-    async def list_broadcasts(limit: int = 50) -> list[dict[str, Any]]:
-        return await store.call(db.list_broadcasts, max(1, min(limit, 1000)))
+    @app.get("/api/broadcasts", summary="Recent broadcasts (those touching the caller's areas)")
+    async def list_broadcasts(
+        p: Annotated[Principal, Depends(require(perms.BROADCAST_READ))],
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> list[dict[str, Any]]:
+        rows = await store.call(db.list_broadcasts, limit if p.gateways(perms.BROADCAST_READ) is None else 1000)
+        mine = [r for r in rows if in_areas(p, perms.BROADCAST_READ, _targets_gateways(r["targets"]))]
+        return mine[:limit]
 
-    @app.get(
-        "/api/broadcasts/{bid}",
-        dependencies=api,
-        summary="A broadcast with per-gateway and per-speaker state",
-    )
-    async def broadcast_status(bid: Annotated[str, PathParam(pattern=MESSAGE_ID_PATTERN)]) -> dict[str, Any]:
+    @app.get("/api/broadcasts/{bid}", summary="A broadcast with per-gateway and per-speaker state")
+    async def broadcast_status(
+        bid: Annotated[str, PathParam(pattern=MESSAGE_ID_PATTERN)],
+        p: Annotated[Principal, Depends(require(perms.BROADCAST_READ))],
+    ) -> dict[str, Any]:
+        st = await store.call(db.broadcast_status, bid)
+        if not in_areas(p, perms.BROADCAST_READ, _targets_gateways(st["targets"])):
+            raise NotFound(f"no broadcast {bid}")  # as if it did not exist: other communes stay private
+        return st
+
+    @app.post("/api/broadcasts/{bid}/cancel", summary="Cancel a broadcast on every gateway")
+    async def cancel(
+        request: Request,
+        bid: Annotated[str, PathParam(pattern=MESSAGE_ID_PATTERN)],
+        p: Annotated[Principal, Depends(require(perms.BROADCAST_CANCEL))],
+    ) -> dict[str, Any]:
+        st = await store.call(db.broadcast_status, bid)
+        await require_areas(request, p, perms.BROADCAST_CANCEL, _targets_gateways(st["targets"]))
+        sent = await dispatcher.cancel_broadcast(bid)
+        await audit(p, request, "broadcast.cancel", bid, cancel_commands=sent)
         return await store.call(db.broadcast_status, bid)
 
-    @app.post("/api/broadcasts/{bid}/cancel", dependencies=api, summary="Cancel a broadcast on every gateway")
-    async def cancel(bid: Annotated[str, PathParam(pattern=MESSAGE_ID_PATTERN)]) -> dict[str, Any]:
-        await dispatcher.cancel_broadcast(bid)
-        return await store.call(db.broadcast_status, bid)
-
-    @app.put("/api/gateways/{gw}", dependencies=api, summary="Name a gateway's commune (registers the gateway)")
-    async def put_gateway(gw: Annotated[str, PathParam(pattern=ID_PATTERN)], body: GatewayIn) -> dict[str, Any]:
-        await store.call(db.set_commune, gw, body.commune)
+    @app.put("/api/gateways/{gw}", summary="Name a gateway's commune (registers the gateway)")
+    async def put_gateway(
+        request: Request,
+        gw: Annotated[str, PathParam(pattern=ID_PATTERN)],
+        body: GatewayIn,
+        p: Annotated[Principal, Depends(require(perms.GATEWAY_ADMIN))],
+    ) -> dict[str, Any]:
+        await require_areas(request, p, perms.GATEWAY_ADMIN, {gw})
+        await dispatcher.register_gateway(gw, body.commune)
+        await audit(p, request, "gateway.update", gw, commune=body.commune)
         return {"id": gw, "commune": body.commune}
 
-    @app.get("/api/gateways", dependencies=api, summary="Gateways, their status and their speakers")
-    async def gateways() -> list[dict[str, Any]]:
-        return await store.call(db.gateways)
-
-    if fleet is not None:
-        from scheduler.fleet.routes import make_router
-
-        def token_require(perm: str) -> Any:
-            """Until accounts and roles exist: the API token holds every permission in every area."""
-
-            def dependency(authorization: Annotated[str | None, Header()] = None) -> _TokenCaller:
-                check_token(authorization)
-                return _TokenCaller()
-
-            return dependency
-
-        async def log_audit(p: Any, request: Request, action: str, target: str | None, detail: dict[str, Any]) -> None:
-            client = request.client.host if request.client else "unknown"
-            log.info("audit: %s from %s: %s %s %s", p.name, client, action, target, detail)
-
-        app.include_router(make_router(fleet, token_require, log_audit))
+    @app.get("/api/gateways", summary="Gateways, their status and their speakers (in the caller's areas)")
+    async def gateways(p: Annotated[Principal, Depends(require(perms.FLEET_READ))]) -> list[dict[str, Any]]:
+        rows = await store.call(db.gateways)
+        return [g for g in rows if p.can(perms.FLEET_READ, g["id"])]
 
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: Per-gateway delivery of one command (a plan or a cancel).
@@ -82,6 +82,11 @@ class Media(Base):
     path: Mapped[str] = mapped_column(String(500), doc="file name relative to <data_dir>/media")
     original_name: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[int] = mapped_column()
+    # added with loudness normalisation (nullable: rows stored before have none)
+    kind: Mapped[str | None] = mapped_column(String(16), doc="speech | music")
+    bitrate_kbps: Mapped[int | None] = mapped_column(Integer)
+    loudness_lufs: Mapped[float | None] = mapped_column(Float, doc="integrated loudness of the stored file")
+    true_peak_dbtp: Mapped[float | None] = mapped_column(Float, doc="true peak of the stored file")
 
 
 class Broadcast(Base):

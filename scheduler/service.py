@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -18,12 +19,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from loaxa import sdnotify
 from loaxa.mqttlink import MqttLink
 from protocol.signing import Signer, load_private_key
+from scheduler.access.deps import client_address, require
+from scheduler.access.media_urls import MediaUrlError, MediaUrlSigner, load_or_create_secret
+from scheduler.access.permissions import FLEET_READ, IOC_READ
+from scheduler.access.service import Access
+from scheduler.access.store import AccessStore
 from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
+from scheduler.fleet.routes import make_router as fleet_router
 from scheduler.fleet.service import Fleet
 from scheduler.http import create_app
-from scheduler.media import MediaLibrary
+from scheduler.ioc import IocApi, IocSettings, IocSetupError
+from scheduler.media import MediaLibrary, Target
+from scheduler.metrics import SchedulerMetrics
 from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,36 @@ class SetupError(Exception):
     """The scheduler cannot start as configured (the message names the config key)."""
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+NO_ACCOUNTS = (
+    "http.host is {host}, which other machines can reach, but the scheduler has no accounts yet, so "
+    "nobody could sign in and nothing would be protected. Create the first admin with:\n"
+    "  loaxa users add --config <this config> --role admin <login>\n"
+    "or bind http.host to 127.0.0.1 until then."
+)
+
+
+def media_url_signer(cfg: SchedulerConfig) -> MediaUrlSigner:
+    import base64
+
+    try:
+        if cfg.http.media_url_secret is not None:
+            secret = base64.b64decode(cfg.http.media_url_secret.get().strip(), validate=True)
+        else:
+            secret = load_or_create_secret(cfg.scheduler.data_dir / "media-url.key")
+        return MediaUrlSigner(secret, base_url(cfg))
+    except (ValueError, RuntimeError, OSError, MediaUrlError) as exc:
+        raise SetupError(f"http.media_url_secret: {exc}") from exc
+
+
 @dataclass
 class Scheduler:
     config: SchedulerConfig
@@ -63,6 +102,7 @@ class Scheduler:
     dispatcher: Dispatcher
     app: FastAPI
     fleet: Fleet
+    ioc: IocApi | None = None
 
     @classmethod
     def build(cls, cfg: SchedulerConfig) -> Scheduler:
@@ -79,25 +119,38 @@ class Scheduler:
             raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
         try:
             store.upgrade()  # Alembic migrations to the newest schema (adopts a pre-migration database)
+            store.register_gateways((g.id, g.commune) for g in cfg.gateways)
+            known = store.gateway_ids()
         except (SQLAlchemyError, ImportError, MigrationError) as exc:
             store.close()
             raise SetupError(f"database {make_url(url).render_as_string(hide_password=True)}: {exc}") from exc
+        unlisted = sorted(set(known) - {g.id for g in cfg.gateways})
+        if unlisted:
+            # registered through the API, or (before this version) created from any topic heard
+            log.warning("gateways in the database but not under 'gateways' in the config (still served; "
+                        "check them with 'loaxa gateways'): %s", ", ".join(unlisted[:50]))
         library = MediaLibrary(
             data_dir / "media",
             max_bytes=cfg.http.max_upload_bytes,
             max_duration_s=cfg.media.max_duration_s,
             transcode_to=cfg.media.transcode,
             bitrate_kbps=cfg.media.bitrate_kbps,
+            speech_bitrate_kbps=cfg.media.speech_bitrate_kbps,
             tts_voice=cfg.media.tts_voice,
+            target=Target(cfg.media.loudness_lufs, cfg.media.true_peak_dbtp),
         )
         try:
             signer = Signer(cfg.signing.key_id, load_private_key(cfg.signing.private_key.get()))
         except (ValueError, RuntimeError) as exc:
             raise SetupError(f"signing.private_key: {exc}") from exc
-        root = base_url(cfg)
-
-        def media_url(sha256: str) -> str:
-            return f"{root}/media/{sha256}"
+        if cfg.http.api_token is not None:
+            raise SetupError(
+                "http.api_token: the shared API token was replaced by per-machine tokens with roles; remove it "
+                "and create one with `loaxa tokens create --config <this config> NAME --role ROLE`"
+            )
+        if not is_loopback(cfg.http.host) and not AccessStore(store.session).has_accounts():
+            raise SetupError(NO_ACCOUNTS.format(host=cfg.http.host))
+        signer_urls = media_url_signer(cfg)
 
         link = MqttLink(cfg.broker, client_id=f"loaxa-scheduler-{socket.gethostname()}"[:128], name="central")
         astore = AsyncStore(store)
@@ -105,18 +158,48 @@ class Scheduler:
             astore,
             link,
             signer,
-            media_url,
+            signer_urls.url,
             resend_interval_s=cfg.dispatch.resend_interval_s,
             max_late_s=cfg.dispatch.max_late_s,
+            gateways=known,  # the configured ones (registered above) and those added through the API
         )
-        try:
-            token = cfg.http.api_token.get().strip() if cfg.http.api_token else None
-        except RuntimeError as exc:
-            raise SetupError(f"http.api_token: {exc}") from exc
+        secure = cfg.access.secure_cookies
+        if secure is None:
+            secure = (cfg.http.public_url or "").startswith("https://")
+        access = Access(
+            astore,
+            signer_urls,
+            secure_cookies=secure,
+            session_ttl_s=cfg.access.session_hours * 3600,
+            idle_s=cfg.access.idle_minutes * 60,
+        )
+        metrics = SchedulerMetrics(
+            astore,
+            lambda: {
+                "mqtt_connected": float(dispatcher.link.connected.is_set()),
+                "commands_published": float(dispatcher.sent),
+                "messages_received": float(dispatcher.received),
+            },
+        )
+        routers = [metrics.router(require(FLEET_READ))]
+        ioc: IocApi | None = None
+        if cfg.influx is not None:
+            try:
+                ioc = IocApi(IocSettings.from_section(cfg.influx), require(IOC_READ),
+                             known_gateways=lambda: astore.call(astore.store.gateways), registry=metrics.registry)
+            except IocSetupError as exc:
+                raise SetupError(str(exc)) from exc
+            routers.append(ioc.router)
         fleet = Fleet(cfg.fleet, dispatcher, influx=cfg.influx, timezone=cfg.scheduler.timezone)
-        app = create_app(dispatcher, library, media_url=media_url, timezone=cfg.scheduler.timezone, api_token=token,
-                         fleet=fleet)
-        return cls(cfg, astore, library, dispatcher, app, fleet)
+
+        async def fleet_audit(p: Any, request: Any, action: str, target: str | None, detail: dict[str, Any]) -> None:
+            await access.audit(p, action, address=client_address(request), target=target, detail=detail)
+
+        routers.append(fleet_router(fleet, require, fleet_audit))
+        app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
+        for router in routers:  # /metrics, /ioc/v1, /api/fleet and /api/alarms
+            app.include_router(router)
+        return cls(cfg, astore, library, dispatcher, app, fleet, ioc)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -172,6 +255,8 @@ class Scheduler:
             waiter.cancel()
             systemd.cancel()
             await asyncio.gather(disp, fleet, http, waiter, systemd, return_exceptions=True)
+            if self.ioc is not None:
+                await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)
 
 

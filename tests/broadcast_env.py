@@ -20,6 +20,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from loaxa.servers import MosquittoUser
 from protocol.models import MediaRef
 
 
@@ -108,14 +109,22 @@ class MediaServer:
 
 @dataclass
 class Recorder:
-    """Records every message under ``loaxa/v1/#`` on one broker; re-subscribes after a reconnect."""
+    """Records every message under ``loaxa/v1/#`` on one broker; re-subscribes after a reconnect.
+
+    On a production broker it logs in with ``user``: ``scheduler`` on the central broker (reads
+    everything, may publish commands), ``gateway`` on a commune LAN broker's loopback listener.
+    """
 
     port: int
+    user: MosquittoUser | None = None
     messages: list[tuple[float, str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                                  client_id=f"recorder-{self.port}-{time.monotonic_ns()}")
+        if self.user is not None:
+            self.client.username_pw_set(self.user.username, self.user.password)
         self.client.on_connect = lambda c, *_a: c.subscribe("loaxa/v1/#", qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)

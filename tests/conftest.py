@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from loaxa.brokers import CentralBroker, LanBroker
 from loaxa.servers import InfluxDB1, Mosquitto, MosquittoUser, PostgreSQL, ServerUnavailable, VictoriaMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,11 +32,16 @@ def _start(server: Any) -> Any:
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
-    """Call it to start a Mosquitto (optionally ``users=[MosquittoUser(...)]``); all are stopped after."""
+    """Call it to start a Mosquitto with ``users=[MosquittoUser(...)]`` and their own ACL lines; all are
+    stopped after. A test of the system uses :func:`central_broker_factory` / :func:`lan_broker_factory`
+    (the production ACLs); this one is for tests of the harness itself. No broker here is anonymous.
+    """
     started: list[Mosquitto] = []
 
     def make(name: str = "mosquitto", users: list[MosquittoUser] | None = None) -> Mosquitto:
-        broker = _start(Mosquitto(tmp_path / f"{name}-{len(started)}", users=users or []))
+        if not users:
+            raise ValueError("mosquitto_factory needs users=[...]; use central_broker_factory / lan_broker_factory")
+        broker = _start(Mosquitto(tmp_path / f"{name}-{len(started)}", users=users))
         started.append(broker)
         return broker
 
@@ -45,8 +51,47 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
 
 
 @pytest.fixture
-def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
-    return mosquitto_factory("central")
+def mosquitto(central_broker_factory: Callable[..., CentralBroker]) -> CentralBroker:
+    """A central broker as production runs it, with no gateway accounts yet (``add_gateway``)."""
+    return central_broker_factory()
+
+
+@pytest.fixture
+def central_broker_factory(tmp_path: Path) -> Iterator[Callable[..., CentralBroker]]:
+    """Start central brokers as production runs them: ``configs/mosquitto/acl.example``, an account per
+    gateway (``gateways=[...]``, more with ``add_gateway``), ``scheduler`` and ``viewer``; client ids
+    bound to user names."""
+    started: list[CentralBroker] = []
+
+    def make(gateways: list[str] | tuple[str, ...] = (), readers: tuple[str, ...] = ("viewer",),
+             name: str = "central") -> CentralBroker:
+        broker = _start(CentralBroker(tmp_path / f"{name}-{len(started)}", gateways=list(gateways),
+                                      readers=list(readers)))
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def lan_broker_factory(tmp_path: Path) -> Iterator[Callable[..., LanBroker]]:
+    """Start commune LAN brokers as production runs them: the ACL generated from
+    ``configs/mosquitto/commune-lan.acl.example`` for ``gateway_id``, the ``gateway`` account on the
+    loopback listener and an account per device (``devices=[...]``, more with ``add_device``) on the
+    device listener (``device_url``)."""
+    started: list[LanBroker] = []
+
+    def make(gateway_id: str, devices: list[str] | tuple[str, ...] = (), name: str = "lan") -> LanBroker:
+        broker = _start(LanBroker(tmp_path / f"{name}-{gateway_id}-{len(started)}", gateway_id=gateway_id,
+                                  devices=list(devices)))
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        broker.stop()
 
 
 @pytest.fixture
@@ -98,10 +143,11 @@ def loaxa_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_loaxa(*args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """Run ``loaxa ARGS`` from this checkout and capture its output."""
+def run_loaxa(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+              **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``loaxa ARGS`` from this checkout and capture its output (``env``: extra variables)."""
     return subprocess.run([sys.executable, "-m", "loaxa", *args], capture_output=True, text=True,
-                          timeout=timeout, env=loaxa_env(), cwd=ROOT, **kw)
+                          timeout=timeout, env=loaxa_env(**(env or {})), cwd=ROOT, **kw)
 
 
 def spawn_loaxa(*args: str, log: Path, **kw: Any) -> subprocess.Popen[bytes]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from loaxa.brokers import SCHEDULER_USER, CentralBroker
 from loaxa.servers import free_port
 from protocol.models import Ack, Envelope, PlaybackEvent, PlaybackState, Status
 from protocol.signing import Verifier, key_id_for, now_ms, private_key_b64
@@ -37,11 +39,15 @@ class Keys:
 
 
 def scheduler_config_dict(
-    tmp: Path, broker_url: str, keys: Keys, *, port: int | None = None, **sections: dict[str, Any]
+    tmp: Path, broker: str | CentralBroker, keys: Keys, *, port: int | None = None, gateways: Iterable[str] = (),
+    **sections: dict[str, Any],
 ) -> dict[str, Any]:
+    """A scheduler config; with a :class:`CentralBroker` it logs in as ``scheduler``. ``gateways`` are the
+    gateway ids it serves (it ignores every other one)."""
     cfg: dict[str, Any] = {
         "scheduler": {"data_dir": str(tmp / "sched-data")},
-        "broker": {"url": broker_url},
+        "broker": broker.endpoint(SCHEDULER_USER) if isinstance(broker, CentralBroker) else {"url": broker},
+        "gateways": [{"id": g} for g in gateways],
         "signing": {"key_id": keys.key_id, "private_key": {"value": keys.seed_b64}, "command_ttl_s": 3600},
         "http": {"host": "127.0.0.1", "port": port or free_port()},
         "dispatch": {"resend_interval_s": 3600},
@@ -91,8 +97,11 @@ class TestGateway:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, broker_url: str, gw: str, keys: Keys, *, auto_ack: bool = True):
-        self.host, self.port = broker_url.removeprefix("mqtt://").split(":")
+    def __init__(self, broker: str | CentralBroker, gw: str, keys: Keys, *, auto_ack: bool = True):
+        """With a :class:`CentralBroker` it logs in with gateway ``gw``'s own account (made if needed)."""
+        url = broker.url if isinstance(broker, CentralBroker) else broker
+        self.host, self.port = url.removeprefix("mqtt://").split(":")
+        self.account = broker.add_gateway(gw) if isinstance(broker, CentralBroker) else None
         self.gw = gw
         self.verifier = keys.verifier()
         self.auto_ack = auto_ack
@@ -110,6 +119,8 @@ class TestGateway:
             self.host,
             int(self.port),
             identifier=f"test-{self.gw}-{now_ms()}",
+            username=self.account.username if self.account else None,
+            password=self.account.password if self.account else None,
             protocol=aiomqtt.ProtocolVersion.V5,
             will=will,
         )
@@ -240,3 +251,33 @@ async def wait_for_async(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {within}s waiting for {what} (last value: {last!r})")
+
+
+def add_token(
+    store: Any,
+    role: str = "admin",
+    areas: str | list[str] | None = None,
+    *,
+    name: str | None = None,
+    expires_at: int | None = None,
+) -> str:
+    """An API token made straight in the scheduler's database (``store``: a scheduler.db.Store)."""
+    import secrets
+
+    from scheduler.access.permissions import Grant
+    from scheduler.access.store import AccessStore
+
+    return str(
+        AccessStore(store.session).create_token(
+            name or f"test-{role}-{secrets.token_hex(3)}",
+            Grant.make(role, areas),
+            expires_at=expires_at,
+            actor="test",
+            address=None,
+            now=now_ms(),
+        )
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from loaxa.brokers import LAN_GATEWAY_USER, SCHEDULER_USER, CentralBroker, LanBroker
 from loaxa.clock import now_ms
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
-from loaxa.servers import Mosquitto, free_port
+from loaxa.servers import free_port
 from protocol.models import (
     PRIORITY_EMERGENCY,
     PRIORITY_NORMAL,
@@ -33,7 +34,7 @@ GW = "xa-bc"
 
 
 class Bench:
-    def __init__(self, tmp: Path, central: Mosquitto, lan: Mosquitto, count: int, faults: list[str],
+    def __init__(self, tmp: Path, central: CentralBroker, lan: LanBroker, count: int, faults: list[str],
                  extra_devices: list[dict[str, Any]] | None = None, settings: dict[str, Any] | None = None) -> None:
         self.tmp = tmp
         self.central = central
@@ -44,19 +45,20 @@ class Bench:
         media_port = free_port()
         cfg = gateway_config(GW, data_dir=tmp / "gw", uplink_url=central.url, lan_url=lan.url, signer=self.signer,
                              devices=[{"id": s, "type": "ip_speaker"} for s in self.speakers] + (extra_devices or []),
-                             health_interval_s=2)
+                             health_interval_s=2, uplink_auth=central.gateway_auth(GW), lan_auth=lan.gateway_auth())
         cfg["broadcast"] = {"now_lead_ms": 400, "dispatch_ahead_ms": 1500, "report_grace_s": 3,
                             "ack_timeout_s": 0.5, "retries": 2, "media_listen": f"127.0.0.1:{media_port}",
                             "media_public_url": f"http://127.0.0.1:{media_port}", **(settings or {})}
         self.config = write_yaml(tmp / "gw.yaml", cfg)
-        self.up = Recorder(central.port)
-        self.down = Recorder(lan.port)
+        self.up = Recorder(central.port, central.user(SCHEDULER_USER))  # plays the centre: reads all, sends cmd
+        self.down = Recorder(lan.port, lan.user(LAN_GATEWAY_USER))
         self.procs: list[Any] = []
         self.gateway: Any = None
         self.start_gateway()
         fault_args = [a for f in faults for a in ("--fault", f)]
-        self.sim = spawn_loaxa("sim", "speakers", "--broker", lan.url, "--gateway", GW, "--count", str(count),
-                               *fault_args, log=tmp / "sim.log")
+        creds = lan.write_credentials(tmp / "speaker-passwords.json", self.speakers)
+        self.sim = spawn_loaxa("sim", "speakers", "--broker", lan.device_url, "--gateway", GW, "--count", str(count),
+                               "--credentials", str(creds), *fault_args, log=tmp / "sim.log")
         self.procs.append(self.sim)
         wait_until(lambda: all(self.speaker_online(s) for s in self.speakers), what="simulated speakers online")
 
@@ -64,7 +66,7 @@ class Bench:
         self.gateway = spawn_loaxa("gateway", "run", "--config", str(self.config), log=self.tmp / "gw.log")
         self.procs.append(self.gateway)
         wait_until(lambda: self.up.on(f"{GW}/status")[-1:] == [{**self.up.on(f"{GW}/status")[-1], "state": "online"}]
-                   if self.up.on(f"{GW}/status") else False, timeout=20, what="gateway online")
+                   if self.up.on(f"{GW}/status") else False, timeout=45, what="gateway online")
 
     def kill_gateway(self) -> None:
         self.gateway.send_signal(signal.SIGKILL)
@@ -106,12 +108,12 @@ class Bench:
 
 
 @pytest.fixture
-def make_bench(tmp_path: Path, mosquitto_factory: Any) -> Iterator[Any]:
+def make_bench(tmp_path: Path, central_broker_factory: Any, lan_broker_factory: Any) -> Iterator[Any]:
     made: list[Bench] = []
 
     def make(count: int = 3, faults: list[str] | None = None, extra_devices: list[dict[str, Any]] | None = None,
              settings: dict[str, Any] | None = None) -> Bench:
-        b = Bench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"), count, faults or [],
+        b = Bench(tmp_path, central_broker_factory(gateways=[GW]), lan_broker_factory(GW), count, faults or [],
                   extra_devices, settings)
         made.append(b)
         return b

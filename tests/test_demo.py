@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from loaxa.brokers import central_acl, lan_acl
+from loaxa.servers import can_log_in
 from tests.conftest import run_loaxa, spawn_loaxa, wait_until
 
 
@@ -17,6 +20,17 @@ def _count(influx_url: str, measurement: str) -> int:
     with urllib.request.urlopen(f"{influx_url}/query?{q}", timeout=5) as resp:
         series = json.loads(resp.read())["results"][0].get("series") or []
     return max((v for s in series for v in s["values"][0][1:] if isinstance(v, int)), default=0)
+
+
+def _get(url: str, token: str | None = None) -> int:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
 
 
 def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
@@ -29,7 +43,7 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         with urllib.request.urlopen(ep["influxdb"]["url"] + "/ping", timeout=5) as resp:
             assert resp.status == 204
         statuses: dict[str, str] = {}
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id="demo-test")
         c.username_pw_set(ep["central_mqtt"]["viewer"]["username"], ep["central_mqtt"]["viewer"]["password"])
         c.on_message = lambda _c, _u, m: statuses.__setitem__(m.topic.split("/")[2], json.loads(m.payload)["state"])
         c.connect("127.0.0.1", int(ep["central_mqtt"]["url"].rsplit(":", 1)[1]))
@@ -37,18 +51,46 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         c.loop_start()
         gateways = set(ep["gateways"])
         assert len(gateways) == 2
+        # every broker runs with accounts and the production ACLs generated from the examples
+        data = tmp_path / "d"
+        confs = sorted(data.rglob("mosquitto.conf"))
+        assert len(confs) == 3 and all("allow_anonymous false" in f.read_text() for f in confs)
+        assert (data / "central-mqtt" / "acl").read_text() == central_acl(sorted(gateways), ["viewer", "monitor"])
+        for g in gateways:
+            assert (data / g / "lan-mqtt" / "acl").read_text() == lan_acl(g)
+            for url in (ep["gateways"][g]["lan_mqtt"], ep["gateways"][g]["lan_devices_mqtt"]):
+                assert not can_log_in(int(url.rsplit(":", 1)[1]), "loa-01", "not-its-password")
+        creds = json.loads(Path(ep["gateways"]["xa-an-binh"]["device_credentials"]).read_text())
+        assert set(creds) == {*ep["gateways"]["xa-an-binh"]["speakers"], *(
+            s for s in ep["gateways"]["xa-an-binh"]["sensors"] if s.startswith("lan-"))}
         wait_until(lambda: {g for g, s in statuses.items() if s == "online"} == gateways, timeout=30,
                    what="both demo gateways online")
 
+        # the demo's accounts: named, with roles per commune, and an IOC token
+        url = ep["scheduler"]["url"]
+        accounts, tokens = ep["accounts"], ep["tokens"]
+        assert accounts["admin"]["roles"] == [{"role": "admin", "areas": "*"}]
+        assert accounts["chutich-an-binh"]["roles"] == [{"role": "approver", "areas": ["xa-an-binh"]}]
+        assert accounts["canbo-phu-my"]["roles"] == [{"role": "operator", "areas": ["xa-phu-my"]}]
+        assert accounts["kythuat"]["roles"] == [{"role": "technician", "areas": "*"}]
+        assert tokens["ioc"]["role"] == "ioc" and tokens["ioc"]["token"].startswith("lxa_")
+        wait_until(lambda: _get(url + "/api/health") == 200, timeout=30, what="scheduler HTTP up")
+        assert _get(url + "/api/gateways") == 401
+        assert _get(url + "/api/gateways", tokens["ioc"]["token"]) == 200
+        # an operator of one commune cannot broadcast to the other
+        denied = run_loaxa("broadcast", "now", "--url", url, "--login", "canbo-an-binh", "--text", "Thử",
+                           "--targets", "xa-phu-my", env={"LOAXA_PASSWORD": accounts["canbo-an-binh"]["password"]})
+        assert denied.returncode == 2 and "HTTP 403" in denied.stderr, denied.stderr
+
         # a broadcast from the CLI plays on both gateways' simulated speakers
-        cfg = ep["scheduler"]["config"]
-        sent = run_loaxa("broadcast", "now", "--config", cfg, "--text", "Thông báo thử nghiệm",
-                         "--targets", *sorted(gateways), "--json")
+        admin = {"LOAXA_URL": url, "LOAXA_PASSWORD": accounts["admin"]["password"]}
+        sent = run_loaxa("broadcast", "now", "--login", "admin", "--text", "Thông báo thử nghiệm",
+                         "--targets", *sorted(gateways), "--json", env=admin)
         assert sent.returncode == 0, sent.stderr
         bc_id = json.loads(sent.stdout)["id"]
 
         def speakers_finished() -> list[dict[str, object]] | None:
-            out = run_loaxa("broadcast", "status", bc_id, "--config", cfg, "--json")
+            out = run_loaxa("broadcast", "status", bc_id, "--login", "admin", "--json", env=admin)
             speakers = json.loads(out.stdout)["speakers"] if out.returncode == 0 else []
             done = len(speakers) == 6 and all(s["state"] == "finished" for s in speakers)
             return speakers if done else None
@@ -69,6 +111,7 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         c.loop_stop()
         out = (tmp_path / "demo.log").read_text()
         assert "Demo stopped." in out and "xa-an-binh: online" in out
+        assert f"chutich-an-binh    password {accounts['chutich-an-binh']['password']}" in out
     finally:
         if proc.poll() is None:
             proc.kill()

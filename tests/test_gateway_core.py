@@ -12,7 +12,9 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
+from loaxa.brokers import SCHEDULER_USER
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
+from loaxa.servers import MosquittoUser
 from protocol.models import PingBody
 from protocol.signing import Signer
 from tests.conftest import spawn_loaxa, wait_until
@@ -21,10 +23,13 @@ from tests.conftest import spawn_loaxa, wait_until
 class Watcher:
     """A plain paho client that records every message on loaxa/v1/#."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, user: MosquittoUser | None = None) -> None:
+        """``user``: ``scheduler`` on a production central broker (reads everything, sends commands)."""
         self.messages: list[tuple[str, dict[str, Any], bool]] = []
         self._lock = threading.Lock()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id="watcher")
+        if user is not None:
+            self.client.username_pw_set(user.username, user.password)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe("loaxa/v1/#", qos=1)
@@ -51,14 +56,15 @@ class Watcher:
 
 
 @pytest.fixture
-def setup(tmp_path: Path, mosquitto_factory):  # type: ignore[no-untyped-def]
-    central = mosquitto_factory("central")
-    lan = mosquitto_factory("lan")
+def setup(tmp_path: Path, central_broker_factory, lan_broker_factory):  # type: ignore[no-untyped-def]
+    central = central_broker_factory(gateways=["xa-test"])
+    lan = lan_broker_factory("xa-test")
     signer = make_signer()
     cfg = gateway_config("xa-test", data_dir=tmp_path / "gw", uplink_url=central.url, lan_url=lan.url,
-                         signer=signer, health_interval_s=1, commune="Xã Thử Nghiệm")
+                         signer=signer, health_interval_s=1, commune="Xã Thử Nghiệm",
+                         uplink_auth=central.gateway_auth("xa-test"), lan_auth=lan.gateway_auth())
     path = write_yaml(tmp_path / "gw.yaml", cfg)
-    watcher = Watcher(central.port)
+    watcher = Watcher(central.port, central.user(SCHEDULER_USER))
     procs = []
 
     def start() -> Any:

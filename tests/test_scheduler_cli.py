@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,12 +18,21 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from loaxa.servers import Mosquitto
+from loaxa.brokers import CentralBroker
 from protocol.models import BroadcastPlanBody
 from protocol.signing import parse_body_as
 from scheduler.cli import CliError, parse_local_time
 from tests.conftest import ROOT, loaxa_env, run_loaxa, wait_until
 from tests.sched_support import Keys, TestGateway, make_tone, scheduler_config_dict
+
+#: the gateways the tests' scheduler serves (it ignores any other gateway id)
+GATEWAYS: tuple[str, ...] = ("xa-dong-son", "xa-go-sai")
+
+@pytest.fixture
+def mosquitto(central_broker_factory: Callable[..., CentralBroker]) -> CentralBroker:
+    """The central broker as production runs it (ACL, accounts, client ids bound to user names)."""
+    return central_broker_factory(gateways=GATEWAYS)
+
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 
@@ -35,19 +45,26 @@ def _health(port: int) -> bool:
         return False
 
 
-async def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(run_loaxa, *args)
+#: Credentials of the CLI calls of a test (an API token made with `loaxa tokens create`).
+CLI_ENV: dict[str, str] = {}
 
 
-async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mosquitto) -> None:
+async def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(run_loaxa, *args, env=CLI_ENV if env is None else env)
+
+
+async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: CentralBroker) -> None:
     keys = Keys()
     key_file = tmp_path / "signing.key"
     key_file.write_text(keys.seed_b64 + "\n")
-    cfg = scheduler_config_dict(tmp_path, mosquitto.url, keys)
+    cfg = scheduler_config_dict(tmp_path, mosquitto, keys, gateways=GATEWAYS)
     cfg["signing"]["private_key"] = {"file": "signing.key"}
     conf = tmp_path / "scheduler.yaml"
     conf.write_text(yaml.safe_dump(cfg, allow_unicode=True))
     assert run_loaxa("config", "check", str(conf)).returncode == 0
+    made = run_loaxa("tokens", "create", "--config", str(conf), "tong-dai", "--role", "admin")
+    assert made.returncode == 0 and "shown this once" in made.stderr, made.stderr
+    CLI_ENV["LOAXA_TOKEN"] = made.stdout.strip()
     port = cfg["http"]["port"]
     # systemd's notify socket (Type=notify, WatchdogSec=2): READY=1 and WATCHDOG=1 must arrive
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -66,7 +83,7 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         env=loaxa_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000"),
     )
     log_file.close()
-    gw = TestGateway(mosquitto.url, "xa-dong-son", keys)
+    gw = TestGateway(mosquitto, "xa-dong-son", keys)
     try:
         wait_until(lambda: _health(port) or proc.poll() is not None, 30, what="scheduler up")
         assert proc.poll() is None, (tmp_path / "scheduler.log").read_text()
@@ -159,16 +176,41 @@ async def test_broadcast_now_and_status_end_to_end(tmp_path: Path, mosquitto: Mo
         assert res.returncode == 0 and "cancelled" in res.stdout, res.stderr
         await gw.wait_for(1, "broadcast.cancel")
 
-        listing = await cli("broadcast", "list", "--config", str(conf))
+        # an account signs in with its password instead (no token, no config: just the URL)
+        made = run_loaxa("users", "add", "--config", str(conf), "canbo-dongson", "--role", "operator:xa-dong-son",
+                         "--password-stdin", input="mat-khau-cua-can-bo\n")
+        assert made.returncode == 0, made.stderr
+        url = f"http://127.0.0.1:{port}"
+        listing = await cli("broadcast", "list", "--url", url, "--login", "canbo-dongson",
+                            env={"LOAXA_PASSWORD": "mat-khau-cua-can-bo"})
+        assert listing.returncode == 0, listing.stderr
         rows = {line.split()[0]: line for line in listing.stdout.splitlines()[2:]}
         assert "emergency (9)" in rows[bid] and "yes" not in rows[bid]
         assert "normal (3)" in rows[bid2] and rows[bid2].rstrip().endswith("yes")
 
-        # a gateway id nobody has seen: accepted (it may come later) but the operator is warned
+        # that operator's role and commune hold on the CLI too; the record says who asked
+        res = await cli("broadcast", "now", "--url", url, "--login", "canbo-dongson", "--sha256", item.media.sha256,
+                        "--targets", "xa-khac", env={"LOAXA_PASSWORD": "mat-khau-cua-can-bo"})
+        assert res.returncode == 2 and "HTTP 403" in res.stderr and "xa-khac" in res.stderr
+        res = await cli("broadcast", "now", "--url", url, "--login", "canbo-dongson", "--sha256", item.media.sha256,
+                        "--targets", "xa-dong-son", "--json", env={"LOAXA_PASSWORD": "mat-khau-cua-can-bo"})
+        assert res.returncode == 0 and json.loads(res.stdout)["created_by"] == "canbo-dongson", res.stderr
+        assert st["created_by"] == "token:tong-dai"
+        res = await cli("broadcast", "list", "--url", url, env={})
+        assert res.returncode == 2 and "set LOAXA_TOKEN" in res.stderr
+        res = await cli("broadcast", "list", "--url", url, env={"LOAXA_TOKEN": "lxa_sai"})
+        assert res.returncode == 2 and "HTTP 401" in res.stderr and "invalid, expired or revoked" in res.stderr
+
+        # a configured gateway that never connected: accepted (it may come later) but the operator is warned
         res = await cli(
             "broadcast", "now", "--config", str(conf), "--sha256", item.media.sha256, "--targets", "xa-go-sai"
         )
         assert res.returncode == 0 and "warning: gateway xa-go-sai has never connected" in res.stdout
+        # a gateway id the scheduler was never told about: refused, naming it
+        res = await cli(
+            "broadcast", "now", "--config", str(conf), "--sha256", item.media.sha256, "--targets", "xa-khong-co"
+        )
+        assert res.returncode != 0 and "unknown gateway(s) xa-khong-co" in res.stderr
 
         # errors are clear and change nothing
         res = await cli(
@@ -222,7 +264,7 @@ def test_cli_without_scheduler_says_so(tmp_path: Path) -> None:
     keys = Keys()
     conf = tmp_path / "s.yaml"
     conf.write_text(yaml.safe_dump(scheduler_config_dict(tmp_path, "mqtt://127.0.0.1:1", keys)))
-    res = run_loaxa("broadcast", "status", "x", "--config", str(conf))
+    res = run_loaxa("broadcast", "status", "x", "--config", str(conf), env={"LOAXA_TOKEN": "lxa_x"})
     assert res.returncode == 2 and "is `loaxa scheduler run` running?" in res.stderr
 
 

@@ -6,23 +6,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from loaxa.servers import Mosquitto
+from loaxa.brokers import CentralBroker
 from protocol.models import BroadcastCancelBody, BroadcastPlanBody
 from protocol.signing import parse_body_as
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler
-from tests.sched_support import Keys, TestGateway, make_tone, scheduler_config_dict, wait_for_async
+from tests.sched_support import (
+    Keys,
+    TestGateway,
+    add_token,
+    bearer,
+    make_tone,
+    scheduler_config_dict,
+    wait_for_async,
+)
 
 
 class Running:
-    def __init__(self, sched: Scheduler, keys: Keys, http: httpx.AsyncClient, broker: Mosquitto):
+    def __init__(self, sched: Scheduler, keys: Keys, http: httpx.AsyncClient, broker: CentralBroker):
         self.sched = sched
         self.keys = keys
         self.http = http
@@ -46,22 +54,34 @@ class Running:
         return dict(r.json())
 
     def gateway(self, gw: str, **kw: Any) -> TestGateway:
-        return TestGateway(self.broker.url, gw, self.keys, **kw)
+        return TestGateway(self.broker, gw, self.keys, **kw)
 
 
-async def start_scheduler(tmp_path: Path, broker: Mosquitto, **sections: dict[str, Any]) -> tuple[Scheduler, Keys]:
+#: the gateways the tests' scheduler serves (it ignores any other gateway id)
+GATEWAYS = ("xa-an-binh", "xa-tan-lap", "xa-resend", "xa-hoa-binh", "xa-tu-choi", "xa-huy", "xa-sau-restart")
+
+
+@pytest.fixture
+def mosquitto(central_broker_factory: Callable[..., CentralBroker]) -> CentralBroker:
+    """The central broker as production runs it (ACL, accounts, client ids bound to user names)."""
+    return central_broker_factory(gateways=GATEWAYS)
+
+
+async def start_scheduler(tmp_path: Path, broker: CentralBroker, **sections: dict[str, Any]) -> tuple[Scheduler, Keys]:
     keys = Keys()
-    cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp_path, broker.url, keys, port=None, **sections))
+    cfg = SchedulerConfig.model_validate(
+        scheduler_config_dict(tmp_path, broker, keys, port=None, gateways=GATEWAYS, **sections))
     return Scheduler.build(cfg), keys
 
 
 @pytest.fixture
-async def running(tmp_path: Path, mosquitto: Mosquitto, db_url: str) -> AsyncIterator[Running]:
+async def running(tmp_path: Path, mosquitto: CentralBroker, db_url: str) -> AsyncIterator[Running]:
     sched, keys = await start_scheduler(tmp_path, mosquitto, scheduler={"database_url": db_url})
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
     base = f"http://127.0.0.1:{sched.config.http.port}"
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+    headers = bearer(add_token(sched.store.store))
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as http:
 
         async def up() -> bool:
             try:
@@ -149,11 +169,11 @@ async def test_offline_gateway_gets_plan_when_online_until_acked(running: Runnin
     await gw3.disconnect()
 
 
-async def test_resend_while_online_until_acked(tmp_path: Path, mosquitto: Mosquitto, tone: Path) -> None:
+async def test_resend_while_online_until_acked(tmp_path: Path, mosquitto: CentralBroker, tone: Path) -> None:
     sched, keys = await start_scheduler(tmp_path, mosquitto, dispatch={"resend_interval_s": 1})
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
-    gw = TestGateway(mosquitto.url, "xa-resend", keys, auto_ack=False)
+    gw = TestGateway(mosquitto, "xa-resend", keys, auto_ack=False)
     try:
         await wait_for_async(lambda: _true(sched.dispatcher.link.connected.is_set()), what="MQTT up")
         await gw.connect()
@@ -330,9 +350,10 @@ async def test_bad_broadcast_requests_are_refused(running: Running, tone: Path) 
     bad = [
         ({"media_sha256": media["sha256"], "targets": ["Xa An Binh"]}, "target"),
         ({"media_sha256": media["sha256"], "targets": ["gw/dev/extra"]}, "GATEWAY/DEVICE"),
-        ({"media_sha256": "0" * 64, "targets": ["gw"]}, "not in the library"),
-        ({"media_sha256": media["sha256"], "targets": ["gw"], "start_at": "2001-01-01T00:00:00"}, "past"),
-        ({"media_sha256": media["sha256"], "targets": ["gw"], "volume": 101}, "volume"),
+        ({"media_sha256": media["sha256"], "targets": ["gw"]}, "unknown gateway"),
+        ({"media_sha256": "0" * 64, "targets": ["xa-an-binh"]}, "not in the library"),
+        ({"media_sha256": media["sha256"], "targets": ["xa-an-binh"], "start_at": "2001-01-01T00:00:00"}, "past"),
+        ({"media_sha256": media["sha256"], "targets": ["xa-an-binh"], "volume": 101}, "volume"),
     ]
     for body, words in bad:
         r = await running.http.post("/api/broadcasts", json=body)
@@ -348,10 +369,10 @@ async def test_bad_broadcast_requests_are_refused(running: Running, tone: Path) 
 
 
 async def test_pending_plans_survive_a_scheduler_restart(
-    tmp_path: Path, mosquitto: Mosquitto, tone: Path, db_url: str
+    tmp_path: Path, mosquitto: CentralBroker, tone: Path, db_url: str
 ) -> None:
     keys = Keys()
-    raw = scheduler_config_dict(tmp_path, mosquitto.url, keys, scheduler={"database_url": db_url})
+    raw = scheduler_config_dict(tmp_path, mosquitto, keys, gateways=GATEWAYS, scheduler={"database_url": db_url})
     cfg = SchedulerConfig.model_validate(raw)
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()
@@ -369,7 +390,7 @@ async def test_pending_plans_survive_a_scheduler_restart(
     sched2 = Scheduler.build(SchedulerConfig.model_validate(raw))
     stop2 = asyncio.Event()
     task2 = asyncio.create_task(sched2.run(stop2))
-    gw = TestGateway(mosquitto.url, "xa-sau-restart", keys)
+    gw = TestGateway(mosquitto, "xa-sau-restart", keys)
     try:
         await wait_for_async(lambda: _true(sched2.dispatcher.link.connected.is_set()), what="MQTT up again")
         await gw.connect()

@@ -12,24 +12,25 @@ from typing import Any
 
 import httpx
 
+from loaxa.brokers import CentralBroker, LanBroker
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
-from loaxa.servers import Mosquitto
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler
 from tests.conftest import spawn_loaxa
-from tests.sched_support import Keys, make_tone, scheduler_config_dict, wait_for_async
+from tests.sched_support import Keys, add_token, bearer, make_tone, scheduler_config_dict, wait_for_async
 
 
-async def test_real_gateway_plays_and_reports(tmp_path: Path, mosquitto_factory: Any) -> None:
-    central: Mosquitto = mosquitto_factory("central")
-    lan: Mosquitto = mosquitto_factory("lan")
+async def test_real_gateway_plays_and_reports(tmp_path: Path, central_broker_factory: Any,
+                                             lan_broker_factory: Any) -> None:
+    speakers = ["loa-01", "loa-02"]
+    central: CentralBroker = central_broker_factory(gateways=["xa-that"])
+    lan: LanBroker = lan_broker_factory("xa-that", devices=speakers)
     signer = make_signer()
     keys = Keys(signer.private_key)
-    cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp_path, central.url, keys))
+    cfg = SchedulerConfig.model_validate(scheduler_config_dict(tmp_path, central, keys, gateways=["xa-that"]))
     sched = Scheduler.build(cfg)
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
-    speakers = ["loa-01", "loa-02"]
     gw_cfg = gateway_config(
         "xa-that",
         data_dir=tmp_path / "gw",
@@ -37,14 +38,18 @@ async def test_real_gateway_plays_and_reports(tmp_path: Path, mosquitto_factory:
         lan_url=lan.url,
         signer=signer,
         devices=[{"id": d, "type": "ip_speaker"} for d in speakers],
+        uplink_auth=central.gateway_auth("xa-that"),
+        lan_auth=lan.gateway_auth(),
     )
     gw_conf = write_yaml(tmp_path / "gw.yaml", gw_cfg)
     gw = spawn_loaxa("gateway", "run", "--config", str(gw_conf), log=tmp_path / "gw.log")
     sim = spawn_loaxa(
-        "sim", "speakers", "--broker", lan.url, "--gateway", "xa-that", "--count", "2", log=tmp_path / "speakers.log"
+        "sim", "speakers", "--broker", lan.device_url, "--gateway", "xa-that", "--count", "2",
+        "--credentials", str(lan.write_credentials(tmp_path / "speakers.json")), log=tmp_path / "speakers.log"
     )
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=30) as http:
+        headers = bearer(add_token(sched.store.store))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=30, headers=headers) as http:
 
             async def online() -> bool:
                 try:

@@ -40,7 +40,7 @@ def store(db_url: str) -> Iterator[Store]:
 signer = make_signer()
 
 
-def make_plan(b: Broadcast, targets: list[str] | str) -> BroadcastPlanBody:
+def make_plan(b: Broadcast, targets: list[str] | str, gateway: str = "") -> BroadcastPlanBody:
     ref = MediaRef(sha256=b.media_sha256, url="http://x/m", bytes=1000, duration_ms=2000)
     return BroadcastPlanBody(items=[PlanItem(broadcast_id=b.id, media=ref, targets=targets)])  # type: ignore[arg-type]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from devices.sensors.sim import KINDS, SimTime, default_seed, make_model
@@ -145,6 +147,48 @@ async def publish_sim_sensors(
     return stats
 
 
+class DeviceClients:
+    """One MQTT connection per simulated sensor, each with its own account (user name = device id),
+    as on a production LAN broker; ``publish`` picks the connection of the device in the topic."""
+
+    def __init__(self, endpoint: Any, ids: list[str], credentials: dict[str, str]) -> None:
+        import aiomqtt
+
+        from devices.sim.credentials import device_endpoint
+
+        self.clients: dict[str, Any] = {}
+        for dev in ids:
+            kw = device_endpoint(endpoint, dev, credentials).client_kwargs()
+            kw["identifier"] = dev
+            self.clients[dev] = aiomqtt.Client(**kw)
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def pending_calls_threshold(self) -> int:
+        return 0
+
+    @pending_calls_threshold.setter
+    def pending_calls_threshold(self, value: int) -> None:
+        for c in self.clients.values():
+            c.pending_calls_threshold = value
+
+    async def __aenter__(self) -> DeviceClients:
+        await self._stack.__aenter__()
+        try:
+            for c in self.clients.values():
+                await self._stack.enter_async_context(c)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._stack.__aexit__(*exc)
+
+    async def publish(self, topic: str, payload: Any, qos: int = 0) -> None:
+        await self.clients[topic.split("/")[4]].publish(topic, payload, qos=qos)
+
+
 async def _main(args: argparse.Namespace) -> int:
     import aiomqtt
 
@@ -162,12 +206,23 @@ async def _main(args: argparse.Namespace) -> int:
     stats = PublishStats()
     print(f"simulating {len(devices)} sensor(s) for gateway {args.gateway} on {args.broker}: "
           + ", ".join(d.id for d in devices[:5]) + (" …" if len(devices) > 5 else ""), flush=True)
+    credentials = None
+    if args.credentials:
+        from devices.sim.credentials import load_credentials
+
+        try:
+            credentials = load_credentials(args.credentials, [d.id for d in devices])
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     delay = 0.5
     while True:
         try:
             kw = endpoint.client_kwargs()
             kw["identifier"] = f"loaxa-sim-sensors-{args.gateway}-{os.getpid()}"
-            async with aiomqtt.Client(**kw) as client:
+            connect: Any = (DeviceClients(endpoint, [d.id for d in devices], credentials) if credentials
+                            else aiomqtt.Client(**kw))
+            async with connect as client:
                 client.pending_calls_threshold = 1000  # many sensors publish at once, by design
                 delay = 0.5
                 await publish_sim_sensors(
@@ -227,6 +282,9 @@ def register_sim(simsub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                           description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--broker", required=True, help="commune broker URL, e.g. mqtt://127.0.0.1:1883")
     p.add_argument("--username", help="broker user name (password from $LOAXA_SIM_MQTT_PASSWORD)")
+    p.add_argument("--credentials", type=Path, metavar="FILE",
+                   help='JSON {"<device id>": "<password>", ...}: each sensor connects with its own account '
+                        "(user name = its device id), as on a production LAN broker")
     p.add_argument("--gateway", required=True, type=_gateway, help="gateway id the sensors belong to")
     p.add_argument("--count", type=_positive(int), default=5, help="number of sensors (default 5)")
     p.add_argument("--interval", type=_positive(float), default=10.0,

@@ -23,13 +23,14 @@ import hashlib
 import logging
 import socket
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import aiomqtt
 import httpx
 from pydantic import ValidationError
 
+from devices.sim.credentials import device_endpoint
 from loaxa.clock import now_ms, sleep_until
 from loaxa.mqttconf import MqttEndpoint
 from protocol.errors import ProtocolError
@@ -327,11 +328,14 @@ def parse_faults(specs: Iterable[str], ids: list[str]) -> dict[str, set[str]]:
 
 
 async def run_fleet(endpoint: MqttEndpoint, gateway: str, ids: list[str], faults: dict[str, set[str]] | None = None,
-                    *, fetch: bool = True, ready: asyncio.Event | None = None) -> list[SimSpeaker]:
-    """Run simulated speakers until cancelled."""
+                    *, fetch: bool = True, ready: asyncio.Event | None = None,
+                    credentials: Mapping[str, str] | None = None) -> list[SimSpeaker]:
+    """Run simulated speakers until cancelled (each with its own account when ``credentials`` maps
+    device id to password)."""
     async with httpx.AsyncClient(timeout=30) as http:
         fetcher = SharedFetch()
-        speakers = [SimSpeaker(endpoint, gateway, i, faults=(faults or {}).get(i, ()), fetch=fetch, http=http,
+        speakers = [SimSpeaker(device_endpoint(endpoint, i, credentials), gateway, i,
+                               faults=(faults or {}).get(i, ()), fetch=fetch, http=http,
                                fetcher=fetcher) for i in ids]
         tasks = [asyncio.create_task(s.run(), name=f"sim-{s.device_id}") for s in speakers]
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """\
 examples:
@@ -31,6 +32,9 @@ def register_sim(simsub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--broker", required=True, help="commune broker URL, e.g. mqtt://127.0.0.1:1883")
     p.add_argument("--username", help="broker user name (password from $LOAXA_SIM_MQTT_PASSWORD)")
+    p.add_argument("--credentials", type=Path, metavar="FILE",
+                   help='JSON {"<device id>": "<password>", ...}: each speaker logs in with its own account '
+                        "(user name = its device id), as on a production LAN broker")
     p.add_argument("--gateway", required=True, help="gateway id the speakers belong to")
     p.add_argument("--count", type=int, default=2, help="number of speakers (default 2)")
     p.add_argument("--prefix", default="loa", help="speaker ids are PREFIX-01 … PREFIX-NN (default loa)")
@@ -46,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from devices.sim.credentials import load_credentials
     from devices.sim.speakers import parse_faults, run_fleet, speaker_ids
     from loaxa.mqttconf import MqttEndpoint
     from loaxa.yamlconf import Secret
@@ -61,12 +66,13 @@ def _run(args: argparse.Namespace) -> int:
         password = os.environ.get("LOAXA_SIM_MQTT_PASSWORD")
         endpoint = MqttEndpoint(url=args.broker, username=args.username,
                                 password=Secret(value=password) if password else None)
+        credentials = load_credentials(args.credentials, ids) if args.credentials else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"simulating {len(ids)} speaker(s) of {args.gateway} on {args.broker}: {', '.join(ids)}", flush=True)
     try:
-        asyncio.run(run_fleet(endpoint, args.gateway, ids, faults, fetch=not args.no_fetch))
+        asyncio.run(run_fleet(endpoint, args.gateway, ids, faults, fetch=not args.no_fetch, credentials=credentials))
     except KeyboardInterrupt:
         pass
     return 0

@@ -105,6 +105,7 @@ class TelemetryIngest:
         self.acked = 0
         self.connects = 0
         self.pauses = 0
+        self.poisoned = 0
         self.last_error: str | None = None
         self._inbox: deque[InMsg] = deque()
         self._n_in = 0
@@ -281,10 +282,18 @@ class TelemetryIngest:
         self.received += len(batch)
         try:
             rows = self.process(batch)
-        except Exception:  # a bug in validation must not stop the ingest; the messages get redelivered
-            log.exception("telemetry processing failed for %d messages; not acknowledging them", len(batch))
-            self._release(len(batch), size)
-            return
+        except Exception:
+            # ``process`` handles each message on its own; should it still fail, go one message at a
+            # time: a message that fails alone is refused (acknowledged, never redelivered), so one
+            # poison message cannot hold back the readings around it for ever.
+            log.exception("telemetry processing failed for a batch of %d; retrying one by one", len(batch))
+            rows = []
+            for m in batch:
+                try:
+                    rows.extend(self.process([m]))
+                except Exception:
+                    self.poisoned += 1
+                    log.exception("telemetry message on %s could not be processed; dropping it", m.topic[:200])
         acks = [(m.mid, m.qos, m.epoch) for m in batch if m.qos > 0]
         self._submit(rows, acks, len(batch), size)
 
@@ -400,4 +409,5 @@ class TelemetryIngest:
             "telemetry_mqtt_acked": self.acked,
             "telemetry_mqtt_connects": self.connects,
             "telemetry_mqtt_pauses": self.pauses,
+            "telemetry_mqtt_poisoned": self.poisoned,
         }

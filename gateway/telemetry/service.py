@@ -106,6 +106,9 @@ class TelemetryService:
         self.driver_crashes: Counter[str] = Counter()
         self._alarm_pending: Counter[str] = Counter()
         self._alarm_examples: dict[str, str] = {}
+        #: oversize messages seen since the last alarm (device, size): each gets an alarm of its own kind
+        self._oversize: list[dict[str, Any]] = []
+        self.quarantined = 0
         self._prefixes: dict[tuple[str, str], str] = {}
         self.last_driver_error: str | None = None
         self.started = asyncio.Event()
@@ -133,8 +136,10 @@ class TelemetryService:
             await asyncio.sleep(CLOCK_CHECK_S)
             self._check_clock()
 
-    def _reject(self, rejections: Sequence[Rejection], device: str | None) -> None:
+    def _reject(self, rejections: Sequence[Rejection], device: str | None, *, size: int | None = None) -> None:
         for rej in rejections:
+            if rej.reason == "too_large":
+                self._oversize.append({"device": device or "?", "bytes": size, "message": rej.message[:200]})
             self.rejected[rej.reason] += rej.count
             self._alarm_pending[rej.reason] += rej.count
             self._alarm_examples.setdefault(rej.reason, f"{device or '?'}: {rej.message}"[:300])
@@ -142,28 +147,38 @@ class TelemetryService:
                 self.rejected_by_device[device] += rej.count
 
     def _process(self, msgs: list[InMsg]) -> list[tuple[int, str, str, str]]:
+        """Check each message on its own: whatever one message holds (a poison that crashes the
+        parser included) costs that message only, as a named refusal; it is acknowledged with the
+        rest of the batch, so the broker never redelivers it."""
         now = now_ms()
         rows: list[tuple[int, str, str, str]] = []
         for m in msgs:
-            parts = m.topic.split("/")
-            dev = parts[4] if len(parts) == 6 else None
-            if dev is None or parts[5] != "telemetry":
-                self._reject([Rejection("bad_topic", f"unexpected topic {m.topic[:200]!r}")], None)
-                continue
-            meas = self.mqtt_devices.get(dev)
-            if meas is None:
-                self._reject(
-                    [Rejection("unknown_device", f"device {dev[:64]!r} is not in the gateway configuration")],
-                    None,
-                )
-                continue
-            checked = check_payload(m.payload, now, self.limits)
-            if checked.rejected:
-                self._reject(checked.rejected, dev)
-            for ts, fields in checked.accepted:
-                rows.append((ts, dev, meas, fields))
+            try:
+                self._process_one(m, now, rows)
+            except Exception as exc:
+                log.exception("checking a telemetry message on %s failed; refusing it", m.topic[:200])
+                self._reject([Rejection("internal", f"{type(exc).__name__}: {str(exc)[:200]}")], None)
         self.accepted += len(rows)
         return rows
+
+    def _process_one(self, m: InMsg, now: int, rows: list[tuple[int, str, str, str]]) -> None:
+        parts = m.topic.split("/")
+        dev = parts[4] if len(parts) == 6 else None
+        if dev is None or parts[5] != "telemetry":
+            self._reject([Rejection("bad_topic", f"unexpected topic {m.topic[:200]!r}")], None)
+            return
+        meas = self.mqtt_devices.get(dev)
+        if meas is None:
+            self._reject(
+                [Rejection("unknown_device", f"device {dev[:64]!r} is not in the gateway configuration")],
+                None,
+            )
+            return
+        checked = check_payload(m.payload, now, self.limits)
+        if checked.rejected:
+            self._reject(checked.rejected, dev, size=len(m.payload))
+        for ts, fields in checked.accepted:
+            rows.append((ts, dev, meas, fields))
 
     async def accept_polled(self, device_id: str, measurement: str, readings: Sequence[Reading]) -> None:
         """The :data:`devices.base.ReadingSink`: returns once the valid readings are committed."""
@@ -266,6 +281,8 @@ class TelemetryService:
                     delay = min(delay * 2, cfg.retry_max_s)
                     continue
                 await spool.mark_delivered(rows[-1].id, bad)
+                if bad:
+                    await self._alarm_quarantine(bad)
                 self.written += len(rows) - len(bad)
                 self.write_batches += 1
                 self.last_write_ms = now_ms()
@@ -288,10 +305,56 @@ class TelemetryService:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60)
 
+    async def _publish_alarm(self, event: AlarmEvent) -> None:
+        log.warning("%s", event.message)
+        if self.publish_event is not None:
+            try:
+                await self.publish_event(event)
+            except Exception:
+                log.exception("could not publish the %s alarm", event.code)
+
+    async def _alarm_quarantine(self, bad: Sequence[tuple[Row, str]]) -> None:
+        """Every batch in which InfluxDB refused readings raises an alarm (they are kept in the spool's
+        quarantine, not lost, but nobody would know without it)."""
+        self.quarantined += len(bad)
+        self.rejected["quarantined"] += len(bad)
+        for row, _msg in bad:
+            if row.device:
+                self.rejected_by_device[row.device] += 1
+        examples = [{"device": r.device, "measurement": r.measurement, "ts": r.ts, "error": m[:200]}
+                    for r, m in bad[:5]]
+        await self._publish_alarm(AlarmEvent(
+            code="telemetry_quarantined",
+            severity="warning",
+            at=now_ms(),
+            message=f"InfluxDB refused {len(bad)} reading(s) the gateway had accepted; they are kept in the "
+            f"spool's quarantine (loaxa gateway export shows them). First: {examples[0]['device']}: "
+            f"{examples[0]['error']}",
+            details={"count": len(bad), "examples": examples},
+        ))
+
+    async def _alarm_oversize(self) -> None:
+        """Oversize messages the gateway can see (over the 256 KiB payload limit but under the broker's
+        max_packet_size, or over the readings-per-message cap) get an alarm of their own: the device is
+        misconfigured and every such message loses all its readings. Bigger ones the broker drops
+        before the gateway sees them (docs/telemetry.md)."""
+        seen, self._oversize = self._oversize, []
+        devices = sorted({str(s["device"]) for s in seen})
+        await self._publish_alarm(AlarmEvent(
+            code="telemetry_oversize",
+            severity="warning",
+            at=now_ms(),
+            message=f"{len(seen)} telemetry message(s) over the size limit refused whole, from "
+            f"{', '.join(devices)[:200]}: {seen[0]['message']}",
+            details={"count": len(seen), "devices": devices[:50], "examples": seen[:5]},
+        ))
+
     async def _alarms_forever(self) -> None:
         interval = self.config.spool.alarm_interval_s
         while True:
-            await asyncio.sleep(min(interval, 5.0) if not self._alarm_pending else interval)
+            await asyncio.sleep(min(interval, 5.0) if not (self._alarm_pending or self._oversize) else interval)
+            if self._oversize:
+                await self._alarm_oversize()
             if not self._alarm_pending:
                 continue
             counts, examples = dict(self._alarm_pending), dict(self._alarm_examples)
@@ -306,12 +369,7 @@ class TelemetryService:
                 message=f"{total} telemetry readings/messages refused in the last {interval:.0f} s: {summary}",
                 details={"counts": counts, "examples": examples},
             )
-            log.warning("%s", event.message)
-            if self.publish_event is not None:
-                try:
-                    await self.publish_event(event)
-                except Exception:
-                    log.exception("could not publish the telemetry alarm")
+            await self._publish_alarm(event)
 
     async def _purge_forever(self) -> None:
         while True:

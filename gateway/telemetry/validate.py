@@ -28,17 +28,30 @@ MAX_READINGS = 10_000
 REASONS: tuple[str, ...] = (
     "too_large",  # payload over the size limit
     "not_utf8",
-    "bad_json",  # malformed JSON
+    "bad_json",  # malformed JSON (also a number with more digits than Python will convert)
+    "too_deep",  # JSON nested deeper than the parser goes (e.g. 100,000 "[" in 100 KiB)
     "not_finite",  # NaN / Infinity (as JSON constants or overflowing numbers)
+    "inexact_integer",  # an integer beyond ±2^53, which a float field would store rounded
     "bad_shape",  # not {"ts","fields"} nor {"readings":[...]}, or empty fields
     "bad_field_name",  # a field name line protocol cannot carry safely
+    "reserved_field_name",  # time, a tag key (gateway, device, commune) or an InfluxDB 2.x column (_field, ...)
     "non_numeric",  # a field value that is not a number (strings, booleans, null, objects)
     "bad_timestamp",  # ts missing, not an integer, negative
     "future_timestamp",  # more than 1 day ahead of the gateway's clock
     "too_old",  # older than the retention window
     "unknown_device",  # a device id not in the gateway's configuration
     "bad_topic",  # a topic that is not loaxa/v1/{gw}/dev/{dev}/telemetry
+    "internal",  # checking the message failed in a way nobody foresaw: refused, logged, never retried
+    "quarantined",  # accepted here but refused by InfluxDB: kept in the spool's quarantine, alarmed
 )
+
+#: Tag keys every point carries (gateway/telemetry/service.py), InfluxQL's ``time`` and the columns
+#: InfluxDB 2.x/3.x add: a field of one of these names breaks ``WHERE device = …`` for the whole
+#: measurement, or cannot be written at all.
+TAG_KEYS = frozenset({"gateway", "device", "commune"})
+RESERVED_FIELD_NAMES = TAG_KEYS | {"time", "_measurement", "_field", "_value", "_time", "_start", "_stop"}
+#: Integers a float64 field holds exactly; beyond them a reading would be stored rounded.
+MAX_EXACT_INT = 2**53
 
 _NAME_RE = re.compile(FIELD_NAME_PATTERN)
 
@@ -66,17 +79,19 @@ class Limits:
 
 
 _GOOD_NAMES: set[str] = set()  # field names already checked (a gateway sees few distinct names)
-_MAX_FLOAT_INT = 2**1023  # ints beyond this overflow a float
 
 
-def _bad_name(name: str) -> bool:
+def _bad_name(name: str) -> Rejection | None:
     if name in _GOOD_NAMES:
-        return False
+        return None
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        return True
+        return Rejection("bad_field_name", f"field name {str(name)[:80]!r} must match {FIELD_NAME_PATTERN}")
+    if name in RESERVED_FIELD_NAMES:
+        return Rejection("reserved_field_name", f"field name {name!r} is reserved (time, tag keys "
+                         f"{', '.join(sorted(TAG_KEYS))}, InfluxDB columns _field, _time, ...)")
     if len(_GOOD_NAMES) < 10_000:
         _GOOD_NAMES.add(name)
-    return False
+    return None
 
 
 def _check_reading(item: Any, now_ms: int, limits: Limits) -> tuple[int, str] | Rejection:
@@ -102,16 +117,18 @@ def _check_reading(item: Any, now_ms: int, limits: Limits) -> tuple[int, str] | 
         return Rejection("bad_shape", f"{len(fields)} fields, at most {MAX_FIELDS}")
     parts = []
     for name, value in fields.items():
-        if _bad_name(name):
-            return Rejection("bad_field_name", f"field name {name[:80]!r} must match {FIELD_NAME_PATTERN}")
+        bad = _bad_name(name)
+        if bad is not None:
+            return bad
         t = type(value)
         if t is float:
             if value - value != 0.0:  # NaN or ±Infinity (e.g. 1e999 in the JSON)
                 return Rejection("not_finite", f"field {name!r} is not a finite number")
             parts.append(f"{name}={value!r}")
         elif t is int:
-            if not -_MAX_FLOAT_INT < value < _MAX_FLOAT_INT:
-                return Rejection("not_finite", f"field {name!r} is too large for a float")
+            if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+                return Rejection("inexact_integer", f"field {name!r} = {str(value)[:40]}... is beyond ±2^53: "
+                                 "it would be stored rounded; send it as a float or scale it")
             parts.append(f"{name}={float(value)!r}")
         else:  # str, bool, None, list, object
             return Rejection("non_numeric", f"field {name!r} is {type(value).__name__}, not a number")
@@ -139,6 +156,10 @@ def check_payload(raw: bytes, now_ms: int, limits: Limits = Limits()) -> Checked
         data = parse_json(raw, limit=limits.max_payload_bytes)
     except PayloadError as exc:
         return Checked(rejected=[Rejection(exc.reason, str(exc))])
+    except RecursionError:
+        return Checked(rejected=[Rejection("too_deep", "JSON nested too deeply to parse")])
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (int_max_str_digits)
+        return Checked(rejected=[Rejection("bad_json", f"JSON could not be read: {str(exc)[:200]}")])
     if not isinstance(data, dict):
         return Checked(rejected=[Rejection("bad_shape", "payload must be a JSON object")])
     if "readings" in data:

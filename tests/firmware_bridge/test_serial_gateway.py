@@ -12,6 +12,7 @@ from pathlib import Path
 from firmware_bridge.messages import EventKind
 from firmware_bridge.refnode import RefNode
 from firmware_bridge.simbus import PtyDevice
+from loaxa.brokers import SCHEDULER_USER, CentralBroker, LanBroker
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from protocol.models import BroadcastPlanBody, DeviceSetBody, PlanItem
 from tests.broadcast_env import MediaServer, tone_wav
@@ -21,18 +22,20 @@ from tests.test_gateway_core import Watcher
 GW = "xa-serial"
 
 
-def test_gateway_with_serial_nodes(tmp_path: Path, mosquitto_factory: Callable[..., object],
+def test_gateway_with_serial_nodes(tmp_path: Path, central_broker_factory: Callable[..., CentralBroker],
+                                   lan_broker_factory: Callable[..., LanBroker],
                                    pty_factory: Callable[..., PtyDevice]) -> None:
-    central, lan = mosquitto_factory("central"), mosquitto_factory("lan")
+    central, lan = central_broker_factory(gateways=[GW]), lan_broker_factory(GW)
     dev = pty_factory([RefNode(1, "fw-1"), RefNode(2, "fw-2", kind="sensor")])
     common = {"type": "serial_node", "port": dev.path, "poll_interval_s": 0.2, "offline_after": 2, "retries": 1}
     signer = make_signer()
-    cfg = gateway_config(GW, data_dir=tmp_path / "gw", uplink_url=central.url, lan_url=lan.url,  # type: ignore[attr-defined]
+    cfg = gateway_config(GW, data_dir=tmp_path / "gw", uplink_url=central.url, lan_url=lan.url,
                          signer=signer, health_interval_s=1,
+                         uplink_auth=central.gateway_auth(GW), lan_auth=lan.gateway_auth(),
                          devices=[{"id": "loa-1", "address": 1, **common},
                                   {"id": "cb-2", "address": 2, "role": "sensor", **common}])
     path = write_yaml(tmp_path / "gw.yaml", cfg)
-    w = Watcher(central.port)  # type: ignore[attr-defined]
+    w = Watcher(central.port, central.user(SCHEDULER_USER))
     proc = spawn_loaxa("gateway", "run", "--config", str(path), log=tmp_path / "gw.log")
     state = f"loaxa/v1/{GW}/dev/loa-1/state"
     state2 = f"loaxa/v1/{GW}/dev/cb-2/state"

@@ -20,8 +20,9 @@ from tests.sensors.conftest import until
 pytest.importorskip("gateway.telemetry.service", reason="the telemetry service runs the drivers")
 
 
-async def test_gateway_health_reports_sensors_and_pi(tmp_path: Path, mosquitto_factory: Any) -> None:
-    central, lan = mosquitto_factory("central"), mosquitto_factory("lan")
+async def test_gateway_health_reports_sensors_and_pi(tmp_path: Path, central_broker_factory: Any,
+                                                     lan_broker_factory: Any) -> None:
+    central, lan = central_broker_factory(gateways=["xa-sensors"]), lan_broker_factory("xa-sensors")
     devices = [
         {"id": "sim-song", "type": "sim_sensor", "kind": "water_level", "interval_s": 0.2, "seed": 3},
         {"id": "nhiet-do-tu", "type": "ds18b20", "sensor": "28-0000000000aa", "base_path": str(tmp_path / "w1"),
@@ -30,11 +31,14 @@ async def test_gateway_health_reports_sensors_and_pi(tmp_path: Path, mosquitto_f
     ]
     cfg = GatewayConfig.model_validate(gateway_config(
         "xa-sensors", data_dir=tmp_path / "gw", uplink_url=central.url, lan_url=lan.url, signer=make_signer(),
-        devices=devices, health_interval_s=1))
+        devices=devices, health_interval_s=1, uplink_auth=central.gateway_auth("xa-sensors"),
+        lan_auth=lan.gateway_auth()))
     gw = Gateway(cfg)
     healths: list[dict[str, Any]] = []
     stop = asyncio.Event()
-    async with aiomqtt.Client("127.0.0.1", port=central.port, identifier="watch") as client:
+    viewer = central.user("viewer")
+    async with aiomqtt.Client("127.0.0.1", port=central.port, identifier="watch", username=viewer.username,
+                              password=viewer.password) as client:
         await client.subscribe("loaxa/v1/xa-sensors/health", qos=1)
 
         async def watch() -> None:

@@ -22,12 +22,14 @@ pytest.importorskip("gateway.telemetry.service", reason="the telemetry service (
 W1 = "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n"
 
 
-def test_sensor_readings_reach_influxdb(tmp_path: Path, mosquitto_factory: Any, influxdb1: Any) -> None:
-    central, lan = mosquitto_factory("central"), mosquitto_factory("lan")
+def test_sensor_readings_reach_influxdb(tmp_path: Path, central_broker_factory: Any, lan_broker_factory: Any,
+                                       influxdb1: Any) -> None:
+    central, lan = central_broker_factory(gateways=["xa-e2e"]), lan_broker_factory("xa-e2e")
     (tmp_path / "w1" / "28-0316a2795aff").mkdir(parents=True)
     (tmp_path / "w1" / "28-0316a2795aff" / "w1_slave").write_text(W1)
-    lan_devices = yaml.safe_load(run_loaxa("sim", "sensors", "--broker", lan.url, "--gateway", "xa-e2e", "--count",
-                                           "2", "--kinds", "rain,power", "--print-config").stdout)["devices"]
+    lan_devices = yaml.safe_load(run_loaxa("sim", "sensors", "--broker", lan.device_url, "--gateway", "xa-e2e",
+                                           "--count", "2", "--kinds", "rain,power", "--print-config").stdout)["devices"]
+    creds = lan.write_credentials(tmp_path / "sensors.json", [d["id"] for d in lan_devices])
     devices = [
         {"id": "sim-song", "type": "sim_sensor", "kind": "water_level", "interval_s": 0.5, "seed": 9},
         {"id": "nhiet-do-tu", "type": "ds18b20", "sensor": "28-0316a2795aff", "base_path": str(tmp_path / "w1"),
@@ -36,6 +38,7 @@ def test_sensor_readings_reach_influxdb(tmp_path: Path, mosquitto_factory: Any, 
     ]
     cfg = gateway_config("xa-e2e", data_dir=tmp_path / "gw", uplink_url=central.url, lan_url=lan.url,
                          signer=make_signer(), devices=devices, health_interval_s=2,
+                         uplink_auth=central.gateway_auth("xa-e2e"), lan_auth=lan.gateway_auth(),
                          influx={"api": "v1", "url": influxdb1.url, "database": influxdb1.database,
                                  "flush_interval_s": 0.2})
     path = tmp_path / "gw.yaml"
@@ -49,7 +52,8 @@ def test_sensor_readings_reach_influxdb(tmp_path: Path, mosquitto_factory: Any, 
         level = wait_until(lambda: influxdb1.points("water_level", where="WHERE device = 'sim-song'"), 60,
                            what="sim_sensor readings in InfluxDB")
         # the gateway is up and listening on its LAN broker: now the LAN sensors may talk
-        sim = spawn_loaxa("sim", "sensors", "--broker", lan.url, "--gateway", "xa-e2e", "--count", "2",
+        sim = spawn_loaxa("sim", "sensors", "--broker", lan.device_url, "--gateway", "xa-e2e", "--count", "2",
+                          "--credentials", str(creds),
                           "--kinds", "rain,power", "--interval", "0.3", "--messages", "5", "--seed", "3",
                           log=tmp_path / "sim.log")
         temp = wait_until(lambda: influxdb1.points("environment", where="WHERE device = 'nhiet-do-tu'"), 30,

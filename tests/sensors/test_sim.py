@@ -8,15 +8,17 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
 import pytest
+import yaml
 
 from devices.config import SimSensorConfig
 from devices.sensors.factory import build_sensor_drivers
 from devices.sensors.sim import DAY, HOUR, KINDS, SimSensorDriver, local_hour, make_model
-from loaxa.servers import Mosquitto
+from loaxa.brokers import LAN_GATEWAY_USER, LanBroker
 from protocol.models import FIELD_NAME_PATTERN, Telemetry
 from protocol.topics import parse_topic
 from tests.conftest import run_loaxa
@@ -109,9 +111,17 @@ async def test_sim_sensor_driver_from_config(collector: Collector) -> None:
 # ---------------------------------------------------------------- loaxa sim sensors → Mosquitto
 
 
-async def collect_telemetry(broker: Mosquitto, gw: str, args: list[str], expect: int) -> list[tuple[str, Any]]:
+async def collect_telemetry(broker: LanBroker, gw: str, args: list[str], expect: int) -> list[tuple[str, Any]]:
+    """Run ``loaxa sim sensors`` as the devices themselves (one account each, on the LAN broker's
+    device listener) and collect what the gateway's account receives."""
     got: list[tuple[str, Any]] = []
-    async with aiomqtt.Client("127.0.0.1", port=broker.port, identifier="test-sub") as client:
+    printed = await asyncio.to_thread(run_loaxa, "sim", "sensors", "--broker", broker.device_url, "--gateway", gw,
+                                      *args, "--print-config")
+    ids = [d["id"] for d in yaml.safe_load(printed.stdout)["devices"]]
+    creds = broker.write_credentials(broker.workdir / "sensors.json", ids)
+    gw_user = broker.user(LAN_GATEWAY_USER)
+    async with aiomqtt.Client("127.0.0.1", port=broker.port, identifier="test-sub", username=gw_user.username,
+                              password=gw_user.password) as client:
         await client.subscribe(f"loaxa/v1/{gw}/dev/+/telemetry", qos=1)
 
         async def listen() -> None:
@@ -121,7 +131,8 @@ async def collect_telemetry(broker: Mosquitto, gw: str, args: list[str], expect:
                     return
 
         listener = asyncio.create_task(listen())
-        result = await asyncio.to_thread(run_loaxa, "sim", "sensors", "--broker", broker.url, "--gateway", gw, *args)
+        result = await asyncio.to_thread(run_loaxa, "sim", "sensors", "--broker", broker.device_url, "--gateway", gw,
+                                         "--credentials", str(creds), *args)
         assert result.returncode == 0, result.stderr
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         assert summary["errors"] == 0
@@ -129,9 +140,9 @@ async def collect_telemetry(broker: Mosquitto, gw: str, args: list[str], expect:
     return got
 
 
-async def test_cli_publishes_single_readings(mosquitto: Mosquitto) -> None:
-    got = await collect_telemetry(mosquitto, "xa-sim", ["--count", "5", "--interval", "0.2", "--messages", "3",
-                                                        "--seed", "1"], expect=15)
+async def test_cli_publishes_single_readings(lan_broker_factory: Callable[..., LanBroker]) -> None:
+    args = ["--count", "5", "--interval", "0.2", "--messages", "3", "--seed", "1"]
+    got = await collect_telemetry(lan_broker_factory("xa-sim"), "xa-sim", args, expect=15)
     assert len(got) == 15
     per_device: dict[str, int] = {}
     for topic, payload in got:
@@ -147,10 +158,9 @@ async def test_cli_publishes_single_readings(mosquitto: Mosquitto) -> None:
     assert {"temperature_c", "humidity_pct"} <= fields["sim-environment-003"]
 
 
-async def test_cli_publishes_batches(mosquitto: Mosquitto) -> None:
-    got = await collect_telemetry(mosquitto, "xa-batch", ["--count", "2", "--kinds", "water_level,power",
-                                                          "--interval", "0.05", "--batch", "4", "--messages", "2"],
-                                  expect=4)
+async def test_cli_publishes_batches(lan_broker_factory: Callable[..., LanBroker]) -> None:
+    args = ["--count", "2", "--kinds", "water_level,power", "--interval", "0.05", "--batch", "4", "--messages", "2"]
+    got = await collect_telemetry(lan_broker_factory("xa-batch"), "xa-batch", args, expect=4)
     assert len(got) == 4
     for _topic, payload in got:
         tel = Telemetry.model_validate(payload)

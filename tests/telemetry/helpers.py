@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.telemetry.service import TelemetryService
+from loaxa.brokers import LAN_GATEWAY_USER, LanBroker
 from protocol.signing import public_key_b64
 from protocol.topics import health_topic
 
@@ -26,18 +27,21 @@ GW = "gw-test"
 
 def config_dict(
     tmp_path: Path,
-    broker_url: str,
+    broker: str | LanBroker,
     *,
     influx: dict[str, Any] | None,
     devices: Iterable[str] = ("s1",),
     measurement: str = "environment",
     **spool: Any,
 ) -> dict[str, Any]:
+    """A gateway config whose uplink and LAN broker are both ``broker`` (telemetry needs no centre):
+    a :class:`LanBroker` runs the production LAN ACL and the gateway logs in as ``gateway``."""
     key = public_key_b64(Ed25519PrivateKey.generate().public_key())
+    local: dict[str, Any] = broker.gateway_endpoint() if isinstance(broker, LanBroker) else {"url": broker}
     return {
         "gateway": {"id": GW, "commune": "Xã Thử Nghiệm", "data_dir": str(tmp_path / "gwdata")},
-        "uplink": {"url": broker_url},
-        "local_broker": {"url": broker_url},
+        "uplink": dict(local),
+        "local_broker": dict(local),
         "trust": {"keys": [{"id": "k1", "public_key": key}]},
         "influx": influx,
         "spool": {"max_bytes": 64 * 1024 * 1024, **spool},
@@ -71,24 +75,52 @@ def topic(dev: str, gw: str = GW) -> str:
     return f"loaxa/v1/{gw}/dev/{dev}/telemetry"
 
 
-class Publisher:
-    """A paho client publishing QoS 1 and waiting for every PUBACK (what a well-behaved sensor does)."""
+class DevicePublisher:
+    """A paho client of one device (its own account on the LAN broker's device listener), publishing
+    QoS 1 (what a well-behaved sensor does)."""
 
-    def __init__(self, broker_url: str, client_id: str = "sensor-pub") -> None:
-        host, port = broker_url.removeprefix("mqtt://").split(":")
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    def __init__(self, lan: LanBroker, device: str) -> None:
+        account = lan.add_device(device)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=paho.MQTTv5)
+        self.client.username_pw_set(account.username, account.password)
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(0)
         self._connected = threading.Event()
-        self.client.on_connect = lambda c, u, f, r, p: self._connected.set()
-        self.client.connect(host, int(port))
+        self.refused: list[Any] = []
+
+        def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+            if rc.is_failure:
+                self.refused.append(rc)
+            self._connected.set()
+
+        self.client.on_connect = on_connect
+        self.client.connect("127.0.0.1", lan.device_port)
         self.client.loop_start()
-        if not self._connected.wait(10):
-            raise RuntimeError("publisher could not connect")
+        if not self._connected.wait(10) or self.refused:
+            raise RuntimeError(f"device {device} could not connect to the LAN broker: {self.refused}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher:
+    """Publishes telemetry as the devices themselves: one connection per device, with that device's
+    credentials, opened the first time the device publishes (the LAN ACL lets a device publish only
+    its own topics)."""
+
+    def __init__(self, lan: LanBroker) -> None:
+        self.lan = lan
+        self.devices: dict[str, DevicePublisher] = {}
+
+    def device(self, dev: str) -> DevicePublisher:
+        if dev not in self.devices:
+            self.devices[dev] = DevicePublisher(self.lan, dev)
+        return self.devices[dev]
 
     def publish(self, topic: str, payload: bytes | str | dict[str, Any], qos: int = 1) -> paho.MQTTMessageInfo:
         data = json.dumps(payload) if isinstance(payload, dict) else payload
-        return self.client.publish(topic, data, qos=qos)
+        return self.device(topic.split("/")[4]).client.publish(topic, data, qos=qos)
 
     def publish_all(self, items: Iterable[tuple[str, Any]], timeout: float = 60) -> None:
         infos = [self.publish(t, p) for t, p in items]
@@ -97,8 +129,8 @@ class Publisher:
             info.wait_for_publish(max(0.1, deadline - time.monotonic()))
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        for d in self.devices.values():
+            d.close()
 
 
 @contextlib.asynccontextmanager
@@ -143,11 +175,13 @@ def influx_count(influxdb1: Any, measurement: str, field: str) -> int:
 class HealthWatcher:
     """Keeps the latest retained ``health`` of the gateway from the central broker."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, broker: LanBroker) -> None:
         self.latest: dict[str, Any] = {}
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id="health-watcher")
+        gw = broker.user(LAN_GATEWAY_USER)  # the uplink of these tests is the LAN broker itself
+        self.client.username_pw_set(gw.username, gw.password)
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        self.client.connect("127.0.0.1", broker.port)
         self.client.subscribe(health_topic(GW), qos=1)
         self.client.loop_start()
 

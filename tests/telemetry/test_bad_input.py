@@ -18,7 +18,7 @@ from .helpers import Publisher, config_dict, eventually, influx_values, load, ru
 async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
     cfg = load(
         tmp_path,
-        config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), retain_days=30, alarm_interval_s=1),
+        config_dict(tmp_path, mosquitto, influx=v1(influxdb1), retain_days=30, alarm_interval_s=1),
     )
     alarms: list[AlarmEvent] = []
 
@@ -65,7 +65,7 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
     ]
     svc = TelemetryService(cfg, publish_event=publish_event, clock_synced=lambda: True)
     async with running(svc):
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         items: list[tuple[str, Any]] = [(topic("s1"), payload) for _, payload, _ in cases]
         items.append((topic("nobody"), json.dumps(good)))  # unknown device
         items.append((topic("s1"), json.dumps(good)))  # and life goes on
@@ -90,10 +90,13 @@ async def test_bad_input_is_counted_by_reason(tmp_path: Path, mosquitto: Any, in
     assert set(got.values()) == {21.5}
     assert not any(p.get("t") is not None for p in influxdb1.points("environment"))
     # alarms are rate-limited (one per second here) and together account for every refusal
-    assert 1 <= len(alarms) <= 3
-    assert all(a.code == "telemetry_rejected" for a in alarms)
+    rejected_alarms = [a for a in alarms if a.code == "telemetry_rejected"]
+    assert 1 <= len(rejected_alarms) <= 3
+    # the oversize message also raised an alarm of its own kind, naming the device
+    assert [a.details["devices"] for a in alarms if a.code == "telemetry_oversize"] == [["s1"]]
+    assert {a.code for a in alarms} == {"telemetry_rejected", "telemetry_oversize"}
     totals: dict[str, int] = {}
-    for a in alarms:
+    for a in rejected_alarms:
         for reason, n in a.details["counts"].items():
             totals[reason] = totals.get(reason, 0) + n
     assert totals == expected

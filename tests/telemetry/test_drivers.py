@@ -49,7 +49,7 @@ class Counting(SensorDriver):
 async def test_driver_readings_reach_influx_and_crashes_are_counted(
     tmp_path: Path, mosquitto: Any, influxdb1: Any
 ) -> None:
-    cfg = load(tmp_path, config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), devices=()))
+    cfg = load(tmp_path, config_dict(tmp_path, mosquitto, influx=v1(influxdb1), devices=()))
     t0 = int(time.time() * 1000) - 600_000
     steady, flaky = Counting("song-1", 40, t0), Counting("mua-1", 30, t0, crash_after=10)
     svc = TelemetryService(cfg, drivers=[steady, flaky])
@@ -69,13 +69,13 @@ async def test_driver_readings_reach_influx_and_crashes_are_counted(
 def test_gateway_runs_sim_sensors_into_influx(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
     """``loaxa gateway run`` with simulated sensors (as in the demo): their readings reach InfluxDB
     through the spool, and the sensors' summary is in the retained health."""
-    data = config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), devices=())
+    data = config_dict(tmp_path, mosquitto, influx=v1(influxdb1), devices=())
     data["devices"] = [
         {"id": "song-1", "type": "sim_sensor", "kind": "water_level", "interval_s": 0.2, "seed": 1},
         {"id": "mua-1", "type": "sim_sensor", "kind": "rain", "interval_s": 0.2, "seed": 2},
     ]
     data["health"] = {"interval_s": 1}
-    watcher = HealthWatcher(mosquitto.port)
+    watcher = HealthWatcher(mosquitto)
     proc = spawn_loaxa("gateway", "run", "--config", str(write_config(tmp_path, data)), log=tmp_path / "gw.log")
     try:
         level = wait_until(lambda: len(p := influxdb1.points("water_level")) >= 5 and p, 30, what="water levels")

@@ -15,7 +15,7 @@ from .helpers import GW, Publisher, config_dict, eventually, influx_values, load
 
 
 async def test_every_reading_arrives_exactly(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
-    cfg = load(tmp_path, config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), devices=("s1", "s2")))
+    cfg = load(tmp_path, config_dict(tmp_path, mosquitto, influx=v1(influxdb1), devices=("s1", "s2")))
     rng = random.Random(7)
     t0 = int(time.time() * 1000) - 3_600_000
     sent: dict[tuple[str, int], float] = {}
@@ -36,7 +36,7 @@ async def test_every_reading_arrives_exactly(tmp_path: Path, mosquitto: Any, inf
         msgs.append((topic("s2"), {"readings": readings}))
     svc = TelemetryService(cfg)
     async with running(svc):
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         await asyncio.to_thread(pub.publish_all, msgs)
         pub.close()
         got = await eventually(

@@ -26,11 +26,11 @@ def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def test_kill9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
-    data = config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), devices=("s1",))
+    data = config_dict(tmp_path, mosquitto, influx=v1(influxdb1), devices=("s1",))
     data["health"] = {"interval_s": 1}
     cfg = write_config(tmp_path, data)
     log = tmp_path / "gateway.log"
-    watcher = HealthWatcher(mosquitto.port)
+    watcher = HealthWatcher(mosquitto)
     proc = spawn(cfg, log)
     wait_until(lambda: "spool_depth" in watcher.latest, 20, what="gateway health with spool figures")
     time.sleep(0.5)
@@ -44,7 +44,7 @@ def test_kill9_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Any, influxdb
             sent[("s1", r["ts"])] = r["fields"]["level_cm"]
         batches.append((topic("s1"), {"readings": readings}))
 
-    pub = Publisher(mosquitto.url)
+    pub = Publisher(mosquitto)
     done = threading.Event()
 
     def stream() -> None:

@@ -15,22 +15,31 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.telemetry.service import TelemetryService
-from loaxa.servers import _Process, find_binary, free_port, wait_for_port
+from loaxa.brokers import lan_acl
+from loaxa.servers import _Process, find_binary, free_port, password_line, wait_for_port
 
-from .helpers import config_dict, eventually, load, running, topic
+from .helpers import GW, config_dict, eventually, load, running, topic
 from .test_tls_auth import make_ca_and_cert
+
+#: accounts of the TLS broker (the production LAN ACL for GW)
+PASSWORDS = {"gateway": "gw-secret", "s1": "s1-secret"}
 
 
 class TlsMosquitto(_Process):
     def start_tls(self, ca: Path, cert: Path, key: Path) -> TlsMosquitto:
         self.port = free_port()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        passwd, acl = self.workdir / "passwd", self.workdir / "acl"
+        passwd.write_text("".join(password_line(u, pw) + "\n" for u, pw in PASSWORDS.items()))
+        acl.write_text(lan_acl(GW))
         lines = [
             f"listener {self.port} 127.0.0.1",
             f"cafile {ca}",
             f"certfile {cert}",
             f"keyfile {key}",
-            "allow_anonymous true",
+            "allow_anonymous false",
+            f"password_file {passwd}",
+            f"acl_file {acl}",
             "persistence false",
             "log_dest stdout",
             "max_queued_messages 100000",
@@ -57,7 +66,7 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[TlsMosquitto, Path]]:
 async def test_ingest_over_tls(tmp_path: Path, tls_broker: tuple[TlsMosquitto, Path]) -> None:
     broker, ca = tls_broker
     data = config_dict(tmp_path, f"mqtts://127.0.0.1:{broker.port}", influx=None)
-    data["local_broker"]["ca_file"] = str(ca)
+    data["local_broker"].update(ca_file=str(ca), username="gateway", password={"value": PASSWORDS["gateway"]})
     data["uplink"]["ca_file"] = str(ca)
     svc = TelemetryService(load(tmp_path, data))
     t0 = int(time.time() * 1000) - 60_000
@@ -65,6 +74,7 @@ async def test_ingest_over_tls(tmp_path: Path, tls_broker: tuple[TlsMosquitto, P
     async with running(svc):
         pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="tls-sensor", protocol=paho.MQTTv5)
         pub.tls_set(ca_certs=str(ca))
+        pub.username_pw_set("s1", PASSWORDS["s1"])
         pub.max_inflight_messages_set(500)
         pub.max_queued_messages_set(0)
         pub.connect("127.0.0.1", broker.port)

@@ -36,7 +36,7 @@ class Recording:
 
 
 async def test_influx_outage_then_broker_restart(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
-    cfg = load(tmp_path, config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1, batch_size=500)))
+    cfg = load(tmp_path, config_dict(tmp_path, mosquitto, influx=v1(influxdb1, batch_size=500)))
     svc = TelemetryService(cfg)
     assert svc.writer is not None
     rec = Recording(svc.writer)
@@ -45,7 +45,7 @@ async def test_influx_outage_then_broker_restart(tmp_path: Path, mosquitto: Any,
     async with running(svc):
         # --- InfluxDB outage
         await asyncio.to_thread(influxdb1.stop)
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         first = [
             (
                 topic("s1"),
@@ -77,7 +77,7 @@ async def test_influx_outage_then_broker_restart(tmp_path: Path, mosquitto: Any,
         await asyncio.sleep(0.5)
         await asyncio.to_thread(mosquitto.start)
         await eventually(lambda: svc.ingest.connects > connects, within=20, what="ingest reconnected")
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         second = [(topic("s1"), {"ts": t0 + 10_000_000 + i, "fields": {"rain_mm": i * 0.5}}) for i in range(500)]
         await asyncio.to_thread(pub.publish_all, second)
         pub.close()

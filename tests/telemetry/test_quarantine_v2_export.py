@@ -40,14 +40,14 @@ async def test_refused_readings_are_quarantined_and_do_not_block(
         data=f'environment,device=other,gateway={GW} temp_c="hot" {now - 5000}'.encode(),
     )
     await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=5).close())
-    cfg = load(tmp_path, config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1)))
+    cfg = load(tmp_path, config_dict(tmp_path, mosquitto, influx=v1(influxdb1)))
     readings = [
         {"ts": now - 4000 + i, "fields": {"temp_c": 30.0 + i} if i % 10 == 3 else {"hum_pct": 50.0 + i}}
         for i in range(200)
     ]
     svc = TelemetryService(cfg)
     async with running(svc):
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         await asyncio.to_thread(
             pub.publish_all,
             [(topic("s1"), {"readings": readings[:100]}), (topic("s1"), {"readings": readings[100:]})],
@@ -75,13 +75,13 @@ async def test_v2_write_api_to_victoriametrics(tmp_path: Path, mosquitto: Any, v
     }
     cfg = load(
         tmp_path,
-        config_dict(tmp_path, mosquitto.url, influx=influx, devices=("river-1",), measurement="water_level"),
+        config_dict(tmp_path, mosquitto, influx=influx, devices=("river-1",), measurement="water_level"),
     )
     t0 = int(time.time() * 1000) - 600_000
     sent = {t0 + i * 1000: round(120 + i * 0.25, 2) for i in range(400)}
     svc = TelemetryService(cfg)
     async with running(svc):
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         msgs: list[tuple[str, Any]] = [
             (topic("river-1"), {"ts": ts, "fields": {"level_cm": v}}) for ts, v in list(sent.items())[:100]
         ]
@@ -106,13 +106,13 @@ async def test_v2_write_api_to_victoriametrics(tmp_path: Path, mosquitto: Any, v
 
 
 async def test_export_retained_readings_as_csv(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
-    data = config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), devices=("s1", "s2"), retain_days=60)
+    data = config_dict(tmp_path, mosquitto, influx=v1(influxdb1), devices=("s1", "s2"), retain_days=60)
     cfg = load(tmp_path, data)
     path = write_config(tmp_path, data)
     base = int(time.time() * 1000) // 86_400_000 * 86_400_000 - 86_400_000  # yesterday 00:00 UTC
     svc = TelemetryService(cfg)
     async with running(svc):
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         msgs = [
             (topic("s1" if i % 2 else "s2"), {"ts": base + i * 3_600_000, "fields": {"a": i * 1.5, "b": -i}})
             for i in range(24)

@@ -15,13 +15,13 @@ from .helpers import Publisher, config_dict, eventually, influx_values, load, ru
 
 async def test_full_spool_drops_oldest_and_counts(tmp_path: Path, mosquitto: Any, influxdb1: Any) -> None:
     await asyncio.to_thread(influxdb1.stop)  # InfluxDB unreachable: the spool can only fill
-    cfg = load(tmp_path, config_dict(tmp_path, mosquitto.url, influx=v1(influxdb1), max_bytes=1024 * 1024))
+    cfg = load(tmp_path, config_dict(tmp_path, mosquitto, influx=v1(influxdb1), max_bytes=1024 * 1024))
     t0 = int(time.time() * 1000) - 3_600_000
     n_msgs, per_msg = 80, 500
     sent = n_msgs * per_msg  # ~2.5 MB of readings into a 1 MiB spool
     svc = TelemetryService(cfg)
     async with running(svc):
-        pub = Publisher(mosquitto.url)
+        pub = Publisher(mosquitto)
         msgs = [
             (
                 topic("s1"),
