@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 DEVICES_HELP = """\
 See and act on the gateways and devices (speakers, sensors) of the communes.
 
+  export LOAXA_TOKEN=…   (or --token-file FILE, or --login ACCOUNT)
   loaxa devices list --config /etc/loaxa/scheduler.yaml [--status offline]
   loaxa devices show xa-an-binh/loa-cho --config …
   loaxa devices set xa-an-binh/loa-cho --volume 60 --config …      (one speaker)
@@ -69,9 +69,10 @@ def _target(text: str) -> tuple[str, str | None]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True, help="the scheduler's YAML config (for its address)")
-    p.add_argument("--url", help="scheduler HTTP address (default: from the config)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    """--url / --config / --token-file / --login / --json, as every command of the scheduler's API."""
+    from scheduler.cli import _add_common
+
+    _add_common(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -179,7 +180,7 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    tz = api.cfg.scheduler.timezone
+    tz = api.timezone
     table = [[d["gateway"], d["device"], d["kind"], d["status"], _yn(d["volume"]), _yn(d["power"]),
               d.get("source") or "-", _yn(d.get("rssi")), d.get("firmware") or "-", _fmt_ms(d["last_seen"], tz),
               d.get("name") or ""] for d in rows]
@@ -304,7 +305,7 @@ def _alarms(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    tz = api.cfg.scheduler.timezone
+    tz = api.timezone
     table = [[str(a["id"]), a["state"], a["severity"], a["type"], a["gateway"], a.get("device") or "-",
               _fmt_ms(a["first_seen"], tz), _fmt_ms(a["last_seen"], tz), str(a["count"]),
               ("silenced " if a["silenced"] else "") + (a["message"] or "")[:80]] for a in rows]
@@ -352,7 +353,7 @@ def _silence(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(s)
     else:
-        print(f"silence {s['id']}: {args.target} until {_fmt_ms(s['ends_at'], api.cfg.scheduler.timezone)}"
+        print(f"silence {s['id']}: {args.target} until {_fmt_ms(s['ends_at'], api.timezone)}"
               f" (end it early: loaxa alarms unsilence {s['id']})")
     return 0
 
@@ -369,7 +370,7 @@ def _silences(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    tz = api.cfg.scheduler.timezone
+    tz = api.timezone
     print(_table([[str(s["id"]), s["gateway"], s.get("device") or "(all)", ",".join(s.get("types") or []) or "(all)",
                    _fmt_ms(s["ends_at"], tz), s["created_by"], s.get("reason") or ""] for s in rows],
                  ["ID", "GATEWAY", "DEVICE", "TYPES", "UNTIL", "BY", "REASON"]))

@@ -19,16 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
 from aiosmtpd.controller import Controller
 
+from loaxa.brokers import CentralBroker, LanBroker
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
-from loaxa.servers import Mosquitto, free_port
+from loaxa.servers import free_port
 from scheduler.config import SchedulerConfig
 from scheduler.fleet.notify.senders import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from scheduler.service import Scheduler
 from tests.conftest import spawn_loaxa
-from tests.sched_support import Keys, scheduler_config_dict, wait_for_async
+from tests.sched_support import Keys, add_token, bearer, scheduler_config_dict, wait_for_async
 
 GW = "xa-an-binh"
 COMMUNE = "Xã An Bình"
@@ -136,9 +138,12 @@ def fleet_section(smtp_port: int, webhook_url: str | None = None, **rules: Any) 
 
 @dataclass
 class FleetBench:
+    """The central broker and the commune's LAN broker run as in production (accounts, ACLs):
+    ``central_broker_factory(gateways=[GW])`` and ``lan_broker_factory(GW, devices=[…])``."""
+
     tmp: Path
-    central: Mosquitto
-    lan: Mosquitto
+    central: CentralBroker
+    lan: LanBroker
     devices: list[dict[str, Any]]
     fleet: dict[str, Any]
     influx: dict[str, Any] | None = None
@@ -152,25 +157,39 @@ class FleetBench:
         sections: dict[str, Any] = {"fleet": self.fleet}
         if self.influx:
             sections["influx"] = self.influx
-        raw = scheduler_config_dict(self.tmp, self.central.url, Keys(signer.private_key), **sections)
+        raw = scheduler_config_dict(self.tmp, self.central, Keys(signer.private_key), gateways=[GW], **sections)
         cfg = SchedulerConfig.model_validate(raw)
         self.sched_yaml = write_yaml(self.tmp / "scheduler.yaml", raw)
         self.sched = Scheduler.build(cfg)
+        self.token = add_token(self.sched.store.store, name="fleet-test")
+        self.token_file = self.tmp / "token"
+        self.token_file.write_text(self.token + "\n")
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(self.sched.run(self.stop_event))
-        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=60)
+        self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=60,
+                                      headers=bearer(self.token))
         self.write_gateway_config(self.devices)
         self.gateway = spawn_loaxa("gateway", "run", "--config", str(self.gw_yaml), log=self.tmp / "gw.log")
 
     def write_gateway_config(self, devices: list[dict[str, Any]]) -> None:
         gw_cfg = gateway_config(GW, data_dir=self.tmp / "gw", uplink_url=self.central.url, lan_url=self.lan.url,
                                 signer=self.signer, commune=COMMUNE, devices=devices, health_interval_s=2.0,
-                                influx=self.gateway_influx)
+                                influx=self.gateway_influx, uplink_auth=self.central.gateway_auth(GW),
+                                lan_auth=self.lan.gateway_auth())
         self.gw_yaml = write_yaml(self.tmp / "gw.yaml", gw_cfg)
 
     def start_sim(self, name: str, ids: list[str]) -> None:
-        self.sims[name] = spawn_loaxa("sim", "speakers", "--broker", self.lan.url, "--gateway", GW,
-                                      "--ids", ",".join(ids), "--no-fetch", log=self.tmp / f"sim-{name}.log")
+        creds = self.lan.write_credentials(self.tmp / f"sim-{name}.json", ids)
+        self.sims[name] = spawn_loaxa("sim", "speakers", "--broker", self.lan.device_url, "--gateway", GW,
+                                      "--ids", ",".join(ids), "--no-fetch", "--credentials", str(creds),
+                                      log=self.tmp / f"sim-{name}.log")
+
+    def device_client(self, dev: str) -> aiomqtt.Client:
+        """A device's own connection to the commune broker (its account; client id = its id)."""
+        host, port = self.lan.device_url.removeprefix("mqtt://").split(":")
+        account = self.lan.add_device(dev)
+        return aiomqtt.Client(host, int(port), username=account.username, password=account.password,
+                              identifier=dev)
 
     def kill_sim(self, name: str) -> None:
         """SIGKILL: no goodbye, the LAN broker publishes each speaker's will (offline)."""

@@ -30,10 +30,11 @@ def online(d: dict[str, dict[str, Any]], ids: list[str]) -> bool:
     return all(d.get(i, {}).get("status") == "online" for i in ids)
 
 
-async def test_speakers_offline_mail_recovery_silence_and_actions(tmp_path: Path, mosquitto_factory: Any) -> None:
+async def test_speakers_offline_mail_recovery_silence_and_actions(tmp_path: Path, central_broker_factory: Any,
+                                                                 lan_broker_factory: Any) -> None:
     smtp = SmtpSink()
     hook = WebhookSink(fail_first=1)
-    bench = FleetBench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"),
+    bench = FleetBench(tmp_path, central_broker_factory(gateways=[GW]), lan_broker_factory(GW, devices=SPEAKERS),
                        devices=[{"id": d, "type": "ip_speaker"} for d in SPEAKERS]
                        + [{"id": "muc-nuoc", "type": "mqtt_sensor", "measurement": "water_level"}],
                        fleet=fleet_section(smtp.port, hook.url))
@@ -97,7 +98,7 @@ async def test_speakers_offline_mail_recovery_silence_and_actions(tmp_path: Path
         # ---- maintenance: a silence suppresses the notices of both the alarm and its end
         sil = await bench.api("POST", "/api/silences", json={"gateway": GW, "duration_s": 600,
                                                               "reason": "thay dây loa"})
-        assert sil["created_by"] == "api-token"
+        assert sil["created_by"] == "token:fleet-test"
         sent_before = smtp.count()
         bench.kill_sim("group")
         silenced = await bench.wait_alarms(
@@ -158,25 +159,22 @@ async def _n(v: bool) -> bool:
     return v
 
 
-async def test_flapping_speaker_is_one_alarm(tmp_path: Path, mosquitto_factory: Any) -> None:
+async def test_flapping_speaker_is_one_alarm(tmp_path: Path, central_broker_factory: Any,
+                                            lan_broker_factory: Any) -> None:
     """A speaker whose link drops and returns every ~1.3 s: never offline long enough for its own
     alarm (30 s), but 4 changes within a minute make ONE 'flapping' alarm and one e-mail."""
-    import aiomqtt
-
     from protocol.models import DeviceState
     from protocol.topics import device_topic
 
     smtp = SmtpSink()
     fleet = fleet_section(smtp.port, speaker_offline={"after_s": 30, "severity": "minor"})
     fleet["flapping"] = {"toggles": 4, "window_s": 60, "severity": "major"}
-    lan = mosquitto_factory("lan")
-    bench = FleetBench(tmp_path, mosquitto_factory("central"), lan,
+    bench = FleetBench(tmp_path, central_broker_factory(gateways=[GW]), lan_broker_factory(GW, devices=["loa-07"]),
                        devices=[{"id": "loa-07", "type": "ip_speaker"}], fleet=fleet)
     await bench.start()
-    host, port = lan.url.removeprefix("mqtt://").split(":")
     try:
         await bench.wait_devices(lambda d: "loa-07" in d, "loa-07 listed")
-        async with aiomqtt.Client(host, int(port), identifier="flappy-loa-07") as dev:
+        async with bench.device_client("loa-07") as dev:
             topic = device_topic(GW, "loa-07", "state")
             for i in range(6):
                 up = i % 2 == 0
@@ -198,14 +196,12 @@ async def test_flapping_speaker_is_one_alarm(tmp_path: Path, mosquitto_factory: 
         smtp.stop()
 
 
-async def test_water_level_above_threshold_for_the_window_is_critical(tmp_path: Path, mosquitto_factory: Any,
-                                                                      influxdb1: Any) -> None:
+async def test_water_level_above_threshold_for_the_window_is_critical(tmp_path: Path, central_broker_factory: Any,
+                                                                      lan_broker_factory: Any, influxdb1: Any) -> None:
     """Readings go device → LAN broker → gateway spool → InfluxDB 1.6.7; the scheduler reads them
     back with InfluxQL. 160 cm held for 2 s raises a critical alarm (the chairman is mailed too: his
     route takes critical alarms); 145 cm keeps it (hysteresis: it clears below 140); 130 cm clears it."""
     import json as _json
-
-    import aiomqtt
 
     from protocol.signing import now_ms
     from protocol.topics import device_topic
@@ -214,17 +210,15 @@ async def test_water_level_above_threshold_for_the_window_is_critical(tmp_path: 
     fleet = fleet_section(smtp.port, thresholds=[{
         "name": "water_high", "measurement": "water_level", "field": "water_level_cm", "above": 150,
         "clear_at": 140, "for_s": 2, "severity": "critical"}])
-    lan = mosquitto_factory("lan")
     db = {"url": influxdb1.url, "database": influxdb1.database}
-    bench = FleetBench(tmp_path, mosquitto_factory("central"), lan,
+    bench = FleetBench(tmp_path, central_broker_factory(gateways=[GW]), lan_broker_factory(GW, devices=["muc-nuoc"]),
                        devices=[{"id": "muc-nuoc", "type": "mqtt_sensor", "measurement": "water_level"}],
                        fleet=fleet, influx=db, gateway_influx={"api": "v1", **db, "flush_interval_s": 0.2})
     await bench.start()
-    host, port = lan.url.removeprefix("mqtt://").split(":")
     topic = device_topic(GW, "muc-nuoc", "telemetry")
     try:
         await bench.wait_devices(lambda d: "muc-nuoc" in d, "the sensor listed")
-        async with aiomqtt.Client(host, int(port), identifier="muc-nuoc") as dev:
+        async with bench.device_client("muc-nuoc") as dev:
 
             async def feed(value: float, until: Any, what: str, within: float = 60) -> Any:
                 """Send a reading every 0.25 s (the sensor's pace) until the alarms satisfy ``until``."""
@@ -260,8 +254,8 @@ async def test_water_level_above_threshold_for_the_window_is_critical(tmp_path: 
         smtp.stop()
 
 
-async def test_gateway_offline_alarm_and_unknown_when_the_centre_is_cut_off(tmp_path: Path,
-                                                                            mosquitto_factory: Any) -> None:
+async def test_gateway_offline_alarm_and_unknown_when_the_centre_is_cut_off(tmp_path: Path, central_broker_factory: Any,
+                                                                            lan_broker_factory: Any) -> None:
     """A gateway killed without a goodbye: its will says offline, the alarm follows after the rule's
     delay, and its speakers show "unknown" (no speaker alarm: the gateway's alarm covers them). With
     the scheduler's own broker link down, everything is "unknown", never "offline"."""
@@ -271,8 +265,8 @@ async def test_gateway_offline_alarm_and_unknown_when_the_centre_is_cut_off(tmp_
     from tests.conftest import spawn_loaxa
 
     smtp = SmtpSink()
-    central = mosquitto_factory("central")
-    bench = FleetBench(tmp_path, central, mosquitto_factory("lan"),
+    central = central_broker_factory(gateways=[GW])
+    bench = FleetBench(tmp_path, central, lan_broker_factory(GW, devices=["loa-01"]),
                        devices=[{"id": "loa-01", "type": "ip_speaker"}], fleet=fleet_section(smtp.port))
     await bench.start()
     try:
@@ -310,19 +304,21 @@ async def test_gateway_offline_alarm_and_unknown_when_the_centre_is_cut_off(tmp_
         smtp.stop()
 
 
-async def test_cli_devices_and_alarms(tmp_path: Path, mosquitto_factory: Any) -> None:
+async def test_cli_devices_and_alarms(tmp_path: Path, central_broker_factory: Any, lan_broker_factory: Any) -> None:
     """``loaxa devices list|show|set|ping`` and ``loaxa alarms list|ack|silence|silences|unsilence``
     against the running scheduler, as a technician types them."""
     from tests.conftest import run_loaxa
 
     smtp = SmtpSink()
-    bench = FleetBench(tmp_path, mosquitto_factory("central"), mosquitto_factory("lan"),
+    bench = FleetBench(tmp_path, central_broker_factory(gateways=[GW]),
+                       lan_broker_factory(GW, devices=["loa-01", "loa-02"]),
                        devices=[{"id": "loa-01", "type": "ip_speaker"}, {"id": "loa-02", "type": "ip_speaker"}],
                        fleet=fleet_section(smtp.port))
     await bench.start()
 
     async def cli(*args: str) -> tuple[int, str]:
-        r = await asyncio.to_thread(run_loaxa, *args, "--config", str(bench.sched_yaml), timeout=120)
+        r = await asyncio.to_thread(run_loaxa, *args, "--config", str(bench.sched_yaml), "--token-file",
+                                    str(bench.token_file), timeout=120)
         return r.returncode, r.stdout + r.stderr
 
     try:
