@@ -182,15 +182,16 @@ class Scheduler:
             },
         )
         routers = [metrics.router(require(FLEET_READ))]
+        fleet = Fleet(cfg.fleet, dispatcher, influx=cfg.influx, timezone=cfg.scheduler.timezone)
         ioc: IocApi | None = None
         if cfg.influx is not None:
             try:
                 ioc = IocApi(IocSettings.from_section(cfg.influx), require(IOC_READ),
-                             known_gateways=lambda: astore.call(astore.store.gateways), registry=metrics.registry)
+                             known_gateways=lambda: astore.call(astore.store.gateways), registry=metrics.registry,
+                             alarms=fleet.alarm_list)
             except IocSetupError as exc:
                 raise SetupError(str(exc)) from exc
             routers.append(ioc.router)
-        fleet = Fleet(cfg.fleet, dispatcher, influx=cfg.influx, timezone=cfg.scheduler.timezone)
 
         async def fleet_audit(p: Any, request: Any, action: str, target: str | None, detail: dict[str, Any]) -> None:
             await access.audit(p, action, address=client_address(request), target=target, detail=detail)

@@ -16,7 +16,7 @@ from scheduler.fleet.config import FleetSection
 from scheduler.fleet.notify.service import Notifier
 from scheduler.fleet.readings import InfluxQL, ReadingRules
 from scheduler.fleet.state import FleetState
-from scheduler.fleet.store import FleetStore
+from scheduler.fleet.store import FleetStore, alarm_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ class Fleet:
     def _commune(self, gw: str) -> str | None:
         view = self.state.gateways.get(gw)
         return view.commune if view is not None else None
+
+    async def alarm_list(self, gateways: frozenset[str] | None, status: str | None,
+                         limit: int = 1000) -> list[dict[str, Any]]:
+        """Alarms of ``gateways`` (None: all), newest first, as the API shows them (the IOC API uses it)."""
+        rows = await self.astore.call(self.store.list_alarms, status=status, gateways=gateways, limit=limit)
+        return [alarm_dict(a) for a in rows]
 
     async def _sync_speakers(self, gw: str, speakers: list[tuple[str, str | None]]) -> None:
         added, removed = await self.astore.call(self.store.sync_speakers, gw, speakers)

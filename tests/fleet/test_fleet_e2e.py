@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fleet.common import COMMUNE, GW, FleetBench, SmtpSink, WebhookSink, fleet_section
-from tests.sched_support import make_tone, wait_for_async
+from tests.sched_support import add_token, bearer, make_tone, wait_for_async
 
 GROUP = ["loa-01", "loa-02", "loa-03", "loa-04"]
 SPEAKERS = [*GROUP, "loa-05", "loa-06"]  # loa-06 is configured but never switched on
@@ -237,6 +237,20 @@ async def test_water_level_above_threshold_for_the_window_is_critical(tmp_path: 
             (alarm,) = rows
             assert (alarm["severity"], alarm["device"], alarm["details"]["value"]) == ("critical", "muc-nuoc", 160.0)
             assert alarm["first_seen"] - first >= 2000  # not before the level had held for the window
+            # the IOC reads it with its area token; another commune's token sees nothing of it
+            ioc_here = bearer(add_token(bench.sched.store.store, "ioc", [GW]))
+            ioc_other = bearer(add_token(bench.sched.store.store, "ioc", ["xa-khac"]))
+            r = await bench.http.get("/ioc/v1/alarms", headers=ioc_here)
+            assert r.status_code == 200, r.text
+            (seen,) = r.json()["alarms"]
+            assert (seen["type"], seen["severity"], seen["device"]) == ("threshold_water_high", "critical", "muc-nuoc")
+            assert seen["first_seen"].endswith("Z")
+            r = await bench.http.get("/ioc/v1/alarms", headers=ioc_other)
+            assert r.status_code == 200 and r.json()["alarms"] == []
+            r = await bench.http.get("/ioc/v1/alarms", params={"gateway": GW}, headers=ioc_other)
+            assert r.status_code == 403
+            metrics = (await bench.http.get("/metrics")).text
+            assert 'loaxa_alarms_active{acknowledged="false",severity="critical"} 1.0' in metrics
             await feed(145.0, lambda a: a and a[0]["details"]["value"] == 145.0, "145 shown, alarm still active")
             await feed(130.0, lambda a: not a, "the alarm cleared below 140")
         await wait_for_async(lambda: _n(smtp.count() >= 4), within=30, what="alarm and recovery mails")
