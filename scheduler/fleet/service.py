@@ -35,6 +35,7 @@ class Fleet:
         self.engine = AlarmEngine(self.astore, self.store, cfg.flapping, notify=self.notifier.submit)
         self.state = FleetState(dispatcher.link, self.engine, cfg.rules, known_gateways=self._known,
                                 on_devices_listed=self._sync_speakers)
+        dispatcher.accept_device = self.state.accepts_device
         self.actions = FleetActions(dispatcher.signer, self.state, timeout_s=cfg.action_timeout_s)
         self.readings: ReadingRules | None = None
         self.influx: InfluxQL | None = None

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 SPEAKER_STATE_KEYS = ("volume", "playing")
 #: Acks and device reports are kept for the commands the scheduler's actions wait on, at most this many.
 MAX_WATCHED = 1000
+#: The broadcast registry is made to match a gateway's list when the list changes, and at least this
+#: often (a speaker named in a broadcast target that the gateway does not have is dropped again).
+SYNC_EVERY_MS = 60_000
 #: At most this many devices per gateway are tracked when the gateway sends no list.
 MAX_UNLISTED = 2000
 
@@ -83,6 +86,7 @@ class GatewayView:
     health_at: int | None = None
     listed: bool = False  # the gateway sends its device list
     devices: dict[str, DeviceView] = field(default_factory=dict)
+    synced_at: int = 0  # when the broadcast registry was last made to match the list
     version: int = 0
 
 
@@ -123,6 +127,11 @@ class FleetState:
         view = self.gateway(gw)
         if commune:
             view.commune = commune
+
+    def accepts_device(self, gw: str, dev: str) -> bool:
+        """False for a device its gateway's configuration no longer lists (True while unknown)."""
+        view = self.gateways.get(gw)
+        return view is None or not view.listed or dev in view.devices
 
     def gateway_status(self, view: GatewayView) -> str:
         if not self.connected or view.status is None:
@@ -293,7 +302,9 @@ class FleetState:
             if dev is None:
                 dev = view.devices[d.id] = DeviceView(view.id, d.id)
             dev.kind, dev.type, dev.name, dev.listed = d.kind, d.type, d.name, True
-        if set(listed) != before and self.on_devices_listed is not None:
+        due = now - view.synced_at >= SYNC_EVERY_MS
+        if (set(listed) != before or due) and self.on_devices_listed is not None:
+            view.synced_at = now
             speakers = [(d.id, d.name) for d in health.devices if d.kind == "speaker"]
             try:
                 await self.on_devices_listed(view.id, speakers)
