@@ -55,6 +55,8 @@ MAX_WATCHED = 1000
 #: The broadcast registry is made to match a gateway's list when the list changes, and at least this
 #: often (a speaker named in a broadcast target that the gateway does not have is dropped again).
 SYNC_EVERY_MS = 60_000
+#: At most this many distinct alarm codes per gateway become alarm types of their own.
+MAX_EVENT_TYPES = 50
 #: At most this many devices per gateway are tracked when the gateway sends no list.
 MAX_UNLISTED = 2000
 
@@ -104,6 +106,7 @@ class FleetState:
         self.acks: OrderedDict[str, Ack | None] = OrderedDict()
         self.reports: dict[str, dict[str, DeviceReport]] = {}
         self.ignored = 0
+        self._event_types: dict[str, set[str]] = {}
         link.subscribe(filter_all_gateways("status"), self._on_status)
         link.subscribe(filter_all_gateways("health"), self._on_health)
         link.subscribe(filter_all_gateways("event"), self._on_event)
@@ -392,6 +395,8 @@ class FleetState:
 
     def apply_playback(self, gw: str, ev: PlaybackEvent) -> None:
         view = self.gateway(gw)
+        if not self.accepts_device(gw, ev.device):
+            return  # not a device of this gateway's configuration: no alarm for a name
         source = dev_source(gw, ev.device)
         timing = self.rules.broadcast_failed
         if ev.state in ("failed", "skipped") and (ev.reason or "") not in NOT_A_FAILURE:
@@ -408,12 +413,17 @@ class FleetState:
         if severity is None:
             log.info("fleet: %s says (info) %s: %s", gw, ev.code, ev.message)
             return
-        source = dev_source(gw, ev.device) if ev.device else gw_source(gw)
+        device = ev.device if ev.device and self.accepts_device(gw, ev.device) else None
+        source = dev_source(gw, device) if device else gw_source(gw)
         timing = self.rules.gateway_events
         alarm_type = event_type(ev.code)
+        kinds = self._event_types.setdefault(gw, set())
+        if alarm_type not in kinds and len(kinds) >= MAX_EVENT_TYPES:
+            alarm_type = "gateway_alarm_other"  # a gateway cannot make alarm types without end
+        kinds.add(alarm_type)
         if alarm_type == "telemetry_quarantine":
             timing = self.rules.telemetry_quarantine
-        self.engine.occur(source, alarm_type, gateway=gw, device=ev.device, timing=timing, severity=severity,
+        self.engine.occur(source, alarm_type, gateway=gw, device=device, timing=timing, severity=severity,
                           message=f"{gw}: {ev.message}"[:2000], details={"code": ev.code, **ev.details})
 
     # ------------------------------------------------------------ link

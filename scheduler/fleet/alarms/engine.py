@@ -155,7 +155,7 @@ class AlarmEngine:
         for key, t in list(self.trackers.items()):
             if key[0] == source:
                 self._toggle(t, False, now_ms())
-                t.timing = replace(t.timing, clear_after_s=0)
+                t.timing = t.timing.model_copy(update={"clear_after_s": 0})
         for key, rec in list(self.alarms.items()):
             if key[0] == source and key not in self.trackers:
                 self.trackers[key] = Tracker(rec.source, rec.type, rec.gateway, rec.device,
