@@ -61,12 +61,12 @@ def fleet_vectors() -> list[str]:
         ("cmd-0105", "health.report", HealthReportBody()),
         ("cmd-0106", "gateway.restart", GatewayRestartBody(reason="cập nhật cấu hình")),
     ]
-    extra = {"gw": "xa-an-binh"} if "gw" in Envelope.model_fields else {}
+    extra: dict[str, str] = {"gw": "xa-an-binh"} if "gw" in Envelope.model_fields else {}
     out = []
     for cmd_id, kind, body in bodies:
-        env = signer.sign(Envelope(id=cmd_id, kind=kind, issued_at=1795575600000, expires_at=1795575660000,
-                                   key=signer.key_id, body=body.model_dump(mode="json", exclude_none=True),
-                                   **extra))
+        env = signer.sign(Envelope.model_validate({
+            "id": cmd_id, "kind": kind, "issued_at": 1795575600000, "expires_at": 1795575660000,
+            "key": signer.key_id, "body": body.model_dump(mode="json", exclude_none=True), **extra}))
         out.append(env.model_dump_json(exclude_none=True))
     return out
 
