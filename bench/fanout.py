@@ -234,7 +234,7 @@ class Commune:
 def publish_plans(central: Recorder, signer: Any, communes: list[Commune], bid: str, media: MediaRef,
                   start_at: int | None) -> int:
     item = PlanItem(broadcast_id=bid, media=media, start_at=start_at, priority=PRIORITY_NORMAL, volume=70)
-    envs = [(c.gw, signer.envelope("broadcast.plan", BroadcastPlanBody(items=[item])).model_dump_json())
+    envs = [(c.gw, signer.envelope("broadcast.plan", BroadcastPlanBody(items=[item]), gw=c.gw).model_dump_json())
             for c in communes]
     t0 = now_ms()
     infos = [central.client.publish(f"loaxa/v1/{gw}/cmd", payload, qos=1) for gw, payload in envs]

@@ -47,7 +47,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from loaxa.brokers import LanBroker  # noqa: E402
 from loaxa.servers import InfluxDB1  # noqa: E402
-from protocol.signing import public_key_b64  # noqa: E402
+from protocol.signing import key_id_for, public_key_b64  # noqa: E402
 
 GW = "bench-gw"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -86,11 +86,12 @@ class Pipeline:
         self.broker = broker
         self.data_dir = workdir / "gwdata"
         self.spool = self.data_dir / "telemetry-spool.sqlite3"
+        trusted = Ed25519PrivateKey.generate().public_key()
         cfg = {
             "gateway": {"id": GW, "commune": "Xã Benchmark", "data_dir": str(self.data_dir)},
             "uplink": broker.gateway_endpoint(),  # telemetry needs no centre: the LAN broker stands in
             "local_broker": broker.gateway_endpoint(),
-            "trust": {"keys": [{"id": "k", "public_key": public_key_b64(Ed25519PrivateKey.generate().public_key())}]},
+            "trust": {"keys": [{"id": key_id_for(trusted), "public_key": public_key_b64(trusted)}]},
             "influx": {"api": "v1", "url": influx.url, "database": influx.database},
             "devices": [{"id": d, "type": "mqtt_sensor", "measurement": "environment"} for d in [*devices, "probe"]],
         }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from devices.config_base import DeviceBase, MeasurementName
 from devices.sensors.config import (
@@ -13,11 +15,14 @@ from devices.sensors.config import (
     GpioRainGaugeConfig,
     ModbusRtuConfig,
     PiHealthConfig,
+    check_device_set,
 )
+from devices.serial_node.config import SerialNodeConfig
 from devices.speakers.amplifier import AmplifierConfig
-from gateway.serial.config import SerialNodeConfig
+from loaxa.yamlconf import load_config
+from protocol.ids import GatewayId
 
-__all__ = ["DeviceBase", "DeviceConfig", "MeasurementName"]
+__all__ = ["DeviceBase", "DeviceConfig", "DevicesFile", "MeasurementName", "device_set_problems", "load_devices"]
 
 
 class IpSpeakerConfig(DeviceBase):
@@ -50,3 +55,46 @@ DeviceConfig = Annotated[
     | ModbusRtuConfig | GpioRainGaugeConfig | GpioInputsConfig | Ds18b20Config | PiHealthConfig,
     Field(discriminator="type"),
 ]
+
+
+def device_set_problems(devices: list[DeviceConfig]) -> list[str]:
+    """Problems between device entries: an id twice, a serial port set up two ways, a GPIO pin twice."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for dev in devices:
+        if dev.id in seen:
+            problems.append(f"device id {dev.id!r} appears twice")
+        seen.add(dev.id)
+    return problems + check_device_set(devices)
+
+
+class _Host(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: GatewayId
+    data_dir: Path = Path("/var/lib/loaxa/gateway")
+
+
+class DevicesFile(BaseModel):
+    """The devices' view of a gateway YAML: which gateway, its data folder, and the ``devices`` list.
+
+    Technician tools that drive the devices (``loaxa sensors read``) read the gateway's own file
+    through this model, so that devices/ needs nothing from gateway/. The other sections are the
+    gateway's business and are not checked here: ``loaxa config check`` checks the whole file."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    gateway: _Host
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DevicesFile:
+        problems = device_set_problems(self.devices)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def load_devices(path: str | os.PathLike[str]) -> DevicesFile:
+    """Read the devices of a gateway YAML; raises ``loaxa.yamlconf.ConfigError`` naming PATH:LINE:COL."""
+    return load_config(path, DevicesFile)

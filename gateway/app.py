@@ -62,6 +62,7 @@ class Gateway:
         self.commands = CommandRouter(
             self.id, {k.id: k.public_key for k in config.trust.keys}, self.data_dir / "commands.db",
             make_ack_sender(self.uplink.publish, self.id), skew_s=config.trust.clock_skew_s,
+            timeout_s=config.trust.command_timeout_s,
         )
         self.health = HealthReporter(config.health.interval_s, self._publish_health, version)
         self.health.add_provider(self._link_metrics)
@@ -146,6 +147,7 @@ class Gateway:
             asyncio.create_task(self.uplink.run(), name="uplink"),
             asyncio.create_task(self.local.run(), name="lan"),
             asyncio.create_task(self.health.run(), name="health"),
+            asyncio.create_task(self.commands.run(), name="commands"),
         ]
         tasks += [asyncio.create_task(_logged(name, f), name=name) for name, f in self._tasks]
         helpers = [asyncio.create_task(self._watchdog(), name="watchdog"),
@@ -157,6 +159,8 @@ class Gateway:
             await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
             sdnotify.notify("STOPPING=1")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.commands.aclose(), 5)
             for closer in self._closers:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(closer(), 10)

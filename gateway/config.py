@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from devices.config import DeviceConfig
-from devices.sensors.config import check_device_set
+from devices.config import DeviceConfig, device_set_problems
 from gateway.broadcast.config import BroadcastSection
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
@@ -33,10 +32,22 @@ class TrustedKey(StrictModel):
         load_public_key(v)
         return v
 
+    @model_validator(mode="after")
+    def _derived_id(self) -> TrustedKey:
+        from protocol.signing import key_id_for, load_public_key
+
+        derived = key_id_for(load_public_key(self.public_key))
+        if self.id != derived:
+            raise ValueError(f"id {self.id!r} is not the id of this key: it must be {derived!r} "
+                             "(`loaxa keys generate` prints a key with its id)")
+        return self
+
 
 class TrustSection(StrictModel):
     keys: list[TrustedKey] = Field(min_length=1)
     clock_skew_s: int = Field(default=120, ge=0, le=3600)
+    command_timeout_s: float = Field(default=30.0, gt=0, le=3600,
+                                     description="a command's handler is stopped (and refused 'timeout') after this")
 
 
 class InfluxSection(StrictModel):
@@ -96,12 +107,7 @@ class GatewayConfig(StrictModel):
 
     @model_validator(mode="after")
     def _unique_devices(self) -> GatewayConfig:
-        seen: set[str] = set()
-        for dev in self.devices:
-            if dev.id in seen:
-                raise ValueError(f"device id {dev.id!r} appears twice")
-            seen.add(dev.id)
-        problems = check_device_set(self.devices)  # one serial port set up two ways, a GPIO pin used twice
+        problems = device_set_problems(self.devices)  # an id twice, one serial port set up two ways, …
         if problems:
             raise ValueError("; ".join(problems))
         return self

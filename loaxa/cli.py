@@ -28,7 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.fleet.cli",
     "devices.cli",
     "devices.sensors.cli",
-    "firmware_bridge.cli",
+    "gateway.serial.firmware_cli",
     "loaxa.demo",
 )
 

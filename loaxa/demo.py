@@ -314,6 +314,7 @@ def print_banner(ep: dict[str, Any], endpoints_file: Path | None) -> None:
         " -execute 'SHOW MEASUREMENTS')",
     ]
     if "scheduler" in ep:
+        lines.append(f"  web UI (tiếng Việt)  {ep['scheduler']['url']}/   (sign in with a demo account)")
         lines.append(f"  scheduler API        {ep['scheduler']['url']}   (OpenAPI: {ep['scheduler']['url']}/docs)")
     for gw, info in ep["gateways"].items():
         lines.append(f"  gateway {gw:<12} {info['commune']}: LAN broker {info['lan_mqtt']},"

@@ -10,9 +10,9 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, field_validator, model_validator
 
-from protocol.ids import DeviceId, MessageId
+from protocol.ids import DeviceId, GatewayId, MessageId
 
 EpochMs = Annotated[int, Field(ge=0, le=2**53)]
 #: A reading's value: a JSON number, never a string or a boolean.
@@ -306,10 +306,18 @@ COMMAND_BODIES: dict[str, type[BaseModel]] = {
 
 
 class Envelope(_Strict):
-    """A signed command on ``loaxa/v1/{gw}/cmd``. ``sig`` covers the canonical JSON of all other keys."""
+    """A signed command on ``loaxa/v1/{gw}/cmd``. ``sig`` covers the canonical JSON of all other keys.
+
+    Strict: no value is converted (``"5"`` is not 5, ``true`` is not 1). The envelope the verifier
+    checks is the object as received (see :meth:`signed_part`), never a re-serialised model.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
     v: Literal[1] = 1
     id: MessageId
+    #: the gateway the command is for; a gateway refuses a command naming another one, or none
+    gw: GatewayId | None = None
     kind: str = Field(min_length=1, max_length=64)
     issued_at: EpochMs
     expires_at: EpochMs
@@ -317,6 +325,25 @@ class Envelope(_Strict):
     body: dict[str, Any]
     sig: str = Field(default="", max_length=200)
 
+    _received: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # Literal[1] would take True, since True == 1 in Python
+            raise ValueError("v must be the integer 1")
+        return v
+
+    @classmethod
+    def from_received(cls, data: Any) -> Envelope:
+        """Validate a parsed payload and keep it as received, for :meth:`signed_part`."""
+        env = cls.model_validate(data)
+        env._received = dict(data)
+        return env
+
     def signed_part(self) -> dict[str, Any]:
-        """The envelope as a dict without ``sig``: what the signature covers."""
+        """What the signature covers: the envelope without ``sig``; exactly as received when it
+        came off the wire, so that nothing a model might convert can slip past the signature."""
+        if self._received is not None:
+            return {k: v for k, v in self._received.items() if k != "sig"}
         return self.model_dump(exclude={"sig"})

@@ -22,13 +22,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ValidationError
 
-from protocol.canonical import canonical_json
+from protocol.canonical import canonical_json, parse_signed_json
 from protocol.errors import PayloadError, VerifyError
-from protocol.limits import describe_validation_error, parse_json
+from protocol.limits import describe_validation_error
 from protocol.models import COMMAND_BODIES, Envelope
 
 #: Accepted difference between the sender's and the receiver's clocks.
 DEFAULT_CLOCK_SKEW_MS = 120_000
+#: Longest allowed lifetime of a command (``expires_at - issued_at``): a leaked or stored envelope
+#: stays dangerous for at most this long.
+MAX_LIFETIME_MS = 7 * 24 * 3600 * 1000
+#: What a key id looks like (see :func:`key_id_for`).
+KEY_ID_PATTERN = r"^ed25519-[0-9a-f]{16}$"
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -90,27 +95,40 @@ def load_private_key(text: str) -> Ed25519PrivateKey:
 
 @dataclass(frozen=True)
 class Signer:
-    """Signs envelopes with one private key under one key id."""
+    """Signs envelopes with one private key. Its key id is derived from the key (:func:`key_id_for`):
+    a free label is refused, so a gateway can tell which key an id names without trusting a name."""
 
     key_id: str
     private_key: Ed25519PrivateKey
+
+    def __post_init__(self) -> None:
+        derived = key_id_for(self.private_key.public_key())
+        if self.key_id != derived:
+            raise ValueError(f"key id {self.key_id!r} is not the id of this key: it must be {derived!r}")
+
+    @classmethod
+    def for_key(cls, private_key: Ed25519PrivateKey) -> Signer:
+        return cls(key_id_for(private_key.public_key()), private_key)
 
     def envelope(
         self,
         kind: str,
         body: BaseModel | Mapping[str, Any],
         *,
+        gw: str,
         ttl_ms: int = 24 * 3600 * 1000,
         issued_at: int | None = None,
         cmd_id: str | None = None,
     ) -> Envelope:
-        """Build and sign a command envelope."""
+        """Build and sign a command envelope for gateway ``gw``; ``ttl_ms`` is capped at :data:`MAX_LIFETIME_MS`."""
         issued = now_ms() if issued_at is None else issued_at
+        ttl_ms = min(ttl_ms, MAX_LIFETIME_MS)
         body_dict = (
             body.model_dump(mode="json", exclude_none=True) if isinstance(body, BaseModel) else dict(body)
         )
         env = Envelope(
             id=cmd_id or uuid.uuid4().hex,
+            gw=gw,
             kind=kind,
             issued_at=issued,
             expires_at=issued + ttl_ms,
@@ -125,22 +143,42 @@ class Signer:
 
 
 class Verifier:
-    """Checks envelopes against a set of trusted public keys (key id → key)."""
+    """Checks envelopes against a set of trusted public keys (key id → key).
 
-    def __init__(self, trusted: Mapping[str, Ed25519PublicKey], *, skew_ms: int = DEFAULT_CLOCK_SKEW_MS):
+    Each trusted id must be the id derived from its key (:func:`key_id_for`).
+    """
+
+    def __init__(self, trusted: Mapping[str, Ed25519PublicKey], *, skew_ms: int = DEFAULT_CLOCK_SKEW_MS,
+                 max_lifetime_ms: int = MAX_LIFETIME_MS):
+        for kid, key in trusted.items():
+            derived = key_id_for(key)
+            if kid != derived:
+                raise ValueError(f"trusted key id {kid!r} is not the id of its key: it must be {derived!r}")
         self._trusted = dict(trusted)
         self._skew_ms = skew_ms
+        self._max_lifetime_ms = max_lifetime_ms
+
+    @property
+    def skew_ms(self) -> int:
+        return self._skew_ms
 
     def parse(self, raw: bytes | str) -> Envelope:
-        """Parse an envelope off the wire (size limit, JSON, schema); raises :class:`PayloadError`."""
-        data = parse_json(raw)
+        """Parse an envelope off the wire (size limit, strict JSON, schema with no conversion);
+        raises :class:`PayloadError`. The envelope keeps the object as received, which is what
+        :meth:`verify` checks the signature over."""
+        data = parse_signed_json(raw)
+        if not isinstance(data, dict):
+            raise PayloadError("an envelope is a JSON object", reason="malformed")
         try:
-            return Envelope.model_validate(data)
+            return Envelope.from_received(data)
         except ValidationError as exc:
             raise PayloadError(describe_validation_error(exc), reason="malformed") from exc
 
-    def verify(self, env: Envelope, *, at_ms: int | None = None) -> None:
-        """Raise :class:`VerifyError` (with ``reason``) unless the envelope may be acted on."""
+    def verify_signature(self, env: Envelope, *, gateway: str | None = None) -> None:
+        """Key, signature, target gateway and lifetime: everything that does not depend on the clock.
+
+        ``gateway``: the receiving gateway's id. An envelope naming another gateway is refused
+        (``wrong_gateway``), and so is one naming none (``missing_gateway``)."""
         key = self._trusted.get(env.key)
         if key is None:
             raise VerifyError(f"key {env.key!r} is not trusted", reason="unknown_key")
@@ -149,16 +187,37 @@ class Verifier:
         except binascii.Error as exc:
             raise VerifyError("signature is not valid base64", reason="bad_signature") from exc
         try:
-            key.verify(sig, canonical_json(env.signed_part()))
+            signed = canonical_json(env.signed_part())
+        except PayloadError as exc:
+            raise VerifyError(f"envelope has no canonical form: {exc}", reason=exc.reason) from exc
+        try:
+            key.verify(sig, signed)
         except InvalidSignature as exc:
             raise VerifyError("signature does not verify", reason="bad_signature") from exc
+        if gateway is not None:
+            if env.gw is None:
+                raise VerifyError(f"command {env.id} names no target gateway; this is {gateway}",
+                                  reason="missing_gateway")
+            if env.gw != gateway:
+                raise VerifyError(f"command {env.id} is for gateway {env.gw}, not {gateway}", reason="wrong_gateway")
+        if env.expires_at < env.issued_at:
+            raise VerifyError("expires_at is before issued_at", reason="malformed")
+        if env.expires_at - env.issued_at > self._max_lifetime_ms:
+            raise VerifyError(f"lifetime of {(env.expires_at - env.issued_at) // 1000} s exceeds the maximum of "
+                              f"{self._max_lifetime_ms // 1000} s", reason="lifetime_too_long")
+
+    def check_time(self, env: Envelope, *, at_ms: int | None = None) -> None:
+        """The time window on the receiver's clock: ``expired`` or ``future``."""
         now = now_ms() if at_ms is None else at_ms
         if env.expires_at <= now:
             raise VerifyError(f"command expired at {env.expires_at} (now {now})", reason="expired")
         if env.issued_at > now + self._skew_ms:
             raise VerifyError(f"command issued in the future ({env.issued_at}, now {now})", reason="future")
-        if env.expires_at < env.issued_at:
-            raise VerifyError("expires_at is before issued_at", reason="malformed")
+
+    def verify(self, env: Envelope, *, at_ms: int | None = None, gateway: str | None = None) -> None:
+        """Raise :class:`VerifyError` (with ``reason``) unless the envelope may be acted on."""
+        self.verify_signature(env, gateway=gateway)
+        self.check_time(env, at_ms=at_ms)
 
 
 def parse_body(env: Envelope) -> BaseModel:
@@ -167,7 +226,7 @@ def parse_body(env: Envelope) -> BaseModel:
     if model is None:
         raise PayloadError(f"unknown command kind {env.kind!r}", reason="unknown_kind")
     try:
-        return model.model_validate(env.body)
+        return model.model_validate(env.body, strict=True)
     except ValidationError as exc:
         raise PayloadError(f"body of {env.kind}: {describe_validation_error(exc)}", reason="malformed") from exc
 

@@ -1,13 +1,17 @@
-"""Test vectors for implementers: a fixed key, an envelope, its canonical bytes and signature.
+"""Test vectors for implementers: a fixed key, an envelope, its canonical bytes and signature, and
+canonical forms of tricky values (Vietnamese text, characters outside the BMP, control characters,
+key order by UTF-16 code units).
 
-``python -m protocol.vectors`` prints them as JSON; docs/protocol.md carries the same values, and a
-test checks the document against an independent Ed25519 implementation.
+``python -m protocol.vectors`` prints them as JSON; docs/protocol.md carries the same values, and
+tests check the document against independent Ed25519 (PyNaCl) and RFC 8785 (``rfc8785``) code.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -30,7 +34,7 @@ def vector() -> dict[str, str]:
         start_at=1795579200000, targets="*", volume=80, priority=9, repeat=1,
         title="Cảnh báo lũ",
     )])
-    env = signer.sign(Envelope(id="cmd-0001", kind="broadcast.plan", issued_at=1795575600000,
+    env = signer.sign(Envelope(id="cmd-0001", gw="xa-an-binh", kind="broadcast.plan", issued_at=1795575600000,
                                expires_at=1795662000000, key=signer.key_id,
                                body=body.model_dump(mode="json", exclude_none=True)))
     canon = canonical_json(env.signed_part())
@@ -39,11 +43,28 @@ def vector() -> dict[str, str]:
         "public_key_b64": public_key_b64(key.public_key()),
         "key_id": signer.key_id,
         "canonical_utf8": canon.decode("utf-8"),
-        "canonical_sha256_hex": __import__("hashlib").sha256(canon).hexdigest(),
+        "canonical_sha256_hex": hashlib.sha256(canon).hexdigest(),
         "signature_b64": env.sig,
         "signature_hex": base64.b64decode(env.sig).hex(),
         "envelope_json": env.model_dump_json(),
     }
+
+
+#: Values whose canonical form an implementation is most likely to get wrong. Keys outside the BMP
+#: never occur in a valid envelope (every key is ASCII), but the ordering rule is shown anyway:
+#: "\U0001f514" (UTF-16 D83D DD14) sorts before "\uff61" (FF61), unlike by code point.
+CANONICAL_CASES: list[Any] = [
+    {"title": "Thông báo khẩn: nước sông Cái dâng cao, đề nghị bà con di dời", "volume": 80},
+    {"title": "Loa 🔔 phát lúc 06:00", "emoji": "🇻🇳"},
+    {"\uff61": 1, "\U0001f514": 2, "a": 3, "B": 4, "": 5},
+    {"text": "tab\tnewline\nquote\"backslash\\bell\u0007del\u007fline-sep\u2028"},
+    {"n": [0, -1, 9007199254740991, -9007199254740991], "b": [True, False, None], "o": {}, "l": []},
+]
+
+
+def canonical_cases() -> list[dict[str, str]]:
+    return [{"input": json.dumps(case, ensure_ascii=True), "canonical": canonical_json(case).decode("utf-8")}
+            for case in CANONICAL_CASES]
 
 
 def fleet_vectors() -> list[str]:
@@ -77,4 +98,4 @@ if __name__ == "__main__":
     if "--fleet" in sys.argv:
         print("\n".join(fleet_vectors()))
     else:
-        print(json.dumps(vector(), ensure_ascii=False, indent=2))
+        print(json.dumps({**vector(), "canonical_cases": canonical_cases()}, ensure_ascii=False, indent=2))

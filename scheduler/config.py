@@ -22,9 +22,11 @@ class SchedulerSection(StrictModel):
 
 
 class SigningSection(StrictModel):
-    key_id: str = Field(min_length=1, max_length=128)
+    key_id: str | None = Field(default=None, min_length=1, max_length=128, description=(
+        "optional: the id is derived from the key (ed25519-<16 hex>); if given, it must be that id"))
     private_key: Secret = Field(description="base64 seed or PKCS#8 PEM of the Ed25519 signing key")
-    command_ttl_s: int = Field(default=24 * 3600, ge=10, le=30 * 24 * 3600)
+    command_ttl_s: int = Field(default=24 * 3600, ge=10, le=7 * 24 * 3600,
+                               description="no command lives longer than 7 days (docs/protocol.md)")
 
 
 class HttpSection(StrictModel):

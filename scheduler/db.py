@@ -8,6 +8,7 @@ SQLite never sees two writers from this process.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +22,15 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from protocol.ids import validate_id
-from protocol.models import Ack, BroadcastCancelBody, BroadcastPlanBody, Envelope, PlaybackEvent, Status
+from protocol.models import (
+    COMMAND_BODIES,
+    Ack,
+    BroadcastCancelBody,
+    BroadcastPlanBody,
+    Envelope,
+    PlaybackEvent,
+    Status,
+)
 from scheduler.models import (
     GW_DELIVERED,
     GW_EXPIRED,
@@ -55,6 +64,11 @@ T = TypeVar("T")
 
 #: Refusal reasons that mean "I have already seen this command": the first copy got through.
 ALREADY_SEEN_REASONS = frozenset({"replay", "duplicate", "seen", "already_seen", "replayed"})
+#: Refusals that can heal: the command stays pending and is sent again (same envelope) until it is
+#: acked or expires by this scheduler's clock. ``deferred``: kept by a gateway whose clock is behind;
+#: ``future``/``expired``: judged by a gateway clock that may be wrong (a Pi after a power cut);
+#: ``internal``/``timeout``: a gateway fault or a slow device; ``in_progress``: a copy is running.
+RETRY_REASONS = frozenset({"deferred", "future", "expired", "internal", "timeout", "in_progress"})
 
 
 class NotFound(LookupError):
@@ -108,7 +122,8 @@ class Outgoing:
 
 
 #: Builds a signed envelope: (kind, body, ttl_ms) -> Envelope. Supplied by the dispatcher.
-MakeEnvelope = Callable[[str, BaseModel, int], Envelope]
+#: ``make_envelope(kind, body, ttl_ms, gateway_id)``: a signed envelope naming its gateway
+MakeEnvelope = Callable[[str, BaseModel, int, str], Envelope]
 #: Builds the plan body for one gateway: (broadcast, device targets or "*", gateway) -> BroadcastPlanBody.
 MakePlan = Callable[[Broadcast, list[str] | str, str], BroadcastPlanBody]
 
@@ -416,7 +431,7 @@ class Store:
                             s.add(Speaker(gateway_id=gw, device_id=dev))
                 for dev in sorted(speaker_ids):
                     s.add(SpeakerDelivery(broadcast_id=bid, gateway_id=gw, device_id=dev, state=SPK_PENDING))
-                env = make_envelope("broadcast.plan", make_plan(b, plan_targets, gw), expires_at - now)
+                env = make_envelope("broadcast.plan", make_plan(b, plan_targets, gw), expires_at - now, gw)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(
@@ -459,7 +474,8 @@ class Store:
                     d.error = "cancelled before delivery"
                 elif d.state != GW_DELIVERED:
                     continue
-                env = make_envelope("broadcast.cancel", BroadcastCancelBody(broadcast_ids=[bid]), b.expires_at - now)
+                env = make_envelope("broadcast.cancel", BroadcastCancelBody(broadcast_ids=[bid]), b.expires_at - now,
+                                    d.gateway_id)
                 raw = env.model_dump_json()
                 s.add(
                     GatewayDelivery(
@@ -478,25 +494,42 @@ class Store:
 
     # ------------------------------------------------------------ delivery
 
-    def _expire_overdue(self, s: Session, now: int) -> None:
-        """Unacknowledged commands past their expiry: ``expired``; their speakers ``failed``."""
+    def _expire_overdue(self, s: Session, now: int, renew: MakeEnvelope | None = None) -> None:
+        """Unacknowledged commands past their expiry: ``expired``; their speakers ``failed``.
+
+        With ``renew``, a command that only reached the contract's lifetime cap (7 days) while its
+        broadcast is still to come is signed again instead (same body, new id and lifetime)."""
         q = select(GatewayDelivery).where(GatewayDelivery.state == GW_PENDING, GatewayDelivery.expires_at <= now)
         for d in s.scalars(q).all():
+            if renew is not None and not d.broadcast.cancelled and d.broadcast.expires_at > now:
+                old = json.loads(d.envelope)
+                body = COMMAND_BODIES[old["kind"]].model_validate(old["body"])
+                env = renew(old["kind"], body, d.broadcast.expires_at - now, d.gateway_id)
+                log.info("command %s to %s reached its lifetime undelivered; sent again as %s",
+                         d.command_id, d.gateway_id, env.id)
+                d.command_id, d.envelope, d.expires_at = env.id, env.model_dump_json(), env.expires_at
+                d.error = "signed again: the previous command reached the 7-day lifetime cap undelivered"
+                continue
             d.state = GW_EXPIRED
             d.error = "not acknowledged before it expired"
             if d.kind == KIND_PLAN:
                 self._speakers_of(s, d, (SPK_PENDING,), SPK_FAILED, now, "not delivered in time")
 
     def pending_commands(
-        self, gateways: Iterable[str] | Literal["online"] | None, now: int, sent_before: int | None = None
+        self,
+        gateways: Iterable[str] | Literal["online"] | None,
+        now: int,
+        sent_before: int | None = None,
+        renew: MakeEnvelope | None = None,
     ) -> list[Outgoing]:
         """Unacknowledged, unexpired commands: for ``gateways`` (a list, every gateway whose status
         is online, or all), optionally only those last sent before a time.
 
-        Expired ones (of every gateway) are marked ``expired`` on the way.
+        Expired ones (of every gateway) are marked ``expired`` on the way, or signed again with
+        ``renew`` when only the lifetime cap ended them (see :meth:`_expire_overdue`).
         """
         with self.session() as s, s.begin():
-            self._expire_overdue(s, now)
+            self._expire_overdue(s, now, renew)
             q = select(GatewayDelivery).where(GatewayDelivery.state == GW_PENDING)
             if gateways == "online":
                 q = q.join(Gateway, Gateway.id == GatewayDelivery.gateway_id).where(Gateway.status == "online")
@@ -544,6 +577,9 @@ class Store:
         if d.state in (GW_DELIVERED, GW_REFUSED):
             return d.state  # the first answer counts
         reason = (ack.reason or "").lower()
+        if not ack.ok and reason in RETRY_REASONS and d.expires_at > now:
+            d.error = f"not yet: {ack.reason}: {ack.error or ''}".strip().rstrip(":")[:500]
+            return d.state  # still pending: the resend loop sends it again
         if ack.ok or reason in ALREADY_SEEN_REASONS:
             d.state = GW_DELIVERED
             d.acked_at = now

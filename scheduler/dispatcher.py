@@ -9,6 +9,12 @@
   A resend is the SAME envelope (same id): a gateway that got the first copy but whose ack was lost
   refuses it as a replay, and an ack refusing with reason ``replay``/``duplicate`` counts as
   delivered. A gateway therefore never acts twice on one command.
+* A refusal that can heal is not final (``scheduler.db.RETRY_REASONS``): ``deferred`` (the
+  gateway keeps it until its clock catches up), ``future``/``expired`` by the gateway's clock
+  (wrong after a power cut), ``internal``, ``timeout``, ``in_progress``. The command stays pending and
+  is sent again every ``resend_interval_s`` until it is acked or expires by the scheduler's clock.
+* Every envelope names its gateway (``gw``) and lives at most 7 days (the contract's cap); a command
+  that reaches the cap undelivered while its broadcast is still to come is signed again (new id).
 * ``loaxa/v1/+/ack`` updates per-gateway delivery; ``loaxa/v1/+/event`` playback reports update
   per-speaker state (never backwards); ``loaxa/v1/+/dev/+/state`` (retained) teaches the speakers.
 """
@@ -37,7 +43,7 @@ from protocol.models import (
     Status,
     Targets,
 )
-from protocol.signing import Signer, now_ms
+from protocol.signing import MAX_LIFETIME_MS, Signer, now_ms
 from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
 from scheduler.db import AsyncStore, BadRequest, Incoming, Outgoing, Store, Target
 from scheduler.models import Broadcast
@@ -123,8 +129,10 @@ class Dispatcher:
         )
         return BroadcastPlanBody(items=[item])
 
-    def make_envelope(self, kind: str, body: BaseModel, ttl_ms: int) -> Envelope:
-        return self.signer.envelope(kind, body, ttl_ms=max(1000, ttl_ms))
+    def make_envelope(self, kind: str, body: BaseModel, ttl_ms: int, gw: str) -> Envelope:
+        """A signed command for gateway ``gw`` (named in the envelope, which the gateway checks);
+        its lifetime is capped at the contract's maximum (7 days)."""
+        return self.signer.envelope(kind, body, gw=gw, ttl_ms=min(max(1000, ttl_ms), MAX_LIFETIME_MS))
 
     # ------------------------------------------------------------ API used by the HTTP side / CLI
 
@@ -203,7 +211,7 @@ class Dispatcher:
     ) -> int:
         now = now_ms()
         sent_before = now - int(self.resend_interval_s * 1000) if only_due else None
-        out = await self.store.call(self.db.pending_commands, gateways, now, sent_before)
+        out = await self.store.call(self.db.pending_commands, gateways, now, sent_before, self.make_envelope)
         if out:
             log.info("sending %d pending command(s) again", len(out))
         return await self.send(out)

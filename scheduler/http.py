@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.ids import ID_PATTERN, MESSAGE_ID_PATTERN
@@ -38,6 +39,7 @@ from scheduler.dispatcher import Dispatcher
 from scheduler.media import MAX_TTS_CHARS, MediaError, MediaLibrary, transfer_seconds
 from scheduler.media.tts import build_script
 from scheduler.models import Media
+from scheduler.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,7 @@ def create_app(
     access: Access,
     timezone: str = "Asia/Ho_Chi_Minh",
 ) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the package's own files, no CDN
         title="Loa Xã scheduler",
         version="1",
         description="Broadcast scheduling and delivery tracking for commune public-address systems. "
@@ -198,9 +200,10 @@ def create_app(
 
     # ------------------------------------------------------------ media for gateways
 
-    @app.api_route(
+    # HEAD answers like GET without a body; listed once in OpenAPI (two methods would share one operation id)
+    @app.head("/media/{sha256}", include_in_schema=False)
+    @app.get(
         "/media/{sha256}",
-        methods=["GET", "HEAD"],
         summary="Stored audio for a gateway (the signed URL from its plan; byte ranges)",
         responses={403: {"description": "not a valid signed URL for a gateway"}},
     )
@@ -446,4 +449,5 @@ def create_app(
         rows = await store.call(db.gateways)
         return [g for g in rows if p.can(perms.FLEET_READ, g["id"])]
 
+    mount_web(app, dispatcher, library, timezone=timezone)
     return app

@@ -140,9 +140,12 @@ class Scheduler:
             target=Target(cfg.media.loudness_lufs, cfg.media.true_peak_dbtp),
         )
         try:
-            signer = Signer(cfg.signing.key_id, load_private_key(cfg.signing.private_key.get()))
+            signer = Signer.for_key(load_private_key(cfg.signing.private_key.get()))
         except (ValueError, RuntimeError) as exc:
             raise SetupError(f"signing.private_key: {exc}") from exc
+        if cfg.signing.key_id is not None and cfg.signing.key_id != signer.key_id:
+            raise SetupError(f"signing.key_id: {cfg.signing.key_id!r} is not the id of signing.private_key; "
+                             f"it is {signer.key_id!r} (or leave key_id out)")
         if cfg.http.api_token is not None:
             raise SetupError(
                 "http.api_token: the shared API token was replaced by per-machine tokens with roles; remove it "

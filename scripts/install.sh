@@ -37,9 +37,9 @@ case "$role" in
     UNITS=(loaxa-scheduler.service)
     EXTRA="" ;;
   dev)
-    # every real server and tool the demo and the test suite start themselves
+    # every real server and tool the demo and the test suite start themselves (chromium: the web UI tests)
     PACKAGES=("${BASE[@]}" mosquitto mosquitto-clients influxdb influxdb-client victoria-metrics ffmpeg
-              espeak-ng socat postgresql)
+              espeak-ng socat postgresql faketime chromium)
     UNITS=()
     EXTRA="[dev]" ;;
   *)

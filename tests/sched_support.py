@@ -157,7 +157,7 @@ class TestGateway:
             env = self.verifier.parse(bytes(msg.payload))
             err: str | None = None
             try:
-                self.verifier.verify(env)
+                self.verifier.verify(env, gateway=self.gw)
             except ValueError as exc:
                 err = str(exc)
             rec = Received(env, expiry, err is None, err)

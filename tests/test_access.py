@@ -33,7 +33,7 @@ from tests.sched_support import Keys, add_token, bearer, make_tone, scheduler_co
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 #: Reads open to anyone, each for a reason: liveness, API docs, and media (signed per gateway).
-PUBLIC_READS = {"/api/health", "/media/{sha256}"}
+PUBLIC_READS = {"/api/health", "/media/{sha256}", "/docs", "/docs/oauth2-redirect", "/redoc"}  # docs: fastapi-offline
 PASSWORD = "mat-khau-dai-du-10"
 #: Tables that a refused request must leave exactly as they were (audit_log and login_attempts do
 #: record the refusal; api_tokens.last_used_at moves when a token is used).

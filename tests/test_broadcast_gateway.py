@@ -77,7 +77,7 @@ class Bench:
         return bool(st) and st[-1].get("online") is True
 
     def send(self, kind: str, body: Any, **kw: Any) -> str:
-        env = self.signer.envelope(kind, body, **kw)
+        env = self.signer.envelope(kind, body, gw=GW, **kw)
         self.up.publish(f"loaxa/v1/{GW}/cmd", env.model_dump_json())
         return env.id
 
@@ -210,15 +210,15 @@ def test_refused_commands_play_nothing_and_duplicates_play_once(make_bench: Any)
     media = b.media.add(tone_wav(300), 300)
     body = BroadcastPlanBody(items=[PlanItem(broadcast_id="b-evil", media=media)])
     stranger = make_signer()
-    forged = b.signer.envelope("broadcast.plan", body, cmd_id="forged-1").model_copy(
+    forged = b.signer.envelope("broadcast.plan", body, gw=GW, cmd_id="forged-1").model_copy(
         update={"body": {"items": [{**body.items[0].model_dump(mode="json"), "volume": 100}]}})
     cases = {
-        "unknown_key": stranger.envelope("broadcast.plan", body, cmd_id="stranger-1").model_dump_json(),
+        "unknown_key": stranger.envelope("broadcast.plan", body, gw=GW, cmd_id="stranger-1").model_dump_json(),
         "bad_signature": forged.model_dump_json(),
-        "expired": b.signer.envelope("broadcast.plan", body, cmd_id="expired-1", issued_at=now_ms() - 10_000,
+        "expired": b.signer.envelope("broadcast.plan", body, gw=GW, cmd_id="expired-1", issued_at=now_ms() - 10_000,
                                      ttl_ms=5_000).model_dump_json(),
         "malformed": b.signer.envelope("broadcast.plan", {"items": [{"broadcast_id": "b-evil"}]},
-                                       cmd_id="malformed-1").model_dump_json(),
+                                       gw=GW, cmd_id="malformed-1").model_dump_json(),
     }
     ids = {"unknown_key": "stranger-1", "bad_signature": "forged-1", "expired": "expired-1",
            "malformed": "malformed-1"}
@@ -229,7 +229,7 @@ def test_refused_commands_play_nothing_and_duplicates_play_once(make_bench: Any)
         assert ack["ok"] is False and ack["reason"] == reason, ack
 
     good = b.signer.envelope("broadcast.plan", BroadcastPlanBody(items=[PlanItem(broadcast_id="b-once", media=media)]),
-                             cmd_id="good-1")
+                             gw=GW, cmd_id="good-1")
     b.up.publish(f"loaxa/v1/{GW}/cmd", good.model_dump_json())
     b.up.publish(f"loaxa/v1/{GW}/cmd", good.model_dump_json())  # duplicate delivery → replay
     # the same broadcast in a new command (the centre re-sends after a lost ack): accepted, not replayed twice

@@ -19,6 +19,8 @@ from protocol.models import PingBody
 from protocol.signing import Signer
 from tests.conftest import spawn_loaxa, wait_until
 
+GW = "xa-test"
+
 
 class Watcher:
     """A plain paho client that records every message on loaxa/v1/#."""
@@ -115,7 +117,7 @@ def test_commands_are_verified_and_acked(setup) -> None:  # type: ignore[no-unty
     wait_until(lambda: _status(w)[-1:] == ["online"], what="status online")
     topic = "loaxa/v1/xa-test/cmd"
 
-    good = signer.envelope("ping", PingBody(), cmd_id="good-1")
+    good = signer.envelope("ping", PingBody(), gw=GW, cmd_id="good-1")
     w.publish(topic, good.model_dump_json())
     wait_until(lambda: "good-1" in _acks(w), what="ack of a good ping")
     assert _acks(w)["good-1"]["ok"] is True
@@ -123,11 +125,12 @@ def test_commands_are_verified_and_acked(setup) -> None:  # type: ignore[no-unty
     w.publish(topic, good.model_dump_json())  # the same command again: a replay
     stranger = make_signer()  # a key the gateway does not trust
     forged = good.model_copy(update={"id": "forged-1"})  # id changed after signing
-    expired = signer.envelope("ping", PingBody(), cmd_id="expired-1", issued_at=int(time.time() * 1000) - 10_000,
+    expired = signer.envelope("ping", PingBody(), gw=GW, cmd_id="expired-1", issued_at=int(time.time() * 1000) - 10_000,
                               ttl_ms=5_000)
-    unknown_kind = signer.envelope("self.destruct", {}, cmd_id="kind-1")
-    bad_body = signer.envelope("broadcast.cancel", {"broadcast_ids": []}, cmd_id="body-1")
-    for env in (stranger.envelope("ping", PingBody(), cmd_id="stranger-1"), forged, expired, unknown_kind, bad_body):
+    unknown_kind = signer.envelope("self.destruct", {}, gw=GW, cmd_id="kind-1")
+    bad_body = signer.envelope("broadcast.cancel", {"broadcast_ids": []}, gw=GW, cmd_id="body-1")
+    from_stranger = stranger.envelope("ping", PingBody(), gw=GW, cmd_id="stranger-1")
+    for env in (from_stranger, forged, expired, unknown_kind, bad_body):
         w.publish(topic, env.model_dump_json())
     w.publish(topic, b'{"id": "junk-1", "v": 1')  # truncated JSON
     w.publish(topic, json.dumps({"id": "schema-1", "v": 2}))
@@ -157,7 +160,7 @@ def test_replay_refused_after_restart(setup) -> None:  # type: ignore[no-untyped
     signer: Signer = setup["signer"]
     proc = setup["start"]()
     wait_until(lambda: _status(w)[-1:] == ["online"], what="status online")
-    env = signer.envelope("ping", PingBody(), cmd_id="once-1")
+    env = signer.envelope("ping", PingBody(), gw=GW, cmd_id="once-1")
     w.publish("loaxa/v1/xa-test/cmd", env.model_dump_json())
     wait_until(lambda: "once-1" in _acks(w), what="first ack")
     proc.send_signal(signal.SIGKILL)

@@ -93,7 +93,7 @@ def test_status_accepts_unknown_keys() -> None:
 def test_sign_verify_and_tamper() -> None:
     signer = make_signer()
     verifier = Verifier({signer.key_id: signer.private_key.public_key()})
-    env = signer.envelope("ping", PingBody())
+    env = signer.envelope("ping", PingBody(), gw="xa-test")
     verifier.verify(verifier.parse(env.model_dump_json()))
     assert isinstance(parse_body(env), PingBody)
     tampered = Envelope.model_validate({**env.model_dump(), "kind": "device.set"})

@@ -72,3 +72,29 @@ def test_doc_matches_the_code() -> None:
     assert _block("canonical") == v["canonical_utf8"]
     assert _block("envelope") == v["envelope_json"]
     assert {k: _vectors()[k] for k in _vectors()} == {k: v[k] for k in _vectors()}
+
+
+def _jcs_cases() -> list[dict[str, str]]:
+    return [json.loads(line) for line in _block("jcs").splitlines()]
+
+
+def test_jcs_cases_match_rfc8785_and_the_code() -> None:
+    """Every canonical form on the page is what an independent RFC 8785 implementation writes."""
+    import rfc8785
+
+    from protocol.canonical import canonical_json
+    from protocol.vectors import canonical_cases
+
+    assert _jcs_cases() == canonical_cases()
+    for case in _jcs_cases():
+        obj = json.loads(case["input"])
+        assert rfc8785.dumps(obj).decode("utf-8") == case["canonical"]
+        assert canonical_json(obj).decode("utf-8") == case["canonical"]
+
+
+def test_signed_vector_is_jcs() -> None:
+    import rfc8785
+
+    env = json.loads(_block("envelope"))
+    env.pop("sig")
+    assert rfc8785.dumps(env).decode("utf-8") == _block("canonical")

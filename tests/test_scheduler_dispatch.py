@@ -58,7 +58,8 @@ class Running:
 
 
 #: the gateways the tests' scheduler serves (it ignores any other gateway id)
-GATEWAYS = ("xa-an-binh", "xa-tan-lap", "xa-resend", "xa-hoa-binh", "xa-tu-choi", "xa-huy", "xa-sau-restart")
+GATEWAYS = ("xa-lech-gio", "xa-an-binh", "xa-tan-lap", "xa-resend", "xa-hoa-binh", "xa-tu-choi", "xa-huy",
+            "xa-sau-restart")
 
 
 @pytest.fixture
@@ -190,6 +191,50 @@ async def test_resend_while_online_until_acked(tmp_path: Path, mosquitto: Centra
         )
         n = st["gateways"][0]["attempts"]
         assert n >= 3
+    finally:
+        await gw.disconnect()
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def test_refusals_that_can_heal_keep_the_plan_pending(
+    tmp_path: Path, mosquitto: CentralBroker, tone: Path
+) -> None:
+    """A gateway whose clock is wrong answers ``deferred``/``future``/``expired``, or has a fault
+    (``internal``): on main the first such answer was final and the speakers were marked failed, so
+    an emergency broadcast was lost for good. Now the same envelope is sent again until acked; the
+    envelope names its gateway."""
+    sched, keys = await start_scheduler(tmp_path, mosquitto, dispatch={"resend_interval_s": 1})
+    stop = asyncio.Event()
+    task = asyncio.create_task(sched.run(stop))
+    gw = TestGateway(mosquitto, "xa-lech-gio", keys, auto_ack=False)
+    try:
+        await wait_for_async(lambda: _true(sched.dispatcher.link.connected.is_set()), what="MQTT up")
+        await gw.connect()
+        media = await sched.store.call(sched.library.ingest, _copy(tone, tmp_path), "t.wav")
+        await sched.store.call(sched.dispatcher.db.add_media, media)
+        bid = await sched.dispatcher.create_broadcast(
+            media_sha256=media.sha256, targets=["xa-lech-gio/loa-1"], start_at=None, priority=9, volume=90
+        )
+        reasons = ["deferred", "future", "expired", "internal", "timeout"]
+        for n, reason in enumerate(reasons, start=1):
+            got = await gw.wait_for(n, "broadcast.plan", copies=True, within=20)
+            env = got[-1].envelope
+            assert got[-1].verified and env.gw == "xa-lech-gio"
+            await gw.ack(env.id, ok=False, reason=reason, error=f"gateway says {reason}")
+
+            async def noted(r: str = reason) -> dict[str, Any] | None:
+                return await _status_if(sched, bid, lambda s: r in (s["gateways"][0]["error"] or ""))
+
+            st = await wait_for_async(noted, what=f"{reason} noted")
+            assert st["gateways"][0]["state"] == "pending" and st["speakers"][0]["state"] == "pending", st
+        got = await gw.wait_for(len(reasons) + 1, "broadcast.plan", copies=True, within=20)
+        assert len({r.envelope.id for r in got}) == 1  # the same command each time
+        await gw.ack(got[0].envelope.id)
+        st = await wait_for_async(
+            lambda: _status_if(sched, bid, lambda s: s["gateways"][0]["state"] == "delivered"), what="acked"
+        )
+        assert st["speakers"][0]["state"] == "delivered"
     finally:
         await gw.disconnect()
         stop.set()
@@ -404,3 +449,21 @@ async def test_pending_plans_survive_a_scheduler_restart(
         await gw.disconnect()
         stop2.set()
         await asyncio.wait_for(task2, 15)
+
+
+async def test_signing_key_id_is_derived_from_the_key(tmp_path: Path, mosquitto: CentralBroker) -> None:
+    """The scheduler signs under the id derived from its key; a configured id that is not the key's
+    own is refused at start-up (on main any label was used as the key id)."""
+    from scheduler.service import SetupError
+
+    keys = Keys()
+    cfg = scheduler_config_dict(tmp_path, mosquitto, keys, gateways=GATEWAYS)
+    cfg["signing"]["key_id"] = "centre-key-1"
+    with pytest.raises(SetupError, match=keys.key_id):
+        Scheduler.build(SchedulerConfig.model_validate(cfg))
+    del cfg["signing"]["key_id"]
+    sched = Scheduler.build(SchedulerConfig.model_validate(cfg))
+    try:
+        assert sched.dispatcher.signer.key_id == keys.key_id
+    finally:
+        sched.store.close()

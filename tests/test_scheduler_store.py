@@ -45,8 +45,8 @@ def make_plan(b: Broadcast, targets: list[str] | str, gateway: str = "") -> Broa
     return BroadcastPlanBody(items=[PlanItem(broadcast_id=b.id, media=ref, targets=targets)])  # type: ignore[arg-type]
 
 
-def make_env(kind: str, body: BaseModel, ttl: int) -> Envelope:
-    return signer.envelope(kind, body, ttl_ms=ttl, issued_at=T0)
+def make_env(kind: str, body: BaseModel, ttl: int, gw: str) -> Envelope:
+    return signer.envelope(kind, body, gw=gw, ttl_ms=ttl, issued_at=T0)
 
 
 def create(store: Store, targets: list[str], **kw: int) -> tuple[str, list[str]]:
@@ -186,3 +186,45 @@ def test_schema_and_queries_compile_for_postgresql() -> None:
     )
     assert "JOIN gateways" in str(q.compile(dialect=dialect))
     assert "BIGINT" in str(CreateTable(Base.metadata.tables["broadcasts"]).compile(dialect=dialect))
+
+
+def test_refusals_that_can_heal_keep_the_command_pending(store: Store) -> None:
+    """On main every refusal was final: a gateway whose clock was behind lost an emergency plan."""
+    bid, [cmd] = create(store, ["xa-lech/loa-1"], max_late_ms=3_600_000)
+    for n, reason in enumerate(["deferred", "future", "expired", "internal", "timeout", "in_progress"]):
+        assert store.record_ack("xa-lech", Ack(id=cmd, ok=False, reason=reason, ts=T0), T0 + n) == "pending"
+        st = store.broadcast_status(bid)
+        assert reason in st["gateways"][0]["error"] and st["speakers"][0]["state"] == "pending"
+    assert [o.command_id for o in store.pending_commands(["xa-lech"], T0 + 10)] == [cmd]  # sent again
+    assert store.record_ack("xa-lech", Ack(id=cmd, ok=True, ts=T0), T0 + 20) == "delivered"
+    # a refusal that cannot heal is final, and so is "expired" once it is expired by our clock too
+    _, [cmd2] = create(store, ["xa-lech/loa-2"], max_late_ms=3_600_000)
+    assert store.record_ack("xa-lech", Ack(id=cmd2, ok=False, reason="wrong_gateway", ts=T0), T0) == "refused"
+    _, [cmd3] = create(store, ["xa-lech/loa-3"], max_late_ms=60_000)
+    assert store.record_ack("xa-lech", Ack(id=cmd3, ok=False, reason="expired", ts=T0), T0 + 62_001) == "refused"
+
+
+def test_plan_beyond_the_lifetime_cap_is_signed_again_not_lost(store: Store) -> None:
+    """A plan 10 days ahead gets a command that lives 7 days (the cap). If the gateway was offline
+    all that time, the plan is signed again (new id) rather than marked expired."""
+    now = {"t": T0}
+
+    def renew(kind: str, body: BaseModel, ttl: int, gw: str) -> Envelope:
+        return signer.envelope(kind, body, gw=gw, ttl_ms=ttl, issued_at=now["t"])
+
+    bid, out = store.create_broadcast(
+        media_sha256=SHA, targets=["xa-xa/loa-1"], start_at=T0 + 10 * 86_400_000, priority=3, volume=70,
+        repeat=1, title=None, created_by=None, max_late_ms=60_000, now=T0, make_plan=make_plan,
+        make_envelope=make_env)
+    [first] = out
+    assert first.expires_at == T0 + 7 * 86_400_000  # capped
+    now["t"] = first.expires_at + 1
+    [again] = store.pending_commands(["xa-xa"], now["t"], renew=renew)
+    assert again.command_id != first.command_id and again.expires_at > now["t"]
+    env = Envelope.model_validate_json(again.envelope)
+    assert env.gw == "xa-xa" and env.body["items"][0]["broadcast_id"] == bid
+    st = store.broadcast_status(bid)
+    assert st["gateways"][0]["state"] == "pending" and st["speakers"][0]["state"] == "pending"
+    # without renewal (or once the broadcast itself is over) it expires as before
+    assert store.pending_commands(["xa-xa"], T0 + 11 * 86_400_000, renew=renew) == []
+    assert store.broadcast_status(bid)["gateways"][0]["state"] == "expired"

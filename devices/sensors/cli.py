@@ -111,13 +111,13 @@ def _quiet() -> None:
 
 
 def run_read(args: argparse.Namespace) -> int:
-    from gateway.config import load_gateway_config
+    from devices.config import load_devices
     from loaxa.yamlconf import ConfigError
 
     _quiet()
 
     try:
-        cfg = load_gateway_config(args.config)
+        cfg = load_devices(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

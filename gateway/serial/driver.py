@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from enum import IntEnum
 
 from devices.base import PlaybackReport, PlayRequest, ReadingSink, SensorDriver, SpeakerDriver
+from devices.serial_node.config import SerialNodeConfig
 from firmware_bridge.client import NodeClient
 from firmware_bridge.errors import BridgeError, LinkError
 from firmware_bridge.fwupdate import FirmwareError, FirmwareUpdater, Progress, UpdateResult
 from firmware_bridge.link import BusMaster
 from firmware_bridge.messages import BootState, Event, EventKind, Fault, Hello, Source, Status
-from gateway.serial.config import SerialNodeConfig
 from loaxa.clock import now_ms
 from protocol.models import AlarmEvent, DeviceState, PlaybackState, Reading
 

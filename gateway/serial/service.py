@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from devices.serial_node.config import SerialNodeConfig, bus_problems
 from firmware_bridge.link import BusMaster
-from gateway.serial.config import SerialNodeConfig, bus_problems
 from gateway.serial.control import SOCKET_NAME, ControlRequest, ControlServer
 from gateway.serial.driver import SerialNodeDriver
 from protocol.models import AlarmEvent, DeviceState

@@ -47,7 +47,7 @@ def create_demo_access(scheduler_config: Path, gateways: Iterable[str]) -> dict[
 
 
 def banner_lines(access: dict[str, Any], url: str) -> list[str]:
-    lines = ["", f"Demo accounts (sign in with POST {url}/api/auth/login, or `loaxa broadcast … --login NAME`):"]
+    lines = ["", f"Demo accounts (sign in at {url}/ in a browser, or `loaxa broadcast … --login NAME`):"]
     for login, info in access["accounts"].items():
         roles = " ".join(f"{r['role']}:{r['areas'] if r['areas'] == '*' else ','.join(r['areas'])}"
                          for r in info["roles"])

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware_bridge.cli import version_from_name
 from firmware_bridge.refnode import RefNode
 from firmware_bridge.simbus import PtyDevice
+from gateway.serial.firmware_cli import version_from_name
 from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from tests.conftest import loaxa_env, run_loaxa
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from devices.base import PlayRequest
+from devices.serial_node.config import SerialNodeConfig, bus_problems
 from firmware_bridge.link import BusMaster
 from firmware_bridge.messages import EventKind, Source
 from firmware_bridge.refnode import RefNode
 from firmware_bridge.simbus import PtyDevice
 from gateway.config import GatewayConfig
-from gateway.serial.config import SerialNodeConfig, bus_problems
 from gateway.serial.driver import SerialNodeDriver
 from loaxa.yamlconf import ConfigError, load_config
 from protocol.models import AlarmEvent, DeviceState, Reading

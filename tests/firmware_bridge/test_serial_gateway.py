@@ -44,14 +44,15 @@ def test_gateway_with_serial_nodes(tmp_path: Path, central_broker_factory: Calla
         assert first["online"] is True and first["firmware"] == "1.0.0" and first["volume"] == 50
         wait_until(lambda: w.on(state2), what="state of cb-2")
 
-        env = signer.envelope("device.set", DeviceSetBody(targets=["loa-1"], volume=35, power=True), cmd_id="set-1")
+        env = signer.envelope("device.set", DeviceSetBody(targets=["loa-1"], volume=35, power=True), gw=GW,
+                              cmd_id="set-1")
         w.publish(f"loaxa/v1/{GW}/cmd", env.model_dump_json())
         ack = wait_until(lambda: [a for a in w.on(f"loaxa/v1/{GW}/ack") if a["id"] == "set-1"], what="ack")[0]
         assert ack["ok"] is True, ack
         assert (dev.nodes[1].volume, dev.nodes[1].power) == (35, True)
         wait_until(lambda: w.on(state)[-1]["volume"] == 35 and w.on(state)[-1]["power"] is True,
                    what="state with the new volume")
-        env = signer.envelope("device.set", DeviceSetBody(targets=["nope"], volume=1), cmd_id="set-2")
+        env = signer.envelope("device.set", DeviceSetBody(targets=["nope"], volume=1), gw=GW, cmd_id="set-2")
         w.publish(f"loaxa/v1/{GW}/cmd", env.model_dump_json())
         ack = wait_until(lambda: [a for a in w.on(f"loaxa/v1/{GW}/ack") if a["id"] == "set-2"], what="ack 2")[0]
         assert ack["ok"] is False and ack["reason"] == "unknown_device"
@@ -61,7 +62,8 @@ def test_gateway_with_serial_nodes(tmp_path: Path, central_broker_factory: Calla
         try:
             ref = media.add(tone_wav(600), 600)
             plan = BroadcastPlanBody(items=[PlanItem(broadcast_id="bc-serial-1", media=ref, targets="*", volume=60)])
-            w.publish(f"loaxa/v1/{GW}/cmd", signer.envelope("broadcast.plan", plan, cmd_id="plan-1").model_dump_json())
+            env = signer.envelope("broadcast.plan", plan, gw=GW, cmd_id="plan-1")
+            w.publish(f"loaxa/v1/{GW}/cmd", env.model_dump_json())
             wait_until(lambda: [a for a in w.on(f"loaxa/v1/{GW}/ack") if a["id"] == "plan-1" and a["ok"]],
                        what="plan accepted")
             reports = wait_until(

@@ -21,7 +21,7 @@ local_broker:
   url: mqtt://127.0.0.1:1883
 trust:
   keys:
-    - id: k1
+    - id: ed25519-56475aa75463474c
       public_key: A6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=
 """
 

@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.telemetry.service import TelemetryService
 from loaxa.brokers import LAN_GATEWAY_USER, LanBroker
-from protocol.signing import public_key_b64
+from protocol.signing import key_id_for, public_key_b64
 from protocol.topics import health_topic
 
 GW = "gw-test"
@@ -36,13 +36,13 @@ def config_dict(
 ) -> dict[str, Any]:
     """A gateway config whose uplink and LAN broker are both ``broker`` (telemetry needs no centre):
     a :class:`LanBroker` runs the production LAN ACL and the gateway logs in as ``gateway``."""
-    key = public_key_b64(Ed25519PrivateKey.generate().public_key())
+    public = Ed25519PrivateKey.generate().public_key()
     local: dict[str, Any] = broker.gateway_endpoint() if isinstance(broker, LanBroker) else {"url": broker}
     return {
         "gateway": {"id": GW, "commune": "Xã Thử Nghiệm", "data_dir": str(tmp_path / "gwdata")},
         "uplink": dict(local),
         "local_broker": dict(local),
-        "trust": {"keys": [{"id": "k1", "public_key": key}]},
+        "trust": {"keys": [{"id": key_id_for(public), "public_key": public_key_b64(public)}]},
         "influx": influx,
         "spool": {"max_bytes": 64 * 1024 * 1024, **spool},
         "devices": [{"id": d, "type": "mqtt_sensor", "measurement": measurement} for d in devices],

@@ -1,4 +1,8 @@
-"""``loaxa firmware …``: update and inspect the firmware of serial speaker and sensor nodes."""
+"""``loaxa firmware …``: update and inspect the firmware of serial speaker and sensor nodes.
+
+It lives with the gateway because it reads the gateway's config (which node is where) and, while the
+gateway runs, asks it to do the update through its control socket (gateway/serial/control.py); the
+transfer itself is firmware_bridge's, which knows nothing of the gateway."""
 
 from __future__ import annotations
 
@@ -80,8 +84,8 @@ class Target:
 def _resolve(args: argparse.Namespace) -> Target:
     """Which node, from the arguments; raises SystemExit with a clear message."""
     if args.gateway_config:
+        from devices.serial_node.config import SerialNodeConfig
         from gateway.config import load_gateway_config
-        from gateway.serial.config import SerialNodeConfig
         from gateway.serial.control import SOCKET_NAME
         from loaxa.yamlconf import ConfigError
 

@@ -29,7 +29,7 @@ BAUD_RATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 46080
 class SerialNodeConfig(StrictModel):
     """A speaker or sensor microcontroller on a UART or RS-485 bus (docs/firmware-protocol.md)."""
 
-    # same fields as devices.config.DeviceBase (not imported, to keep devices.config free of cycles)
+    # same fields as devices.config_base.DeviceBase, written out so that the field order stays as documented
     id: DeviceId
     name: str | None = Field(default=None, max_length=200, description="human name, e.g. 'Loa cầu Mới'")
     type: Literal["serial_node"]
