@@ -201,6 +201,7 @@ class Scheduler:
 
         routers.append(fleet_router(fleet, require, fleet_audit))
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
+        app.state.fleet = fleet  # the web UI's fleet page reads its live state
         for router in routers:  # /metrics, /ioc/v1, /api/fleet and /api/alarms
             app.include_router(router)
         return cls(cfg, astore, library, dispatcher, app, fleet, ioc)
