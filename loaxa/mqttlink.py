@@ -72,12 +72,14 @@ class MqttLink:
         self._queue: collections.deque[_Pending] = collections.deque(maxlen=max_queue)
         self._client: aiomqtt.Client | None = None
         self._pending_subs: set[asyncio.Task[Any]] = set()
+        self._routes: dict[str, list[tuple[str, Handler]]] = {}
 
     # ------------------------------------------------------------------ set-up
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Call ``handler`` for every message matching ``topic_filter`` (kept across reconnects)."""
         self._subs.append((topic_filter, qos, handler))
+        self._routes.clear()
         if self._client is not None:  # already connected: subscribe now too (keep the task referenced)
             task = asyncio.get_running_loop().create_task(self._client.subscribe(topic_filter, qos))
             self._pending_subs.add(task)
@@ -134,8 +136,12 @@ class MqttLink:
         props.SessionExpiryInterval = self.session_expiry_s
         kw: dict[str, Any] = self.endpoint.client_kwargs()
         kw["identifier"] = self.endpoint.client_id or self.client_id
-        return aiomqtt.Client(**kw, will=self.will, clean_start=False, properties=props,
-                              max_inflight_messages=self._max_inflight, timeout=10)
+        client = aiomqtt.Client(**kw, will=self.will, clean_start=False, properties=props,
+                                max_inflight_messages=self._max_inflight, timeout=10)
+        # aiomqtt logs a WARNING for every publish made while more than 10 are in flight: a gateway
+        # telling 50 speakers to play at once would spend more CPU on those lines than on MQTT
+        client.pending_calls_threshold = max(self._max_inflight, 10) * 2
+        return client
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
@@ -164,13 +170,24 @@ class MqttLink:
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 30.0)
 
+    def _handlers_for(self, message: aiomqtt.Message) -> list[tuple[str, Handler]]:
+        """The subscriptions a topic matches, remembered per topic (matching a filter in aiomqtt
+        costs more than handling a small message; a commune has a few hundred topics at most)."""
+        topic = message.topic.value
+        found = self._routes.get(topic)
+        if found is None:
+            found = [(f, h) for f, _q, h in self._subs if message.topic.matches(f)]
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            self._routes[topic] = found
+        return found
+
     async def _dispatch(self, message: aiomqtt.Message) -> None:
-        for topic_filter, _, handler in self._subs:
-            if message.topic.matches(topic_filter):
-                try:
-                    await handler(message)
-                except Exception:  # a bad message must never take the link down
-                    log.exception("%s: handler for %s failed on %s", self.name, topic_filter, message.topic)
+        for topic_filter, handler in self._handlers_for(message):
+            try:
+                await handler(message)
+            except Exception:  # a bad message must never take the link down
+                log.exception("%s: handler for %s failed on %s", self.name, topic_filter, message.topic)
 
     async def disconnect_gracefully(self, last: list[tuple[str, Payload, bool]] | None = None) -> None:
         """Publish ``last`` messages (topic, payload, retain) if connected; the caller then cancels run()."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +16,22 @@ from gateway.broadcast.media import MediaCache, MediaError
 from gateway.broadcast.mediaserver import serve
 from loaxa.servers import free_port
 from tests.broadcast_env import MediaServer
+
+
+@pytest.fixture(autouse=True)
+async def _close_caches(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Every cache a test opens has its HTTP client closed at the end of the test."""
+    opened: list[MediaCache] = []
+    real_init = MediaCache.__init__
+
+    def init(self: MediaCache, *a: Any, **kw: Any) -> None:
+        real_init(self, *a, **kw)
+        opened.append(self)
+
+    monkeypatch.setattr(MediaCache, "__init__", init)
+    yield
+    for cache in opened:
+        await cache.aclose()
 
 
 @pytest.fixture
@@ -103,3 +120,63 @@ async def test_gateway_media_server_serves_verified_files_with_range(tmp_path: P
             assert (await http.get(f"http://127.0.0.1:{port}/media/..%2Fetc%2Fpasswd")).status_code in (400, 404)
     finally:
         await runner.cleanup()
+
+
+# ---- a cache that survives power cuts (issue 8, point 13)
+
+
+async def test_truncated_file_left_by_a_power_cut_is_fetched_again(tmp_path: Path, server: MediaServer) -> None:
+    data = os.urandom(200_000)
+    ref = server.add(data, 1000)
+    (tmp_path / ref.sha256).write_bytes(data[:70_000])  # renamed, but the bytes never reached the disk
+    cache = MediaCache(tmp_path, 10_000_000)
+    path = await cache.ensure(ref)
+    assert path.read_bytes() == data
+    assert [s for s, _r in server.requests] == [ref.sha256]
+
+
+async def test_file_of_the_right_size_but_wrong_bytes_is_hashed_and_replaced(tmp_path: Path,
+                                                                              server: MediaServer) -> None:
+    data = os.urandom(100_000)
+    ref = server.add(data, 1000)
+    (tmp_path / ref.sha256).write_bytes(b"\0" * len(data))
+    cache = MediaCache(tmp_path, 10_000_000)
+    assert cache.ready(ref) is None  # never trusted before it has been hashed in this run
+    path = await cache.ensure(ref)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == ref.sha256
+    assert cache.ready(ref) == path and len(server.requests) == 1
+    # once hashed, using it again costs a stat and no download; shrinking it is noticed
+    assert await cache.ensure(ref) == path and len(server.requests) == 1
+    path.write_bytes(data[:10])
+    assert cache.ready(ref) is None
+    assert (await cache.ensure(ref)).read_bytes() == data and len(server.requests) == 2
+
+
+async def test_verify_all_at_start_up_deletes_what_does_not_hash_to_its_name(tmp_path: Path,
+                                                                            server: MediaServer) -> None:
+    good = os.urandom(50_000)
+    bad = os.urandom(50_000)
+    good_sha = hashlib.sha256(good).hexdigest()
+    bad_sha = hashlib.sha256(bad).hexdigest()
+    (tmp_path / good_sha).write_bytes(good)
+    (tmp_path / bad_sha).write_bytes(bad[:1234])
+    cache = MediaCache(tmp_path, 10_000_000)
+    assert await cache.verify_all() == 1
+    assert cache.is_verified(good_sha) and not cache.is_verified(bad_sha)
+    assert sorted(os.listdir(tmp_path)) == [good_sha]
+
+
+async def test_download_is_fsynced_before_the_rename_and_the_folder_after(
+        tmp_path: Path, server: MediaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = server.add(os.urandom(30_000), 1000)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    cache = MediaCache(tmp_path, 10_000_000)
+    path = await cache.ensure(ref)
+    assert synced == [str(path) + ".part", str(tmp_path)]

@@ -6,9 +6,12 @@ obeys ``play`` / ``stop`` / ``volume`` / ``power`` commands on ``…/dev/{dev}/c
 ``…/dev/{dev}/ack`` (a repeated command id gets the same answer again and is not acted on twice),
 fetches and checks the media (sha256) when asked to, starts at the command's ``start_at`` by its own
 clock and reports ``started`` / ``finished`` / ``preempted`` / ``skipped`` / ``failed`` on
-``…/dev/{dev}/event`` with real timestamps. It plays one thing at a time: a play whose start comes
-while another plays replaces it if its priority is the same or higher (the old one is reported
-``preempted``), otherwise it is reported ``skipped`` (``busy``).
+``…/dev/{dev}/event`` with real timestamps. Its retained state changes when it comes online and
+when its volume or power changes, not for every broadcast: the playback reports already say what it
+plays, and the gateway would otherwise handle two more messages per speaker per broadcast. It plays
+one thing at a time: a play whose start comes while another plays replaces it if its priority is
+the same or higher (the old one is reported ``preempted``), otherwise it is reported ``skipped``
+(``busy``).
 
 Faults, for tests: ``no-ack`` (ignores every command), ``refuse`` (acks play commands with
 ``ok: false``), ``die-mid-play`` (drops its connection without a goodbye halfway through the first
@@ -26,8 +29,8 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
 import aiomqtt
-import httpx
 from pydantic import ValidationError
 
 from devices.sim.credentials import device_endpoint
@@ -41,6 +44,8 @@ from protocol.topics import device_topic
 log = logging.getLogger(__name__)
 
 FAULTS = ("no-ack", "refuse", "die-mid-play")
+#: a simulated speaker reports ``started`` this long after it started (its timestamp is the start)
+REPORT_DELAY_S = 0.05
 
 
 @dataclass
@@ -60,7 +65,7 @@ class SharedFetch:
     def __init__(self) -> None:
         self._results: OrderedDict[tuple[str, str | None], asyncio.Task[str | None]] = OrderedDict()
 
-    async def fetch(self, http: httpx.AsyncClient, url: str, sha256: str | None) -> str | None:
+    async def fetch(self, http: aiohttp.ClientSession, url: str, sha256: str | None) -> str | None:
         key = (url, sha256)
         task = self._results.get(key)
         if task is None or (task.done() and task.result() is not None):  # retry failures
@@ -71,22 +76,56 @@ class SharedFetch:
         return await asyncio.shield(task)
 
     @staticmethod
-    async def _get(http: httpx.AsyncClient, url: str, sha256: str | None) -> str | None:
+    async def _get(http: aiohttp.ClientSession, url: str, sha256: str | None) -> str | None:
         try:
-            resp = await http.get(url)
-        except httpx.HTTPError as exc:
+            async with http.get(url) as resp:
+                if resp.status != 200:
+                    return f"media_unavailable: HTTP {resp.status}"
+                body = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return f"media_unavailable: {exc}"[:200]
-        if resp.status_code != 200:
-            return f"media_unavailable: HTTP {resp.status_code}"
-        if sha256 and hashlib.sha256(resp.content).hexdigest() != sha256:
+        if sha256 and hashlib.sha256(body).hexdigest() != sha256:
             return "media_mismatch"
         return None
 
 
+class Alarms:
+    """The wake-ups of the simulated speakers of one process, one timer per instant.
+
+    Real speakers are separate devices that each start at ``start_at`` by their own clock. Twenty
+    of them simulated on one CPU would otherwise wake one after another, each behind the others'
+    work (publishing ``started``), and the simulator would measure its own queue instead of the
+    system. Every speaker due at the same instant therefore waits on the same timer, and each takes
+    its own timestamp as soon as it resumes, before any of them does anything else."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, asyncio.Future[None]] = {}
+        self._timers: set[asyncio.Task[None]] = set()
+
+    async def wait(self, wall_ms: int) -> None:
+        fut = self._due.get(wall_ms)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._due[wall_ms] = fut
+            task = asyncio.get_running_loop().create_task(self._ring(wall_ms, fut))
+            self._timers.add(task)
+            task.add_done_callback(self._timers.discard)
+        await asyncio.shield(fut)
+
+    async def _ring(self, wall_ms: int, fut: asyncio.Future[None]) -> None:
+        try:
+            await sleep_until(wall_ms)
+        finally:
+            self._due.pop(wall_ms, None)
+            if not fut.done():
+                fut.set_result(None)
+
+
 class SimSpeaker:
     def __init__(self, endpoint: MqttEndpoint, gateway: str, device_id: str, *, faults: Iterable[str] = (),
-                 fetch: bool = True, volume: int = 70, http: httpx.AsyncClient | None = None,
-                 fetcher: SharedFetch | None = None) -> None:
+                 fetch: bool = True, volume: int = 70, http: aiohttp.ClientSession | None = None,
+                 fetcher: SharedFetch | None = None, alarms: Alarms | None = None,
+                 clock_offset_ms: int = 0) -> None:
         self.endpoint = endpoint
         self.gateway = gateway
         self.device_id = device_id
@@ -97,6 +136,10 @@ class SimSpeaker:
         self.source = "stream"
         self.http = http
         self.fetcher = fetcher or SharedFetch()
+        self.alarms = alarms or Alarms()
+        #: this speaker's clock minus the machine's: every timestamp it reports and the instant it
+        #: starts at are on its own clock, like a device whose NTP is off by this much
+        self.clock_offset_ms = clock_offset_ms
         self.plays: OrderedDict[str, _Play] = OrderedDict()
         self.current: _Play | None = None
         self._acks: OrderedDict[str, Ack] = OrderedDict()
@@ -109,6 +152,10 @@ class SimSpeaker:
         self.t_state = device_topic(gateway, device_id, "state")
         self.connected = asyncio.Event()
         self._pending: set[asyncio.Task[None]] = set()
+
+    def now(self) -> int:
+        """This speaker's clock (ms since the epoch)."""
+        return now_ms() + self.clock_offset_ms
 
     # ---------------------------------------------------------------- connection
 
@@ -136,24 +183,25 @@ class SimSpeaker:
             finally:
                 self._client = None
 
-    async def _pub(self, topic: str, payload: str, retain: bool = False) -> None:
+    async def _pub(self, topic: str, payload: str, retain: bool = False, qos: int = 1) -> None:
         """Hand a message to the client without waiting for the broker's PUBACK, so a speaker answers
-        the next command at once (messages still leave in order)."""
+        the next command at once (messages still leave in order). Acks go at QoS 0: a lost one is
+        answered by the gateway's retry, as the LAN contract says."""
         client = self._client
         if client is None or self.dead:
             return
-        task = asyncio.create_task(self._pub_wait(client, topic, payload, retain))
+        task = asyncio.create_task(self._pub_wait(client, topic, payload, retain, qos))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     @staticmethod
-    async def _pub_wait(client: aiomqtt.Client, topic: str, payload: str, retain: bool) -> None:
+    async def _pub_wait(client: aiomqtt.Client, topic: str, payload: str, retain: bool, qos: int) -> None:
         with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(topic, payload, qos=1, retain=retain)
+            await client.publish(topic, payload, qos=qos, retain=retain)
 
     async def _publish_state(self) -> None:
         playing = self.current.cmd.broadcast_id if self.current and not self.current.ended else None
-        st = DeviceState(online=True, ts=now_ms(), volume=self.volume, playing=playing, power=self.power,
+        st = DeviceState(online=True, ts=self.now(), volume=self.volume, playing=playing, power=self.power,
                          firmware="sim-1.0", rssi=-60, source=self.source)
         await self._pub(self.t_state, st.model_dump_json(exclude_none=True), retain=True)
 
@@ -161,7 +209,7 @@ class SimSpeaker:
                      at: int | None = None) -> None:
         assert play.cmd.broadcast_id is not None
         ev = PlaybackEvent(broadcast_id=play.cmd.broadcast_id, device=self.device_id, state=state,
-                           at=at if at is not None else now_ms(), reason=reason)
+                           at=at if at is not None else self.now(), reason=reason)
         if state != "started":
             play.ended = True
         play.events.append(ev)
@@ -185,11 +233,11 @@ class SimSpeaker:
     # ---------------------------------------------------------------- commands
 
     async def _ack(self, cmd_id: str, ok: bool, reason: str | None = None) -> None:
-        ack = Ack(id=cmd_id, ok=ok, reason=reason, error=reason, ts=now_ms())
+        ack = Ack(id=cmd_id, ok=ok, reason=reason, error=reason, ts=self.now())
         self._acks[cmd_id] = ack
         while len(self._acks) > 1000:
             self._acks.popitem(last=False)
-        await self._pub(self.t_ack, ack.model_dump_json(exclude_none=True))
+        await self._pub(self.t_ack, ack.model_dump_json(exclude_none=True), qos=0)
 
     async def _on_cmd(self, payload: object) -> None:
         if "no-ack" in self.faults or self.dead:
@@ -204,7 +252,7 @@ class SimSpeaker:
             return
         old = self._acks.get(cmd.id)
         if old is not None:  # a retry of a command already handled: same answer, no second action
-            await self._pub(self.t_ack, old.model_dump_json(exclude_none=True))
+            await self._pub(self.t_ack, old.model_dump_json(exclude_none=True), qos=0)
             return
         if cmd.op == "play":
             await self._on_play(cmd)
@@ -260,7 +308,6 @@ class SimSpeaker:
         await self._event(play, state, cmd.reason)
         if self.current is play:
             self.current = None
-            await self._publish_state()
 
     async def _fetch(self, cmd: DeviceCommand) -> str | None:
         """Fetch and check the media; returns a failure reason or None."""
@@ -275,11 +322,15 @@ class SimSpeaker:
         if problem is not None:
             await self._event(play, "failed", problem)
             return
-        await sleep_until(cmd.start_at)
+        # start_at is on this speaker's clock: the machine's clock reads start_at - offset then
+        await self.alarms.wait(cmd.start_at - self.clock_offset_ms)
         # a real speaker starts by itself: take the start time now, before this process also does the
         # work of the other simulated speakers that wake at the same moment
-        started_at = now_ms()
-        await asyncio.sleep(0)
+        started_at = self.now()
+        # ... and report a moment later: on a bench machine the simulator processes of many
+        # communes wake at the same instant, and one that publishes at once keeps the CPU from the
+        # others, whose speakers would then "start" late (a real speaker has its own CPU)
+        await asyncio.sleep(REPORT_DELAY_S)
         cur = self.current
         if cur is not None and not cur.ended and cur is not play:
             if (cur.cmd.priority or 0) > (cmd.priority or 0):
@@ -287,21 +338,19 @@ class SimSpeaker:
                 return
             if cur.task is not None:
                 cur.task.cancel()
-            await self._event(cur, "preempted", f"preempted by {cmd.broadcast_id}")
+            await self._event(cur, "preempted", f"preempted by {cmd.broadcast_id}", at=started_at)
         self.current = play
         play.started = True
         await self._event(play, "started", at=started_at)
-        await self._publish_state()
         total = cmd.duration_ms * (cmd.repeat or 1)
         if "die-mid-play" in self.faults:
             await asyncio.sleep(total / 2000)
             self.die()
             return
-        await sleep_until(cmd.start_at + total)
+        await sleep_until(cmd.start_at + total - self.clock_offset_ms)
         await self._event(play, "finished")
         if self.current is play:
             self.current = None
-            await self._publish_state()
 
 
 def speaker_ids(count: int, prefix: str = "loa", ids: list[str] | None = None) -> list[str]:
@@ -327,16 +376,29 @@ def parse_faults(specs: Iterable[str], ids: list[str]) -> dict[str, set[str]]:
     return out
 
 
+def clock_offsets(ids: list[str], spread_ms: int) -> dict[str, int]:
+    """A fixed, reproducible clock offset in [-spread_ms, +spread_ms] per speaker id (0 when 0)."""
+    if spread_ms <= 0:
+        return {i: 0 for i in ids}
+    out = {}
+    for i in ids:
+        h = int.from_bytes(hashlib.sha256(i.encode()).digest()[:4], "big")
+        out[i] = h % (2 * spread_ms + 1) - spread_ms
+    return out
+
+
 async def run_fleet(endpoint: MqttEndpoint, gateway: str, ids: list[str], faults: dict[str, set[str]] | None = None,
                     *, fetch: bool = True, ready: asyncio.Event | None = None,
-                    credentials: Mapping[str, str] | None = None) -> list[SimSpeaker]:
-    """Run simulated speakers until cancelled (each with its own account when ``credentials`` maps
-    device id to password)."""
-    async with httpx.AsyncClient(timeout=30) as http:
+                    credentials: Mapping[str, str] | None = None, clock_spread_ms: int = 0) -> list[SimSpeaker]:
+    """Run simulated speakers until cancelled, all in this process on one event loop, each with its
+    own MQTT connection (a real speaker has its own connection to the commune broker)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), auto_decompress=False) as http:
         fetcher = SharedFetch()
-        speakers = [SimSpeaker(device_endpoint(endpoint, i, credentials), gateway, i,
-                               faults=(faults or {}).get(i, ()), fetch=fetch, http=http,
-                               fetcher=fetcher) for i in ids]
+        alarms = Alarms()
+        offsets = clock_offsets(ids, clock_spread_ms)
+        speakers = [SimSpeaker(device_endpoint(endpoint, i, credentials), gateway, i, faults=(faults or {}).get(i, ()),
+                               fetch=fetch, http=http, fetcher=fetcher, alarms=alarms, clock_offset_ms=offsets[i])
+                    for i in ids]
         tasks = [asyncio.create_task(s.run(), name=f"sim-{s.device_id}") for s in speakers]
         try:
             await asyncio.gather(*(s.connected.wait() for s in speakers))

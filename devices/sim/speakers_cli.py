@@ -42,6 +42,8 @@ def register_sim(simsub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--fault", action="append", default=[], metavar="KIND[:IDS]",
                    help="inject a fault: no-ack, refuse or die-mid-play, optionally only for IDS (a,b)")
     p.add_argument("--no-fetch", action="store_true", help="do not download and check the media")
+    p.add_argument("--clock-spread-ms", type=int, default=0, metavar="MS",
+                   help="give each speaker a fixed clock offset within ±MS (as with poor NTP); default 0")
     p.set_defaults(func=_run)
 
 
@@ -72,7 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     print(f"simulating {len(ids)} speaker(s) of {args.gateway} on {args.broker}: {', '.join(ids)}", flush=True)
     try:
-        asyncio.run(run_fleet(endpoint, args.gateway, ids, faults, fetch=not args.no_fetch, credentials=credentials))
+        asyncio.run(run_fleet(endpoint, args.gateway, ids, faults, fetch=not args.no_fetch, credentials=credentials,
+                              clock_spread_ms=max(0, args.clock_spread_ms)))
     except KeyboardInterrupt:
         pass
     return 0

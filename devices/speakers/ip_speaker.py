@@ -79,13 +79,17 @@ class IpSpeaker(SpeakerDriver):
         fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self._acks[cmd.id] = fut
         self.stats_["commands"] += 1
+        payload = cmd.model_dump_json(exclude_none=True)  # serialised once, the same bytes on every retry
         try:
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.stats_["retries"] += 1
-                await self.link.publish(self._topic, cmd.model_dump_json(exclude_none=True), qos=1)
+                # QoS 0: the speaker's ack is the delivery receipt and a missing one is retried, so a
+                # broker PUBACK would only cost the gateway a packet per speaker
+                await self.link.publish(self._topic, payload, qos=0)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(fut), self.ack_timeout_s)
+                    async with asyncio.timeout(self.ack_timeout_s):
+                        return await asyncio.shield(fut)
                 except TimeoutError:
                     continue
             self.stats_["no_ack"] += 1
@@ -175,9 +179,11 @@ class IpSpeakerHub:
         return spk
 
     def subscribe(self) -> None:
-        self.link.subscribe(filter_devices(self.gateway_id, "ack"), self._on_message, qos=1)
+        # acks are answered by a retry when lost and states are retained: QoS 0 spares the gateway a
+        # PUBACK for each; playback reports keep QoS 1 (one lost ``finished`` would be a false failure)
+        self.link.subscribe(filter_devices(self.gateway_id, "ack"), self._on_message, qos=0)
         self.link.subscribe(filter_devices(self.gateway_id, "event"), self._on_message, qos=1)
-        self.link.subscribe(filter_devices(self.gateway_id, "state"), self._on_message, qos=1)
+        self.link.subscribe(filter_devices(self.gateway_id, "state"), self._on_message, qos=0)
 
     async def _on_message(self, msg: Any) -> None:
         topic = str(msg.topic)

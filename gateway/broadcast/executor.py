@@ -84,6 +84,8 @@ class Executor:
         self._sent: set[tuple[str, str]] = set()
         #: pending "stop the lower priority broadcast at my start" tasks, by the preempting broadcast
         self._preempts: dict[str, set[asyncio.Task[None]]] = {}
+        #: set when an outcome of that broadcast reaches an end (its plan task then looks again)
+        self._ended: dict[str, asyncio.Event] = {}
         self.stats: dict[str, int] = {"accepted": 0, "duplicates": 0, "started": 0, "finished": 0,
                                       "failed": 0, "preempted": 0, "skipped": 0}
 
@@ -194,6 +196,9 @@ class Executor:
             self.outbox.wake()
             log.info("playback %s on %s: %s%s", broadcast_id, device, state, f" ({reason})" if reason else "")
         if state in TERMINAL:
+            ended = self._ended.get(broadcast_id)
+            if ended is not None:
+                ended.set()
             await self._release(device, broadcast_id)
 
     # ------------------------------------------------------------------ internals
@@ -249,8 +254,9 @@ class Executor:
 
     async def _wait_media(self, plan: StoredPlan) -> object | None:
         item = plan.item
-        if self.media.has(item.media.sha256):
-            return self.media.path(item.media.sha256)
+        ready = self.media.ready(item.media)  # hashed during this run and still of its size: no I/O
+        if ready is not None:
+            return ready
         # a scheduled item must have its media by its start; one restored after its start (gateway
         # outage) gets a moment, then the late-start rule decides
         deadline = (plan.received_at + self.s.now_media_wait_ms if plan.now_plan
@@ -263,8 +269,9 @@ class Executor:
         except MediaError as exc:
             reason, msg = exc.reason, str(exc)
         else:
-            # the speakers still need the command and the media: keep the whole lead after the download
-            if plan.now_plan and now_ms() > plan.start_at - self.s.now_lead_ms:
+            # the speakers still need the command and the media (from the gateway, over the LAN): the
+            # common start stands if half the lead is left, else it moves to a whole lead from now
+            if plan.now_plan and now_ms() > plan.start_at - self.s.now_lead_ms // 2:
                 plan.start_at = now_ms() + self.s.now_lead_ms
                 plan.end_at = plan.start_at + item.media.duration_ms * item.repeat
                 await self.store.reschedule(plan.broadcast_id, plan.start_at, plan.end_at)
@@ -355,7 +362,16 @@ class Executor:
 
     async def _wait_ends(self, plan: StoredPlan) -> None:
         bid = plan.broadcast_id
+        ended = self._ended.setdefault(bid, asyncio.Event())
+        try:
+            await self._wait_ends_loop(plan, ended)
+        finally:
+            self._ended.pop(bid, None)
+
+    async def _wait_ends_loop(self, plan: StoredPlan, ended: asyncio.Event) -> None:
+        bid = plan.broadcast_id
         while True:
+            ended.clear()
             outcomes = await self.store.outcomes(bid)
             open_ = {d: o for d, o in outcomes.items() if o.state not in TERMINAL}
             if not open_:
@@ -369,4 +385,7 @@ class Executor:
                     why = "no_finish_report" if out.state == "started" else "no_start_report"
                     await self.report(dev, bid, "failed", at, why)
                 return
-            await asyncio.sleep(min(1.0, max(0.05, (deadline - now_ms()) / 1000)))
+            # woken by the reports themselves (no polling while a broadcast plays); the timeout
+            # re-checks slots that moved and the deadline
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), min(30.0, max(0.05, (deadline - now_ms()) / 1000)))

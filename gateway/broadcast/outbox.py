@@ -25,11 +25,17 @@ Publish = Callable[[str], Awaitable[bool]]
 
 
 class Outbox:
-    def __init__(self, store: PlanStore, publish: Publish, *, connected: asyncio.Event | None = None) -> None:
+    def __init__(self, store: PlanStore, publish: Publish, *, connected: asyncio.Event | None = None,
+                 gather_s: float = 0.05, window: int = 50) -> None:
         self.store = store
         self._publish = publish
         self._connected = connected
         self._wake = asyncio.Event()
+        #: after a wake-up, wait this long so that the reports of a whole commune (its speakers all
+        #: start at the same instant) go out as one batch: one read and one delete instead of fifty
+        self.gather_s = gather_s
+        #: publishes in flight at once (they leave in order on the one connection)
+        self.window = window
         self.sent = 0
 
     def wake(self) -> None:
@@ -46,20 +52,32 @@ class Outbox:
             batch = await self.store.outbox_peek(200)
             if not batch:
                 await self._wake.wait()
+                await asyncio.sleep(self.gather_s)
                 continue
             if self._connected is not None and not self._connected.is_set():
                 await self._connected.wait()
             last = None
             try:
-                for seq, payload in batch:
-                    if not await self._publish(payload):
-                        await asyncio.sleep(0.5)
-                        break
-                    last = seq
-                    self.sent += 1
+                for i in range(0, len(batch), self.window):
+                    part = batch[i:i + self.window]
+                    results = await asyncio.gather(*(self._publish(payload) for _seq, payload in part),
+                                                   return_exceptions=True)
+                    for (seq, _p), ok in zip(part, results, strict=True):
+                        if ok is not True:  # only queued in memory, or failed: from here on, send again later
+                            if isinstance(ok, BaseException):
+                                log.warning("event outbox: publish failed (%s); will retry", ok)
+                            raise _Stop
+                        last = seq
+                        self.sent += 1
+            except _Stop:
+                await asyncio.sleep(0.5)
             except Exception:
                 log.exception("event outbox: publish failed; will retry")
                 await asyncio.sleep(1.0)
             finally:
                 if last is not None:
                     await self.store.outbox_delete(last)
+
+
+class _Stop(Exception):
+    """Stop this round of the outbox: what is left is sent again later."""

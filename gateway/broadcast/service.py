@@ -114,12 +114,16 @@ class BroadcastService:
         server = asyncio.create_task(self._serve_media(), name="media-server") if self.cfg.media_listen else None
         outbox = asyncio.create_task(self.outbox.run(), name="event-outbox")
         self.media.client()  # build the HTTP client now, not when the first broadcast is waiting for it
+        # hash what a power cut may have left in the cache, in the background; a plan that needs a
+        # file before this reaches it hashes that file itself
+        verify = asyncio.create_task(self.media.verify_all(), name="media-verify")
         await self.executor.start()
         try:
             while True:
                 self._cache_bytes = await asyncio.to_thread(self.media.total_bytes)
                 await asyncio.sleep(30)
         finally:
+            verify.cancel()
             await self.executor.close()
             outbox.cancel()
             with contextlib.suppress(asyncio.CancelledError):

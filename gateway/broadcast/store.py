@@ -102,7 +102,13 @@ class PlanStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        self._q: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
+        #: operations submitted during the current turn of the event loop, handed to the writer
+        #: thread together at the end of it (one queue put and one thread wake-up for 50 reports)
+        self._pending: list[_Op] = []
+        #: how long operations are gathered before they go to the writer thread: the acks and reports
+        #: of a commune's speakers arrive over a few ms, one MQTT packet per turn of the loop
+        self.gather_s = 0.002
         self._thread = threading.Thread(target=self._worker, name="planstore", daemon=True)
         self._thread.start()
         self.commits = 0
@@ -110,15 +116,22 @@ class PlanStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._q.put(_Op(fn, args, fut, loop))
+        if not self._pending:
+            loop.call_later(self.gather_s, self._hand_over)
+        self._pending.append(_Op(fn, args, fut, loop))
         return await fut
+
+    def _hand_over(self) -> None:
+        ops, self._pending = self._pending, []
+        if ops:
+            self._q.put(ops)
 
     def _worker(self) -> None:
         while True:
             first = self._q.get()
             if first is None:
                 return
-            batch = [first]
+            batch = list(first)
             stop = False
             while True:
                 try:
@@ -128,7 +141,7 @@ class PlanStore:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
+                batch.extend(nxt)
             results: list[tuple[_Op, Any, BaseException | None]] = []
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -157,6 +170,7 @@ class PlanStore:
                 return
 
     def close(self) -> None:
+        self._hand_over()
         self._q.put(None)
         self._thread.join(10)
         self._db.close()
