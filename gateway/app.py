@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "gateway.serial.service",
     "devices.sensors.service",
     "gateway.broadcast.service",
+    "gateway.fleet",
 )
 
 
@@ -72,6 +75,9 @@ class Gateway:
         #: the Pi's own amplifier). Services that own speakers register them here; the broadcast
         #: service plays on all of them and applies ``device.set`` to them.
         self.speakers: dict[str, SpeakerDriver] = {}
+        #: set by ``request_restart`` (the centre's ``gateway.restart``): run_gateway starts it again
+        self.restart_requested = False
+        self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ for services
 
@@ -82,6 +88,12 @@ class Gateway:
     def add_closer(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer()`` on a clean stop, before the links are closed."""
         self._closers.append(closer)
+
+    def request_restart(self) -> None:
+        """Stop cleanly (offline status, closers) and have ``run_gateway`` start the service again."""
+        self.restart_requested = True
+        if self._stop is not None:
+            self._stop.set()
 
     async def publish_event(self, event: BaseModel) -> None:
         """Send a playback report or alarm to the centre (queued while the uplink is down)."""
@@ -129,6 +141,7 @@ class Gateway:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set (or forever), then publish ``offline`` and close."""
         stop = stop or asyncio.Event()
+        self._stop = stop
         self.attach_services()
         tasks = [
             asyncio.create_task(self.uplink.run(), name="uplink"),
@@ -174,12 +187,19 @@ async def _logged(name: str, factory: Callable[[], Awaitable[Any]]) -> None:
 def run_gateway(config: GatewayConfig) -> int:
     """Run a gateway in this process until SIGINT/SIGTERM."""
 
-    async def main() -> None:
+    async def main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await Gateway(config).run(stop)
+        gw = Gateway(config)
+        await gw.run(stop)
+        return gw.restart_requested
 
-    asyncio.run(main())
+    if asyncio.run(main()):
+        # the centre asked for a restart: the same program again, in this process (same PID, so
+        # systemd's Type=notify and watchdog carry on; outside systemd it restarts all the same)
+        log.warning("restarting the gateway service")
+        logging.shutdown()
+        os.execv(sys.executable, sys.orig_argv)
     return 0

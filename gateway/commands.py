@@ -123,6 +123,10 @@ class CommandRouter:
     def register(self, kind: str, handler: CommandHandler) -> None:
         self._handlers[kind] = handler
 
+    def handler(self, kind: str) -> CommandHandler | None:
+        """The handler registered for ``kind`` (a service may wrap another's)."""
+        return self._handlers.get(kind)
+
     async def _ping(self, env: Envelope, body: BaseModel) -> None:
         return None
 

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.store.cli",
     "scheduler.schedules.cli",
     "scheduler.media.cli",
+    "scheduler.fleet.cli",
     "devices.cli",
     "devices.sensors.cli",
     "gateway.serial.firmware_cli",

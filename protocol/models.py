@@ -54,6 +54,22 @@ class Status(_Open):
     commune: str | None = Field(default=None, max_length=200, description="commune name, when configured")
 
 
+#: At most this many devices are listed in one health report.
+MAX_LISTED_DEVICES = 2000
+DeviceKind = Literal["speaker", "sensor", "other"]
+#: A speaker's audio source: names chosen by the device (``stream``, ``line``, ``fm``, ``local`` …).
+SOURCE_PATTERN = r"^[a-z0-9_-]{1,32}$"
+
+
+class DeviceListing(_Open):
+    """One configured device of a gateway, as listed in its health report."""
+
+    id: DeviceId
+    kind: DeviceKind = "other"
+    type: str | None = Field(default=None, max_length=64, description="the device's type in the gateway config")
+    name: str | None = Field(default=None, max_length=200)
+
+
 class Health(_Open):
     """``loaxa/v1/{gw}/health`` (retained): gateway metrics. Extra metrics may be added."""
 
@@ -69,6 +85,9 @@ class Health(_Open):
     devices_online: int | None = None
     devices_total: int | None = None
     version: str | None = None
+    #: every device in the gateway's configuration: the centre lists these (before their first
+    #: message) and forgets devices no longer listed. None: an older gateway that does not say.
+    devices: list[DeviceListing] | None = Field(default=None, max_length=MAX_LISTED_DEVICES)
 
 
 class Ack(_Open):
@@ -114,6 +133,20 @@ class PlaybackEvent(_Open):
     scheduled_at: EpochMs | None = None
 
 
+class DeviceReport(_Open):
+    """``loaxa/v1/{gw}/event`` with ``kind = "device_report"``: what one device answered to a command
+    from the centre (``ping`` with targets, ``device.set``), so the centre shows the device's own answer."""
+
+    kind: Literal["device_report"] = "device_report"
+    command_id: MessageId
+    device: DeviceId
+    ok: bool
+    reason: str | None = Field(default=None, max_length=200)
+    rtt_ms: int | None = Field(default=None, ge=0, le=3_600_000)
+    at: EpochMs
+    state: DeviceState | None = None
+
+
 class AlarmEvent(_Open):
     """``loaxa/v1/{gw}/event`` with ``kind = "alarm"``: something a technician should know."""
 
@@ -139,13 +172,15 @@ class DeviceState(_Open):
     power: bool | None = None
     rssi: int | None = None
     firmware: str | None = None
+    #: the selected audio input (``SOURCE_PATTERN``), for speakers that have several
+    source: str | None = Field(default=None, max_length=32)
 
 
 class DeviceCommand(_Open):
     """``loaxa/v1/{gw}/dev/{dev}/cmd`` on the commune LAN: play, stop, volume, power."""
 
     id: MessageId
-    op: Literal["play", "stop", "volume", "power"]
+    op: Literal["play", "stop", "volume", "power", "ping", "source"]
     ts: EpochMs
     broadcast_id: MessageId | None = None
     url: str | None = Field(default=None, max_length=2048)
@@ -154,6 +189,8 @@ class DeviceCommand(_Open):
     volume: int | None = Field(default=None, ge=0, le=100)
     priority: int | None = Field(default=None, ge=0, le=9)
     power: bool | None = None
+    #: source: which input the speaker plays (``SOURCE_PATTERN``)
+    source: str | None = Field(default=None, pattern=SOURCE_PATTERN)
     #: play: length of one pass and how many passes (PlanItem.repeat)
     duration_ms: int | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
     repeat: int | None = Field(default=None, ge=1, le=100)
@@ -269,10 +306,25 @@ class DeviceSetBody(_Strict):
     targets: Targets = "*"
     volume: int | None = Field(default=None, ge=0, le=100)
     power: bool | None = None
+    #: the audio input to select (``SOURCE_PATTERN``); gateways before fleet control refuse it as malformed
+    source: str | None = Field(default=None, pattern=SOURCE_PATTERN)
 
 
 class PingBody(_Strict):
-    """``kind = "ping"``."""
+    """``kind = "ping"``: the ack answers for the gateway; with ``targets`` the gateway also asks each
+    of those devices and sends one ``device_report`` event per device."""
+
+    targets: Targets | None = None
+
+
+class GatewayRestartBody(_Strict):
+    """``kind = "gateway.restart"``: the gateway acks, stops cleanly and starts its service again."""
+
+    reason: str | None = Field(default=None, max_length=200)
+
+
+class HealthReportBody(_Strict):
+    """``kind = "health.report"``: the gateway publishes a fresh retained health report now."""
 
 
 COMMAND_BODIES: dict[str, type[BaseModel]] = {
@@ -280,6 +332,8 @@ COMMAND_BODIES: dict[str, type[BaseModel]] = {
     "broadcast.cancel": BroadcastCancelBody,
     "device.set": DeviceSetBody,
     "ping": PingBody,
+    "gateway.restart": GatewayRestartBody,
+    "health.report": HealthReportBody,
 }
 
 

@@ -67,5 +67,35 @@ def canonical_cases() -> list[dict[str, str]]:
             for case in CANONICAL_CASES]
 
 
+def fleet_vectors() -> list[str]:
+    """One signed envelope (compact JSON, as it travels) for each kind of the fleet's remote actions,
+    with the same test key; docs/protocol.md lists them in its ``fleet-vectors`` block."""
+    from protocol.models import DeviceSetBody, GatewayRestartBody, HealthReportBody, PingBody
+
+    key = Ed25519PrivateKey.from_private_bytes(SEED)
+    signer = Signer(key_id_for(key.public_key()), key)
+    bodies = [
+        ("cmd-0101", "device.set", DeviceSetBody(targets=["loa-cho"], volume=60, source="line")),
+        ("cmd-0102", "device.set", DeviceSetBody(targets="*", power=False)),
+        ("cmd-0103", "ping", PingBody(targets=["loa-cho", "loa-dinh"])),
+        ("cmd-0104", "ping", PingBody()),
+        ("cmd-0105", "health.report", HealthReportBody()),
+        ("cmd-0106", "gateway.restart", GatewayRestartBody(reason="cập nhật cấu hình")),
+    ]
+    extra: dict[str, str] = {"gw": "xa-an-binh"} if "gw" in Envelope.model_fields else {}
+    out = []
+    for cmd_id, kind, body in bodies:
+        env = signer.sign(Envelope.model_validate({
+            "id": cmd_id, "kind": kind, "issued_at": 1795575600000, "expires_at": 1795575660000,
+            "key": signer.key_id, "body": body.model_dump(mode="json", exclude_none=True), **extra}))
+        out.append(env.model_dump_json(exclude_none=True))
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps({**vector(), "canonical_cases": canonical_cases()}, ensure_ascii=False, indent=2))
+    import sys
+
+    if "--fleet" in sys.argv:
+        print("\n".join(fleet_vectors()))
+    else:
+        print(json.dumps({**vector(), "canonical_cases": canonical_cases()}, ensure_ascii=False, indent=2))

@@ -10,6 +10,7 @@ from pydantic import Field
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
 from protocol.ids import GatewayId
+from scheduler.fleet.config import FleetSection
 
 
 class SchedulerSection(StrictModel):
@@ -116,6 +117,7 @@ class SchedulerConfig(StrictModel):
         default_factory=list,
         description="the gateways this scheduler serves; messages of any other gateway id are ignored",
     )
+    fleet: FleetSection = FleetSection()
 
 
 def load_scheduler_config(path: str | Path) -> SchedulerConfig:

@@ -85,6 +85,9 @@ class Dispatcher:
         #: gateway appear
         self.known_gateways: set[str] = set(gateways)
         self._ignored: set[str] = set()
+        #: set by the fleet: False for a device its gateway no longer lists (a retained state left on
+        #: the broker must not bring a removed speaker back into the broadcast registry)
+        self.accept_device: Callable[[str, str], bool] | None = None
         self.store = store
         self.link = link
         self.signer = signer
@@ -291,6 +294,8 @@ class Dispatcher:
         except ProtocolError:
             return
         if t.device is None or not msg.payload or not self._known(t.gateway, msg.topic):
+            return
+        if self.accept_device is not None and not self.accept_device(t.gateway, t.device):
             return
         try:
             data = parse_json(bytes(msg.payload))

@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from scheduler.db import AsyncStore, Store
+from scheduler.fleet.models import FleetAlarm, FleetNotification
 from scheduler.models import Broadcast, Gateway, GatewayDelivery, Speaker, SpeakerDelivery
 
 MAX_REASONS = 20
@@ -52,6 +53,8 @@ class DbSnapshot:
     refused: dict[str, int] = field(default_factory=dict)
     speaker_deliveries: dict[str, int] = field(default_factory=dict)
     broadcasts: dict[str, int] = field(default_factory=dict)
+    alarms: dict[tuple[str, str], int] = field(default_factory=dict)
+    notifications: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def db_snapshot(store: Store) -> DbSnapshot:
@@ -86,6 +89,18 @@ def db_snapshot(store: Store) -> DbSnapshot:
             snap.speaker_deliveries[str(state)] = int(n)
         for cancelled, n in s.execute(select(Broadcast.cancelled, func.count()).group_by(Broadcast.cancelled)):
             snap.broadcasts["cancelled" if cancelled else "active"] = int(n)
+        for severity, acked, n in s.execute(
+            select(FleetAlarm.severity, FleetAlarm.acknowledged, func.count())
+            .where(FleetAlarm.status == "active")
+            .group_by(FleetAlarm.severity, FleetAlarm.acknowledged)
+        ):
+            snap.alarms[(str(severity), "true" if acked else "false")] = int(n)
+        for channel, state, n in s.execute(
+            select(FleetNotification.channel, FleetNotification.state, func.count()).group_by(
+                FleetNotification.channel, FleetNotification.state
+            )
+        ):
+            snap.notifications[(str(channel), str(state))] = int(n)
     return snap
 
 
@@ -137,6 +152,17 @@ class SchedulerCollector(Collector):
         g = GaugeMetricFamily("loaxa_broadcasts", "broadcasts in the database", labels=["state"])
         for state, n in sorted(snap.broadcasts.items()):
             g.add_metric([state], n)
+        yield g
+        g = GaugeMetricFamily("loaxa_alarms_active", "active alarms, by severity and whether acknowledged",
+                              labels=["severity", "acknowledged"])
+        for sev in ("critical", "major", "minor", "warning"):
+            for acked in ("false", "true"):
+                g.add_metric([sev, acked], snap.alarms.get((sev, acked), 0))
+        yield g
+        g = GaugeMetricFamily("loaxa_notifications", "alarm notifications in the outbox, by channel and state",
+                              labels=["channel", "state"])
+        for (channel, state), n in sorted(snap.notifications.items()):
+            g.add_metric([channel, state], n)
         yield g
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from loaxa import sdnotify
 from loaxa.mqttlink import MqttLink
 from protocol.signing import Signer, load_private_key
-from scheduler.access.deps import require
+from scheduler.access.deps import client_address, require
 from scheduler.access.media_urls import MediaUrlError, MediaUrlSigner, load_or_create_secret
 from scheduler.access.permissions import FLEET_READ, IOC_READ
 from scheduler.access.service import Access
@@ -27,6 +27,8 @@ from scheduler.access.store import AccessStore
 from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
+from scheduler.fleet.routes import make_router as fleet_router
+from scheduler.fleet.service import Fleet
 from scheduler.http import create_app
 from scheduler.ioc import IocApi, IocSettings, IocSetupError
 from scheduler.media import MediaLibrary, Target
@@ -99,6 +101,7 @@ class Scheduler:
     library: MediaLibrary
     dispatcher: Dispatcher
     app: FastAPI
+    fleet: Fleet
     ioc: IocApi | None = None
 
     @classmethod
@@ -182,18 +185,26 @@ class Scheduler:
             },
         )
         routers = [metrics.router(require(FLEET_READ))]
+        fleet = Fleet(cfg.fleet, dispatcher, influx=cfg.influx, timezone=cfg.scheduler.timezone)
         ioc: IocApi | None = None
         if cfg.influx is not None:
             try:
                 ioc = IocApi(IocSettings.from_section(cfg.influx), require(IOC_READ),
-                             known_gateways=lambda: astore.call(astore.store.gateways), registry=metrics.registry)
+                             known_gateways=lambda: astore.call(astore.store.gateways), registry=metrics.registry,
+                             alarms=fleet.alarm_list)
             except IocSetupError as exc:
                 raise SetupError(str(exc)) from exc
             routers.append(ioc.router)
+
+        async def fleet_audit(p: Any, request: Any, action: str, target: str | None, detail: dict[str, Any]) -> None:
+            await access.audit(p, action, address=client_address(request), target=target, detail=detail)
+
+        routers.append(fleet_router(fleet, require, fleet_audit))
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
-        for router in routers:  # /metrics and /ioc/v1
+        app.state.fleet = fleet  # the web UI's fleet page reads its live state
+        for router in routers:  # /metrics, /ioc/v1, /api/fleet and /api/alarms
             app.include_router(router)
-        return cls(cfg, astore, library, dispatcher, app, ioc)
+        return cls(cfg, astore, library, dispatcher, app, fleet, ioc)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -232,11 +243,12 @@ class Scheduler:
         )
         stop = stop or asyncio.Event()
         disp = asyncio.create_task(self.dispatcher.run(), name="dispatcher")
+        fleet = asyncio.create_task(self.fleet.run(), name="fleet")
         http = asyncio.create_task(server.serve(), name="http")
         waiter = asyncio.create_task(stop.wait(), name="stop")
         systemd = asyncio.create_task(self._systemd(server), name="systemd")
         try:
-            done, _ = await asyncio.wait({disp, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({disp, fleet, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 if t is not waiter and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
@@ -244,9 +256,10 @@ class Scheduler:
             sdnotify.notify("STOPPING=1")
             server.should_exit = True
             disp.cancel()
+            fleet.cancel()
             waiter.cancel()
             systemd.cancel()
-            await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
+            await asyncio.gather(disp, fleet, http, waiter, systemd, return_exceptions=True)
             if self.ioc is not None:
                 await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)

@@ -133,6 +133,7 @@ class SimSpeaker:
         self.fetch = fetch
         self.volume = volume
         self.power = True
+        self.source = "stream"
         self.http = http
         self.fetcher = fetcher or SharedFetch()
         self.alarms = alarms or Alarms()
@@ -201,7 +202,7 @@ class SimSpeaker:
     async def _publish_state(self) -> None:
         playing = self.current.cmd.broadcast_id if self.current and not self.current.ended else None
         st = DeviceState(online=True, ts=self.now(), volume=self.volume, playing=playing, power=self.power,
-                         firmware="sim-1.0")
+                         firmware="sim-1.0", rssi=-60, source=self.source)
         await self._pub(self.t_state, st.model_dump_json(exclude_none=True), retain=True)
 
     async def _event(self, play: _Play, state: PlaybackState, reason: str | None = None,
@@ -263,6 +264,13 @@ class SimSpeaker:
             await self._publish_state()
         elif cmd.op == "power" and cmd.power is not None:
             self.power = cmd.power
+            await self._ack(cmd.id, True)
+            await self._publish_state()
+        elif cmd.op == "source" and cmd.source is not None:
+            self.source = cmd.source
+            await self._ack(cmd.id, True)
+            await self._publish_state()
+        elif cmd.op == "ping":
             await self._ack(cmd.id, True)
             await self._publish_state()
         else:

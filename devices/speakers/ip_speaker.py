@@ -124,6 +124,23 @@ class IpSpeaker(SpeakerDriver):
         if power is not None:
             await self.command(DeviceCommand(id=uuid.uuid4().hex, op="power", ts=now_ms(), power=power))
 
+    async def set_source(self, source: str) -> None:
+        """Select the speaker's audio input; raises when the speaker refuses or does not answer."""
+        ack = await self.command(DeviceCommand(id=uuid.uuid4().hex, op="source", ts=now_ms(), source=source))
+        if ack is None:
+            raise TimeoutError("no_ack")
+        if not ack.ok:
+            raise RuntimeError(ack.reason or "refused")
+
+    async def ping(self) -> tuple[bool, str | None]:
+        """Ask the speaker to answer (and publish its state again): (answered, reason)."""
+        ack = await self.command(DeviceCommand(id=uuid.uuid4().hex, op="ping", ts=now_ms()))
+        if ack is None:
+            return False, "no_ack"
+        if not ack.ok and ack.reason == "bad_command":
+            return True, "answered but does not know ping"  # an older speaker: it is alive all the same
+        return ack.ok, None if ack.ok else (ack.reason or "refused")
+
     # ---------------------------------------------------------------- from the hub
 
     def on_ack(self, ack: Ack) -> None:

@@ -11,7 +11,7 @@ import csv
 import io
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Protocol
 
@@ -152,6 +152,10 @@ def _point_json(p: Point, fields: Sequence[str], *, measurement: bool = False) -
     return d
 
 
+#: ``await alarms(gateways or None for all, status)`` → alarm dicts (scheduler/fleet/store.py alarm_dict).
+AlarmSource = Callable[[frozenset[str] | None, str | None], Awaitable[list[dict[str, Any]]]]
+
+
 class IocApi:
     """The router and the service behind it (``aclose`` releases InfluxDB connections)."""
 
@@ -162,8 +166,10 @@ class IocApi:
         *,
         known_gateways: KnownGateways | None = None,
         registry: CollectorRegistry | None = None,
+        alarms: AlarmSource | None = None,
     ):
         self.settings = settings
+        self.alarms = alarms
         self.service = IocService(settings, known_gateways)
         self.metrics = IocMetrics(registry, self.service.influx) if registry is not None else None
         self.router = self._build(principal_dep)
@@ -426,20 +432,22 @@ class IocApi:
 
             return JSONResponse(await guard(run()))
 
-        @router.get(
-            "/alarms",
-            summary="Alarms (not built yet: 501)",
-            responses={501: {"description": "alarms are not built yet (issue 12, points 3-5)"}},
-        )
-        async def alarms(principal: Principal) -> JSONResponse:
-            self._filter(principal, [])
-            return JSONResponse(
-                {
-                    "detail": "alarms are not available yet: the scheduler has no alarm rules; this endpoint "
-                    "will list them when they exist (docs/ioc-api.md)"
-                },
-                status_code=501,
-            )
+        @router.get("/alarms", summary="Alarms of your areas (active by default), newest first")
+        async def alarms(
+            principal: Principal,
+            gateway: GatewayQ = [],  # noqa: B006
+            status: Annotated[Literal["active", "cleared", "all"], Query()] = "active",
+        ) -> JSONResponse:
+            flt = self._filter(principal, gateway)
+            if self.alarms is None:
+                return JSONResponse({"detail": "this scheduler runs without its fleet (no alarms)"}, status_code=501)
+            wanted = frozenset(flt.gateways) if flt.gateways else principal.gateways(PERMISSION)
+            rows = await self.alarms(wanted, None if status == "all" else status)
+            keys = ("id", "type", "severity", "state", "status", "gateway", "device", "message", "count",
+                    "acknowledged")
+            return JSONResponse({"alarms": [
+                {**{k: a[k] for k in keys}, "first_seen": iso_ms(a["first_seen"]), "last_seen": iso_ms(a["last_seen"]),
+                 "cleared_at": iso_ms(a["cleared_at"])} for a in rows]})
 
         return router
 

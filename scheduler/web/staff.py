@@ -564,9 +564,25 @@ async def library_audio(request: Request, principal: CanReadMedia,
 # ------------------------------------------------------------------ fleet
 
 
+def _fleet_rows(live: Any, principal: Principal) -> list[dict[str, Any]]:
+    """The fleet's live state (scheduler/fleet/state.py) in the shape of the page: a status is
+    "unknown" (shown "not known yet") when the centre cannot know, never "off line" by default."""
+    rows = []
+    for g in live.snapshot(principal.gateways("fleet:read")):
+        speakers = [{"device": d["device"], "name": d["name"], "volume": d["volume"], "last_seen": d["last_seen"],
+                     "online": None if d["status"] == "unknown" else d["status"] == "online"}
+                    for d in g["devices"] if d["kind"] == "speaker"]
+        rows.append({**g, "speakers": speakers})
+    return rows
+
+
 @router.get("/fleet", response_class=HTMLResponse)
 async def fleet(request: Request, principal: CanReadFleet) -> HTMLResponse:
-    gateways = await _gateways(request, principal, "fleet:read")
+    live = getattr(getattr(request.app.state, "fleet", None), "state", None)
+    if live is not None:
+        gateways = _fleet_rows(live, principal)
+    else:
+        gateways = await _gateways(request, principal, "fleet:read")
     return render(request, principal, "fleet.html", {"gateways": gateways})
 
 
