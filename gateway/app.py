@@ -40,6 +40,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "gateway.serial.service",
     "devices.sensors.service",
     "gateway.broadcast.service",
+    "gateway.warnings.service",  # needs telemetry (readings) and broadcast (playback): attaches last
 )
 
 
@@ -72,6 +73,10 @@ class Gateway:
         #: the Pi's own amplifier). Services that own speakers register them here; the broadcast
         #: service plays on all of them and applies ``device.set`` to them.
         self.speakers: dict[str, SpeakerDriver] = {}
+        #: what each service's ``attach`` returned, by short name ("broadcast", "telemetry", ...)
+        self.attached: dict[str, Any] = {}
+        #: media the cache must never evict although no plan needs it now (local warning rules)
+        self.pinned_media: set[str] = set()
 
     # ------------------------------------------------------------------ for services
 
@@ -110,8 +115,9 @@ class Gateway:
 
     def attach_services(self) -> None:
         for name, module in optional_modules(SERVICE_MODULES):
-            module.attach(self)
-            self.services.append(name.rsplit(".", 2)[-2])
+            short = name.rsplit(".", 2)[-2]
+            self.attached[short] = module.attach(self)
+            self.services.append(short)
 
     async def _watchdog(self) -> None:
         interval = sdnotify.watchdog_interval_s()
