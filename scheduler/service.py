@@ -191,6 +191,9 @@ class Scheduler:
                 raise SetupError(str(exc)) from exc
             routers.append(ioc.router)
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
+        from scheduler.warnings.service import build_warnings
+
+        routers.append(build_warnings(cfg, dispatcher, library, access))
         for router in routers:  # /metrics and /ioc/v1
             app.include_router(router)
         return cls(cfg, astore, library, dispatcher, app, ioc)

@@ -10,6 +10,7 @@ from sqlalchemy import MetaData
 import scheduler.access.models  # its tables join Base.metadata
 import scheduler.models
 import scheduler.schedules.models  # its tables join Base.metadata
+import scheduler.warnings.models  # its tables join Base.metadata
 
 metadata: MetaData = scheduler.models.Base.metadata
 
