@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.store.cli",
     "scheduler.schedules.cli",
     "scheduler.media.cli",
+    "scheduler.warnings.cli",
     "devices.cli",
     "devices.sensors.cli",
     "gateway.serial.firmware_cli",

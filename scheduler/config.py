@@ -144,8 +144,8 @@ class CapSection(StrictModel):
 
     trusted_sources: list[str] = Field(default_factory=list, description=(
         "token/account names (POST /api/cap) and feed sources whose alerts may be sent at once"))
-    auto_send_severities: list[CapSeverity] = Field(default_factory=lambda: ["Extreme"])
-    auto_send_urgencies: list[CapUrgency] = Field(default_factory=lambda: ["Immediate"])
+    auto_send_severities: list[CapSeverity] = Field(default_factory=lambda: list[CapSeverity](["Extreme"]))
+    auto_send_urgencies: list[CapUrgency] = Field(default_factory=lambda: list[CapUrgency](["Immediate"]))
     volume: int = Field(default=100, ge=0, le=100)
     feeds: list[CapFeedEntry] = Field(default_factory=list, max_length=50)
 

@@ -31,7 +31,8 @@ def cap_time(dt: datetime) -> str:
 
 def flood_alert(identifier: str, *, msg_type: str = "Alert", status: str = "Actual", references: str | None = None,
                 severity: str = "Extreme", urgency: str = "Immediate", polygon: str | None = POLYGON_AN_BINH,
-                circle: str | None = None, geocode: str | None = None, expires_in: timedelta | None = timedelta(hours=6),
+                circle: str | None = None, geocode: str | None = None,
+                expires_in: timedelta | None = timedelta(hours=6),
                 headline: str = "Cảnh báo lũ khẩn cấp trên sông Cái", language: str = "vi-VN",
                 sent: datetime | None = None, effective: datetime | None = None) -> bytes:
     now = datetime.now(UTC)

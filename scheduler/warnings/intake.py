@@ -101,7 +101,7 @@ def spoken_text(info: Info, tz: ZoneInfo) -> str:
 
 def _find(db: Any, key: str) -> CapAlertRow | None:
     with db.session() as s:
-        row = s.scalars(select(CapAlertRow).where(CapAlertRow.key == key)).first()
+        row: CapAlertRow | None = s.scalars(select(CapAlertRow).where(CapAlertRow.key == key)).first()
         if row is not None:
             s.expunge(row)
         return row
@@ -109,7 +109,7 @@ def _find(db: Any, key: str) -> CapAlertRow | None:
 
 def _get(db: Any, alert_id: int) -> CapAlertRow | None:
     with db.session() as s:
-        row = s.get(CapAlertRow, alert_id)
+        row: CapAlertRow | None = s.get(CapAlertRow, alert_id)
         if row is not None:
             s.expunge(row)
         return row
@@ -265,7 +265,8 @@ class CapIntake:
         try:
             return Outcome(await self.store.call(_insert, self.db, row), cancelled)
         except IntegrityError as exc:  # the same key, inserted meanwhile by another worker
-            raise CapRefused(409, "alert/identifier", "this message (sender, identifier, sent) is being handled") from exc
+            raise CapRefused(409, "alert/identifier",
+                             "this message (sender, identifier, sent) is being handled") from exc
 
     async def _broadcast(self, row: CapAlertRow, *, created_by: str) -> None:
         assert row.media_sha256 is not None and row.broadcast_id is not None and row.priority is not None
@@ -277,7 +278,7 @@ class CapIntake:
     async def approve(self, alert_id: int, approver: str) -> CapAlertRow:
         """Send the broadcast of a pending alert (the caller checked the approver's permissions)."""
         async with self._lock:
-            row = await self.store.call(_get, self.db, alert_id)
+            row: CapAlertRow | None = await self.store.call(_get, self.db, alert_id)
             if row is None:
                 raise CapRefused(404, "id", f"no CAP alert {alert_id}")
             if row.state != STATE_PENDING:
@@ -294,7 +295,9 @@ class CapIntake:
             return row
 
     async def get(self, alert_id: int) -> CapAlertRow | None:
-        return await self.store.call(_get, self.db, alert_id)
+        row: CapAlertRow | None = await self.store.call(_get, self.db, alert_id)
+        return row
 
     async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
-        return await self.store.call(_recent, self.db, limit)
+        rows: list[dict[str, Any]] = await self.store.call(_recent, self.db, limit)
+        return rows
