@@ -6,7 +6,6 @@ speakers, and ``loaxa sim water-level`` raising the river: the warning plays on 
 from __future__ import annotations
 
 import asyncio
-
 from pathlib import Path
 from typing import Any
 
