@@ -100,6 +100,7 @@ class Scheduler:
     dispatcher: Dispatcher
     app: FastAPI
     ioc: IocApi | None = None
+    warnings: Any = None  # scheduler.warnings.service.Warnings: CAP intake and feed pollers
 
     @classmethod
     def build(cls, cfg: SchedulerConfig) -> Scheduler:
@@ -193,10 +194,11 @@ class Scheduler:
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
         from scheduler.warnings.service import build_warnings
 
-        routers.append(build_warnings(cfg, dispatcher, library, access))
+        warnings = build_warnings(cfg, dispatcher, library, access)
+        routers.append(warnings.router)
         for router in routers:  # /metrics and /ioc/v1
             app.include_router(router)
-        return cls(cfg, astore, library, dispatcher, app, ioc)
+        return cls(cfg, astore, library, dispatcher, app, ioc, warnings)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -238,6 +240,7 @@ class Scheduler:
         http = asyncio.create_task(server.serve(), name="http")
         waiter = asyncio.create_task(stop.wait(), name="stop")
         systemd = asyncio.create_task(self._systemd(server), name="systemd")
+        feeds = asyncio.create_task(self.warnings.run() if self.warnings else asyncio.sleep(0), name="cap-feeds")
         try:
             done, _ = await asyncio.wait({disp, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -249,7 +252,8 @@ class Scheduler:
             disp.cancel()
             waiter.cancel()
             systemd.cancel()
-            await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
+            feeds.cancel()
+            await asyncio.gather(disp, http, waiter, systemd, feeds, return_exceptions=True)
             if self.ioc is not None:
                 await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)

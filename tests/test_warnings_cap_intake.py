@@ -5,6 +5,8 @@ every signed command they get (a plan = something would play)."""
 from __future__ import annotations
 
 import asyncio
+import http.server
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +28,46 @@ GWS = [c["id"] for c in COMMUNES]
 XML = {"Content-Type": "application/cap+xml"}
 
 
+class FeedServer:
+    """A CAP publisher's web server: an Atom feed at /feed.atom, messages at /cap/NAME.xml."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {"/feed.atom": atom_feed([])}
+        files = self.files
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_a: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def publish(self, entries: list[tuple[str, bytes]]) -> None:
+        for name, raw in entries:
+            self.files[f"/cap/{name}.xml"] = raw
+        self.files["/feed.atom"] = atom_feed([name for name, _ in entries])
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def atom_feed(names: list[str]) -> bytes:
+    entries = "".join(f"<entry><id>urn:cap:{n}</id><title>{n}</title><updated>2026-12-02T10:00:00Z</updated>"
+                      f'<link rel="alternate" type="application/cap+xml" href="/cap/{n}.xml"/></entry>'
+                      for n in reversed(names))  # newest first, as feeds do
+    return (f'<?xml version="1.0" encoding="UTF-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+            f"<id>urn:kttv</id><title>KTTV</title><updated>2026-12-02T10:00:00Z</updated>{entries}</feed>").encode()
+
+
 @dataclass
 class Centre:
     sched: Scheduler
@@ -33,6 +75,7 @@ class Centre:
     trusted: dict[str, str]
     untrusted: dict[str, str]
     gateways: dict[str, TestGateway]
+    feed: FeedServer
 
     async def post(self, raw: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.http.post("/api/cap", content=raw, headers={**XML, **(headers or self.trusted)})
@@ -52,7 +95,9 @@ async def centre(tmp_path: Path, central_broker_factory: Callable[..., CentralBr
     keys = Keys()
     cfg_dict = scheduler_config_dict(tmp_path, broker, keys, gateways=GWS)
     cfg_dict["gateways"] = COMMUNES
-    cfg_dict["cap"] = {"trusted_sources": ["kttv-tinh"]}
+    feed = FeedServer()
+    cfg_dict["cap"] = {"trusted_sources": ["kttv-tinh"],
+                       "feeds": [{"url": f"{feed.url}/feed.atom", "source": "kttv-tinh", "interval_s": 5}]}
     sched = Scheduler.build(SchedulerConfig.model_validate(cfg_dict))
     stop = asyncio.Event()
     task = asyncio.create_task(sched.run(stop))
@@ -74,7 +119,8 @@ async def centre(tmp_path: Path, central_broker_factory: Callable[..., CentralBr
             return r.status_code == 200 and all(g["status"] == "online" for g in r.json() if g["id"] in GWS)
 
         await wait_for_async(up, within=30, what="scheduler up, both gateways online")
-        yield Centre(sched, http, trusted, untrusted, gateways)
+        yield Centre(sched, http, trusted, untrusted, gateways, feed)
+    feed.close()
     for g in gateways.values():
         await g.disconnect()
     stop.set()
@@ -178,3 +224,19 @@ async def test_malformed_and_hostile_messages_are_refused(centre: Centre) -> Non
     entries = audit if isinstance(audit, list) else audit["entries"]
     assert len(entries) >= 4 and any("lol9" in e["detail"]["raw"] for e in entries)
     assert all(not g.received for g in centre.gateways.values())
+
+
+async def test_alerts_from_a_polled_atom_feed(centre: Centre) -> None:
+    sent = datetime.now(UTC) - timedelta(minutes=1)
+    alert = flood_alert("feed-001", polygon=None, geocode="29884", sent=sent)
+    cancel = flood_alert("feed-002", msg_type="Cancel", references=ref("feed-001", cap_time(sent)))
+    centre.feed.publish([("feed-001", alert)])
+    [plan] = await centre.gateways["xa-phu-my"].wait_for(1, "broadcast.plan", within=40)
+    bid = parse_body_as(plan.envelope, BroadcastPlanBody).items[0].broadcast_id
+    centre.feed.publish([("feed-001", alert), ("feed-002", cancel)])
+    await centre.gateways["xa-phu-my"].wait_for(1, "broadcast.cancel", within=40)
+    assert centre.cancels("xa-phu-my") == [bid]
+    alerts = {a["identifier"]: a for a in (await centre.http.get("/api/cap")).json()}
+    assert alerts["feed-001"]["source"] == "feed:kttv-tinh" and alerts["feed-001"]["state"] == "cancelled"
+    assert len(centre.plans("xa-phu-my")) == 1  # polled again and again, sent once
+    assert not centre.gateways["xa-an-binh"].received

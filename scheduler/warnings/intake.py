@@ -169,7 +169,8 @@ class CapIntake:
 
     def allows_at_once(self, source: str, info: Info) -> bool:
         p = self.policy
-        trusted = source in p.trusted_sources or source.removeprefix("token:") in p.trusted_sources
+        bare = source.removeprefix("token:").removeprefix("feed:")
+        trusted = source in p.trusted_sources or bare in p.trusted_sources
         return (trusted and info.severity in p.auto_send_severities
                 and info.urgency in p.auto_send_urgencies)
 
