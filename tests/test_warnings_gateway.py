@@ -161,8 +161,9 @@ def test_flood_warning_plays_with_the_central_broker_stopped(bench: Bench) -> No
     assert len(started) == 1, started  # one warning: the spike did not start one of its own
     [(bid, events)] = started.items()
     assert {e["device"] for e in events} == set(bench.speakers)
-    for e in events:
-        assert e["at"] - met_at <= 5000, (e, met_at)
+    lateness = max(e["at"] - met_at for e in events)
+    print(f"warning started on every speaker {lateness} ms after the reading that met the rule")
+    assert lateness <= 5000, (events, met_at)
     # below the threshold but not below threshold - hysteresis: still active
     bench.gauge.hold(145, 1.0)
     time.sleep(1.0)
