@@ -299,6 +299,13 @@ class Dispatcher:
         except ProtocolError as exc:
             log.warning("bad event on %s: %s", msg.topic, exc)
             return
+        if isinstance(data, dict) and data.get("kind") == "warning":
+            # a gateway's local warning rule started, repeated or cleared (docs/warnings.md): its plays
+            # come as playback events; raising it as a fleet alarm is the alarms' business
+            log.warning("gateway %s: local warning %s %s (%s %s = %s)", gw, str(data.get("rule_id"))[:128],
+                        str(data.get("state"))[:16], str(data.get("device"))[:64], str(data.get("field"))[:64],
+                        str(data.get("value"))[:32])
+            return
         if not isinstance(data, dict) or data.get("kind") != "playback":
             return  # alarms and other events are not the dispatcher's business
         try:
