@@ -1,6 +1,6 @@
 """The demo's local flood warning (issue 14), kept apart from loaxa/demo.py.
 
-Each demo gateway gets a river gauge on its commune LAN (``mucnuoc-song``, an ``mqtt_sensor`` with
+Each demo gateway gets a river gauge on its commune LAN (``lan-mucnuoc-song``, an ``mqtt_sensor`` with
 its own broker account); once the scheduler and the gateways are up, a background thread signs in
 as the demo admin, has the scheduler read the warning aloud (TTS) and sends every gateway a rule:
 water level ≥ 150 cm for 5 s → the warning on all its speakers, at the emergency level. The banner
@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-GAUGE = "mucnuoc-song"
+GAUGE = "lan-mucnuoc-song"  # "lan-": a networked sensor on the commune LAN, like the demo's others
 THRESHOLD_CM = 150
 WARNING_TEXT = ("Thông báo khẩn: mực nước sông đã lên mức báo động 2. "
                 "Đề nghị bà con vùng trũng di chuyển người và tài sản lên nơi cao.")
