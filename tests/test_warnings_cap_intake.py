@@ -180,6 +180,9 @@ async def test_test_and_expired_alerts_play_nothing(centre: Centre) -> None:
     assert test["decision"] == "logged" and test["gateways"] == ["xa-an-binh"] and test["broadcast_id"] is None
     exercise = (await centre.post(flood_alert("dien-tap-001", status="Exercise"))).json()
     assert exercise["decision"] == "logged"
+    restricted = flood_alert("han-che-001").replace(b"<scope>Public</scope>",
+                                                    b"<scope>Restricted</scope><restriction>ban chi huy</restriction>")
+    assert (await centre.post(restricted)).json()["decision"] == "logged"
     expired = (await centre.post(flood_alert("cu-001", expires_in=-timedelta(minutes=5)))).json()
     assert expired["decision"] == "expired" and expired["broadcast_id"] is None
     await asyncio.sleep(1.0)

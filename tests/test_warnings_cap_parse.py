@@ -93,3 +93,22 @@ def test_bomb_and_external_entities_are_refused_before_expansion() -> None:
 def test_expired_alert_has_its_expiry() -> None:
     info = parse_cap(flood_alert("e", expires_in=-timedelta(hours=1))).chosen_info()
     assert info is not None and info.expires is not None
+
+
+def test_feed_items_atom_links_inline_alerts_and_rss() -> None:
+    from scheduler.warnings.feed import FeedError, feed_items
+
+    inline = flood_alert("inline-1").split(b"?>", 1)[1]
+    atom = (b'<feed xmlns="http://www.w3.org/2005/Atom"><entry><link rel="alternate" href="/cap/2.xml"/></entry>'
+            b'<entry><link href="https://x.example/page"/><link type="application/cap+xml" href="/cap/1.xml"/>'
+            b'</entry><entry><content type="application/cap+xml">' + inline + b"</content></entry></feed>")
+    items = feed_items(atom, "https://kttv.example/feed.atom")
+    assert isinstance(items[0], bytes) and parse_cap(items[0]).identifier == "inline-1"
+    assert items[1:] == ["https://kttv.example/cap/1.xml", "https://kttv.example/cap/2.xml"]  # oldest first
+    rss = (b'<rss version="2.0"><channel><item><link>https://kttv.example/cap/b.xml</link></item>'
+           b'<item><enclosure url="/cap/a.xml" type="application/cap+xml"/></item></channel></rss>')
+    assert feed_items(rss, "https://kttv.example/rss") == ["https://kttv.example/cap/a.xml",
+                                                           "https://kttv.example/cap/b.xml"]
+    for bad in (XML_BOMB, b"<html/>"):
+        with pytest.raises(FeedError):
+            feed_items(bad, "https://kttv.example/")

@@ -4,8 +4,8 @@
 2. The same ``sender,identifier,sent`` again is a duplicate: answered as before, nothing repeated.
 3. The Vietnamese ``<info>`` (else the first) is chosen; its areas are matched against the communes
    of the scheduler's config (:mod:`.areas`).
-4. Only ``status=Actual`` alerts and updates can play. Test, Exercise, System and Draft messages, and
-   Ack/Error, are logged. An alert whose ``<expires>`` has passed is logged as expired.
+4. Only ``status=Actual``, ``scope=Public`` alerts and updates can play. Test, Exercise, System and
+   Draft messages, Ack/Error, and Restricted/Private ones (meant for named recipients) are logged. An alert whose ``<expires>`` has passed is logged as expired.
 5. ``Cancel`` stops what the referenced alerts started (their broadcasts are cancelled on the
    gateways, their pending approvals withdrawn). ``Update`` does the same and then goes on as a new
    alert with its own text and areas.
@@ -232,7 +232,8 @@ class CapIntake:
             expires_at=info.expires if info else None,
         )
         cancelled: list[str] = []
-        if alert.status != "Actual" or alert.msg_type in ("Ack", "Error"):
+        # Restricted and Private alerts are for named recipients, never for public loudspeakers
+        if alert.status != "Actual" or alert.msg_type in ("Ack", "Error") or alert.scope != "Public":
             return Outcome(await self.store.call(_insert, self.db, row), cancelled)
         if alert.msg_type == "Cancel":
             cancelled, old_gws = await self._stop_referenced(alert, STATE_CANCELLED)
