@@ -5,7 +5,8 @@
 3. The Vietnamese ``<info>`` (else the first) is chosen; its areas are matched against the communes
    of the scheduler's config (:mod:`.areas`).
 4. Only ``status=Actual``, ``scope=Public`` alerts and updates can play. Test, Exercise, System and
-   Draft messages, Ack/Error, and Restricted/Private ones (meant for named recipients) are logged. An alert whose ``<expires>`` has passed is logged as expired.
+   Draft messages, Ack/Error, and Restricted/Private ones (meant for named recipients) are logged.
+   An alert whose ``<expires>`` has passed is logged as expired.
 5. ``Cancel`` stops what the referenced alerts started (their broadcasts are cancelled on the
    gateways, their pending approvals withdrawn). ``Update`` does the same and then goes on as a new
    alert with its own text and areas.
