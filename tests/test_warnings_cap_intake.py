@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from protocol.models import BroadcastCancelBody, BroadcastPlanBody
 from protocol.signing import parse_body_as
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler
+from tests.conftest import run_loaxa
 from tests.sched_support import Keys, TestGateway, add_token, bearer, scheduler_config_dict, wait_for_async
 from tests.warnings_cap_support import COMMUNES, SHARED_CAP, XML_BOMB, XXE, cap_time, flood_alert, ref
 
@@ -138,6 +140,15 @@ async def test_oasis_example_matches_no_commune_and_nothing_plays(centre: Centre
     assert again["decision"] == "duplicate" and again["gateways"] == []
     await asyncio.sleep(1.0)  # nothing is expected; give a stray plan the time to arrive
     assert all(not g.received for g in centre.gateways.values())
+    # the same from the command line: `loaxa warnings cap send` then `cap list`
+    env = {"LOAXA_URL": str(centre.http.base_url), "LOAXA_TOKEN": centre.trusted["Authorization"].split()[1]}
+    sent = await asyncio.to_thread(run_loaxa, "warnings", "cap", "send",
+                                   str(SHARED_CAP / "oasis-amber-alert-example.xml"), env=env)
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["decision"] == "duplicate"
+    env["LOAXA_TOKEN"] = centre.http.headers["Authorization"].split()[1]
+    listed = await asyncio.to_thread(run_loaxa, "warnings", "cap", "list", env=env)
+    assert listed.returncode == 0 and "no_match" in listed.stdout and "KAR0-0306112239-SW" in listed.stdout
     # the raw message is in the audit log, anchored by its hash
     audit = (await centre.http.get("/api/audit", params={"action": "cap.receive"})).json()
     entry = audit[-1] if isinstance(audit, list) else audit["entries"][-1]
