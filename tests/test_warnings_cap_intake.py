@@ -82,13 +82,20 @@ class Centre:
     async def post(self, raw: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.http.post("/api/cap", content=raw, headers={**XML, **(headers or self.trusted)})
 
+    def _commands(self, gw: str, kind: str) -> list[Any]:
+        """Each command once: the scheduler may send a command again until its ack is applied."""
+        seen: dict[str, Any] = {}
+        for r in self.gateways[gw].received:
+            if r.envelope.kind == kind:
+                seen.setdefault(r.envelope.id, r.envelope)
+        return list(seen.values())
+
     def plans(self, gw: str) -> list[Any]:
-        return [parse_body_as(r.envelope, BroadcastPlanBody) for r in self.gateways[gw].received
-                if r.envelope.kind == "broadcast.plan"]
+        return [parse_body_as(e, BroadcastPlanBody) for e in self._commands(gw, "broadcast.plan")]
 
     def cancels(self, gw: str) -> list[str]:
-        return [bid for r in self.gateways[gw].received if r.envelope.kind == "broadcast.cancel"
-                for bid in parse_body_as(r.envelope, BroadcastCancelBody).broadcast_ids]
+        return [bid for e in self._commands(gw, "broadcast.cancel")
+                for bid in parse_body_as(e, BroadcastCancelBody).broadcast_ids]
 
 
 @pytest.fixture
