@@ -119,8 +119,10 @@ class Bench:
         return out
 
     def warnings(self, state: str | None = None) -> list[dict[str, Any]]:
-        return self.up.on(f"{GW}/event", lambda p: p.get("kind") == "warning"
-                          and (state is None or p.get("state") == state))
+        """Warning events at the centre, each once (reports are at least once: a copy may come twice)."""
+        got = self.up.on(f"{GW}/event", lambda p: p.get("kind") == "warning"
+                         and (state is None or p.get("state") == state))
+        return list({(p["rule_id"], p["state"], p["at"]): p for p in got}.values())
 
     def close(self) -> None:
         for p in self.procs:
