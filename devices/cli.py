@@ -10,6 +10,7 @@ from loaxa.plugins import optional_modules
 SIM_MODULES: tuple[str, ...] = (
     "devices.sim.speakers_cli",
     "devices.sim.sensors_cli",
+    "devices.sim.water_level_cli",
     "firmware_bridge.sim_cli",
 )
 

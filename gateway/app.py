@@ -43,6 +43,7 @@ SERVICE_MODULES: tuple[str, ...] = (
     "devices.sensors.service",
     "gateway.broadcast.service",
     "gateway.fleet",
+    "gateway.warnings.service",  # needs telemetry (readings) and broadcast (playback): attaches last
 )
 
 
@@ -78,6 +79,10 @@ class Gateway:
         #: set by ``request_restart`` (the centre's ``gateway.restart``): run_gateway starts it again
         self.restart_requested = False
         self._stop: asyncio.Event | None = None
+        #: what each service's ``attach`` returned, by short name ("broadcast", "telemetry", ...)
+        self.attached: dict[str, Any] = {}
+        #: media the cache must never evict although no plan needs it now (local warning rules)
+        self.pinned_media: set[str] = set()
 
     # ------------------------------------------------------------------ for services
 
@@ -122,8 +127,9 @@ class Gateway:
 
     def attach_services(self) -> None:
         for name, module in optional_modules(SERVICE_MODULES):
-            module.attach(self)
-            self.services.append(name.rsplit(".", 2)[-2])
+            short = name.rsplit(".", 2)[-2]
+            self.attached[short] = module.attach(self)
+            self.services.append(short)
 
     async def _watchdog(self) -> None:
         interval = sdnotify.watchdog_interval_s()

@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.schedules.cli",
     "scheduler.media.cli",
     "scheduler.fleet.cli",
+    "scheduler.warnings.cli",
     "devices.cli",
     "devices.sensors.cli",
     "gateway.serial.firmware_cli",

@@ -126,6 +126,10 @@ class Demo:
                 devices += [{"id": d.id, "type": "mqtt_sensor", "measurement": d.kind} for d in sims]
             # the commune's LAN broker: its ACL generated from the example for this gateway id, an
             # account for the gateway and one per speaker and networked sensor
+            from loaxa import demo_warnings  # the river gauge of the local flood warning (issue 14)
+
+            devices.append(demo_warnings.gauge_device())
+            lan_sensors.append(demo_warnings.GAUGE)
             lan = LanBroker(self.root / gw / "lan-mqtt", gateway_id=gw, devices=speakers + lan_sensors).start()
             self.servers.append(lan)
             creds_file = lan.write_credentials(self.root / gw / "device-passwords.json")
@@ -234,6 +238,9 @@ class StatusFollower:
                 else:
                     self.online.discard(gw)
             print(f"  [{stamp}] gateway {gw}: {state}", flush=True)
+        elif payload.get("kind") == "warning":
+            print(f"  [{stamp}] {gw}: WARNING {payload.get('rule_id')} {payload.get('state')} "
+                  f"({payload.get('device')} {payload.get('field')} = {payload.get('value')})", flush=True)
         elif payload.get("kind") == "playback":
             self.events += 1
             print(f"  [{stamp}] {gw}/{payload.get('device')}: {payload.get('broadcast_id')} {payload.get('state')}",
@@ -271,6 +278,11 @@ def run(args: argparse.Namespace) -> int:
         if args.endpoints_file:
             args.endpoints_file.write_text(json.dumps(ep, indent=2, ensure_ascii=False))
         print_banner(ep, args.endpoints_file)
+        from loaxa import demo_warnings
+
+        if "scheduler" in ep:
+            print("\n".join(demo_warnings.banner_lines(ep)), flush=True)
+        demo_warnings.start(ep, stopping)
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stopping.is_set():
             problems = demo.check_children()

@@ -327,7 +327,95 @@ class HealthReportBody(_Strict):
     """``kind = "health.report"``: the gateway publishes a fresh retained health report now."""
 
 
+#: Quiet hours are minutes of the local day; Việt Nam is UTC+7 all year.
+MINUTES_PER_DAY = 24 * 60
+
+
+class QuietHours(_Strict):
+    """No non-emergency warning starts between ``from_min`` and ``to_min`` (minutes of the local day,
+    ``utc_offset_min`` from UTC; the window may wrap past midnight). Emergency warnings ignore it."""
+
+    from_min: int = Field(ge=0, lt=MINUTES_PER_DAY)
+    to_min: int = Field(ge=0, lt=MINUTES_PER_DAY)
+    utc_offset_min: int = Field(default=420, ge=-14 * 60, le=14 * 60)
+
+    def contains(self, at_ms: int) -> bool:
+        minute = ((at_ms // 60_000) + self.utc_offset_min) % MINUTES_PER_DAY
+        if self.from_min <= self.to_min:
+            return self.from_min <= minute < self.to_min
+        return minute >= self.from_min or minute < self.to_min
+
+
+class WarningRule(_Strict):
+    """One local warning rule, evaluated by the gateway on its own readings (works with the WAN cut).
+
+    Signed envelopes carry integers only, so thresholds travel in thousandths of the field's unit
+    (``threshold_milli = 180000`` is 180 cm for ``water_level_cm``).
+    """
+
+    id: MessageId
+    device: DeviceId
+    field: str = Field(pattern=FIELD_NAME_PATTERN)
+    #: active once the value is >= threshold for ``for_s`` seconds (by the readings' timestamps)
+    threshold_milli: int | None = Field(default=None, ge=-(2**53), le=2**53)
+    for_s: int = Field(default=0, ge=0, le=24 * 3600)
+    #: or once the value rose by at least this much within the last 10 minutes
+    rise_per_10min_milli: int | None = Field(default=None, ge=1, le=2**53)
+    #: cleared when the value falls below threshold - hysteresis (and the rise below rise - hysteresis)
+    hysteresis_milli: int = Field(default=0, ge=0, le=2**53)
+    media: MediaRef
+    targets: Targets = "*"
+    priority: int = Field(default=PRIORITY_EMERGENCY, ge=0, le=9)
+    volume: int = Field(default=100, ge=0, le=100)
+    #: while active, play again every ``repeat_every_s`` seconds (0: once), at most ``max_plays`` in all
+    repeat_every_s: int = Field(default=0, ge=0, le=24 * 3600)
+    max_plays: int = Field(default=1, ge=1, le=100)
+    quiet_hours: QuietHours | None = None
+    title: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> WarningRule:
+        if self.threshold_milli is None and self.rise_per_10min_milli is None:
+            raise ValueError(f"rule {self.id}: give threshold_milli, rise_per_10min_milli or both")
+        if self.repeat_every_s and 0 < self.repeat_every_s < 60:
+            raise ValueError(f"rule {self.id}: repeat_every_s must be 0 or at least 60")
+        return self
+
+
+class WarningRulesBody(_Strict):
+    """``kind = "warning.rules"``: the gateway's whole rule set (replaces the previous one; ``[]`` clears)."""
+
+    rules: list[WarningRule] = Field(max_length=100)
+
+    @model_validator(mode="after")
+    def _unique(self) -> WarningRulesBody:
+        ids = [r.id for r in self.rules]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"rule ids must be unique: {', '.join(dup)}")
+        return self
+
+
+WarningState = Literal["started", "repeated", "cleared", "suppressed"]
+
+
+class WarningEvent(_Open):
+    """``loaxa/v1/{gw}/event`` with ``kind = "warning"``: a local warning rule changed state or played."""
+
+    kind: Literal["warning"] = "warning"
+    rule_id: MessageId
+    state: WarningState
+    at: EpochMs
+    device: DeviceId
+    field: str = Field(max_length=64)
+    value: float | None = None
+    broadcast_id: MessageId | None = None
+    plays: int = 0
+    reason: str | None = Field(default=None, max_length=200)
+
+
 COMMAND_BODIES: dict[str, type[BaseModel]] = {
+    "warning.rules": WarningRulesBody,
     "broadcast.plan": BroadcastPlanBody,
     "broadcast.cancel": BroadcastCancelBody,
     "device.set": DeviceSetBody,

@@ -16,7 +16,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.canonical import canonical_json
-from protocol.models import BroadcastPlanBody, Envelope, MediaRef, PlanItem
+from protocol.models import (
+    BroadcastPlanBody,
+    Envelope,
+    MediaRef,
+    PlanItem,
+    QuietHours,
+    WarningRule,
+    WarningRulesBody,
+)
 from protocol.signing import Signer, key_id_for, public_key_b64
 
 #: The seed of the test key: bytes 0x00, 0x01, …, 0x1f. Never use it for anything real.
@@ -48,6 +56,26 @@ def vector() -> dict[str, str]:
         "signature_hex": base64.b64decode(env.sig).hex(),
         "envelope_json": env.model_dump_json(),
     }
+
+
+def warning_rules_vector() -> dict[str, str]:
+    """A signed ``warning.rules`` command with the same test key (docs/protocol.md, "Kinds")."""
+    key = Ed25519PrivateKey.from_private_bytes(SEED)
+    signer = Signer(key_id_for(key.public_key()), key)
+    sha = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+    body = WarningRulesBody(rules=[WarningRule(
+        id="lu-song-cai", device="mucnuoc-cau-moi", field="water_level_cm", threshold_milli=180000, for_s=60,
+        rise_per_10min_milli=30000, hysteresis_milli=10000,
+        media=MediaRef(sha256=sha, url=f"https://loaxa.example.gov.vn/media/{sha}", bytes=96211, duration_ms=24000),
+        targets="*", priority=9, volume=100, repeat_every_s=900, max_plays=4,
+        quiet_hours=QuietHours(from_min=1320, to_min=360), title="Mực nước sông Cái báo động 2",
+    )])
+    env = signer.sign(Envelope(id="cmd-0002", gw="xa-an-binh", kind="warning.rules", issued_at=1795575600000,
+                               expires_at=1795579200000, key=signer.key_id,
+                               body=body.model_dump(mode="json", exclude_none=True)))
+    canon = canonical_json(env.signed_part())
+    return {"canonical_utf8": canon.decode("utf-8"), "canonical_sha256_hex": hashlib.sha256(canon).hexdigest(),
+            "signature_b64": env.sig, "envelope_json": env.model_dump_json()}
 
 
 #: Values whose canonical form an implementation is most likely to get wrong. Keys outside the BMP
@@ -98,4 +126,5 @@ if __name__ == "__main__":
     if "--fleet" in sys.argv:
         print("\n".join(fleet_vectors()))
     else:
-        print(json.dumps({**vector(), "canonical_cases": canonical_cases()}, ensure_ascii=False, indent=2))
+        print(json.dumps({**vector(), "warning_rules": warning_rules_vector(), "canonical_cases": canonical_cases()},
+                         ensure_ascii=False, indent=2))

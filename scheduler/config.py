@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from loaxa.mqttconf import MqttEndpoint
 from loaxa.yamlconf import Secret, StrictModel, load_config
@@ -97,11 +97,58 @@ class IocInfluxSection(StrictModel):
     max_points: int = Field(default=50_000, ge=100, le=1_000_000, description="most points in one page")
 
 
+LatLon = tuple[float, float]
+
+
 class GatewayEntry(StrictModel):
     """A gateway this scheduler serves: its id is its user name on the central broker."""
 
     id: GatewayId
     commune: str | None = Field(default=None, max_length=200)
+    code: str | None = Field(default=None, min_length=1, max_length=32,
+                             description="the commune's administrative code (CAP <geocode> matches it)")
+    location: LatLon | None = Field(default=None, description="[latitude, longitude] of the commune (WGS 84)")
+    boundary: list[LatLon] | None = Field(default=None, min_length=4, max_length=5000,
+                                          description="the commune's boundary: [[lat, lon], ...], closed")
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: LatLon | None) -> LatLon | None:
+        if v is not None and not (-90 <= v[0] <= 90 and -180 <= v[1] <= 180):
+            raise ValueError("location is [latitude, longitude]: latitude -90..90, longitude -180..180")
+        return v
+
+    @field_validator("boundary")
+    @classmethod
+    def _boundary(cls, v: list[LatLon] | None) -> list[LatLon] | None:
+        if v is None:
+            return v
+        if v[0] != v[-1]:
+            raise ValueError("boundary must end with its first point")
+        if any(not (-90 <= lat <= 90 and -180 <= lon <= 180) for lat, lon in v):
+            raise ValueError("boundary points are [latitude, longitude] within WGS 84")
+        return v
+
+
+CapUrgency = Literal["Immediate", "Expected", "Future", "Past", "Unknown"]
+CapSeverity = Literal["Extreme", "Severe", "Moderate", "Minor", "Unknown"]
+
+
+class CapFeedEntry(StrictModel):
+    url: str = Field(pattern=r"^https?://", max_length=2048, description="Atom or RSS feed of CAP 1.2 alerts")
+    source: str = Field(min_length=1, max_length=100, description="name of this source for the trust policy")
+    interval_s: float = Field(default=60.0, ge=5.0, le=86400.0)
+
+
+class CapSection(StrictModel):
+    """CAP 1.2 intake (docs/warnings.md): who may send at once, what goes out without an approver."""
+
+    trusted_sources: list[str] = Field(default_factory=list, description=(
+        "token/account names (POST /api/cap) and feed sources whose alerts may be sent at once"))
+    auto_send_severities: list[CapSeverity] = Field(default_factory=lambda: list[CapSeverity](["Extreme"]))
+    auto_send_urgencies: list[CapUrgency] = Field(default_factory=lambda: list[CapUrgency](["Immediate"]))
+    volume: int = Field(default=100, ge=0, le=100)
+    feeds: list[CapFeedEntry] = Field(default_factory=list, max_length=50)
 
 
 class SchedulerConfig(StrictModel):
@@ -113,6 +160,7 @@ class SchedulerConfig(StrictModel):
     media: MediaSection = MediaSection()
     dispatch: DispatchSection = DispatchSection()
     influx: IocInfluxSection | None = None
+    cap: CapSection = CapSection()
     gateways: list[GatewayEntry] = Field(
         default_factory=list,
         description="the gateways this scheduler serves; messages of any other gateway id are ignored",

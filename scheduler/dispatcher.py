@@ -97,6 +97,8 @@ class Dispatcher:
         self.sent = 0
         self.received = 0
         self._inbox: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=INBOX_SIZE)
+        #: commands whose ack someone awaits (``await_ack``), by command id
+        self._ack_waiters: dict[str, asyncio.Future[Ack]] = {}
         link.subscribe(filter_all_gateways("status"), self._on_status)
         link.subscribe(filter_all_gateways("ack"), self._on_ack)
         link.subscribe(filter_all_gateways("event"), self._on_event)
@@ -184,6 +186,24 @@ class Dispatcher:
         await self.send(out)
         return len(out)
 
+    async def send_and_wait(self, env: Envelope, gw: str, timeout_s: float) -> Ack | None:
+        """Publish one command that is not tracked in the database (e.g. ``warning.rules``) and wait
+        for the gateway's ack; None when none came in time (offline: the caller says so)."""
+        fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._ack_waiters[env.id] = fut
+        try:
+            if not self.link.connected.is_set():
+                return None
+            remaining_s = max(1, math.ceil((env.expires_at - now_ms()) / 1000))
+            await self.link.publish(cmd_topic(gw), env.model_dump_json(), qos=1, expiry_s=remaining_s)
+            self.sent += 1
+            try:
+                return await asyncio.wait_for(fut, timeout_s)
+            except TimeoutError:
+                return None
+        finally:
+            self._ack_waiters.pop(env.id, None)
+
     # ------------------------------------------------------------ sending
 
     async def send(self, out: Sequence[Outgoing]) -> int:
@@ -268,6 +288,9 @@ class Dispatcher:
             return
         if not ack.ok:
             log.warning("gateway %s answered command %s: %s (%s)", gw, ack.id, ack.reason, ack.error)
+        waiter = self._ack_waiters.get(ack.id)
+        if waiter is not None and not waiter.done() and ack.reason != "deferred":
+            waiter.set_result(ack)
         await self._inbox.put(Incoming(gw, ack))
 
     async def _on_event(self, msg: aiomqtt.Message) -> None:
@@ -278,6 +301,13 @@ class Dispatcher:
             data = parse_json(bytes(msg.payload))
         except ProtocolError as exc:
             log.warning("bad event on %s: %s", msg.topic, exc)
+            return
+        if isinstance(data, dict) and data.get("kind") == "warning":
+            # a gateway's local warning rule started, repeated or cleared (docs/warnings.md): its plays
+            # come as playback events; raising it as a fleet alarm is the alarms' business
+            log.warning("gateway %s: local warning %s %s (%s %s = %s)", gw, str(data.get("rule_id"))[:128],
+                        str(data.get("state"))[:16], str(data.get("device"))[:64], str(data.get("field"))[:64],
+                        str(data.get("value"))[:32])
             return
         if not isinstance(data, dict) or data.get("kind") != "playback":
             return  # alarms and other events are not the dispatcher's business

@@ -103,6 +103,7 @@ class Scheduler:
     app: FastAPI
     fleet: Fleet
     ioc: IocApi | None = None
+    warnings: Any = None  # scheduler.warnings.service.Warnings: CAP intake and feed pollers
 
     @classmethod
     def build(cls, cfg: SchedulerConfig) -> Scheduler:
@@ -202,9 +203,13 @@ class Scheduler:
         routers.append(fleet_router(fleet, require, fleet_audit))
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
         app.state.fleet = fleet  # the web UI's fleet page reads its live state
-        for router in routers:  # /metrics, /ioc/v1, /api/fleet and /api/alarms
+        from scheduler.warnings.service import build_warnings
+
+        warnings = build_warnings(cfg, dispatcher, library, access)
+        routers.append(warnings.router)
+        for router in routers:  # /metrics, /ioc/v1, /api/fleet, /api/alarms, /api/cap and warning rules
             app.include_router(router)
-        return cls(cfg, astore, library, dispatcher, app, fleet, ioc)
+        return cls(cfg, astore, library, dispatcher, app, fleet, ioc, warnings)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -247,6 +252,7 @@ class Scheduler:
         http = asyncio.create_task(server.serve(), name="http")
         waiter = asyncio.create_task(stop.wait(), name="stop")
         systemd = asyncio.create_task(self._systemd(server), name="systemd")
+        feeds = asyncio.create_task(self.warnings.run() if self.warnings else asyncio.sleep(0), name="cap-feeds")
         try:
             done, _ = await asyncio.wait({disp, fleet, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -259,7 +265,8 @@ class Scheduler:
             fleet.cancel()
             waiter.cancel()
             systemd.cancel()
-            await asyncio.gather(disp, fleet, http, waiter, systemd, return_exceptions=True)
+            feeds.cancel()
+            await asyncio.gather(disp, fleet, http, waiter, systemd, feeds, return_exceptions=True)
             if self.ioc is not None:
                 await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)

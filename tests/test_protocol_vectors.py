@@ -98,3 +98,17 @@ def test_signed_vector_is_jcs() -> None:
     env = json.loads(_block("envelope"))
     env.pop("sig")
     assert rfc8785.dumps(env).decode("utf-8") == _block("canonical")
+
+
+def test_warning_rules_vector_verifies_and_matches_the_code() -> None:
+    from protocol.vectors import warning_rules_vector
+
+    v = _vectors()
+    env = json.loads(_block("warning-rules-envelope"))
+    sig = base64.b64decode(env.pop("sig"))
+    canon = _canonical_by_hand(env).encode("utf-8")
+    nacl.signing.VerifyKey(base64.b64decode(v["public_key_b64"])).verify(canon, sig)
+    code = warning_rules_vector()
+    assert _block("warning-rules-envelope") == code["envelope_json"]
+    assert hashlib.sha256(canon).hexdigest() == code["canonical_sha256_hex"]
+    assert code["canonical_sha256_hex"] in DOC.read_text(encoding="utf-8")

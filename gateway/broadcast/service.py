@@ -40,7 +40,8 @@ class BroadcastService:
         self.cfg: BroadcastSection = getattr(cfg, "broadcast", None) or BroadcastSection()
         data_dir = gw.data_dir
         self.store = PlanStore(data_dir / "broadcast.sqlite")
-        self.media = MediaCache(data_dir / "media", cfg.media.max_bytes, pinned=lambda: self.executor.needed_media())
+        self.media = MediaCache(data_dir / "media", cfg.media.max_bytes,
+                                pinned=lambda: self.executor.needed_media() | set(getattr(gw, "pinned_media", ())))
         self.hub = IpSpeakerHub(gw.id, gw.local)
         # the gateway's speaker registry: serial-node speakers are in it already; ours join them
         self.drivers: dict[str, SpeakerDriver] = gw.speakers

@@ -121,6 +121,9 @@ class TelemetryService:
         self._prefixes: dict[tuple[str, str], str] = {}
         self.last_driver_error: str | None = None
         self.started = asyncio.Event()
+        #: called with every batch of accepted rows before the spool commit (local warning rules);
+        #: on the event loop, so they must be quick and must not block
+        self.observers: list[Callable[[Sequence[tuple[int, str, str, str]]], None]] = []
 
     # ------------------------------------------------------------------ accepting
 
@@ -168,7 +171,15 @@ class TelemetryService:
                 log.exception("checking a telemetry message on %s failed; refusing it", m.topic[:200])
                 self._reject([Rejection("internal", f"{type(exc).__name__}: {str(exc)[:200]}")], None)
         self.accepted += len(rows)
+        self._observe(rows)
         return rows
+
+    def _observe(self, rows: Sequence[tuple[int, str, str, str]]) -> None:
+        for observer in self.observers:
+            try:
+                observer(rows)
+            except Exception:  # a rule that fails must never cost a reading
+                log.exception("telemetry observer %r failed", observer)
 
     def _process_one(self, m: InMsg, now: int, rows: list[tuple[int, str, str, str]]) -> None:
         parts = m.topic.split("/")
@@ -231,6 +242,7 @@ class TelemetryService:
             self._reject(checked.rejected, device_id)
         rows = [(ts, device_id, measurement, fields) for ts, fields in checked.accepted]
         self.accepted += len(rows)
+        self._observe(rows)
         await self.spool.put(rows)
 
     # ------------------------------------------------------------------ delivery

@@ -28,6 +28,10 @@ ACCOUNTS_ADMIN = "accounts:admin"
 AUDIT_READ = "audit:read"
 IOC_READ = "ioc:read"
 CONFIG_RELOAD = "config:reload"
+#: post CAP 1.2 alerts to /api/cap (the province's warning centre, a hydrology station)
+CAP_SUBMIT = "cap:submit"
+#: send local warning rules (water level → warning) to gateways
+WARNING_RULES = "warning:rules"
 
 ALL_PERMISSIONS: frozenset[str] = frozenset(
     {
@@ -47,6 +51,8 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
         AUDIT_READ,
         IOC_READ,
         CONFIG_RELOAD,
+        CAP_SUBMIT,
+        WARNING_RULES,
     }
 )
 
@@ -71,9 +77,11 @@ ROLES: dict[str, frozenset[str]] = {
     "operator": frozenset(
         {BROADCAST_READ, BROADCAST_CREATE, BROADCAST_CANCEL, SCHEDULE_WRITE, MEDIA_READ, MEDIA_WRITE, FLEET_READ}
     ),
-    "technician": frozenset({FLEET_READ, DEVICE_CONTROL, FIRMWARE_WRITE, BROADCAST_READ, MEDIA_READ}),
+    "technician": frozenset({FLEET_READ, DEVICE_CONTROL, FIRMWARE_WRITE, BROADCAST_READ, MEDIA_READ, WARNING_RULES}),
     "viewer": frozenset({BROADCAST_READ, FLEET_READ, MEDIA_READ}),
     "ioc": frozenset({IOC_READ, FLEET_READ}),
+    # a machine that sends CAP alerts (docs/warnings.md); nothing else
+    "alert-source": frozenset({CAP_SUBMIT}),
 }
 
 #: Roles that only an area-wide grant makes sense for are not restricted: any role may be scoped.

@@ -11,6 +11,7 @@ import scheduler.access.models  # its tables join Base.metadata
 import scheduler.fleet.models  # its tables join Base.metadata
 import scheduler.models
 import scheduler.schedules.models  # its tables join Base.metadata
+import scheduler.warnings.models  # its tables join Base.metadata
 
 metadata: MetaData = scheduler.models.Base.metadata
 
