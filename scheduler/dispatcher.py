@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Literal, cast
 
 import aiomqtt
@@ -54,8 +54,9 @@ log = logging.getLogger(__name__)
 INBOX_SIZE = 50_000
 #: At most this many incoming messages are applied in one database transaction.
 BATCH_MAX = 500
-#: Publishes in flight at once when sending many commands.
-PUBLISH_CONCURRENCY = 50
+#: Publishes awaiting their PUBACK at once when sending many commands (the QoS 1 in-flight window;
+#: the MQTT client queues beyond its own ``max_inflight``).
+PUBLISH_WINDOW = 1000
 
 #: Speakers are told apart from sensors by a retained state carrying one of these keys.
 SPEAKER_STATE_KEYS = ("volume", "playing")
@@ -94,6 +95,7 @@ class Dispatcher:
         self.sent = 0
         self.received = 0
         self._inbox: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=INBOX_SIZE)
+        self._tasks: set[asyncio.Task[Any]] = set()
         link.subscribe(filter_all_gateways("status"), self._on_status)
         link.subscribe(filter_all_gateways("ack"), self._on_ack)
         link.subscribe(filter_all_gateways("event"), self._on_event)
@@ -166,9 +168,26 @@ class Dispatcher:
             make_envelope=self.make_envelope,
             broadcast_id=broadcast_id,
         )
-        log.info("broadcast %s created for %s", bid, ", ".join(targets))
-        await self.send(out)
+        log.info("broadcast %s created for %d target(s): %s", bid, len(targets), ", ".join(targets[:20]))
+        # durable now: the answer need not wait for the publishes (a command that does not go out
+        # now stays pending in the database and goes with the resend loop or the gateway's return)
+        self._background(self.send(out), f"publish {bid}")
         return bid
+
+    def _background(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for the publishes started in the background (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def register_gateway(self, gw: str, commune: str | None) -> None:
         """Register a gateway (or rename its commune): from then on its messages count."""
@@ -184,20 +203,22 @@ class Dispatcher:
     # ------------------------------------------------------------ sending
 
     async def send(self, out: Sequence[Outgoing]) -> int:
-        """Publish commands now (those whose publish succeeds are marked sent). Returns how many went."""
+        """Publish commands now, pipelined (up to :data:`PUBLISH_WINDOW` awaiting their PUBACK); those
+        whose publish succeeds are marked sent, in one statement. Returns how many went."""
         sent: list[str] = []
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
 
         async def one(o: Outgoing) -> None:
-            if not self.link.connected.is_set():
-                return  # not queued in memory: the database has it, and it goes when the gateway is online
-            remaining_s = math.ceil((o.expires_at - now_ms()) / 1000)
-            if remaining_s <= 0:
-                return
-            if await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s):
-                sent.append(o.command_id)
+            async with window:
+                if not self.link.connected.is_set():
+                    return  # not queued in memory: the database has it, and it goes when the gateway is online
+                remaining_s = math.ceil((o.expires_at - now_ms()) / 1000)
+                if remaining_s <= 0:
+                    return
+                if await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s):
+                    sent.append(o.command_id)
 
-        for i in range(0, len(out), PUBLISH_CONCURRENCY):
-            await asyncio.gather(*(one(o) for o in out[i : i + PUBLISH_CONCURRENCY]))
+        await asyncio.gather(*(one(o) for o in out))
         if sent:
             await self.store.call(self.db.mark_sent, sent, now_ms())
             self.sent += len(sent)
@@ -329,7 +350,11 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Run the MQTT link and the resend loop until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.link.run(), name="dispatcher-mqtt")
-            tg.create_task(self._resend_loop(), name="dispatcher-resend")
-            tg.create_task(self._apply_loop(), name="dispatcher-apply")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.link.run(), name="dispatcher-mqtt")
+                tg.create_task(self._resend_loop(), name="dispatcher-resend")
+                tg.create_task(self._apply_loop(), name="dispatcher-apply")
+        finally:
+            for task in list(self._tasks):
+                task.cancel()

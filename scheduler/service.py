@@ -152,7 +152,8 @@ class Scheduler:
             raise SetupError(NO_ACCOUNTS.format(host=cfg.http.host))
         signer_urls = media_url_signer(cfg)
 
-        link = MqttLink(cfg.broker, client_id=f"loaxa-scheduler-{socket.gethostname()}"[:128], name="central")
+        link = MqttLink(cfg.broker, client_id=f"loaxa-scheduler-{socket.gethostname()}"[:128], name="central",
+                       max_inflight=1000)
         astore = AsyncStore(store)
         dispatcher = Dispatcher(
             astore,
