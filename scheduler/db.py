@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from functools import partial
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Table, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import Table, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, selectinload
 
 from protocol.ids import validate_id
@@ -132,7 +133,7 @@ _RANK_SQL = "CASE state " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in SPEAKER_
 _TERMINAL_SQL = ", ".join(f"'{k}'" for k in sorted(TERMINAL_SPEAKER_STATES))
 #: :func:`advance_speaker` as one statement, for many reports at once (executemany). Every right-hand
 #: side reads the row as it was before the statement (SQL semantics), like the Python version.
-ADVANCE_SPEAKER_SQL = text(f"""
+ADVANCE_SPEAKER_SQL = f"""
 UPDATE speaker_deliveries SET
   delivered_at = CASE WHEN :is_delivered = 1 AND delivered_at IS NULL THEN :at ELSE delivered_at END,
   started_at = CASE WHEN :is_started = 1 AND started_at IS NULL THEN :at ELSE started_at END,
@@ -141,7 +142,39 @@ UPDATE speaker_deliveries SET
   updated_at = CASE WHEN {_RANK_SQL} < :rank THEN :now ELSE updated_at END,
   state = CASE WHEN {_RANK_SQL} < :rank THEN :state ELSE state END
 WHERE broadcast_id = :bid AND gateway_id = :gw AND device_id = :dev
-""")
+"""
+#: an answered command: only while it is still open, so the first answer counts (and only once)
+ANSWER_COMMAND_SQL = """
+UPDATE gateway_deliveries SET state = :state, acked_at = :now,
+  error = CASE WHEN :has_error = 1 THEN :error ELSE error END
+WHERE id = :id AND state IN ('pending', 'expired')
+"""
+#: a refusal that can heal: note why, keep it pending
+NOTE_RETRY_SQL = "UPDATE gateway_deliveries SET error = :error WHERE id = :id AND state = 'pending'"
+#: the speakers of an answered plan follow it: delivered (from pending) or failed (from pending or
+#: delivered), only if the plan is in that state now (whoever answered it), never backwards
+PLAN_SPEAKERS_SQL = """
+UPDATE speaker_deliveries SET state = :to, updated_at = :now,
+  delivered_at = CASE WHEN :to = 'delivered' AND delivered_at IS NULL THEN :now ELSE delivered_at END,
+  ended_at = CASE WHEN :to = 'failed' THEN :now ELSE ended_at END,
+  reason = CASE WHEN :has_reason = 1 THEN :reason ELSE reason END
+WHERE broadcast_id = :bid AND gateway_id = :gw
+  AND (state = 'pending' OR (:to = 'failed' AND state = 'delivered'))
+  AND EXISTS (SELECT 1 FROM gateway_deliveries g WHERE g.id = :pid AND g.state = :plan_state)
+"""
+
+
+def driver_sql(s: Session, sql: str) -> str:
+    """``sql`` written with ``:name`` parameters, for this connection's driver (run with
+    ``exec_driver_sql``: many rows at once without SQLAlchemy's per-row work)."""
+    if s.get_bind().dialect.paramstyle == "pyformat":
+        return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
+    return sql
+
+
+def executemany(s: Session, sql: str, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        s.connection().exec_driver_sql(driver_sql(s, sql), rows)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -154,6 +187,11 @@ class _ReportBatch:
     devices: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     #: parameters of :data:`ADVANCE_SPEAKER_SQL`, written at the next non-report message or the end
     updates: list[dict[str, Any]] = field(default_factory=list)
+    #: command id -> (row id, broadcast, gateway, kind, state, expires_at), or None: unknown
+    commands: dict[str, tuple[int, str, str, str, str, int] | None] = field(default_factory=dict)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    retries: list[dict[str, Any]] = field(default_factory=list)
+    plan_speakers: list[dict[str, Any]] = field(default_factory=list)
 
 
 C = TypeVar("C")
@@ -634,63 +672,75 @@ class Store:
     def _write_seen(self, s: Session, now: int) -> None:
         seen: set[str] = s.info.pop("seen", set())
         if seen:
-            s.execute(
-                update(Gateway.__table__).where(Gateway.__table__.c.id == bindparam("gw")).values(last_seen=now),
-                [{"gw": gw} for gw in sorted(seen)],
-            )
+            executemany(s, "UPDATE gateways SET last_seen = :now WHERE id = :gw",
+                        [{"gw": gw, "now": now} for gw in sorted(seen)])
+
+    def _prefetch_commands(self, s: Session, ids: Iterable[str]) -> None:
+        """Load, in one query per 900 ids, the commands the acks of a batch answer."""
+        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
+        wanted = sorted({i for i in ids if i not in batch.commands})
+        gd = GatewayDelivery
+        for chunk in chunks(wanted):
+            for row in s.execute(
+                select(gd.id, gd.broadcast_id, gd.gateway_id, gd.kind, gd.state, gd.expires_at, gd.command_id).where(
+                    gd.command_id.in_(chunk)
+                )
+            ):
+                batch.commands[row.command_id] = (row.id, row.broadcast_id, row.gateway_id, row.kind, row.state,
+                                                  row.expires_at)
+        for i in wanted:
+            batch.commands.setdefault(i, None)
 
     def _ack(self, s: Session, gw: str, ack: Ack, now: int) -> str | None:
-        """Apply a gateway's ack; returns the new delivery state, or None for an unknown command id.
+        """Apply a gateway's ack (queued for the batch's bulk statements); returns the new delivery
+        state, or None for an unknown command id.
 
-        Every change is a conditional statement (``... WHERE state = 'pending'``), so the same ack
-        applied twice, or by two scheduler workers at once, changes the rows once."""
-        gd = GatewayDelivery
-        d = s.execute(
-            select(gd.id, gd.broadcast_id, gd.gateway_id, gd.kind, gd.state, gd.expires_at).where(
-                gd.command_id == ack.id
-            )
-        ).first()
+        Every change is conditional (an open command is answered once; its speakers follow only the
+        state the command is in now), so the same ack applied twice, or by two scheduler workers at
+        once, changes the rows once."""
+        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
+        if ack.id not in batch.commands:
+            self._prefetch_commands(s, [ack.id])
+        d = batch.commands[ack.id]
         if d is None:
             return None
-        if d.gateway_id != gw:
-            log.warning("ack for command %s came from gateway %s, not %s; ignored", ack.id, gw, d.gateway_id)
+        pid, bid, owner, kind, state, expires_at = d
+        if owner != gw:
+            log.warning("ack for command %s came from gateway %s, not %s; ignored", ack.id, gw, owner)
             return None
         self._seen(s, gw)
-        if d.state in (GW_DELIVERED, GW_REFUSED):
-            return str(d.state)  # the first answer counts
-        open_states = (GW_PENDING, GW_EXPIRED)
+        if state in (GW_DELIVERED, GW_REFUSED):
+            return state  # the first answer counts
         reason = (ack.reason or "").lower()
-        if not ack.ok and reason in RETRY_REASONS and d.expires_at > now:
+        if not ack.ok and reason in RETRY_REASONS and expires_at > now:
             error = f"not yet: {ack.reason}: {ack.error or ''}".strip().rstrip(":")[:500]
-            s.execute(update(gd).where(gd.id == d.id, gd.state == GW_PENDING).values(error=error)
-                      .execution_options(synchronize_session=False))
-            return str(d.state)  # still pending: the resend loop sends it again
+            batch.retries.append({"id": pid, "error": error})
+            return state  # still pending: the resend loop sends it again
         if ack.ok or reason in ALREADY_SEEN_REASONS:
             new, error = GW_DELIVERED, (None if ack.ok else f"gateway had already seen it ({ack.reason})")
         else:
             new, error = GW_REFUSED, f"{ack.reason or 'refused'}: {ack.error or ''}".strip().rstrip(":")[:500]
-        values: dict[str, Any] = {"state": new, "acked_at": now}
-        if error is not None:
-            values["error"] = error
-        won = s.execute(
-            update(gd).where(gd.id == d.id, gd.state.in_(open_states)).values(**values)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not won:  # another transaction answered it first
-            return s.scalars(select(gd.state).where(gd.id == d.id)).one()
-        if d.kind == KIND_PLAN:
-            if new == GW_DELIVERED:
-                self._speakers_of(s, d.broadcast_id, gw, (SPK_PENDING,), SPK_DELIVERED, now, None)
-            else:
-                self._speakers_of(s, d.broadcast_id, gw, (SPK_PENDING, SPK_DELIVERED), SPK_FAILED, now,
-                                  f"gateway refused the plan: {error}")
+        batch.answers.append({"id": pid, "state": new, "now": now, "has_error": int(error is not None),
+                              "error": error or ""})
+        if kind == KIND_PLAN:
+            failed = new == GW_REFUSED
+            batch.plan_speakers.append({
+                "bid": bid, "gw": gw, "pid": pid, "plan_state": new, "now": now,
+                "to": SPK_FAILED if failed else SPK_DELIVERED, "has_reason": int(failed),
+                "reason": f"gateway refused the plan: {error}"[:500] if failed else "",
+            })
+        batch.commands[ack.id] = (pid, bid, owner, kind, new, expires_at)
+        if kind == KIND_PLAN and batch.plans.get((bid, gw)) is not None:
+            batch.plans[(bid, gw)] = (pid, new)
         return new
 
     def record_ack(self, gw: str, ack: Ack, now: int) -> str | None:
         with self.session() as s, s.begin():
-            state = self._ack(s, gw, ack, now)
+            if self._ack(s, gw, ack, now) is None:
+                return None
+            self._write_reports(s)
             self._write_seen(s, now)
-            return state
+            return s.scalars(select(GatewayDelivery.state).where(GatewayDelivery.command_id == ack.id)).one()
 
     def _prefetch_reports(self, s: Session, items: Sequence[Incoming]) -> None:
         """Load, in two queries, the plans and speaker rows the playback reports of a batch are about."""
@@ -771,11 +821,16 @@ class Store:
         return ev.state
 
     def _write_reports(self, s: Session) -> None:
+        """Write the queued acks and reports of a batch: one statement each (executemany)."""
         batch: _ReportBatch | None = s.info.get("reports")
-        if batch is None or not batch.updates:
+        if batch is None:
             return
-        s.execute(ADVANCE_SPEAKER_SQL, batch.updates)
-        batch.updates = []
+        s.flush()  # ORM changes of earlier messages first
+        executemany(s, NOTE_RETRY_SQL, batch.retries)
+        executemany(s, ANSWER_COMMAND_SQL, batch.answers)
+        executemany(s, PLAN_SPEAKERS_SQL, batch.plan_speakers)
+        executemany(s, ADVANCE_SPEAKER_SQL, batch.updates)
+        batch.retries, batch.answers, batch.plan_speakers, batch.updates = [], [], [], []
 
     def record_playback(self, gw: str, ev: PlaybackEvent, now: int) -> str | None:
         with self.session() as s, s.begin():
@@ -795,11 +850,11 @@ class Store:
         gw, what = item.gateway, item.message
         if isinstance(what, PlaybackEvent):
             return self._playback(s, gw, what, now)
-        self._write_reports(s)  # keep arrival order between reports and everything else
-        if isinstance(what, Status):
-            return self._status(s, gw, what, now)
         if isinstance(what, Ack):
             return self._ack(s, gw, what, now)
+        self._write_reports(s)  # keep arrival order between acks/reports and everything else
+        if isinstance(what, Status):
+            return self._status(s, gw, what, now)
         assert item.device is not None and isinstance(what, dict)
         return self._speaker(s, gw, item.device, what, now)
 
@@ -816,6 +871,7 @@ class Store:
         try:
             with self.session() as s, s.begin():
                 self._prefetch_reports(s, items)
+                self._prefetch_commands(s, [i.message.id for i in items if isinstance(i.message, Ack)])
                 results = [self._apply_one(s, item, now) for item in items]
                 self._write_reports(s)
                 self._write_seen(s, now)
@@ -922,6 +978,75 @@ def broadcast_dict(b: Broadcast, deliveries: Sequence[Any] | None = None,
         ],
         "summary": counts,
     }
+
+
+#: the PostgreSQL advisory lock key of the dispatch leader (any constant; "loaxa" in ASCII)
+DISPATCH_LOCK_KEY = 0x6C6F617861
+
+
+class DispatchLock:
+    """Held by at most one of several scheduler workers sharing a database: the worker that sends
+    pending commands again (resend loop, gateways coming online). Every worker ingests, and the worker
+    that creates a broadcast publishes it once itself.
+
+    PostgreSQL: a session advisory lock on a connection of its own, released by the server when the
+    holder dies or its connection drops. SQLite: an exclusive ``flock`` on ``<database>.dispatch.lock``
+    (workers on one machine), released by the kernel when the holder dies.
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._conn: Any = None
+        self._fd: int | None = None
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        """Take the lock if free, or check it is still ours. Blocking: run it on the DB thread."""
+        engine = self.store.engine
+        if engine.dialect.name == "postgresql":
+            try:
+                if self._conn is None:
+                    self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                if self.held:
+                    self._conn.execute(text("SELECT 1"))
+                else:
+                    self.held = bool(self._conn.execute(text("SELECT pg_try_advisory_lock(:k)"),
+                                                        {"k": DISPATCH_LOCK_KEY}).scalar())
+            except Exception as exc:  # the connection is gone, and the lock with it
+                log.warning("dispatch lock: lost its database connection (%s)", exc)
+                self.release()
+            return self.held
+        database = engine.url.database
+        if not database or database == ":memory:":
+            self.held = True
+            return True
+        if self._fd is None:
+            import fcntl
+            import os
+
+            fd = os.open(f"{database}.dispatch.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            self._fd = fd
+            self.held = True
+        return self.held
+
+    def release(self) -> None:
+        self.held = False
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                log.debug("dispatch lock: closing its connection failed", exc_info=True)
+            self._conn = None
+        if self._fd is not None:
+            import os
+
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
 
 class AsyncStore:

@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 import aiomqtt
 from pydantic import BaseModel
 
-from loaxa.mqttlink import MqttLink
+from loaxa.mqttlink import AckToken, MqttLink
 from protocol.errors import ProtocolError
 from protocol.limits import parse_json, parse_payload
 from protocol.models import (
@@ -45,15 +45,17 @@ from protocol.models import (
 )
 from protocol.signing import MAX_LIFETIME_MS, Signer, now_ms
 from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
-from scheduler.db import AsyncStore, BadRequest, Incoming, Outgoing, Store, Target
+from scheduler.db import AsyncStore, BadRequest, DispatchLock, Incoming, Outgoing, Store, Target
 from scheduler.models import Broadcast
 
 log = logging.getLogger(__name__)
 
 #: Incoming messages wait here for the database worker; when it is full the MQTT reader waits too.
 INBOX_SIZE = 50_000
-#: At most this many incoming messages are applied in one database transaction.
-BATCH_MAX = 500
+#: At most this many incoming messages are applied in one database transaction...
+BATCH_MAX = 2000
+#: ...gathered for at most this long once the first one is there (a lone ack waits this much more).
+BATCH_WAIT_S = 0.005
 #: Publishes awaiting their PUBACK at once when sending many commands (the QoS 1 in-flight window;
 #: the MQTT client queues beyond its own ``max_inflight``).
 PUBLISH_WINDOW = 1000
@@ -80,6 +82,7 @@ class Dispatcher:
         resend_interval_s: float = 30.0,
         max_late_s: int = 3600,
         gateways: Iterable[str] = (),
+        share_group: str | None = None,
     ):
         #: the registered gateways (configured, or registered through the API); messages on any other
         #: gateway's topics are ignored: a read-only account or a misconfigured broker must not make a
@@ -94,11 +97,20 @@ class Dispatcher:
         self.max_late_ms = max_late_s * 1000
         self.sent = 0
         self.received = 0
-        self._inbox: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=INBOX_SIZE)
+        self._inbox: asyncio.Queue[tuple[Incoming, AckToken | None]] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: one of several workers (see docs/scaling.md): acks and reports are shared among them through
+        #: MQTT 5 shared subscriptions and acknowledged to the broker only once in the database, and only
+        #: the holder of the dispatch lock sends pending commands again. Retained status and speaker
+        #: states are never delivered on shared subscriptions, so every worker reads those itself.
+        self.share_group = share_group
+        self.lock: DispatchLock | None = DispatchLock(store.store) if share_group else None
+        if share_group:
+            link.manual_ack = True
+        shared = f"$share/{share_group}/" if share_group else ""
         link.subscribe(filter_all_gateways("status"), self._on_status)
-        link.subscribe(filter_all_gateways("ack"), self._on_ack)
-        link.subscribe(filter_all_gateways("event"), self._on_event)
+        link.subscribe(shared + filter_all_gateways("ack"), self._on_ack)
+        link.subscribe(shared + filter_all_gateways("event"), self._on_event)
         link.subscribe(f"{ROOT}/+/dev/+/state", self._on_device_state)
 
     @property
@@ -241,6 +253,9 @@ class Dispatcher:
             if not self.link.connected.is_set():
                 continue
             try:
+                await self._check_lock()
+                if not self.is_leader:
+                    continue
                 await self.resend_pending("online", only_due=True)
             except Exception:
                 log.exception("resend loop failed; trying again")
@@ -273,7 +288,7 @@ class Dispatcher:
         except ProtocolError as exc:
             log.warning("bad status on %s: %s", msg.topic, exc)
             return
-        await self._inbox.put(Incoming(gw, status))
+        await self._inbox.put((Incoming(gw, status), self.link.take_ack(msg)))
 
     async def _on_ack(self, msg: aiomqtt.Message) -> None:
         gw = self._gateway_of(msg)
@@ -286,7 +301,7 @@ class Dispatcher:
             return
         if not ack.ok:
             log.warning("gateway %s answered command %s: %s (%s)", gw, ack.id, ack.reason, ack.error)
-        await self._inbox.put(Incoming(gw, ack))
+        await self._inbox.put((Incoming(gw, ack), self.link.take_ack(msg)))
 
     async def _on_event(self, msg: aiomqtt.Message) -> None:
         gw = self._gateway_of(msg)
@@ -304,7 +319,7 @@ class Dispatcher:
         except ValueError as exc:
             log.warning("bad playback event on %s: %s", msg.topic, exc)
             return
-        await self._inbox.put(Incoming(gw, ev))
+        await self._inbox.put((Incoming(gw, ev), self.link.take_ack(msg)))
 
     async def _on_device_state(self, msg: aiomqtt.Message) -> None:
         try:
@@ -319,19 +334,33 @@ class Dispatcher:
             log.warning("bad device state on %s: %s", msg.topic, exc)
             return
         if isinstance(data, dict) and looks_like_speaker(data):
-            await self._inbox.put(Incoming(t.gateway, data, t.device))
+            await self._inbox.put((Incoming(t.gateway, data, t.device), self.link.take_ack(msg)))
 
     async def _apply_loop(self) -> None:
-        """Apply incoming messages to the database in batches, in arrival order."""
+        """Apply incoming messages to the database in batches, in arrival order; with manual
+        acknowledgement, tell the broker only once a batch is committed."""
         while True:
-            batch = [await self._inbox.get()]
-            while len(batch) < BATCH_MAX and not self._inbox.empty():
-                batch.append(self._inbox.get_nowait())
+            taken = [await self._inbox.get()]
+            deadline = asyncio.get_running_loop().time() + BATCH_WAIT_S
+            while len(taken) < BATCH_MAX:  # one transaction per BATCH_MAX messages or per few ms
+                if self._inbox.empty():
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        break
+                    try:
+                        taken.append(await asyncio.wait_for(self._inbox.get(), left))
+                    except TimeoutError:
+                        break
+                else:
+                    taken.append(self._inbox.get_nowait())
+            batch = [item for item, _ in taken]
             try:
                 results = await self.store.call(self.db.apply, batch, now_ms())
             except Exception:
                 log.exception("could not apply %d incoming message(s)", len(batch))
-                continue
+                continue  # not acknowledged: the broker sends them again after a reconnect
+            for _, token in taken:
+                self.link.ack(token)
             self.received += len(batch)
             online: list[str] = []
             for item, result in zip(batch, results, strict=True):
@@ -341,10 +370,26 @@ class Dispatcher:
                     log.debug(
                         "%s from %s is about nothing this scheduler sent", type(item.message).__name__, item.gateway
                     )
-            if online:
+            if online and self.is_leader:
                 n = await self.resend_pending(online)
                 if n:
                     log.info("%s online: sent %d pending command(s)", ", ".join(online), n)
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this worker sends pending commands again (always, when it is the only worker)."""
+        return self.lock is None or self.lock.held
+
+    async def _check_lock(self) -> None:
+        if self.lock is None:
+            return
+        was = self.lock.held
+        now = await self.store.call(self.lock.try_acquire)
+        if now and not was:
+            log.info("this worker holds the dispatch lock now: it sends pending commands again")
+            await self.resend_pending("online")
+        elif was and not now:
+            log.warning("this worker lost the dispatch lock")
 
     # ------------------------------------------------------------ running
 
@@ -358,3 +403,5 @@ class Dispatcher:
         finally:
             for task in list(self._tasks):
                 task.cancel()
+            if self.lock is not None:
+                self.lock.release()

@@ -163,6 +163,7 @@ class Scheduler:
             resend_interval_s=cfg.dispatch.resend_interval_s,
             max_late_s=cfg.dispatch.max_late_s,
             gateways=known,  # the configured ones (registered above) and those added through the API
+            share_group=cfg.dispatch.share_group,
         )
         secure = cfg.access.secure_cookies
         if secure is None:
