@@ -128,6 +128,8 @@ def counts(engine: Any, bid: str) -> tuple[int, int]:
 
 
 async def main(n_gw: int, n_spk: int, db: str, procs: int) -> dict[str, Any]:
+    if os.environ.get("BENCH_SWITCH"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         broker = Mosquitto(tmp / "mosquitto", anonymous=True).start()  # see the module docstring
@@ -142,6 +144,19 @@ async def main(n_gw: int, n_spk: int, db: str, procs: int) -> dict[str, Any]:
                 scheduler_config_dict(tmp, broker.url, Keys(), gateways=gateways, **extra)
             )
             sched = Scheduler.build(cfg)
+            applied = {"batches": 0, "messages": 0, "seconds": 0.0}
+            real_apply = sched.dispatcher.db.apply
+
+            def timed_apply(items: Any, now: int) -> Any:  # how busy the database thread is
+                t = time.perf_counter()
+                try:
+                    return real_apply(items, now)
+                finally:
+                    applied["seconds"] += time.perf_counter() - t
+                    applied["batches"] += 1
+                    applied["messages"] += len(items)
+
+            sched.dispatcher.db.apply = timed_apply  # type: ignore[method-assign]
             peek = create_engine(cfg.scheduler.database_url or f"sqlite:///{cfg.scheduler.data_dir}/scheduler.db")
             stop = asyncio.Event()
             task = asyncio.create_task(sched.run(stop))
@@ -180,6 +195,7 @@ async def main(n_gw: int, n_spk: int, db: str, procs: int) -> dict[str, Any]:
                 media = (await http.post("/api/media", content=audio.read_bytes())).json()
                 load_before = os.getloadavg()
                 w0 = time.time()
+                applied.update(batches=0, messages=0, seconds=0.0)
                 t0 = time.perf_counter()
                 r = await http.post("/api/broadcasts", json={"media_sha256": media["sha256"], "targets": gateways})
                 t_created = time.perf_counter() - t0
@@ -197,6 +213,11 @@ async def main(n_gw: int, n_spk: int, db: str, procs: int) -> dict[str, Any]:
                         break
                     await asyncio.sleep(0.05)
                 load_after = os.getloadavg()
+                with peek.connect() as conn:
+                    gw_states = dict(conn.execute(text(
+                        "SELECT state, count(*) FROM gateway_deliveries WHERE broadcast_id = :b GROUP BY state"),
+                        {"b": bid}).all())
+                db_busy = dict(applied)
                 publish_all = stats[0] - w0
                 first_report = stats[1] - w0
                 fleet_done = stats[2] - w0
@@ -231,6 +252,9 @@ async def main(n_gw: int, n_spk: int, db: str, procs: int) -> dict[str, Any]:
         "reports_per_s": round(reports / ingest_s, 1),
         "fleet_done_s": round(fleet_done, 3),
         "status_read_s": round(t_status, 4),
+        "gateway_states": gw_states,
+        "db_apply_s": round(db_busy["seconds"], 3),
+        "db_batches": db_busy["batches"],
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in load_after],
@@ -274,7 +298,15 @@ if __name__ == "__main__":
     own = ["--gateways", str(a.gateways), "--speakers", str(a.speakers), "--db", a.db,
            "--fleet-procs", str(a.fleet_procs)]
     base = run_baseline(a.baseline, own) if a.baseline else None
-    r = asyncio.run(main(a.gateways, a.speakers, a.db, a.fleet_procs))
+    if os.environ.get("BENCH_PROFILE"):  # where the event loop's time goes (the DB thread is not shown)
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        r = prof.runcall(asyncio.run, main(a.gateways, a.speakers, a.db, a.fleet_procs))
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    else:
+        r = asyncio.run(main(a.gateways, a.speakers, a.db, a.fleet_procs))
     print(f"{r['gateways']} gateways, {r['speakers']} speakers, {r['db']}")
     if base is not None:
         show("before", base)
