@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Table, func, insert, or_, select, text, update
+from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, selectinload
 
 from protocol.ids import validate_id
@@ -163,6 +163,15 @@ WHERE broadcast_id = :bid AND gateway_id = :gw
   AND EXISTS (SELECT 1 FROM gateway_deliveries g WHERE g.id = :pid AND g.state = :plan_state)
 """
 
+#: a speaker's retained state: only the fields it carries (its row exists: inserted just before)
+SPEAKER_STATE_SQL = """
+UPDATE speakers SET last_seen = :now,
+  name = CASE WHEN :has_name = 1 THEN :name ELSE name END,
+  online = CASE WHEN :has_online = 1 THEN :online ELSE online END,
+  volume = CASE WHEN :has_volume = 1 THEN :volume ELSE volume END
+WHERE gateway_id = :gw AND device_id = :dev
+"""
+
 
 def driver_sql(s: Session, sql: str) -> str:
     """``sql`` written with ``:name`` parameters, for this connection's driver (run with
@@ -174,7 +183,7 @@ def driver_sql(s: Session, sql: str) -> str:
 
 def executemany(s: Session, sql: str, rows: list[dict[str, Any]]) -> None:
     if rows:
-        s.connection().exec_driver_sql(driver_sql(s, sql), rows)  # type: ignore[arg-type]
+        s.connection().exec_driver_sql(driver_sql(s, sql), rows)
 
 
 @dataclass
@@ -192,6 +201,8 @@ class _ReportBatch:
     answers: list[dict[str, Any]] = field(default_factory=list)
     retries: list[dict[str, Any]] = field(default_factory=list)
     plan_speakers: list[dict[str, Any]] = field(default_factory=list)
+    #: parameters of :data:`SPEAKER_STATE_SQL` (speakers' retained states)
+    speakers: list[dict[str, Any]] = field(default_factory=list)
 
 
 C = TypeVar("C")
@@ -203,7 +214,7 @@ def chunks(seq: Sequence[C], n: int = 900) -> Iterator[Sequence[C]]:
         yield seq[i : i + n]
 
 
-def insert_ignore(s: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+def insert_ignore(s: Session, table: Any, rows: list[dict[str, Any]]) -> None:
     """INSERT rows, skipping those that would break a unique constraint (SQLite and PostgreSQL)."""
     if not rows:
         return
@@ -334,26 +345,27 @@ class Store:
             self._gateway(s, gw).last_seen = now
 
     def _speaker(self, s: Session, gw: str, dev: str, state: dict[str, Any], now: int) -> None:
-        """Register or refresh a speaker from its retained device state."""
+        """Register or refresh a speaker from its retained device state (queued for the batch's bulk
+        statements: a fleet of 150,000 speakers is learned in a few seconds)."""
         self._gateway(s, gw)
-        row = s.scalars(select(Speaker).where(Speaker.gateway_id == gw, Speaker.device_id == dev)).first()
-        if row is None:
-            row = Speaker(gateway_id=gw, device_id=dev)
-            s.add(row)
+        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
         name = state.get("name")
-        if isinstance(name, str) and name:
-            row.name = name[:200]
         online = state.get("online")
-        if isinstance(online, bool):
-            row.online = online
         volume = state.get("volume")
-        if isinstance(volume, int) and not isinstance(volume, bool):
-            row.volume = volume
-        row.last_seen = now
+        has_name = isinstance(name, str) and bool(name)
+        has_online = isinstance(online, bool)
+        has_volume = isinstance(volume, int) and not isinstance(volume, bool) and abs(volume) < 2**31
+        batch.speakers.append({
+            "gw": gw, "dev": dev, "now": now,
+            "has_name": int(has_name), "name": str(name)[:200] if has_name else None,
+            "has_online": int(has_online), "online": online if has_online else None,
+            "has_volume": int(has_volume), "volume": volume if has_volume else None,
+        })
 
     def record_speaker(self, gw: str, dev: str, state: dict[str, Any], now: int) -> None:
         with self.session() as s, s.begin():
             self._speaker(s, gw, dev, state, now)
+            self._write_reports(s)
 
     def gateways(self) -> list[dict[str, Any]]:
         with self.session() as s:
@@ -713,9 +725,10 @@ class Store:
             return state  # the first answer counts
         reason = (ack.reason or "").lower()
         if not ack.ok and reason in RETRY_REASONS and expires_at > now:
-            error = f"not yet: {ack.reason}: {ack.error or ''}".strip().rstrip(":")[:500]
-            batch.retries.append({"id": pid, "error": error})
+            note = f"not yet: {ack.reason}: {ack.error or ''}".strip().rstrip(":")[:500]
+            batch.retries.append({"id": pid, "error": note})
             return state  # still pending: the resend loop sends it again
+        error: str | None
         if ack.ok or reason in ALREADY_SEEN_REASONS:
             new, error = GW_DELIVERED, (None if ack.ok else f"gateway had already seen it ({ack.reason})")
         else:
@@ -830,7 +843,12 @@ class Store:
         executemany(s, ANSWER_COMMAND_SQL, batch.answers)
         executemany(s, PLAN_SPEAKERS_SQL, batch.plan_speakers)
         executemany(s, ADVANCE_SPEAKER_SQL, batch.updates)
-        batch.retries, batch.answers, batch.plan_speakers, batch.updates = [], [], [], []
+        if batch.speakers:
+            fresh = {(p["gw"], p["dev"]): None for p in batch.speakers}
+            for rows in chunks([{"gateway_id": g, "device_id": d} for g, d in fresh], 2000):
+                insert_ignore(s, Speaker.__table__, list(rows))
+            executemany(s, SPEAKER_STATE_SQL, batch.speakers)
+        batch.retries, batch.answers, batch.plan_speakers, batch.updates, batch.speakers = [], [], [], [], []
 
     def record_playback(self, gw: str, ev: PlaybackEvent, now: int) -> str | None:
         with self.session() as s, s.begin():
@@ -852,11 +870,11 @@ class Store:
             return self._playback(s, gw, what, now)
         if isinstance(what, Ack):
             return self._ack(s, gw, what, now)
-        self._write_reports(s)  # keep arrival order between acks/reports and everything else
-        if isinstance(what, Status):
-            return self._status(s, gw, what, now)
-        assert item.device is not None and isinstance(what, dict)
-        return self._speaker(s, gw, item.device, what, now)
+        if isinstance(what, dict):
+            assert item.device is not None
+            return self._speaker(s, gw, item.device, what, now)
+        self._write_reports(s)  # keep arrival order between queued messages and a status
+        return self._status(s, gw, what, now)
 
     def apply(self, items: Sequence[Incoming], now: int) -> list[Any]:
         """Apply many incoming messages in arrival order, in one transaction (one disk sync).
