@@ -214,7 +214,7 @@ async def main(n_gw: int, n_spk: int, db: str, procs: int) -> dict[str, Any]:
                     await asyncio.sleep(0.05)
                 load_after = os.getloadavg()
                 with peek.connect() as conn:
-                    gw_states = dict(conn.execute(text(
+                    gw_states: dict[str, int] = dict(conn.execute(text(
                         "SELECT state, count(*) FROM gateway_deliveries WHERE broadcast_id = :b GROUP BY state"),
                         {"b": bid}).all())
                 db_busy = dict(applied)

@@ -27,12 +27,11 @@ def fleet_store(store: Store) -> Iterator[Store]:
 
 
 def reports(bid: str) -> list[Incoming]:
-    return [
-        Incoming(g, PlaybackEvent(broadcast_id=bid, device=d, state=state, at=T0 + at))
-        for state, at in (("started", 10), ("finished", 20))
-        for g in GWS
-        for d in DEVS
-    ]
+    started = [Incoming(g, PlaybackEvent(broadcast_id=bid, device=d, state="started", at=T0 + 10))
+               for g in GWS for d in DEVS]
+    finished = [Incoming(g, PlaybackEvent(broadcast_id=bid, device=d, state="finished", at=T0 + 20))
+                for g in GWS for d in DEVS]
+    return started + finished
 
 
 def test_speaker_states_are_learned_in_bulk(fleet_store: Store) -> None:

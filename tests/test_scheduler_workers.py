@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import paho.mqtt.client as paho
@@ -63,7 +63,7 @@ class Gateway:
             self.plans.append(env)
             self.got_plan.set()
 
-    def report(self, bid: str, state: str) -> list[paho.MQTTMessageInfo]:
+    def report(self, bid: str, state: Literal["started", "finished"]) -> list[paho.MQTTMessageInfo]:
         return [
             self.c.publish(event_topic(self.gw),
                            PlaybackEvent(broadcast_id=bid, device=dev, state=state, at=now_ms()).model_dump_json(),
