@@ -354,11 +354,9 @@ class Dispatcher:
                 else:
                     taken.append(self._inbox.get_nowait())
             batch = [item for item, _ in taken]
-            try:
-                results = await self.store.call(self.db.apply, batch, now_ms())
-            except Exception:
-                log.exception("could not apply %d incoming message(s)", len(batch))
-                continue  # not acknowledged: the broker sends them again after a reconnect
+            results = await self._apply_batch(batch)
+            if results is None:
+                continue
             for _, token in taken:
                 self.link.ack(token)
             self.received += len(batch)
@@ -374,6 +372,22 @@ class Dispatcher:
                 n = await self.resend_pending(online)
                 if n:
                     log.info("%s online: sent %d pending command(s)", ", ".join(online), n)
+
+    async def _apply_batch(self, batch: list[Incoming]) -> list[Any] | None:
+        """Apply a batch; None when the database failed. A worker sharing the ingest (manual acks)
+        tries again until the database answers: the broker holds back further messages meanwhile,
+        and dropping the batch would lose messages it was already given."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.store.call(self.db.apply, batch, now_ms())
+            except Exception:
+                log.exception("could not apply %d incoming message(s)%s", len(batch),
+                              "; trying again" if self.share_group else "")
+                if not self.share_group:
+                    return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     @property
     def is_leader(self) -> bool:
