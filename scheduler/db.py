@@ -347,7 +347,6 @@ class Store:
     def _speaker(self, s: Session, gw: str, dev: str, state: dict[str, Any], now: int) -> None:
         """Register or refresh a speaker from its retained device state (queued for the batch's bulk
         statements: a fleet of 150,000 speakers is learned in a few seconds)."""
-        self._gateway(s, gw)
         batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
         name = state.get("name")
         online = state.get("online")
@@ -845,6 +844,7 @@ class Store:
         executemany(s, ADVANCE_SPEAKER_SQL, batch.updates)
         if batch.speakers:
             fresh = {(p["gw"], p["dev"]): None for p in batch.speakers}
+            self._ensure_gateways(s, sorted({g for g, _ in fresh}))
             for rows in chunks([{"gateway_id": g, "device_id": d} for g, d in fresh], 2000):
                 insert_ignore(s, Speaker.__table__, list(rows))
             executemany(s, SPEAKER_STATE_SQL, batch.speakers)
