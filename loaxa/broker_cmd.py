@@ -13,8 +13,10 @@ HELP = """\
 Print a Mosquitto ACL generated from the production examples (configs/mosquitto/):
 
   loaxa broker acl central --gateway xa-an-binh --gateway xa-phu-my [--reader viewer --reader ioc]
-      the central broker: the scheduler's block, one read-only block per --reader (default: viewer)
-      and one block per gateway (user name = gateway id). Re-run it when a gateway is added.
+                           [--worker scheduler-2 --worker scheduler-3]
+      the central broker: the scheduler's block (repeated for each further scheduler --worker, see
+      docs/scaling.md), one read-only block per --reader (default: viewer) and one block per gateway
+      (user name = gateway id). Re-run it when a gateway is added.
   loaxa broker acl lan --gateway xa-an-binh
       a commune LAN broker: the devices' rules and the gateway's account, for this gateway id.
 
@@ -33,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="gateway id (several for central, exactly one for lan)")
     a.add_argument("--reader", action="append", default=[], metavar="USER",
                    help="a read-only account on the central broker (default: viewer)")
+    a.add_argument("--worker", action="append", default=[], metavar="USER",
+                   help="the account of a further scheduler worker on the central broker (docs/scaling.md)")
     a.set_defaults(func=run_acl)
     p.set_defaults(func=lambda _a: (p.print_help(), 2)[1])
 
@@ -45,12 +49,12 @@ def run_acl(args: argparse.Namespace) -> int:
         if args.which == "central":
             if args.gateway and len(set(args.gateway)) != len(args.gateway):
                 raise ValueError("a gateway id is given twice")
-            text = central_acl(args.gateway, args.reader or ["viewer"])
+            text = central_acl(args.gateway, args.reader or ["viewer"], workers=args.worker)
         else:
             if len(args.gateway) != 1:
                 raise ValueError("a LAN ACL is for exactly one --gateway")
-            if args.reader:
-                raise ValueError("--reader is for the central broker only")
+            if args.reader or args.worker:
+                raise ValueError("--reader and --worker are for the central broker only")
             text = lan_acl(args.gateway[0])
     except (ValueError, ProtocolError, AclExampleError, OSError) as exc:
         print(f"loaxa broker acl: {exc}", file=sys.stderr)

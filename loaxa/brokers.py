@@ -65,9 +65,13 @@ def _substitute(text: str, gw: str) -> str:
 
 
 def central_acl(gateways: Iterable[str], readers: Iterable[str] = (VIEWER_USER,), *,
-                example: str | None = None) -> str:
-    """The central broker's ACL for these gateway ids and read-only accounts, from ``acl.example``."""
+                example: str | None = None, workers: Iterable[str] = ()) -> str:
+    """The central broker's ACL for these gateway ids and read-only accounts, from ``acl.example``.
+
+    ``workers``: accounts of further scheduler workers (docs/scaling.md), each with the ``scheduler``
+    block: one account per worker, since the broker binds client ids to user names."""
     readers = list(readers)
+    workers = list(workers)
     text = example if example is not None else CENTRAL_ACL_EXAMPLE.read_text()
     preamble, blocks = _blocks(text)
     for needed in (SCHEDULER_USER, VIEWER_USER, EXAMPLE_GATEWAY):
@@ -76,6 +80,11 @@ def central_acl(gateways: Iterable[str], readers: Iterable[str] = (VIEWER_USER,)
     if re.search(r"^\s*pattern\s", preamble, re.MULTILINE):
         raise AclExampleError(f"{CENTRAL_ACL_EXAMPLE}: 'pattern' lines apply to every account; use user blocks")
     out = [preamble.rstrip() + "\n", blocks[SCHEDULER_USER]]
+    for worker in workers:
+        validate_id(worker, "scheduler worker account name")
+        if worker in (SCHEDULER_USER, VIEWER_USER) or worker in readers:
+            raise ValueError(f"{worker!r} is already the name of another account")
+        out.append(re.sub(r"^user\s+\S+", f"user {worker}", blocks[SCHEDULER_USER], count=1))
     for reader in readers:
         validate_id(reader, "read-only account name")
         if reader == SCHEDULER_USER:
@@ -83,7 +92,7 @@ def central_acl(gateways: Iterable[str], readers: Iterable[str] = (VIEWER_USER,)
         out.append(re.sub(r"^user\s+\S+", f"user {reader}", blocks[VIEWER_USER], count=1))
     for gw in gateways:
         validate_id(gw, "gateway id")
-        if gw in (SCHEDULER_USER, VIEWER_USER) or gw in readers:
+        if gw in (SCHEDULER_USER, VIEWER_USER) or gw in readers or gw in workers:
             raise ValueError(f"gateway id {gw!r} is already the name of another account")
         out.append(_substitute(blocks[EXAMPLE_GATEWAY], gw))
     return "\n".join(out)
@@ -125,12 +134,14 @@ class CentralBroker(Mosquitto):
 
     gateways: list[str] = field(default_factory=list)
     readers: list[str] = field(default_factory=lambda: [VIEWER_USER])
+    #: accounts of further scheduler workers (``scheduler`` is the first)
+    workers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.bind_clientid = True
-        names = [SCHEDULER_USER, *self.readers, *self.gateways]
+        names = [SCHEDULER_USER, *self.workers, *self.readers, *self.gateways]
         self.users = [MosquittoUser(n, new_password()) for n in names]
-        self.acl_text = central_acl(self.gateways, self.readers)
+        self.acl_text = central_acl(self.gateways, self.readers, workers=self.workers)
 
     def _add(self, name: str) -> MosquittoUser:
         try:
@@ -139,7 +150,7 @@ class CentralBroker(Mosquitto):
             pass
         account = MosquittoUser(name, new_password())
         self.users.append(account)
-        self.acl_text = central_acl(self.gateways, self.readers)
+        self.acl_text = central_acl(self.gateways, self.readers, workers=self.workers)
         self.reload_accounts(probe=account)
         return account
 

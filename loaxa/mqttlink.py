@@ -38,6 +38,15 @@ def encode_payload(payload: Payload) -> bytes:
 
 
 @dataclass(frozen=True)
+class AckToken:
+    """A received QoS 1/2 message still to acknowledge (see :meth:`MqttLink.take_ack`)."""
+
+    client: aiomqtt.Client
+    mid: int
+    qos: int
+
+
+@dataclass(frozen=True)
 class _Pending:
     topic: str
     payload: bytes
@@ -57,6 +66,7 @@ class MqttLink:
         session_expiry_s: int = 3600,
         max_queue: int = 10_000,
         max_inflight: int = 100,
+        manual_ack: bool = False,
     ) -> None:
         self.endpoint = endpoint
         self.client_id = client_id
@@ -68,6 +78,11 @@ class MqttLink:
         self.reconnects = 0
         self.last_error: str | None = None
         self._max_inflight = max_inflight
+        #: with ``manual_ack`` a QoS 1 message is acknowledged to the broker only when the handler
+        #: that took it (:meth:`take_ack`) calls :meth:`ack` (e.g. once it is in the database); else
+        #: when its handlers return. Unacknowledged messages come again after a reconnect.
+        self.manual_ack = manual_ack
+        self._taken = False
         self._subs: list[tuple[str, int, Handler]] = []
         self._on_connect: list[Callable[[], Awaitable[None]]] = []
         self._queue: collections.deque[_Pending] = collections.deque(maxlen=max_queue)
@@ -142,7 +157,28 @@ class MqttLink:
         # aiomqtt logs a WARNING for every publish made while more than 10 are in flight: a gateway
         # telling 50 speakers to play at once would spend more CPU on those lines than on MQTT
         client.pending_calls_threshold = max(self._max_inflight, 10) * 2
+        if self.manual_ack:
+            client._client.manual_ack_set(True)  # paho's own switch; aiomqtt does not wrap it
         return client
+
+    # ------------------------------------------------------------------ manual acknowledgement
+
+    def take_ack(self, message: aiomqtt.Message) -> AckToken | None:
+        """Called by a handler: acknowledge ``message`` later, with :meth:`ack`, not when the handler returns."""
+        if not self.manual_ack or message.qos == 0 or self._client is None:
+            return None
+        self._taken = True
+        return AckToken(self._client, message.mid, message.qos)
+
+    def ack(self, token: AckToken | None) -> None:
+        """Acknowledge a taken message, if the connection it came on is still the current one (after a
+        reconnect the broker sends it again)."""
+        if token is None or token.client is not self._client:
+            return
+        try:
+            token.client._client.ack(token.mid, token.qos)
+        except (ValueError, OSError) as exc:  # a closing socket: the broker sends it again
+            log.debug("%s: could not acknowledge message %d: %s", self.name, token.mid, exc)
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
@@ -186,11 +222,14 @@ class MqttLink:
         return found
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
+        self._taken = False
         for topic_filter, handler in self._handlers_for(message):
             try:
                 await handler(message)
             except Exception:  # a bad message must never take the link down
                 log.exception("%s: handler for %s failed on %s", self.name, topic_filter, message.topic)
+        if self.manual_ack and not self._taken and message.qos > 0 and self._client is not None:
+            self.ack(AckToken(self._client, message.mid, message.qos))
 
     async def disconnect_gracefully(self, last: list[tuple[str, Payload, bool]] | None = None) -> None:
         """Publish ``last`` messages (topic, payload, retain) if connected; the caller then cancels run()."""

@@ -82,6 +82,13 @@ class DispatchSection(StrictModel):
         le=7 * 24 * 3600,
         description="a plan is still delivered this long after its start (+ its duration); then it expires",
     )
+    share_group: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="run as one of several scheduler workers: acks and playback reports are shared among the "
+        "workers through the MQTT 5 shared subscriptions $share/<group>/loaxa/v1/+/ack and .../event "
+        "(every worker: the same group, database and signing key; its own broker account); see docs/scaling.md",
+    )
 
 
 class IocInfluxSection(StrictModel):

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Literal, cast
 
 import aiomqtt
 from pydantic import BaseModel
 
-from loaxa.mqttlink import MqttLink
+from loaxa.mqttlink import AckToken, MqttLink
 from protocol.errors import ProtocolError
 from protocol.limits import parse_json, parse_payload
 from protocol.models import (
@@ -45,17 +45,20 @@ from protocol.models import (
 )
 from protocol.signing import MAX_LIFETIME_MS, Signer, now_ms
 from protocol.topics import ROOT, cmd_topic, filter_all_gateways, parse_topic
-from scheduler.db import AsyncStore, BadRequest, Incoming, Outgoing, Store, Target
+from scheduler.db import AsyncStore, BadRequest, DispatchLock, Incoming, Outgoing, Store, Target
 from scheduler.models import Broadcast
 
 log = logging.getLogger(__name__)
 
 #: Incoming messages wait here for the database worker; when it is full the MQTT reader waits too.
 INBOX_SIZE = 50_000
-#: At most this many incoming messages are applied in one database transaction.
-BATCH_MAX = 500
-#: Publishes in flight at once when sending many commands.
-PUBLISH_CONCURRENCY = 50
+#: At most this many incoming messages are applied in one database transaction...
+BATCH_MAX = 2000
+#: ...gathered for at most this long once the first one is there (a lone ack waits this much more).
+BATCH_WAIT_S = 0.005
+#: Publishes awaiting their PUBACK at once when sending many commands (the QoS 1 in-flight window;
+#: the MQTT client queues beyond its own ``max_inflight``).
+PUBLISH_WINDOW = 1000
 
 #: Speakers are told apart from sensors by a retained state carrying one of these keys.
 SPEAKER_STATE_KEYS = ("volume", "playing")
@@ -79,6 +82,7 @@ class Dispatcher:
         resend_interval_s: float = 30.0,
         max_late_s: int = 3600,
         gateways: Iterable[str] = (),
+        share_group: str | None = None,
     ):
         #: the registered gateways (configured, or registered through the API); messages on any other
         #: gateway's topics are ignored: a read-only account or a misconfigured broker must not make a
@@ -96,12 +100,22 @@ class Dispatcher:
         self.max_late_ms = max_late_s * 1000
         self.sent = 0
         self.received = 0
-        self._inbox: asyncio.Queue[Incoming] = asyncio.Queue(maxsize=INBOX_SIZE)
+        self._inbox: asyncio.Queue[tuple[Incoming, AckToken | None]] = asyncio.Queue(maxsize=INBOX_SIZE)
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: commands whose ack someone awaits (``await_ack``), by command id
         self._ack_waiters: dict[str, asyncio.Future[Ack]] = {}
+        #: one of several workers (see docs/scaling.md): acks and reports are shared among them through
+        #: MQTT 5 shared subscriptions and acknowledged to the broker only once in the database, and only
+        #: the holder of the dispatch lock sends pending commands again. Retained status and speaker
+        #: states are never delivered on shared subscriptions, so every worker reads those itself.
+        self.share_group = share_group
+        self.lock: DispatchLock | None = DispatchLock(store.store) if share_group else None
+        if share_group:
+            link.manual_ack = True
+        shared = f"$share/{share_group}/" if share_group else ""
         link.subscribe(filter_all_gateways("status"), self._on_status)
-        link.subscribe(filter_all_gateways("ack"), self._on_ack)
-        link.subscribe(filter_all_gateways("event"), self._on_event)
+        link.subscribe(shared + filter_all_gateways("ack"), self._on_ack)
+        link.subscribe(shared + filter_all_gateways("event"), self._on_event)
         link.subscribe(f"{ROOT}/+/dev/+/state", self._on_device_state)
 
     @property
@@ -171,9 +185,26 @@ class Dispatcher:
             make_envelope=self.make_envelope,
             broadcast_id=broadcast_id,
         )
-        log.info("broadcast %s created for %s", bid, ", ".join(targets))
-        await self.send(out)
+        log.info("broadcast %s created for %d target(s): %s", bid, len(targets), ", ".join(targets[:20]))
+        # durable now: the answer need not wait for the publishes (a command that does not go out
+        # now stays pending in the database and goes with the resend loop or the gateway's return)
+        self._background(self.send(out), f"publish {bid}")
         return bid
+
+    def _background(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=what)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for the publishes started in the background (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def register_gateway(self, gw: str, commune: str | None) -> None:
         """Register a gateway (or rename its commune): from then on its messages count."""
@@ -207,20 +238,22 @@ class Dispatcher:
     # ------------------------------------------------------------ sending
 
     async def send(self, out: Sequence[Outgoing]) -> int:
-        """Publish commands now (those whose publish succeeds are marked sent). Returns how many went."""
+        """Publish commands now, pipelined (up to :data:`PUBLISH_WINDOW` awaiting their PUBACK); those
+        whose publish succeeds are marked sent, in one statement. Returns how many went."""
         sent: list[str] = []
+        window = asyncio.Semaphore(PUBLISH_WINDOW)
 
         async def one(o: Outgoing) -> None:
-            if not self.link.connected.is_set():
-                return  # not queued in memory: the database has it, and it goes when the gateway is online
-            remaining_s = math.ceil((o.expires_at - now_ms()) / 1000)
-            if remaining_s <= 0:
-                return
-            if await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s):
-                sent.append(o.command_id)
+            async with window:
+                if not self.link.connected.is_set():
+                    return  # not queued in memory: the database has it, and it goes when the gateway is online
+                remaining_s = math.ceil((o.expires_at - now_ms()) / 1000)
+                if remaining_s <= 0:
+                    return
+                if await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s):
+                    sent.append(o.command_id)
 
-        for i in range(0, len(out), PUBLISH_CONCURRENCY):
-            await asyncio.gather(*(one(o) for o in out[i : i + PUBLISH_CONCURRENCY]))
+        await asyncio.gather(*(one(o) for o in out))
         if sent:
             await self.store.call(self.db.mark_sent, sent, now_ms())
             self.sent += len(sent)
@@ -243,6 +276,9 @@ class Dispatcher:
             if not self.link.connected.is_set():
                 continue
             try:
+                await self._check_lock()
+                if not self.is_leader:
+                    continue
                 await self.resend_pending("online", only_due=True)
             except Exception:
                 log.exception("resend loop failed; trying again")
@@ -275,7 +311,7 @@ class Dispatcher:
         except ProtocolError as exc:
             log.warning("bad status on %s: %s", msg.topic, exc)
             return
-        await self._inbox.put(Incoming(gw, status))
+        await self._inbox.put((Incoming(gw, status), self.link.take_ack(msg)))
 
     async def _on_ack(self, msg: aiomqtt.Message) -> None:
         gw = self._gateway_of(msg)
@@ -291,7 +327,7 @@ class Dispatcher:
         waiter = self._ack_waiters.get(ack.id)
         if waiter is not None and not waiter.done() and ack.reason != "deferred":
             waiter.set_result(ack)
-        await self._inbox.put(Incoming(gw, ack))
+        await self._inbox.put((Incoming(gw, ack), self.link.take_ack(msg)))
 
     async def _on_event(self, msg: aiomqtt.Message) -> None:
         gw = self._gateway_of(msg)
@@ -316,7 +352,7 @@ class Dispatcher:
         except ValueError as exc:
             log.warning("bad playback event on %s: %s", msg.topic, exc)
             return
-        await self._inbox.put(Incoming(gw, ev))
+        await self._inbox.put((Incoming(gw, ev), self.link.take_ack(msg)))
 
     async def _on_device_state(self, msg: aiomqtt.Message) -> None:
         try:
@@ -333,19 +369,31 @@ class Dispatcher:
             log.warning("bad device state on %s: %s", msg.topic, exc)
             return
         if isinstance(data, dict) and looks_like_speaker(data):
-            await self._inbox.put(Incoming(t.gateway, data, t.device))
+            await self._inbox.put((Incoming(t.gateway, data, t.device), self.link.take_ack(msg)))
 
     async def _apply_loop(self) -> None:
-        """Apply incoming messages to the database in batches, in arrival order."""
+        """Apply incoming messages to the database in batches, in arrival order; with manual
+        acknowledgement, tell the broker only once a batch is committed."""
         while True:
-            batch = [await self._inbox.get()]
-            while len(batch) < BATCH_MAX and not self._inbox.empty():
-                batch.append(self._inbox.get_nowait())
-            try:
-                results = await self.store.call(self.db.apply, batch, now_ms())
-            except Exception:
-                log.exception("could not apply %d incoming message(s)", len(batch))
+            taken = [await self._inbox.get()]
+            deadline = asyncio.get_running_loop().time() + BATCH_WAIT_S
+            while len(taken) < BATCH_MAX:  # one transaction per BATCH_MAX messages or per few ms
+                if self._inbox.empty():
+                    left = deadline - asyncio.get_running_loop().time()
+                    if left <= 0:
+                        break
+                    try:
+                        taken.append(await asyncio.wait_for(self._inbox.get(), left))
+                    except TimeoutError:
+                        break
+                else:
+                    taken.append(self._inbox.get_nowait())
+            batch = [item for item, _ in taken]
+            results = await self._apply_batch(batch)
+            if results is None:
                 continue
+            for _, token in taken:
+                self.link.ack(token)
             self.received += len(batch)
             online: list[str] = []
             for item, result in zip(batch, results, strict=True):
@@ -355,16 +403,54 @@ class Dispatcher:
                     log.debug(
                         "%s from %s is about nothing this scheduler sent", type(item.message).__name__, item.gateway
                     )
-            if online:
+            if online and self.is_leader:
                 n = await self.resend_pending(online)
                 if n:
                     log.info("%s online: sent %d pending command(s)", ", ".join(online), n)
+
+    async def _apply_batch(self, batch: list[Incoming]) -> list[Any] | None:
+        """Apply a batch; None when the database failed. A worker sharing the ingest (manual acks)
+        tries again until the database answers: the broker holds back further messages meanwhile,
+        and dropping the batch would lose messages it was already given."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.store.call(self.db.apply, batch, now_ms())
+            except Exception:
+                log.exception("could not apply %d incoming message(s)%s", len(batch),
+                              "; trying again" if self.share_group else "")
+                if not self.share_group:
+                    return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this worker sends pending commands again (always, when it is the only worker)."""
+        return self.lock is None or self.lock.held
+
+    async def _check_lock(self) -> None:
+        if self.lock is None:
+            return
+        was = self.lock.held
+        now = await self.store.call(self.lock.try_acquire)
+        if now and not was:
+            log.info("this worker holds the dispatch lock now: it sends pending commands again")
+            await self.resend_pending("online")
+        elif was and not now:
+            log.warning("this worker lost the dispatch lock")
 
     # ------------------------------------------------------------ running
 
     async def run(self) -> None:
         """Run the MQTT link and the resend loop until cancelled."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.link.run(), name="dispatcher-mqtt")
-            tg.create_task(self._resend_loop(), name="dispatcher-resend")
-            tg.create_task(self._apply_loop(), name="dispatcher-apply")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.link.run(), name="dispatcher-mqtt")
+                tg.create_task(self._resend_loop(), name="dispatcher-resend")
+                tg.create_task(self._apply_loop(), name="dispatcher-apply")
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self.lock is not None:
+                self.lock.release()

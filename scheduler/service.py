@@ -156,7 +156,8 @@ class Scheduler:
             raise SetupError(NO_ACCOUNTS.format(host=cfg.http.host))
         signer_urls = media_url_signer(cfg)
 
-        link = MqttLink(cfg.broker, client_id=f"loaxa-scheduler-{socket.gethostname()}"[:128], name="central")
+        link = MqttLink(cfg.broker, client_id=f"loaxa-scheduler-{socket.gethostname()}"[:128], name="central",
+                       max_inflight=1000)
         astore = AsyncStore(store)
         dispatcher = Dispatcher(
             astore,
@@ -166,6 +167,7 @@ class Scheduler:
             resend_interval_s=cfg.dispatch.resend_interval_s,
             max_late_s=cfg.dispatch.max_late_s,
             gateways=known,  # the configured ones (registered above) and those added through the API
+            share_group=cfg.dispatch.share_group,
         )
         secure = cfg.access.secure_cookies
         if secure is None:

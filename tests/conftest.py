@@ -64,9 +64,9 @@ def central_broker_factory(tmp_path: Path) -> Iterator[Callable[..., CentralBrok
     started: list[CentralBroker] = []
 
     def make(gateways: list[str] | tuple[str, ...] = (), readers: tuple[str, ...] = ("viewer",),
-             name: str = "central") -> CentralBroker:
+             name: str = "central", workers: tuple[str, ...] = ()) -> CentralBroker:
         broker = _start(CentralBroker(tmp_path / f"{name}-{len(started)}", gateways=list(gateways),
-                                      readers=list(readers)))
+                                      readers=list(readers), workers=list(workers)))
         started.append(broker)
         return broker
 
