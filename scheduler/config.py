@@ -81,6 +81,13 @@ class DispatchSection(StrictModel):
         le=7 * 24 * 3600,
         description="a plan is still delivered this long after its start (+ its duration); then it expires",
     )
+    schedule_horizon_days: int = Field(
+        default=8, ge=7, le=30,
+        description="approved schedules' occurrences this far ahead are sent to gateways (offline autonomy)",
+    )
+    schedule_top_up_s: float = Field(
+        default=3600.0, ge=10.0, le=86400.0, description="how often the schedule horizon is topped up",
+    )
 
 
 class IocInfluxSection(StrictModel):

@@ -10,6 +10,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -31,6 +32,9 @@ from scheduler.http import create_app
 from scheduler.ioc import IocApi, IocSettings, IocSetupError
 from scheduler.media import MediaLibrary, Target
 from scheduler.metrics import SchedulerMetrics
+from scheduler.schedules.planner import Planner
+from scheduler.schedules.routes import schedules_router
+from scheduler.schedules.store import ScheduleStore
 from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
@@ -99,6 +103,7 @@ class Scheduler:
     library: MediaLibrary
     dispatcher: Dispatcher
     app: FastAPI
+    planner: Planner
     ioc: IocApi | None = None
 
     @classmethod
@@ -181,7 +186,10 @@ class Scheduler:
                 "messages_received": float(dispatcher.received),
             },
         )
-        routers = [metrics.router(require(FLEET_READ))]
+        planner = Planner(ScheduleStore(store), dispatcher,
+                          horizon=timedelta(days=cfg.dispatch.schedule_horizon_days),
+                          interval_s=cfg.dispatch.schedule_top_up_s)
+        routers = [metrics.router(require(FLEET_READ)), schedules_router(planner, timezone=cfg.scheduler.timezone)]
         ioc: IocApi | None = None
         if cfg.influx is not None:
             try:
@@ -193,7 +201,7 @@ class Scheduler:
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
         for router in routers:  # /metrics and /ioc/v1
             app.include_router(router)
-        return cls(cfg, astore, library, dispatcher, app, ioc)
+        return cls(cfg, astore, library, dispatcher, app, planner, ioc)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -235,6 +243,7 @@ class Scheduler:
         http = asyncio.create_task(server.serve(), name="http")
         waiter = asyncio.create_task(stop.wait(), name="stop")
         systemd = asyncio.create_task(self._systemd(server), name="systemd")
+        planner = asyncio.create_task(self.planner.run(), name="schedule-planner")
         try:
             done, _ = await asyncio.wait({disp, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -246,7 +255,8 @@ class Scheduler:
             disp.cancel()
             waiter.cancel()
             systemd.cancel()
-            await asyncio.gather(disp, http, waiter, systemd, return_exceptions=True)
+            planner.cancel()
+            await asyncio.gather(disp, http, waiter, systemd, planner, return_exceptions=True)
             if self.ioc is not None:
                 await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)
