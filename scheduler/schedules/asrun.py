@@ -122,7 +122,8 @@ def monthly_summary(store: Store, month: str, gateways: frozenset[str] | None, t
         if played and r["broadcast_id"] not in g["_played"]:
             g["_played"].add(r["broadcast_id"])
             g["_ms"] += r["duration_ms"]
-        item = g["_items"].setdefault(r["title"] or r["broadcast_id"], {"targeted": 0, "played": 0, "broadcasts": set()})
+        item = g["_items"].setdefault(r["title"] or r["broadcast_id"],
+                                      {"targeted": 0, "played": 0, "broadcasts": set()})
         item["targeted"] += 1
         item["played"] += played
         item["broadcasts"].add(r["broadcast_id"])
@@ -132,7 +133,7 @@ def monthly_summary(store: Store, month: str, gateways: frozenset[str] | None, t
         out.append({
             "gateway": gw, "commune": g["commune"], "month": month,
             "broadcasts": len(g["broadcasts"]), "broadcasts_played": len(g["_played"]),
-            "hours_broadcast": round(g["_ms"] / 3_600_000, 3),
+            "hours_broadcast": round(g["_ms"] / 3_600_000, 3), "seconds_broadcast": round(g["_ms"] / 1000, 1),
             "items": [{"title": title, "broadcasts": len(i["broadcasts"]), "speaker_plays": i["played"],
                        "speaker_targets": i["targeted"], "share_played": round(i["played"] / i["targeted"], 4)}
                       for title, i in sorted(g["_items"].items())],

@@ -406,7 +406,8 @@ class ScheduleStore:
                     for item in p.items:
                         assert item.media_sha256 is not None and item.duration_ms is not None
                         if (at, item.position) not in done:
-                            title = row.title if len(p.items) == 1 else f"{row.title} ({item.position + 1}/{len(p.items)})"
+                            title = row.title if len(p.items) == 1 else \
+                                f"{row.title} ({item.position + 1}/{len(p.items)})"
                             out.append(DueRun(row.id, row.version, at, item.position, at + offset,
                                               item.media_sha256, row.priority,
                                               item.volume if item.volume is not None else row.volume,
