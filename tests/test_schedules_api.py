@@ -305,3 +305,55 @@ async def test_as_run_report_csv_and_monthly_summary(env: Env, tmp_path: Path) -
         assert 0 < mine["items"][0]["share_played"] < 1
     finally:
         await gw.disconnect()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_the_cli_drives_schedules_programmes_and_reports(env: Env, tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import run_loaxa
+
+    url = str(env.http.base_url).rstrip("/")
+
+    async def cli(who: str, *args: str) -> Any:
+        res = await asyncio.to_thread(run_loaxa, *args, "--url", url, env={"LOAXA_TOKEN": env.tokens[who]})
+        return res
+
+    tone = make_tone(tmp_path / "ban-tin.wav", 1.0)
+    res = await cli("op-an-binh", "programme", "add", "--title", "Bản tin sáng", "--item", f"file:{tone}", "--json")
+    assert res.returncode == 0, res.stderr
+    pid = json.loads(res.stdout)["id"]
+    res = await cli("op-an-binh", "schedule", "add", "--title", "Bản tin 6h", "--programme", pid,
+                    "--target", AN_BINH, "--rrule", "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA;BYHOUR=6;BYMINUTE=0",
+                    "--dtstart", "ngày mai 06:00", "--exdate", "2027-01-01", "--level", "thông thường", "--json")
+    assert res.returncode == 0, res.stderr
+    sc = json.loads(res.stdout)
+    assert sc["status"] == "draft" and sc["dtstart"].endswith("06:00:00+07:00") and sc["exdates"] == ["2027-01-01"]
+    sid = sc["id"]
+    res = await cli("op-an-binh", "schedule", "approve", sid)
+    assert res.returncode == 2 and "403" in res.stderr and "schedule:approve" in res.stderr
+    res = await cli("ap-an-binh", "schedule", "approve", sid, "--version", "1")
+    assert res.returncode == 0 and "[approved, version 1]" in res.stdout, res.stderr
+    res = await cli("op-an-binh", "schedule", "list")
+    assert sid in res.stdout and "approved" in res.stdout
+    start = datetime.now(HCM).replace(microsecond=0)
+    res = await cli("op-an-binh", "schedule", "occurrences", sid, "--from", start.isoformat(),
+                    "--to", (start + timedelta(days=14)).isoformat(), "--json")
+    times = json.loads(res.stdout)
+    assert len(times) == 12 and all(t.endswith("T06:00:00+07:00") for t in times)
+    assert all(datetime.fromisoformat(t).weekday() != 6 for t in times)
+    res = await cli("viewer-phu-my", "schedule", "export-ics", "--commune", AN_BINH)
+    assert res.returncode == 2 and "403" in res.stderr
+    res = await cli("op-an-binh", "schedule", "export-ics", "--commune", AN_BINH)
+    assert "RRULE:FREQ=WEEKLY" in res.stdout and "MO,TU,WE,TH,FR,SA" in res.stdout and "EXDATE" in res.stdout
+    await env.sent(sid)
+    res = await cli("op-an-binh", "report", "as-run", "--from", start.date().isoformat(),
+                    "--to", (start + timedelta(days=10)).date().isoformat(), "--csv")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].startswith("start_at,broadcast_id,schedule_id")
+    res = await cli("ap-an-binh", "schedule", "reject", sid, "--reason", "đổi giờ")
+    assert res.returncode == 0 and "rejected by token:ap-an-binh: đổi giờ" in res.stdout
+    res = await cli("op-an-binh", "schedule", "remove", sid)
+    assert res.returncode == 0 and (await cli("op-an-binh", "schedule", "show", sid)).returncode == 2
+    res = await cli("op-an-binh", "programme", "remove", pid)
+    assert res.returncode == 0, res.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
@@ -234,7 +235,8 @@ def schedules_router(planner: Planner, *, timezone: str = "Asia/Ho_Chi_Minh") ->
         await visible(p, sid)
         if end - start > MAX_WINDOW:
             raise BadRequest(f"the range is longer than {MAX_WINDOW.days} days")
-        return [t.isoformat() for t in await astore.call(sch.occurrences, sid, start, end)]
+        tz = ZoneInfo((await astore.call(sch.schedule, sid))["tz"])
+        return [t.astimezone(tz).isoformat() for t in await astore.call(sch.occurrences, sid, start, end)]
 
     @router.get("/schedules/{sid}/conflicts", summary="Equal-priority conflicts of a stored schedule")
     async def conflicts(sid: Annotated[str, PathParam(pattern=SID)],
