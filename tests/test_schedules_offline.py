@@ -183,8 +183,8 @@ async def test_a_daily_schedule_plays_every_day_with_the_wan_cut(tmp_path: Path,
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\ngateway log:\n{(tmp_path / 'gw.log').read_text()[-4000:]}") from None
             assert len([k for k, v in got.items() if v == "finished"]) == DAYS * len(SPEAKERS)
-            log = (tmp_path / "gw.log").read_text()
-            assert log.count("Traceback") == 0, log[-3000:]
+            # the restart on day 3 really happened in between: two gateway start-ups on the fake clock
+            assert (tmp_path / "gw.log").read_text().count("no 'influx' section") == 3
     finally:
         runner.stop()
         stop.set()
