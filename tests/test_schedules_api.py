@@ -357,3 +357,24 @@ async def test_the_cli_drives_schedules_programmes_and_reports(env: Env, tmp_pat
     assert res.returncode == 0 and (await cli("op-an-binh", "schedule", "show", sid)).returncode == 2
     res = await cli("op-an-binh", "programme", "remove", pid)
     assert res.returncode == 0, res.stderr
+
+
+async def test_editing_a_programme_sends_its_approved_schedules_back_to_draft(env: Env, tmp_path: Path) -> None:
+    pid = await programme(env, tmp_path)
+    sid = (await env.http.post("/api/schedules", json=daily(pid), headers=env.h("op-an-binh"))).json()["id"]
+    assert (await env.http.post(f"/api/schedules/{sid}/approve", headers=env.h("ap-an-binh"))).status_code == 200
+    sent = await env.sent(sid)
+    assert sent
+    old = (await env.http.get(f"/api/programmes/{pid}", headers=env.h("op-an-binh"))).json()
+    item = {"media_sha256": old["items"][0]["media_sha256"]}
+    r = await env.http.put(f"/api/programmes/{pid}", json={"title": "Thời sự (mới)", "items": [item, item]},
+                           headers=env.h("op-an-binh"))
+    assert r.status_code == 200, r.text
+    assert r.json()["schedules_back_to_draft"] == [sid] and len(r.json()["items"]) == 2
+    sc = (await env.http.get(f"/api/schedules/{sid}", headers=env.h("op-an-binh"))).json()
+    assert sc["status"] == "draft" and sc["version"] == 2
+    for bid in sent:  # what was sent for the old content is cancelled
+        assert (await env.http.get(f"/api/broadcasts/{bid}", headers=env.h("admin"))).json()["cancelled"] is True
+    # a programme in use cannot be removed; the audit names the edit
+    assert (await env.http.delete(f"/api/programmes/{pid}", headers=env.h("op-an-binh"))).status_code == 400
+    assert ("programme.update", "token:op-an-binh", pid) in env.audit()
