@@ -89,6 +89,13 @@ class DispatchSection(StrictModel):
         "workers through the MQTT 5 shared subscriptions $share/<group>/loaxa/v1/+/ack and .../event "
         "(every worker: the same group, database and signing key; its own broker account); see docs/scaling.md",
     )
+    schedule_horizon_days: int = Field(
+        default=8, ge=7, le=30,
+        description="approved schedules' occurrences this far ahead are sent to gateways (offline autonomy)",
+    )
+    schedule_top_up_s: float = Field(
+        default=3600.0, ge=10.0, le=86400.0, description="how often the schedule horizon is topped up",
+    )
 
 
 class IocInfluxSection(StrictModel):

@@ -10,6 +10,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -33,6 +34,9 @@ from scheduler.http import create_app
 from scheduler.ioc import IocApi, IocSettings, IocSetupError
 from scheduler.media import MediaLibrary, Target
 from scheduler.metrics import SchedulerMetrics
+from scheduler.schedules.planner import Planner
+from scheduler.schedules.routes import schedules_router
+from scheduler.schedules.store import ScheduleStore
 from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,7 @@ class Scheduler:
     dispatcher: Dispatcher
     app: FastAPI
     fleet: Fleet
+    planner: Planner
     ioc: IocApi | None = None
     warnings: Any = None  # scheduler.warnings.service.Warnings: CAP intake and feed pollers
 
@@ -187,7 +192,10 @@ class Scheduler:
                 "messages_received": float(dispatcher.received),
             },
         )
-        routers = [metrics.router(require(FLEET_READ))]
+        planner = Planner(ScheduleStore(store), dispatcher,
+                          horizon=timedelta(days=cfg.dispatch.schedule_horizon_days),
+                          interval_s=cfg.dispatch.schedule_top_up_s)
+        routers = [metrics.router(require(FLEET_READ)), schedules_router(planner, timezone=cfg.scheduler.timezone)]
         fleet = Fleet(cfg.fleet, dispatcher, influx=cfg.influx, timezone=cfg.scheduler.timezone)
         ioc: IocApi | None = None
         if cfg.influx is not None:
@@ -211,7 +219,7 @@ class Scheduler:
         routers.append(warnings.router)
         for router in routers:  # /metrics, /ioc/v1, /api/fleet, /api/alarms, /api/cap and warning rules
             app.include_router(router)
-        return cls(cfg, astore, library, dispatcher, app, fleet, ioc, warnings)
+        return cls(cfg, astore, library, dispatcher, app, fleet, planner, ioc, warnings)
 
     async def _systemd(self, server: Any) -> None:
         """READY=1 once HTTP listens; then WATCHDOG=1 while the event loop and the database thread answer."""
@@ -255,6 +263,7 @@ class Scheduler:
         waiter = asyncio.create_task(stop.wait(), name="stop")
         systemd = asyncio.create_task(self._systemd(server), name="systemd")
         feeds = asyncio.create_task(self.warnings.run() if self.warnings else asyncio.sleep(0), name="cap-feeds")
+        planner = asyncio.create_task(self.planner.run(), name="schedule-planner")
         try:
             done, _ = await asyncio.wait({disp, fleet, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -268,7 +277,8 @@ class Scheduler:
             waiter.cancel()
             systemd.cancel()
             feeds.cancel()
-            await asyncio.gather(disp, fleet, http, waiter, systemd, feeds, return_exceptions=True)
+            planner.cancel()
+            await asyncio.gather(disp, fleet, http, waiter, systemd, feeds, planner, return_exceptions=True)
             if self.ioc is not None:
                 await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)

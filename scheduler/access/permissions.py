@@ -17,7 +17,12 @@ BROADCAST_CREATE = "broadcast:create"
 BROADCAST_EMERGENCY = "broadcast:emergency"
 BROADCAST_APPROVE = "broadcast:approve"
 BROADCAST_CANCEL = "broadcast:cancel"
+SCHEDULE_READ = "schedule:read"
 SCHEDULE_WRITE = "schedule:write"
+SCHEDULE_APPROVE = "schedule:approve"
+#: approve one's own emergency schedule at once (bypassing a second person); always audited
+SCHEDULE_EMERGENCY = "schedule:emergency"
+REPORT_READ = "report:read"
 MEDIA_READ = "media:read"
 MEDIA_WRITE = "media:write"
 DEVICE_CONTROL = "device:control"
@@ -40,7 +45,11 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
         BROADCAST_EMERGENCY,
         BROADCAST_APPROVE,
         BROADCAST_CANCEL,
+        SCHEDULE_READ,
         SCHEDULE_WRITE,
+        SCHEDULE_APPROVE,
+        SCHEDULE_EMERGENCY,
+        REPORT_READ,
         MEDIA_READ,
         MEDIA_WRITE,
         DEVICE_CONTROL,
@@ -67,7 +76,11 @@ ROLES: dict[str, frozenset[str]] = {
             BROADCAST_EMERGENCY,
             BROADCAST_APPROVE,
             BROADCAST_CANCEL,
+            SCHEDULE_READ,
             SCHEDULE_WRITE,
+            SCHEDULE_APPROVE,
+            SCHEDULE_EMERGENCY,
+            REPORT_READ,
             MEDIA_READ,
             MEDIA_WRITE,
             FLEET_READ,
@@ -75,10 +88,11 @@ ROLES: dict[str, frozenset[str]] = {
     ),
     # commune culture/information staff: media, drafts, schedules, "now" (not emergency)
     "operator": frozenset(
-        {BROADCAST_READ, BROADCAST_CREATE, BROADCAST_CANCEL, SCHEDULE_WRITE, MEDIA_READ, MEDIA_WRITE, FLEET_READ}
+        {BROADCAST_READ, BROADCAST_CREATE, BROADCAST_CANCEL, SCHEDULE_READ, SCHEDULE_WRITE, REPORT_READ, MEDIA_READ,
+         MEDIA_WRITE, FLEET_READ}
     ),
     "technician": frozenset({FLEET_READ, DEVICE_CONTROL, FIRMWARE_WRITE, BROADCAST_READ, MEDIA_READ, WARNING_RULES}),
-    "viewer": frozenset({BROADCAST_READ, FLEET_READ, MEDIA_READ}),
+    "viewer": frozenset({BROADCAST_READ, FLEET_READ, MEDIA_READ, SCHEDULE_READ, REPORT_READ}),
     "ioc": frozenset({IOC_READ, FLEET_READ}),
     # a machine that sends CAP alerts (docs/warnings.md); nothing else
     "alert-source": frozenset({CAP_SUBMIT}),

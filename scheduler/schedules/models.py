@@ -12,7 +12,7 @@ draft again (``version`` counts the edits).
 
 from __future__ import annotations
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from scheduler.models import Base
@@ -87,3 +87,28 @@ class Schedule(Base):
     updated_at: Mapped[int] = mapped_column()
 
     programme: Mapped[Programme] = relationship()
+
+
+class ScheduleRun(Base):
+    """One programme item of one occurrence of an approved schedule, as sent: the broadcast that
+    carries it to the gateways (its per-speaker rows are the as-run log of that occurrence).
+
+    Written by the planner (:mod:`scheduler.schedules.planner`) when the occurrence enters the
+    horizon; ``(schedule_id, version, occurrence_at, position)`` is unique, so topping up twice sends
+    nothing twice. Rows outlive their schedule (``schedule_id`` is not a foreign key): the as-run log
+    of a removed schedule stays.
+    """
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "version", "occurrence_at", "position"),
+        Index("ix_schedule_runs_occurrence", "occurrence_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    occurrence_at: Mapped[int] = mapped_column(doc="the occurrence's start, UTC ms")
+    position: Mapped[int] = mapped_column(Integer, doc="the programme item")
+    broadcast_id: Mapped[str] = mapped_column(ForeignKey("broadcasts.id", ondelete="CASCADE"), unique=True)
+    withdrawn: Mapped[bool] = mapped_column(Boolean, default=False, doc="cancelled because the schedule changed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from scheduler.db import BadRequest, NotFound, Store, Target
-from scheduler.models import Media, Speaker
+from scheduler.models import Broadcast, Media, Speaker
 from scheduler.schedules.conflicts import Occurrence, Overlap, find_overlaps
 from scheduler.schedules.levels import level_of
 from scheduler.schedules.models import (
@@ -29,9 +30,10 @@ from scheduler.schedules.models import (
     Programme,
     ProgrammeItem,
     Schedule,
+    ScheduleRun,
 )
 from scheduler.schedules.recurrence import MAX_WINDOW, Recurrence
-from scheduler.schedules.schemas import ProgrammeIn, ScheduleIn, parse_exdate
+from scheduler.schedules.schemas import ProgrammeIn, ProgrammeItemIn, ScheduleIn, parse_exdate
 
 #: How far ahead a new or edited schedule is checked for conflicts.
 CONFLICT_HORIZON = timedelta(days=62)
@@ -68,6 +70,27 @@ def recurrence_of(row: Schedule) -> Recurrence:
     )
 
 
+@dataclass(frozen=True)
+class DueRun:
+    """One programme item of one occurrence that should be sent and is not yet."""
+
+    schedule_id: str
+    version: int
+    occurrence_at: int  # UTC ms
+    position: int
+    start_at: int  # UTC ms: the occurrence plus the items before this one
+    media_sha256: str
+    priority: int
+    volume: int
+    targets: list[str]
+    title: str
+
+    @property
+    def broadcast_id(self) -> str:
+        """Deterministic, so a second top-up (or one after a crash) finds it already made."""
+        return f"{self.schedule_id}.v{self.version}.{self.occurrence_at}.{self.position}"
+
+
 def programme_duration_ms(p: Programme) -> int:
     """The programme's length; refuses when an item's length is not known yet (text not synthesised)."""
     total = 0
@@ -94,16 +117,20 @@ class ScheduleStore:
                 raise BadRequest(f"programme {pid} already exists")
             p = Programme(id=pid, title=spec.title, created_at=now, created_by=created_by, updated_at=now)
             for n, item in enumerate(spec.items):
-                duration = item.duration_ms
-                if item.media_sha256 is not None:
-                    media = s.get(Media, item.media_sha256)
-                    if media is None:
-                        raise BadRequest(f"items[{n}].media_sha256: {item.media_sha256} is not in the library")
-                    duration = media.duration_ms
-                p.items.append(ProgrammeItem(position=n, media_sha256=item.media_sha256, text=item.text,
-                                             volume=item.volume, duration_ms=duration))
+                p.items.append(self._item(s, n, item))
             s.add(p)
         return pid
+
+    @staticmethod
+    def _item(s: Session, n: int, item: ProgrammeItemIn) -> ProgrammeItem:
+        duration = item.duration_ms
+        if item.media_sha256 is not None:
+            media = s.get(Media, item.media_sha256)
+            if media is None:
+                raise BadRequest(f"items[{n}].media_sha256: {item.media_sha256} is not in the library")
+            duration = media.duration_ms
+        return ProgrammeItem(position=n, media_sha256=item.media_sha256, text=item.text, volume=item.volume,
+                             duration_ms=duration)
 
     def programme(self, pid: str) -> dict[str, Any]:
         with self.store.session() as s:
@@ -117,6 +144,46 @@ class ScheduleStore:
                 "items": [{"position": i.position, "media_sha256": i.media_sha256, "text": i.text,
                            "volume": i.volume, "duration_ms": i.duration_ms} for i in p.items],
             }
+
+    def list_programmes(self, limit: int = 200) -> list[dict[str, Any]]:
+        with self.store.session() as s:
+            ids = s.scalars(select(Programme.id).order_by(Programme.created_at.desc(), Programme.id)
+                            .limit(max(1, min(limit, 1000)))).all()
+        return [self.programme(pid) for pid in ids]
+
+    def update_programme(self, pid: str, spec: ProgrammeIn, by: str | None, now: int) -> list[str]:
+        """Replace a programme's items. Every approved schedule that plays it goes back to draft (what
+        was approved is no longer what would play); returns their ids."""
+        with self.store.session() as s, s.begin():
+            p = s.get(Programme, pid, options=[selectinload(Programme.items)])
+            if p is None:
+                raise NotFound(f"no programme {pid}")
+            p.items.clear()
+            s.flush()
+            p.title = spec.title
+            p.updated_at = now
+            for n, item in enumerate(spec.items):
+                p.items.append(self._item(s, n, item))
+            back: list[str] = []
+            for row in s.scalars(select(Schedule).where(Schedule.programme_id == pid,
+                                                        Schedule.status == STATUS_APPROVED)).all():
+                row.status = STATUS_DRAFT
+                row.status_reason = f"programme {pid} was edited"
+                row.status_by = by
+                row.status_at = now
+                row.version += 1
+                back.append(row.id)
+            return back
+
+    def remove_programme(self, pid: str) -> None:
+        with self.store.session() as s, s.begin():
+            p = s.get(Programme, pid)
+            if p is None:
+                raise NotFound(f"no programme {pid}")
+            used = s.scalars(select(Schedule.id).where(Schedule.programme_id == pid).limit(5)).all()
+            if used:
+                raise BadRequest(f"programme {pid} is played by schedule(s) {', '.join(used)}: remove them first")
+            s.delete(p)
 
     # ------------------------------------------------------------ schedules
 
@@ -199,6 +266,13 @@ class ScheduleStore:
             if expected_version is not None and row.version != expected_version:
                 raise BadRequest(f"schedule {sid} changed (version {row.version}, you saw {expected_version})")
             if status == STATUS_APPROVED:
+                p = s.get(Programme, row.programme_id, options=[selectinload(Programme.items)])
+                assert p is not None  # foreign key
+                text = [i.position + 1 for i in p.items if i.media_sha256 is None]
+                if text:
+                    raise BadRequest(f"programme {p.id} item(s) {text} are text: turn each into audio with "
+                                     "POST /api/tts (or loaxa tts) and put that media in the programme; only "
+                                     "audio is sent to gateways")
                 self._refuse_conflicts(s, row, now)
             row.status = status
             row.status_reason = reason.strip()[:500] if reason else None
@@ -299,7 +373,92 @@ class ScheduleStore:
                 self._refuse_conflicts(s, row, now)
             return [row.id for row in rows]
 
+    def gateways_of(self, sid: str) -> set[str]:
+        """The gateways a schedule reaches (for area checks)."""
+        with self.store.session() as s:
+            row = s.get(Schedule, sid)
+            if row is None:
+                raise NotFound(f"no schedule {sid}")
+            return {Target.parse(t).gateway for t in row.targets}
+
+    # ------------------------------------------------------------ the horizon (scheduler.schedules.planner)
+
+    def due_runs(self, now: int, horizon_ms: int) -> list[DueRun]:
+        """Programme items of approved schedules' occurrences starting in ``[now, now + horizon)`` that
+        have not been sent as broadcasts yet (for this version of the schedule)."""
+        start, end = _dt(now), _dt(now + horizon_ms)
+        out: list[DueRun] = []
+        with self.store.session() as s:
+            rows = s.scalars(select(Schedule).where(Schedule.status == STATUS_APPROVED).order_by(Schedule.id)).all()
+            for row in rows:
+                p = s.get(Programme, row.programme_id, options=[selectinload(Programme.items)])
+                assert p is not None
+                if any(i.media_sha256 is None or i.duration_ms is None for i in p.items):
+                    continue  # refused at approval; a text item added since sent it back to draft
+                done = set(s.execute(
+                    select(ScheduleRun.occurrence_at, ScheduleRun.position).where(
+                        ScheduleRun.schedule_id == row.id, ScheduleRun.version == row.version,
+                        ScheduleRun.occurrence_at >= now)
+                ).all())
+                for occ in recurrence_of(row).occurrences(start, end):
+                    at = _ms(occ)
+                    offset = 0
+                    for item in p.items:
+                        assert item.media_sha256 is not None and item.duration_ms is not None
+                        if (at, item.position) not in done:
+                            title = row.title if len(p.items) == 1 else \
+                                f"{row.title} ({item.position + 1}/{len(p.items)})"
+                            out.append(DueRun(row.id, row.version, at, item.position, at + offset,
+                                              item.media_sha256, row.priority,
+                                              item.volume if item.volume is not None else row.volume,
+                                              list(row.targets), title[:200]))
+                        offset += item.duration_ms
+        return out
+
+    def record_run(self, run: DueRun) -> None:
+        """Link the broadcast made for ``run`` to its schedule (idempotent)."""
+        with self.store.session() as s, s.begin():
+            if s.get(Broadcast, run.broadcast_id) is None:
+                return
+            found = s.scalars(select(ScheduleRun).where(ScheduleRun.broadcast_id == run.broadcast_id)).first()
+            if found is None:
+                s.add(ScheduleRun(schedule_id=run.schedule_id, version=run.version, occurrence_at=run.occurrence_at,
+                                  position=run.position, broadcast_id=run.broadcast_id, withdrawn=False))
+
+    def runs_to_withdraw(self, sid: str, now: int) -> list[str]:
+        """Broadcasts of ``sid`` still to come that no longer match an approved version of it."""
+        with self.store.session() as s:
+            row = s.get(Schedule, sid)
+            q = select(ScheduleRun.broadcast_id).join(Broadcast, Broadcast.id == ScheduleRun.broadcast_id).where(
+                ScheduleRun.schedule_id == sid, ScheduleRun.withdrawn.is_(False), Broadcast.cancelled.is_(False),
+                Broadcast.expires_at > now)
+            if row is not None and row.status == STATUS_APPROVED:
+                q = q.where(ScheduleRun.version != row.version)
+            return list(s.scalars(q).all())
+
+    def mark_withdrawn(self, broadcast_ids: Sequence[str]) -> None:
+        if not broadcast_ids:
+            return
+        with self.store.session() as s, s.begin():
+            for run in s.scalars(select(ScheduleRun).where(ScheduleRun.broadcast_id.in_(list(broadcast_ids)))).all():
+                run.withdrawn = True
+
     # ------------------------------------------------------------ conflicts
+
+    def preview_conflicts(self, spec: ScheduleIn, now: int, sid: str | None = None) -> list[Overlap]:
+        """The equal-priority overlaps ``spec`` would have if saved (as ``sid`` when editing); nothing is stored."""
+        with self.store.session() as s:
+            try:
+                self._check(s, spec)
+                row = s.get(Schedule, sid) if sid is not None else None
+                if row is None:
+                    row = Schedule(id=sid or "(new)", status=STATUS_DRAFT, version=1, created_at=now, updated_at=now)
+                    s.add(row)
+                self._fill(row, spec)
+                s.flush()
+                return self._conflicts(s, row, now)
+            finally:
+                s.rollback()
 
     def _refuse_conflicts(self, s: Session, row: Schedule, now: int) -> None:
         found = self._conflicts(s, row, now)
