@@ -19,7 +19,7 @@ from protocol.models import Status
 from protocol.signing import now_ms
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler
-from tests.sched_support import Keys, TestGateway, make_tone, scheduler_config_dict, wait_for_async
+from tests.sched_support import Keys, TestGateway, add_token, bearer, make_tone, scheduler_config_dict, wait_for_async
 from tests.test_security_acl import NOT_AUTHORIZED, Client
 
 
@@ -36,7 +36,9 @@ async def test_only_configured_gateways_appear(tmp_path: Path,
     rogue = TestGateway(central, "xa-rogue", keys)  # a broker account, but not this scheduler's gateway
     viewer = await asyncio.to_thread(Client, central.port, central.user(VIEWER_USER))
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=30) as http:
+        headers = bearer(add_token(sched.store.store))  # an admin token: sees every gateway there is
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.http.port}", timeout=30,
+                                     headers=headers) as http:
             await asyncio.wait_for(sched.dispatcher.link.connected.wait(), 30)
             online = Status(state="online", ts=now_ms(), version="fake").model_dump_json().encode()
             codes = [await asyncio.to_thread(viewer.pub, f"loaxa/v1/viewer/{kind}", online)
