@@ -270,16 +270,10 @@ def _schedule_args(p: argparse.ArgumentParser) -> None:
 
 
 def _wrap(fn: Any) -> Any:
-    from scheduler.cli import CliError
+    """The broadcast CLI's error handling: a CliError is one line on stderr and exit code 2."""
+    from scheduler.cli import _handle
 
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return int(fn(args))
-        except CliError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-
-    return wrapper
+    return _handle(fn)
 
 
 def _raw(api: Any, method: str, path: str, **kw: Any) -> bytes:
