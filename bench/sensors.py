@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -35,7 +36,7 @@ import aiomqtt  # noqa: E402
 
 from devices.sensors.sim import KINDS, make_model  # noqa: E402
 from devices.sim.sensors_cli import PublishStats, make_devices, publish_sim_sensors  # noqa: E402
-from loaxa.servers import Mosquitto  # noqa: E402
+from loaxa.servers import Mosquitto, MosquittoUser  # noqa: E402
 
 
 def bench_generators(samples: int = 20_000) -> dict[str, float]:
@@ -49,17 +50,22 @@ def bench_generators(samples: int = 20_000) -> dict[str, float]:
     return out
 
 
+#: The bench's single account: it publishes for every simulated sensor and reads them back.
+BENCH_USER = MosquittoUser("bench", secrets.token_urlsafe(12), ["topic readwrite loaxa/v1/#"])
+
+
 async def bench_publish(broker: Mosquitto, devices: int, messages: int, batch: int) -> dict[str, Any]:
     gw = f"bench-{batch}"
     sims = make_devices(gw, devices, list(KINDS), "sim", seed=1)
     expect = devices * messages
     got = 0
     done = asyncio.Event()
+    auth = {"username": BENCH_USER.username, "password": BENCH_USER.password}
     async with (
         aiomqtt.Client(
-            "127.0.0.1", port=broker.port, identifier=f"bench-sub-{batch}", max_queued_incoming_messages=0
+            "127.0.0.1", port=broker.port, identifier=f"bench-sub-{batch}", max_queued_incoming_messages=0, **auth
         ) as sub,
-        aiomqtt.Client("127.0.0.1", port=broker.port, identifier=f"bench-pub-{batch}") as pub,
+        aiomqtt.Client("127.0.0.1", port=broker.port, identifier=f"bench-pub-{batch}", **auth) as pub,
     ):
         pub.pending_calls_threshold = 1000
         await sub.subscribe(f"loaxa/v1/{gw}/dev/+/telemetry", qos=1)
@@ -172,7 +178,8 @@ async def main() -> None:
     gens = bench_generators()
     print("simulated sensor samples/s:", ", ".join(f"{k} {v:,}" for k, v in gens.items()), flush=True)
     with tempfile.TemporaryDirectory(prefix="loaxa-bench-sensors-") as tmp:
-        broker = Mosquitto(Path(tmp) / "mosquitto", anonymous=True).start()
+        # one account for the bench's publisher (all simulated sensors) and its reader: no anonymous broker
+        broker = Mosquitto(Path(tmp) / "mosquitto", users=[BENCH_USER]).start()
         try:
             single = await bench_publish(broker, args.devices, args.messages, 1)
             print(

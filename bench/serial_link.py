@@ -9,7 +9,7 @@ the gateway side:
 - framing efficiency: image bytes / wire bytes of one 256-byte FW_CHUNK frame, and the same ratio over
   the whole transfer (all frames the gateway sent, retransmissions included).
 
-Prints the figures and, last, one JSON line. Usage: ``python bench/serial.py [--baud 115200] [--kib 128]``.
+Prints the figures and, last, one JSON line. Usage: ``python bench/serial_link.py [--baud 115200] [--kib 128]``.
 """
 
 from __future__ import annotations
