@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -165,19 +166,34 @@ class Gateway:
             await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
             sdnotify.notify("STOPPING=1")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.commands.aclose(), 5)
+            began = time.monotonic()
+            log.info("gateway %s stopping", self.id)
+            await _stop_step("commands", self.commands.aclose(), 5)
             for closer in self._closers:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(closer(), 10)
+                await _stop_step(getattr(closer, "__qualname__", "closer"), closer(), 10)
             offline = Status(state="offline", ts=now_ms(), version=self.version)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self.uplink.disconnect_gracefully([(status_topic(self.id), offline, True)]), 5)
+            await _stop_step("offline status", self.uplink.disconnect_gracefully(
+                [(status_topic(self.id), offline, True)]), 5)
             for t in [*tasks, *helpers, stopper]:
                 t.cancel()
-            await asyncio.gather(*tasks, *helpers, stopper, return_exceptions=True)
+            await _stop_step("tasks", asyncio.gather(*tasks, *helpers, stopper, return_exceptions=True), 10)
             self.commands.close()
+            log.info("gateway %s stopped in %.1f s", self.id, time.monotonic() - began)
+
+
+async def _stop_step(name: str, aw: Awaitable[Any], timeout: float) -> None:
+    """One step of a clean stop, bounded; a slow step is logged so that a slow stop can be traced."""
+    began = time.monotonic()
+    try:
+        await asyncio.wait_for(aw, timeout)
+    except asyncio.TimeoutError:
+        log.warning("stopping: %s did not finish within %.0f s; going on", name, timeout)
+    except Exception as exc:  # a failing closer must not keep the others from running
+        log.warning("stopping: %s failed: %s", name, exc)
+    else:
+        took = time.monotonic() - began
+        if took > 1.0:
+            log.warning("stopping: %s took %.1f s", name, took)
 
 
 async def _logged(name: str, factory: Callable[[], Awaitable[Any]]) -> None:

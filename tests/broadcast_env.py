@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from loaxa.servers import MosquittoUser
 from protocol.models import MediaRef
@@ -128,7 +130,11 @@ class Recorder:
         self.client.on_connect = lambda c, *_a: c.subscribe("loaxa/v1/#", qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
-        self.client.connect("127.0.0.1", self.port)
+        # a session that outlives the connection (and a broker restart: the test brokers persist), so
+        # that what is published while the recorder reconnects is queued for it, not lost
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", self.port, clean_start=True, properties=props)
         self.client.loop_start()
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:

@@ -160,6 +160,20 @@ def spawn_loaxa(*args: str, log: Path, **kw: Any) -> subprocess.Popen[bytes]:
         out.close()
 
 
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 30.0, log: Path | None = None) -> None:
+    """SIGTERM ``proc`` and wait for a clean exit; kill it and fail, with its log's tail, if it hangs."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        tail = log.read_text(errors="replace").splitlines()[-30:] if log is not None and log.exists() else []
+        pytest.fail(f"{' '.join(map(str, proc.args))} did not stop within {timeout:.0f} s of SIGTERM; "
+                    "its log ends:\n" + "\n".join(tail))
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1,
                what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""

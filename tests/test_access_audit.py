@@ -1,20 +1,22 @@
-"""The audit chain under concurrent writers (two processes' worth of engines on one SQLite file)."""
+"""The audit chain under concurrent writers (separate engines on one database, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 from scheduler.access import audit
 from scheduler.access.store import AccessStore
 from scheduler.db import Store
 
 
-def test_concurrent_appends_keep_one_unbroken_chain(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'scheduler.db'}"
+WRITERS = 6  # separate engines, as separate processes would be
+
+
+def test_concurrent_appends_keep_one_unbroken_chain(db_url: str) -> None:
+    url = db_url
     first = Store(url)
     first.create_all()
-    writers = [AccessStore(Store(url).session) for _ in range(3)]
+    writers = [AccessStore(Store(url).session) for _ in range(WRITERS)]
     errors: list[BaseException] = []
 
     def write(n: int, store: AccessStore) -> None:
@@ -31,11 +33,11 @@ def test_concurrent_appends_keep_one_unbroken_chain(tmp_path: Path) -> None:
         t.join(120)
     assert errors == []
     result = AccessStore(first.session).verify_audit()
-    assert result.ok and result.count == 120, result
+    assert result.ok and result.count == WRITERS * 40, result
     with first.session() as s:
         entries = list(audit.iter_entries(s))
-    assert [e.id for e in entries] == list(range(1, 121))
-    assert {e.actor for e in entries} == {"writer-0", "writer-1", "writer-2"}
+    assert [e.id for e in entries] == list(range(1, WRITERS * 40 + 1))
+    assert {e.actor for e in entries} == {f"writer-{n}" for n in range(WRITERS)}
 
 
 def test_canonical_form_is_stable() -> None:

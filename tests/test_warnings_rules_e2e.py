@@ -16,7 +16,7 @@ from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from scheduler.config import SchedulerConfig
 from scheduler.service import Scheduler
 from tests.broadcast_env import Recorder
-from tests.conftest import run_loaxa, spawn_loaxa
+from tests.conftest import run_loaxa, spawn_loaxa, stop_process
 from tests.sched_support import Keys, add_token, bearer, make_tone, scheduler_config_dict, wait_for_async
 
 GW = "xa-song-cai"
@@ -90,9 +90,8 @@ async def test_rules_sent_by_the_cli_make_the_gateway_warn(tmp_path: Path, centr
                              what="warning finished on both speakers")
     finally:
         up.close()
-        for proc in (sim, gw):
-            proc.terminate()
-            proc.wait(15)
+        stop_process(sim, log=tmp_path / "speakers.log")
+        stop_process(gw, log=tmp_path / "gw.log")
         stop.set()
         await asyncio.wait_for(task, 15)
 

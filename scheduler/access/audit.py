@@ -49,6 +49,26 @@ def _clean_detail(detail: dict[str, Any] | None) -> dict[str, Any]:
     return clean
 
 
+# Any constant: the advisory lock that serialises appends to the chain on PostgreSQL.
+_PG_CHAIN_LOCK = 0x4C4F4158  # "LOAX"
+
+
+def lock_chain(s: Session) -> None:
+    """Serialise writers of the chain; call first thing in the transaction, before reading its head.
+
+    Without it two writers read the same head and one of them loses its insert. SQLite: the
+    transaction starts as ``BEGIN IMMEDIATE`` (pysqlite would otherwise open it lazily at the
+    insert, after the head was read); the 30 s busy timeout makes other writers wait. PostgreSQL:
+    a transaction-scoped advisory lock.
+    """
+    conn = s.connection()
+    if conn.dialect.name == "sqlite":
+        if not conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_CHAIN_LOCK})")
+
+
 def append(s: Session, *, at: int, actor: str, action: str, address: str | None = None,
            target: str | None = None, detail: dict[str, Any] | None = None) -> AuditEntry:
     """Add an entry after the last one, inside the caller's transaction."""

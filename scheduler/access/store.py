@@ -97,6 +97,7 @@ class AccessStore:
         for attempt in range(RETRIES):
             try:
                 with self._session() as s, s.begin():
+                    audit.lock_chain(s)
                     return fn(s)
             except (IntegrityError, OperationalError) as exc:
                 if attempt == RETRIES - 1 or not _is_race(exc):
