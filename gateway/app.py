@@ -9,7 +9,6 @@ Online state follows Sparkplug's birth/death idea: a retained ``status`` ``onlin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -181,13 +180,13 @@ class Gateway:
             log.info("gateway %s stopped in %.1f s", self.id, time.monotonic() - began)
 
 
-async def _stop_step(name: str, aw: Awaitable[Any], timeout: float) -> None:
+async def _stop_step(name: str, aw: Awaitable[Any], within: float) -> None:
     """One step of a clean stop, bounded; a slow step is logged so that a slow stop can be traced."""
     began = time.monotonic()
     try:
-        await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
-        log.warning("stopping: %s did not finish within %.0f s; going on", name, timeout)
+        await asyncio.wait_for(aw, within)
+    except TimeoutError:
+        log.warning("stopping: %s did not finish within %.0f s; going on", name, within)
     except Exception as exc:  # a failing closer must not keep the others from running
         log.warning("stopping: %s failed: %s", name, exc)
     else:

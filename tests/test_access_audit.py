@@ -8,7 +8,6 @@ from scheduler.access import audit
 from scheduler.access.store import AccessStore
 from scheduler.db import Store
 
-
 WRITERS = 6  # separate engines, as separate processes would be
 
 
