@@ -205,10 +205,7 @@ class Mosquitto(_Process):
         if self.conf_overrides:
             lines = [ln for ln in lines if ln.split(" ", 1)[0] not in self.conf_overrides]
             lines += [f"{k} {v}" for k, v in self.conf_overrides.items()]
-        if os.geteuid() == 0:  # mosquitto drops root privileges unless told to keep the current user
-            import pwd
-
-            lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
+        lines += _run_as_self()
         if self.users:
             passwd, acl = self._write_accounts()
             lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
@@ -262,6 +259,55 @@ class Mosquitto(_Process):
 
 #: what our brokers allow (docs/telemetry.md measures how many readings fit)
 MAX_PACKET_SIZE = 270000
+
+
+@dataclass
+class MosquittoTls(_Process):
+    """Mosquitto with one TLS listener on 127.0.0.1 (server certificate ``cert``/``key`` from ``ca``),
+    accounts only: ``passwords`` (user → password), and the ACL file text ``acl`` if given."""
+
+    passwords: dict[str, str] = field(default_factory=dict)
+    acl: str | None = None
+    port: int = 0
+
+    def start_tls(self, ca: Path, cert: Path, key: Path) -> MosquittoTls:
+        self.port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        passwd = self.workdir / "passwd"
+        passwd.write_text("".join(password_line(u, pw) + "\n" for u, pw in self.passwords.items()))
+        passwd.chmod(0o600)
+        lines = [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {passwd}",
+            f"listener {self.port} 127.0.0.1",
+            f"cafile {ca}",
+            f"certfile {cert}",
+            f"keyfile {key}",
+            "tls_version tlsv1.2",
+            "persistence false",
+            "log_dest stdout",
+            "max_queued_messages 100000",
+        ]
+        if self.acl is not None:
+            acl = self.workdir / "acl"
+            acl.write_text(self.acl)
+            lines.append(f"acl_file {acl}")
+        lines += _run_as_self()
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = self._spawn([find_binary("mosquitto", "mosquitto"), "-c", str(conf)], "mosquitto.log")
+        wait_for_port(self.port, self.proc, 15, "mosquitto (TLS)", self.log_path)
+        return self
+
+
+def _run_as_self() -> list[str]:
+    """Mosquitto drops root privileges unless told to keep the current user (tests run as root in CI)."""
+    if os.geteuid() != 0:
+        return []
+    import pwd
+
+    return [f"user {pwd.getpwuid(os.getuid()).pw_name}"]
 
 
 def can_log_in(port: int, username: str, password: str, timeout: float = 5.0) -> bool:

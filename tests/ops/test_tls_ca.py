@@ -3,10 +3,8 @@ checking on, and a client that trusts another CA, or asks for a name the certifi
 
 from __future__ import annotations
 
-import os
 import ssl
 import stat
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,45 +14,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from loaxa.cli import main as loaxa_main
-from loaxa.servers import _Process, find_binary, free_port, wait_for_port
+from loaxa.servers import MosquittoTls
 from loaxa.tlsca import TlsError, describe, init_ca, issue_client, issue_server
 
 USER, PASSWORD = "xa-an-binh", "tls-test-password"
-
-
-class TlsBroker(_Process):
-    """Mosquitto with one TLS listener, accounts only (no anonymous clients)."""
-
-    port: int = 0
-
-    def start_tls(self, ca: Path, cert: Path, key: Path) -> TlsBroker:
-        self.port = free_port()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        passwd = self.workdir / "passwd"
-        passwd.touch(mode=0o600)
-        subprocess.run([find_binary("mosquitto_passwd", "mosquitto"), "-b", str(passwd), USER, PASSWORD],
-                       check=True, capture_output=True)
-        lines = [
-            "per_listener_settings false",
-            "allow_anonymous false",
-            f"password_file {passwd}",
-            f"listener {self.port} 127.0.0.1",
-            f"cafile {ca}",
-            f"certfile {cert}",
-            f"keyfile {key}",
-            "tls_version tlsv1.2",
-            "persistence false",
-            "log_dest stdout",
-        ]
-        if os.geteuid() == 0:
-            import pwd
-
-            lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        self.proc = self._spawn([find_binary("mosquitto", "mosquitto"), "-c", str(conf)], "mosquitto.log")
-        wait_for_port(self.port, self.proc, 15, "mosquitto (TLS)", self.log_path)
-        return self
 
 
 def connect(port: int, ca: Path, host: str = "127.0.0.1") -> str:
@@ -94,8 +57,9 @@ def pki(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def broker(tmp_path: Path, pki: Path) -> Iterator[TlsBroker]:
-    b = TlsBroker(tmp_path / "broker").start_tls(pki / "ca.crt", pki / "server.crt", pki / "server.key")
+def broker(tmp_path: Path, pki: Path) -> Iterator[MosquittoTls]:
+    b = MosquittoTls(tmp_path / "broker", passwords={USER: PASSWORD})
+    b.start_tls(pki / "ca.crt", pki / "server.crt", pki / "server.key")
     yield b
     b.stop()
 
@@ -112,11 +76,11 @@ def test_init_writes_private_keys_0600_and_refuses_a_second_ca(pki: Path) -> Non
         init_ca(pki)
 
 
-def test_client_with_the_ca_connects_with_checking_on(broker: TlsBroker, pki: Path) -> None:
+def test_client_with_the_ca_connects_with_checking_on(broker: MosquittoTls, pki: Path) -> None:
     assert connect(broker.port, pki / "ca.crt") == "ok"
 
 
-def test_client_trusting_another_ca_is_refused(broker: TlsBroker, tmp_path: Path) -> None:
+def test_client_trusting_another_ca_is_refused(broker: MosquittoTls, tmp_path: Path) -> None:
     other = tmp_path / "other-ca"
     init_ca(other, "Somebody else's CA")
     outcome = connect(broker.port, other / "ca.crt")
@@ -127,7 +91,8 @@ def test_name_missing_from_the_certificate_is_refused(tmp_path: Path) -> None:
     d = tmp_path / "tls"
     init_ca(d)
     issue_server(d, ["mqtt.example.invalid"])  # no 127.0.0.1 in its names
-    b = TlsBroker(tmp_path / "broker").start_tls(d / "ca.crt", d / "server.crt", d / "server.key")
+    b = MosquittoTls(tmp_path / "broker", passwords={USER: PASSWORD})
+    b.start_tls(d / "ca.crt", d / "server.crt", d / "server.key")
     try:
         outcome = connect(b.port, d / "ca.crt")
         assert outcome.startswith("tls error") and "CERTIFICATE_VERIFY_FAILED" in outcome

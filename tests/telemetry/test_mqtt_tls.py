@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.telemetry.service import TelemetryService
 from loaxa.brokers import lan_acl
-from loaxa.servers import _Process, find_binary, free_port, password_line, wait_for_port
+from loaxa.servers import MosquittoTls
 
 from .helpers import GW, config_dict, eventually, load, running, topic
 from .test_tls_auth import make_ca_and_cert
@@ -25,45 +24,15 @@ from .test_tls_auth import make_ca_and_cert
 PASSWORDS = {"gateway": "gw-secret", "s1": "s1-secret"}
 
 
-class TlsMosquitto(_Process):
-    def start_tls(self, ca: Path, cert: Path, key: Path) -> TlsMosquitto:
-        self.port = free_port()
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        passwd, acl = self.workdir / "passwd", self.workdir / "acl"
-        passwd.write_text("".join(password_line(u, pw) + "\n" for u, pw in PASSWORDS.items()))
-        acl.write_text(lan_acl(GW))
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            f"cafile {ca}",
-            f"certfile {cert}",
-            f"keyfile {key}",
-            "allow_anonymous false",
-            f"password_file {passwd}",
-            f"acl_file {acl}",
-            "persistence false",
-            "log_dest stdout",
-            "max_queued_messages 100000",
-        ]
-        if os.geteuid() == 0:
-            import pwd
-
-            lines.append(f"user {pwd.getpwuid(os.getuid()).pw_name}")
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        self.proc = self._spawn([find_binary("mosquitto", "mosquitto"), "-c", str(conf)], "mosquitto.log")
-        wait_for_port(self.port, self.proc, 15, "mosquitto (TLS)", self.log_path)
-        return self
-
-
 @pytest.fixture
-def tls_broker(tmp_path: Path) -> Iterator[tuple[TlsMosquitto, Path]]:
+def tls_broker(tmp_path: Path) -> Iterator[tuple[MosquittoTls, Path]]:
     ca, cert, key = make_ca_and_cert(tmp_path)
-    broker = TlsMosquitto(tmp_path / "mosquitto-tls").start_tls(ca, cert, key)
+    broker = MosquittoTls(tmp_path / "mosquitto-tls", passwords=PASSWORDS, acl=lan_acl(GW)).start_tls(ca, cert, key)
     yield broker, ca
     broker.stop()
 
 
-async def test_ingest_over_tls(tmp_path: Path, tls_broker: tuple[TlsMosquitto, Path]) -> None:
+async def test_ingest_over_tls(tmp_path: Path, tls_broker: tuple[MosquittoTls, Path]) -> None:
     broker, ca = tls_broker
     data = config_dict(tmp_path, f"mqtts://127.0.0.1:{broker.port}", influx=None)
     data["local_broker"].update(ca_file=str(ca), username="gateway", password={"value": PASSWORDS["gateway"]})
