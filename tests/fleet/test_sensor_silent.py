@@ -35,7 +35,8 @@ def write_point(influx: InfluxDB1, device: str, at_ms: int, cm: float) -> None:
 
 
 @pytest.fixture
-async def rules_env(tmp_path: Path, influxdb1: InfluxDB1) -> AsyncIterator[tuple[ReadingRules, AlarmEngine, FleetState]]:
+async def rules_env(tmp_path: Path,
+                    influxdb1: InfluxDB1) -> AsyncIterator[tuple[ReadingRules, AlarmEngine, FleetState]]:
     st = Store(f"sqlite:///{tmp_path / 'scheduler.db'}")
     st.upgrade()
     astore = AsyncStore(st)
