@@ -278,11 +278,12 @@ def run(args: argparse.Namespace) -> int:
         if args.endpoints_file:
             args.endpoints_file.write_text(json.dumps(ep, indent=2, ensure_ascii=False))
         print_banner(ep, args.endpoints_file)
-        from loaxa import demo_warnings
+        from loaxa import demo_schedules, demo_warnings
 
         if "scheduler" in ep:
-            print("\n".join(demo_warnings.banner_lines(ep)), flush=True)
+            print("\n".join(demo_warnings.banner_lines(ep) + demo_schedules.banner_lines(ep)), flush=True)
         demo_warnings.start(ep, stopping)
+        demo_schedules.start(ep, stopping)
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stopping.is_set():
             problems = demo.check_children()

@@ -40,6 +40,8 @@ from scheduler.schedules.store import ScheduleStore
 from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
+#: How long a clean stop may take before the process exits anyway (uvicorn waits for open requests).
+STOP_TIMEOUT_S = 15.0
 
 
 def base_url(cfg: SchedulerConfig) -> str:
@@ -254,6 +256,7 @@ class Scheduler:
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
+                timeout_graceful_shutdown=5,  # live pages (SSE) would otherwise hold a stop forever
             )
         )
         stop = stop or asyncio.Event()
@@ -267,8 +270,13 @@ class Scheduler:
         try:
             done, _ = await asyncio.wait({disp, fleet, http, waiter}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t is not waiter and t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
+                if t is waiter:
+                    continue
+                exc = t.exception()
+                if exc is not None:
+                    log.error("scheduler: %s failed; stopping", t.get_name(), exc_info=exc)
+                    raise exc
+                log.error("scheduler: %s ended on its own; stopping", t.get_name())
         finally:
             sdnotify.notify("STOPPING=1")
             server.should_exit = True
@@ -278,7 +286,13 @@ class Scheduler:
             systemd.cancel()
             feeds.cancel()
             planner.cancel()
-            await asyncio.gather(disp, fleet, http, waiter, systemd, feeds, planner, return_exceptions=True)
+            rest = asyncio.gather(disp, fleet, http, waiter, systemd, feeds, planner, return_exceptions=True)
+            try:
+                await asyncio.wait_for(rest, STOP_TIMEOUT_S)
+            except TimeoutError:
+                pending = [t.get_name() for t in (disp, fleet, http, systemd, feeds, planner) if not t.done()]
+                log.error("scheduler: %s did not stop within %.0f s; exiting anyway", ", ".join(pending),
+                          STOP_TIMEOUT_S)
             if self.ioc is not None:
                 await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)

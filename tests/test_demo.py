@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,7 +36,7 @@ def _get(url: str, token: str | None = None) -> int:
 
 def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
     ep_file = tmp_path / "endpoints.json"
-    proc = spawn_loaxa("demo", "--for", "45", "--endpoints-file", str(ep_file), "--data-dir", str(tmp_path / "d"),
+    proc = spawn_loaxa("demo", "--for", "600", "--endpoints-file", str(ep_file), "--data-dir", str(tmp_path / "d"),
                        "--http-port", "0", log=tmp_path / "demo.log")
     try:
         wait_until(lambda: ep_file.exists() and ep_file.stat().st_size > 0, timeout=60, what="endpoints file")
@@ -119,6 +120,14 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         assert rows[0].startswith("time,gateway,device,commune,") and "water_level_cm" in rows[0], rows[:2]
         assert all(r.split(",")[1] == first for r in rows[1:]), rows[:3]
         assert f"&gateway={first}&format=csv" in (tmp_path / "demo.log").read_text()
+        # the daily programme: drafted by the commune's operator, approved by its chairman; a notice waits
+        wait_until(lambda: "daily programme approved by chutich-an-binh" in (tmp_path / "demo.log").read_text(),
+                   timeout=60, interval=1, what="the demo's schedules seeded")
+        listed = run_loaxa("schedule", "list", "--login", "admin", "--json", env=admin)
+        assert listed.returncode == 0, listed.stderr
+        by_status = {(s["title"], s["status"]) for s in json.loads(listed.stdout)}
+        assert by_status == {("Bản tin sáng và chiều (trừ Chủ nhật)", "approved"), ("Thông báo họp dân", "draft")}
+        proc.terminate()  # Ctrl-C, as a newcomer would stop it
         assert proc.wait(90) == 0, (tmp_path / "demo.log").read_text()[-3000:]
         # a clean stop: each gateway said offline on its way out
         wait_until(lambda: all(statuses.get(g) == "offline" for g in gateways), timeout=5,
@@ -128,5 +137,9 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         assert "Demo stopped." in out and "xa-an-binh: online" in out
         assert f"chutich-an-binh    password {accounts['chutich-an-binh']['password']}" in out
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # stop it cleanly even when the test failed, so nothing it started lingers
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
