@@ -286,13 +286,14 @@ class Scheduler:
             systemd.cancel()
             feeds.cancel()
             planner.cancel()
-            rest = asyncio.gather(disp, fleet, http, waiter, systemd, feeds, planner, return_exceptions=True)
-            try:
-                await asyncio.wait_for(rest, STOP_TIMEOUT_S)
-            except TimeoutError:
-                pending = [t.get_name() for t in (disp, fleet, http, systemd, feeds, planner) if not t.done()]
-                log.error("scheduler: %s did not stop within %.0f s; exiting anyway", ", ".join(pending),
-                          STOP_TIMEOUT_S)
+            _, pending = await asyncio.wait({disp, fleet, http, waiter, systemd, feeds, planner},
+                                            timeout=STOP_TIMEOUT_S)
+            if pending:
+                log.error("scheduler: %s did not stop within %.0f s; exiting anyway",
+                          ", ".join(sorted(t.get_name() for t in pending)), STOP_TIMEOUT_S)
+                for t in pending:
+                    t.cancel()
+                await asyncio.wait(pending, timeout=2)
             if self.ioc is not None:
                 await self.ioc.aclose()
             await asyncio.to_thread(self.store.close)
