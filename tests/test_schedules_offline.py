@@ -53,7 +53,6 @@ LIBFAKETIME = next((p for p in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.
                                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1") if Path(p).exists()), None)
 
 
-
 async def _cached(media_dir: Path, sha: str) -> bool:
     return any(p.name.startswith(sha) for p in media_dir.rglob("*") if p.is_file())  # noqa: ASYNC240 - a tiny dir
 
