@@ -140,7 +140,21 @@ class Gateway:
             await asyncio.sleep(interval)
 
     async def _ready(self) -> None:
-        await self.uplink.connected.wait()
+        """Tell systemd the gateway has started once it can work in its commune: its LAN link (or its
+        uplink) is up. Never wait for the WAN alone: the unit is ``Type=notify``, and a gateway that
+        boots with the WAN cut and never says READY=1 would be killed after TimeoutStartSec and
+        started again, every 90 s, for as long as the cut lasts, cutting off what it is playing."""
+        waits = [asyncio.create_task(self.local.connected.wait()), asyncio.create_task(self.uplink.connected.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not self.uplink.connected.is_set():
+            sdnotify.notify(f"READY=1\nSTATUS=gateway {self.id} running without the centre (uplink down)")
+            log.info("gateway %s running on its LAN without the centre (services: %s)", self.id,
+                     ", ".join(self.services) or "none")
+            await self.uplink.connected.wait()
         sdnotify.notify(f"READY=1\nSTATUS=gateway {self.id} online")
         log.info("gateway %s online (services: %s)", self.id, ", ".join(self.services) or "none")
 

@@ -150,12 +150,13 @@ def run_loaxa(*args: str, timeout: float = 60, env: dict[str, str] | None = None
                           timeout=timeout, env=loaxa_env(**(env or {})), cwd=ROOT, **kw)
 
 
-def spawn_loaxa(*args: str, log: Path, **kw: Any) -> subprocess.Popen[bytes]:
-    """Start ``loaxa ARGS`` in the background, output to ``log``; the caller stops it."""
+def spawn_loaxa(*args: str, log: Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[bytes]:
+    """Start ``loaxa ARGS`` in the background (``env``: extra variables), output to ``log``; the caller
+    stops it."""
     out = open(log, "ab")
     try:
         return subprocess.Popen([sys.executable, "-m", "loaxa", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=loaxa_env(), cwd=ROOT, start_new_session=True, **kw)
+                                env=loaxa_env(**(env or {})), cwd=ROOT, start_new_session=True, **kw)
     finally:
         out.close()
 

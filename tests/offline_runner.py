@@ -1,11 +1,12 @@
 """A real gateway and its simulated speakers in ONE process, so that libfaketime (started by the
-test with ``FAKETIME``) gives both the same accelerated clock. Run as
+test with ``FAKETIME_TIMESTAMP_FILE``) gives both the same stepped wall clock. Run as
 ``python -m tests.offline_runner GATEWAY_YAML LAN_DEVICE_URL CREDENTIALS_JSON ID,ID``; stops on SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ async def main(conf: Path, lan_url: str, credentials: Path, ids: list[str]) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    fleet = asyncio.create_task(run_fleet(MqttEndpoint(url=lan_url, keepalive_s=3600), cfg.gateway.id, ids,
+    fleet = asyncio.create_task(run_fleet(MqttEndpoint(url=lan_url), cfg.gateway.id, ids,
                                           fetch=False, credentials=load_credentials(credentials, ids)))
     try:
         await Gateway(cfg).run(stop)
@@ -33,4 +34,6 @@ async def main(conf: Path, lan_url: str, credentials: Path, ids: list[str]) -> N
 
 
 if __name__ == "__main__":
+    # the time stamps are the (faked) wall clock the gateway lives on
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(main(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4].split(",")))

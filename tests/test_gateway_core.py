@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -69,8 +70,8 @@ def setup(tmp_path: Path, central_broker_factory, lan_broker_factory):  # type: 
     watcher = Watcher(central.port, central.user(SCHEDULER_USER))
     procs = []
 
-    def start() -> Any:
-        proc = spawn_loaxa("gateway", "run", "--config", str(path), log=tmp_path / "gw.log")
+    def start(**env: str) -> Any:
+        proc = spawn_loaxa("gateway", "run", "--config", str(path), log=tmp_path / "gw.log", env=env)
         procs.append(proc)
         return proc
 
@@ -104,6 +105,46 @@ def test_clean_stop_publishes_offline(setup) -> None:  # type: ignore[no-untyped
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     wait_until(lambda: _status(w)[-1:] == ["offline"], timeout=5, what="status offline on SIGTERM")
+
+
+class NotifySocket:
+    """systemd's side of ``Type=notify``: a datagram socket, read by a thread, every message kept."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.notes = path, list[str]()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                self.notes.append(self.sock.recv(4096).decode())
+            except OSError:
+                return  # closed
+
+    def said(self, text: str) -> bool:
+        return any(text in n for n in list(self.notes))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_ready_for_systemd_with_the_wan_cut(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A gateway that boots with the WAN cut (after a power cut, say) tells systemd it has started once
+    its LAN link is up; waiting for the centre, Type=notify would kill it every TimeoutStartSec."""
+    central = setup["central"]
+    central.stop()
+    notify = NotifySocket(tmp_path / "notify.sock")
+    try:
+        proc = setup["start"](NOTIFY_SOCKET=str(notify.path))
+        wait_until(lambda: notify.said("READY=1"), timeout=30, what="READY=1 with the central broker down")
+        assert notify.said("without the centre") and not notify.said(f"gateway {GW} online"), notify.notes
+        assert proc.poll() is None
+        central.start()
+        wait_until(lambda: notify.said(f"STATUS=gateway {GW} online"), timeout=60, what="STATUS online once back")
+    finally:
+        notify.close()
 
 
 def _acks(w: Watcher) -> dict[str, dict[str, Any]]:
