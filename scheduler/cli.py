@@ -297,6 +297,8 @@ def render_status(st: dict[str, Any], tz_name: str) -> str:
         f"start: {start}   priority: {priority_label(st['priority'])}   volume: {st['volume']}   "
         f"targets: {' '.join(st['targets'])}" + ("   CANCELLED" if st.get("cancelled") else "")
     )
+    for group, devices in (st.get("groups") or {}).items():
+        out.append(f"group {group} (when sent): {' '.join(devices)}")
     rows: list[list[str]] = []
     with_speakers = {sp["gateway"] for sp in st["speakers"]}
     for sp in st["speakers"]:
