@@ -294,3 +294,19 @@ async def test_the_cli_manages_groups_and_feed_urls(env: Env) -> None:
     assert res.returncode == 0 and res.stdout.strip().startswith(f"{url}/feeds/{AN_BINH}/schedules.ics?exp=")
     res = await cli("op-an-binh", "schedule", "feed-url", AN_BINH)
     assert res.returncode == 2 and "feed:admin" in res.stderr
+
+
+def test_feed_signer_check() -> None:
+    signer = FeedSigner(b"k" * 32, "https://loaxa.example/")
+    now = 1_800_000_000
+    sig = signer.sig(AN_BINH, 3, now + 60)
+    assert signer.url(AN_BINH, 3, now + 60) == \
+        f"https://loaxa.example/feeds/{AN_BINH}/schedules.ics?exp={now + 60}&sig={sig}"
+    assert signer.check(AN_BINH, 3, str(now + 60), sig, now) is None
+    assert signer.check(AN_BINH, 4, str(now + 60), sig, now) == 404  # rotated
+    assert signer.check(PHU_MY, 3, str(now + 60), sig, now) == 404  # another commune
+    assert signer.check(AN_BINH, None, str(now + 60), sig, now) == 404  # never issued
+    assert signer.check(AN_BINH, 3, str(now + 61), sig, now) == 404  # exp changed
+    assert signer.check(AN_BINH, 3, "-1", sig, now) == 404 and signer.check(AN_BINH, 3, None, sig, now) == 404
+    assert signer.check(AN_BINH, 3, str(now + 60), sig, now + 61) == 403  # expired
+    assert FeedSigner(b"j" * 32, "x").check(AN_BINH, 3, str(now + 60), sig, now) == 404  # another secret
