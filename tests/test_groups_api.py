@@ -271,30 +271,40 @@ async def test_signed_feed_url_without_token_tamper_expiry_rotation(env: Env, tm
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-async def test_the_cli_manages_groups_and_feed_urls(env: Env) -> None:
-    from tests.conftest import run_loaxa
+async def test_the_cli_manages_groups_and_feed_urls(env: Env, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``loaxa groups …`` and ``loaxa schedule feed-url`` in this process (a thread: the commands are
+    synchronous HTTP clients of the scheduler running on this event loop)."""
+    from loaxa.cli import main
 
     url = str(env.http.base_url).rstrip("/")
+    for who, token in env.tokens.items():
+        (tmp_path / who).write_text(token)
 
-    async def cli(who: str, *args: str) -> Any:
-        return await asyncio.to_thread(run_loaxa, *args, "--url", url, env={"LOAXA_TOKEN": env.tokens[who]})
+    async def cli(who: str, *args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = await asyncio.to_thread(main, [*args, "--url", url, "--token-file", str(tmp_path / who)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
 
-    res = await asyncio.to_thread(run_loaxa, "groups", "add", "--help")
-    assert res.returncode == 0 and "GATEWAY/@GROUP" in res.stdout and "cụm loa" in res.stdout
-    res = await cli("op-an-binh", "groups", "add", AN_BINH, "thon-dong", "--name", "Thôn Đông",
-                    "--speaker", "loa-1", "--speaker", "loa-2")
-    assert res.returncode == 0 and f"{AN_BINH}/@thon-dong" in res.stdout, res.stderr
-    res = await cli("op-an-binh", "groups", "add", AN_BINH, "thon-tay", "--name", "Thôn Tây", "--speaker", "loa-8")
-    assert res.returncode == 2 and "speakers[0]" in res.stderr and "loa-8" in res.stderr
-    res = await cli("op-an-binh", "groups", "list", "--json")
-    assert res.returncode == 0 and [g["speakers"] for g in json.loads(res.stdout)] == [["loa-1", "loa-2"]]
-    res = await cli("op-an-binh", "groups", "remove", AN_BINH, "thon-dong")
-    assert res.returncode == 0 and "removed" in res.stdout, res.stderr
-    res = await cli("ap-an-binh", "schedule", "feed-url", AN_BINH, "--days", "7")
-    assert res.returncode == 0 and res.stdout.strip().startswith(f"{url}/feeds/{AN_BINH}/schedules.ics?exp=")
-    res = await cli("op-an-binh", "schedule", "feed-url", AN_BINH)
-    assert res.returncode == 2 and "feed:admin" in res.stderr
-
+    with pytest.raises(SystemExit):
+        main(["groups", "add", "--help"])
+    groups_help = capsys.readouterr().out
+    assert "GATEWAY/@GROUP" in groups_help and "cụm loa" in groups_help and "group:write" in groups_help
+    code, out, err = await cli("op-an-binh", "groups", "add", AN_BINH, "thon-dong", "--name", "Thôn Đông",
+                               "--speaker", "loa-1", "--speaker", "loa-2")
+    assert code == 0 and f"{AN_BINH}/@thon-dong" in out, err
+    code, out, err = await cli("op-an-binh", "groups", "add", AN_BINH, "thon-tay", "--name", "Thôn Tây",
+                               "--speaker", "loa-8")
+    assert code == 2 and "speakers[0]" in err and "loa-8" in err
+    code, out, err = await cli("op-an-binh", "groups", "list", "--json")
+    assert code == 0 and [g["speakers"] for g in json.loads(out)] == [["loa-1", "loa-2"]], err
+    code, out, err = await cli("op-an-binh", "groups", "remove", AN_BINH, "thon-dong")
+    assert code == 0 and "removed" in out, err
+    code, out, err = await cli("ap-an-binh", "schedule", "feed-url", AN_BINH, "--days", "7")
+    assert code == 0 and out.strip().startswith(f"{url}/feeds/{AN_BINH}/schedules.ics?exp="), err
+    code, out, err = await cli("op-an-binh", "schedule", "feed-url", AN_BINH)
+    assert code == 2 and "feed:admin" in err
 
 def test_feed_signer_check() -> None:
     signer = FeedSigner(b"k" * 32, "https://loaxa.example/")
