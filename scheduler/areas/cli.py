@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         c.add_argument("group", metavar="GROUP", help="short id: a-z, 0-9 and -, e.g. thon-dong")
         c.add_argument("--name", required=True, help='what staff call it, e.g. "Thôn Đông"')
         c.add_argument("--speaker", action="append", required=True, dest="speakers", metavar="DEVICE",
-                       help="a speaker of the commune (repeatable; `loaxa gateways` lists them)")
+                       help="a speaker of the commune (repeatable; `loaxa devices list` lists them)")
         _common(c)
         c.set_defaults(func=_wrap(fn))
     g.set_defaults(func=lambda _a: (g.print_help(), 2)[1])

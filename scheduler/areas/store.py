@@ -131,7 +131,7 @@ class GroupStore:
                                  "speakers of its own commune only")
             if dev not in known:
                 raise BadRequest(f"speakers[{n}]: {gateway} has no speaker {dev!r} (its speakers are listed by "
-                                 "GET /api/gateways or `loaxa gateways`)")
+                                 "GET /api/gateways or `loaxa devices list`)")
             if dev not in out:
                 out.append(dev)
         return sorted(out)
