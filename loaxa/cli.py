@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scheduler.access.cli",
     "scheduler.store.cli",
     "scheduler.schedules.cli",
+    "scheduler.areas.cli",
     "scheduler.media.cli",
     "scheduler.fleet.cli",
     "scheduler.warnings.cli",

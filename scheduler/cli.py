@@ -26,9 +26,11 @@ API with OpenAPI at /docs). Stop with Ctrl-C or SIGTERM.
 NOW_HELP = """\
 Broadcast an audio file (or a text read aloud in Vietnamese) right away.
 
-Targets are GATEWAY (every speaker of that commune's gateway) or GATEWAY/DEVICE (one speaker);
-give as many as you like. Priority: normal (daily programme), priority (important notice),
-emergency (storm, flood, fire: interrupts anything else playing).
+Targets are GATEWAY (every speaker of that commune's gateway), GATEWAY/DEVICE (one speaker) or
+GATEWAY/@GROUP (a speaker group, "cụm loa", of that commune: `loaxa groups list`); give as many as
+you like. A group is read when the broadcast is made; the broadcast records which speakers it meant.
+Priority: normal (daily programme), priority (important notice), emergency (storm, flood, fire:
+interrupts anything else playing).
 
 Example:
   LOAXA_URL=https://loaxa.example.gov.vn loaxa broadcast now --login chutich-anbinh --media thong-bao.mp3 \\
@@ -69,8 +71,8 @@ def _add_create(p: argparse.ArgumentParser) -> None:
         "--targets",
         nargs="+",
         required=True,
-        metavar="GW[/DEV]",
-        help="GATEWAY (all its speakers) or GATEWAY/DEVICE",
+        metavar="GW[/DEV|/@GROUP]",
+        help="GATEWAY (all its speakers), GATEWAY/DEVICE or GATEWAY/@GROUP (a speaker group)",
     )
     p.add_argument("--priority", choices=["normal", "priority", "emergency"], default="normal")
     p.add_argument("--volume", type=int, default=70, help="0-100 (default 70)")
@@ -295,6 +297,8 @@ def render_status(st: dict[str, Any], tz_name: str) -> str:
         f"start: {start}   priority: {priority_label(st['priority'])}   volume: {st['volume']}   "
         f"targets: {' '.join(st['targets'])}" + ("   CANCELLED" if st.get("cancelled") else "")
     )
+    for group, devices in (st.get("groups") or {}).items():
+        out.append(f"group {group} (when sent): {' '.join(devices)}")
     rows: list[list[str]] = []
     with_speakers = {sp["gateway"] for sp in st["speakers"]}
     for sp in st["speakers"]:

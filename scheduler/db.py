@@ -83,23 +83,31 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class Target:
+    """What a broadcast or schedule names: a commune's gateway (every speaker of it), one speaker
+    (``GW/DEV``) or a speaker group of that commune (``GW/@GROUP``, see :mod:`scheduler.areas`)."""
+
     gateway: str
-    device: str | None  # None: every speaker of the gateway
+    device: str | None  # None: every speaker of the gateway (or the group's, when group is set)
+    group: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Target:
-        """``GW`` or ``GW/DEV``; raises :class:`BadRequest` naming the bad part."""
+        """``GW``, ``GW/DEV`` or ``GW/@GROUP``; raises :class:`BadRequest` naming the bad part."""
         parts = text.strip().split("/")
         if len(parts) > 2 or not parts[0]:
-            raise BadRequest(f"target {text!r}: write GATEWAY or GATEWAY/DEVICE")
+            raise BadRequest(f"target {text!r}: write GATEWAY, GATEWAY/DEVICE or GATEWAY/@GROUP")
         try:
             gw = validate_id(parts[0], "gateway id")
+            if len(parts) == 2 and parts[1].startswith("@"):
+                return cls(gw, None, validate_id(parts[1][1:], "group id"))
             dev = validate_id(parts[1], "device id") if len(parts) == 2 else None
         except ValueError as exc:
             raise BadRequest(f"target {text!r}: {exc}") from exc
         return cls(gw, dev)
 
     def __str__(self) -> str:
+        if self.group is not None:
+            return f"{self.gateway}/@{self.group}"
         return self.gateway if self.device is None else f"{self.gateway}/{self.device}"
 
 
@@ -277,7 +285,7 @@ class Store:
 
     def create_all(self) -> None:
         """Tables straight from the models, without migrations: for throwaway databases only."""
-        import scheduler.access.models  # noqa: F401  (its tables join Base.metadata)
+        import scheduler.store.metadata  # noqa: F401  (every package's tables join Base.metadata)
 
         Base.metadata.create_all(self.engine)
 
@@ -457,11 +465,16 @@ class Store:
         broadcast_id: str | None = None,
     ) -> tuple[str, list[Outgoing]]:
         """Record a broadcast, its per-gateway plan commands and per-speaker rows, in one transaction."""
-        parsed = [Target.parse(t) for t in targets]
-        if not parsed:
-            raise BadRequest("a broadcast needs at least one target (GATEWAY or GATEWAY/DEVICE)")
+        given = [Target.parse(t) for t in targets]
+        if not given:
+            raise BadRequest("a broadcast needs at least one target (GATEWAY, GATEWAY/DEVICE or GATEWAY/@GROUP)")
         bid = broadcast_id or f"bc-{uuid.uuid4().hex[:20]}"
         with self.session() as s, s.begin():
+            # groups become their members now, and the broadcast records what they were
+            from scheduler.areas.resolve import expand_groups, resolve_groups
+
+            groups = resolve_groups(s, given)
+            parsed = expand_groups(given, groups)
             media = s.get(Media, media_sha256)
             if media is None:
                 raise BadRequest(f"media {media_sha256} is not in the library; upload it first")
@@ -477,6 +490,7 @@ class Store:
                 volume=volume,
                 repeat=repeat,
                 targets=[str(t) for t in parsed],
+                target_groups={str(t): devs for t, devs in groups.items()} or None,
                 created_at=now,
                 created_by=created_by,
                 expires_at=expires_at,
@@ -973,6 +987,7 @@ def broadcast_dict(b: Broadcast, deliveries: Sequence[Any] | None = None,
         "volume": b.volume,
         "repeat": b.repeat,
         "targets": b.targets,
+        "groups": b.target_groups or {},
         "created_at": b.created_at,
         "created_by": b.created_by,
         "expires_at": b.expires_at,

@@ -82,7 +82,8 @@ class GatewayIn(BaseModel):
 class BroadcastIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     media_sha256: str = Field(pattern=SHA256_PATTERN, description="from POST /api/media or /api/tts")
-    targets: list[str] = Field(min_length=1, max_length=1000, description='"GATEWAY" or "GATEWAY/DEVICE"')
+    targets: list[str] = Field(min_length=1, max_length=1000,
+                               description='"GATEWAY", "GATEWAY/DEVICE" or "GATEWAY/@GROUP" (a speaker group)')
     start_at: int | datetime | None = Field(
         default=None, description="null: now; epoch ms, or ISO 8601 (no zone: the scheduler's time zone)"
     )

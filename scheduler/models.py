@@ -99,7 +99,10 @@ class Broadcast(Base):
     priority: Mapped[int] = mapped_column(Integer)
     volume: Mapped[int] = mapped_column(Integer)
     repeat: Mapped[int] = mapped_column(Integer, default=1)
-    targets: Mapped[list[str]] = mapped_column(doc='as given: "GW" or "GW/DEV"')
+    targets: Mapped[list[str]] = mapped_column(doc='"GW" or "GW/DEV"; a group (GW/@GROUP) is stored as its members')
+    target_groups: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON, doc='the groups named, as resolved when the broadcast was made: {"GW/@GROUP": ["DEV", …]}'
+    )
     created_at: Mapped[int] = mapped_column()
     created_by: Mapped[str | None] = mapped_column(String(200))
     expires_at: Mapped[int] = mapped_column(doc="after this, undelivered commands are given up")

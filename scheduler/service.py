@@ -25,6 +25,7 @@ from scheduler.access.media_urls import MediaUrlError, MediaUrlSigner, load_or_c
 from scheduler.access.permissions import FLEET_READ, IOC_READ
 from scheduler.access.service import Access
 from scheduler.access.store import AccessStore
+from scheduler.areas.routes import groups_router
 from scheduler.config import SchedulerConfig
 from scheduler.db import AsyncStore, Store, default_url
 from scheduler.dispatcher import Dispatcher
@@ -34,6 +35,7 @@ from scheduler.http import create_app
 from scheduler.ioc import IocApi, IocSettings, IocSetupError
 from scheduler.media import MediaLibrary, Target
 from scheduler.metrics import SchedulerMetrics
+from scheduler.schedules.feed import FeedSigner, feed_router
 from scheduler.schedules.planner import Planner
 from scheduler.schedules.routes import schedules_router
 from scheduler.schedules.store import ScheduleStore
@@ -197,7 +199,9 @@ class Scheduler:
         planner = Planner(ScheduleStore(store), dispatcher,
                           horizon=timedelta(days=cfg.dispatch.schedule_horizon_days),
                           interval_s=cfg.dispatch.schedule_top_up_s)
-        routers = [metrics.router(require(FLEET_READ)), schedules_router(planner, timezone=cfg.scheduler.timezone)]
+        routers = [metrics.router(require(FLEET_READ)), schedules_router(planner, timezone=cfg.scheduler.timezone),
+                   groups_router(dispatcher),
+                   feed_router(FeedSigner(signer_urls.secret, signer_urls.base_url), planner.schedules, astore)]
         fleet = Fleet(cfg.fleet, dispatcher, influx=cfg.influx, timezone=cfg.scheduler.timezone)
         ioc: IocApi | None = None
         if cfg.influx is not None:

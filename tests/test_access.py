@@ -32,8 +32,10 @@ from scheduler.service import Scheduler, SetupError
 from tests.sched_support import Keys, add_token, bearer, make_tone, scheduler_config_dict, wait_for_async
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
-#: Reads open to anyone, each for a reason: liveness, API docs, and media (signed per gateway).
-PUBLIC_READS = {"/api/health", "/media/{sha256}", "/docs", "/docs/oauth2-redirect", "/redoc"}  # docs: fastapi-offline
+#: Reads open to anyone, each for a reason: liveness, API docs, media (signed per gateway) and a
+#: commune's ICS feed (signed per commune, revocable: calendar programs cannot send a token).
+PUBLIC_READS = {"/api/health", "/media/{sha256}", "/feeds/{gw}/schedules.ics",
+                "/docs", "/docs/oauth2-redirect", "/redoc"}  # docs: fastapi-offline
 PASSWORD = "mat-khau-dai-du-10"
 #: Tables that a refused request must leave exactly as they were (audit_log and login_attempts do
 #: record the refusal; api_tokens.last_used_at moves when a token is used).

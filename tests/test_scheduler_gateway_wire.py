@@ -1,7 +1,7 @@
 """The scheduler against the REAL gateway (``loaxa gateway run``) and simulated IP speakers
 (``loaxa sim speakers``): the gateway accepts the signed plan, fetches the audio from the
 scheduler's HTTP server, plays it on its speakers, and the scheduler's per-speaker status follows
-the gateway's own reports to ``finished``.
+the gateway's own reports to ``finished``; a broadcast to a speaker group plays on that group only.
 """
 
 from __future__ import annotations
@@ -82,6 +82,26 @@ async def test_real_gateway_plays_and_reports(tmp_path: Path, central_broker_fac
             starts = [sp["started_at"] for sp in st["speakers"]]
             assert all(isinstance(t, int) for t in starts)
             assert max(starts) - min(starts) < 500  # the speakers of one commune start together
+
+            # a speaker group ("cụm loa") of one of them: the broadcast plays on exactly that speaker.
+            # Playback reports of one gateway come in order on its event topic, so had loa-01 played
+            # too, its "started" would be here before loa-02's "finished".
+            r = await http.post("/api/groups", json={"gateway": "xa-that", "id": "thon-1", "name": "Thôn 1",
+                                                     "speakers": ["loa-02"]})
+            assert r.status_code == 201, r.text
+            r = await http.post("/api/broadcasts", json={"media_sha256": st["media"]["sha256"],
+                                                         "targets": ["xa-that/@thon-1"]})
+            assert r.status_code == 201, r.text
+            gid = r.json()["id"]
+
+            async def group_played() -> dict[str, Any] | None:
+                st = (await http.get(f"/api/broadcasts/{gid}")).json()
+                return st if any(sp["device"] == "loa-02" and sp["state"] == "finished" for sp in st["speakers"]) \
+                    else None
+
+            st = await wait_for_async(group_played, within=45, what="the group's speaker finished")
+            assert [(sp["device"], sp["state"]) for sp in st["speakers"]] == [("loa-02", "finished")]
+            assert st["targets"] == ["xa-that/loa-02"] and st["groups"] == {"xa-that/@thon-1": ["loa-02"]}
     finally:
         for proc in (sim, gw):
             proc.terminate()

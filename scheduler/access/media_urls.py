@@ -54,6 +54,11 @@ class MediaUrlSigner:
         self._secret = secret
         self.base_url = base_url.rstrip("/")
 
+    @property
+    def secret(self) -> bytes:
+        """The scheduler's URL secret (other signed URLs, e.g. ICS feeds, derive their keys from it)."""
+        return self._secret
+
     def _sig(self, sha256: str, gateway: str, exp: int) -> str:
         msg = f"loaxa-media-v1\n{sha256}\n{gateway}\n{exp}".encode()
         mac = hmac.new(self._secret, msg, hashlib.sha256).digest()

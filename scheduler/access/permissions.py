@@ -22,6 +22,10 @@ SCHEDULE_WRITE = "schedule:write"
 SCHEDULE_APPROVE = "schedule:approve"
 #: approve one's own emergency schedule at once (bypassing a second person); always audited
 SCHEDULE_EMERGENCY = "schedule:emergency"
+#: make, change and remove speaker groups ("cụm loa") of one's communes
+GROUP_WRITE = "group:write"
+#: give out (and revoke by rotating) a commune's signed ICS feed URL
+FEED_ADMIN = "feed:admin"
 REPORT_READ = "report:read"
 MEDIA_READ = "media:read"
 MEDIA_WRITE = "media:write"
@@ -49,6 +53,8 @@ ALL_PERMISSIONS: frozenset[str] = frozenset(
         SCHEDULE_WRITE,
         SCHEDULE_APPROVE,
         SCHEDULE_EMERGENCY,
+        GROUP_WRITE,
+        FEED_ADMIN,
         REPORT_READ,
         MEDIA_READ,
         MEDIA_WRITE,
@@ -80,6 +86,8 @@ ROLES: dict[str, frozenset[str]] = {
             SCHEDULE_WRITE,
             SCHEDULE_APPROVE,
             SCHEDULE_EMERGENCY,
+            GROUP_WRITE,
+            FEED_ADMIN,
             REPORT_READ,
             MEDIA_READ,
             MEDIA_WRITE,
@@ -88,8 +96,8 @@ ROLES: dict[str, frozenset[str]] = {
     ),
     # commune culture/information staff: media, drafts, schedules, "now" (not emergency)
     "operator": frozenset(
-        {BROADCAST_READ, BROADCAST_CREATE, BROADCAST_CANCEL, SCHEDULE_READ, SCHEDULE_WRITE, REPORT_READ, MEDIA_READ,
-         MEDIA_WRITE, FLEET_READ}
+        {BROADCAST_READ, BROADCAST_CREATE, BROADCAST_CANCEL, SCHEDULE_READ, SCHEDULE_WRITE, GROUP_WRITE, REPORT_READ,
+         MEDIA_READ, MEDIA_WRITE, FLEET_READ}
     ),
     "technician": frozenset({FLEET_READ, DEVICE_CONTROL, FIRMWARE_WRITE, BROADCAST_READ, MEDIA_READ, WARNING_RULES}),
     "viewer": frozenset({BROADCAST_READ, FLEET_READ, MEDIA_READ, SCHEDULE_READ, REPORT_READ}),

@@ -157,6 +157,20 @@ Example: the morning and evening news, Monday to Saturday, in An Bình:
 """
 
 
+FEED_HELP = """\
+Print a URL that calendar programs (Google Calendar, Thunderbird, a phone) can subscribe to: the
+commune's approved schedules, read-only, with no token. The URL is signed; it works until it
+expires (--days) or until the commune's URLs are revoked (--rotate gives a new one and revokes the
+old ones, --revoke only revokes). Anyone who has the URL can read the commune's approved schedules,
+so share it like a password. Needs feed:admin on the commune (approvers, admins).
+
+Examples:
+  loaxa schedule feed-url xa-an-binh --login chutich-anbinh
+  loaxa schedule feed-url xa-an-binh --days 90 --rotate     # after a phone with the old URL was lost
+  loaxa schedule feed-url xa-an-binh --revoke
+"""
+
+
 def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
     p.add_argument("--url", help="scheduler HTTP address (default: $LOAXA_URL, or from --config)")
     p.add_argument("--config", type=Path, help="a scheduler YAML config, only to find its address")
@@ -202,10 +216,20 @@ def _register_api(sub: argparse._SubParsersAction, ssub: argparse._SubParsersAct
     ex.add_argument("-o", "--output", type=Path, help="write here (default: standard output)")
     _common(ex, json_flag=False)
     ex.set_defaults(func=_wrap(run_export))
+    fu = ssub.add_parser("feed-url", help="a signed ICS feed URL for calendar programs (no token needed)",
+                         description=FEED_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fu.add_argument("commune", metavar="COMMUNE", help="the commune's gateway id")
+    fu.add_argument("--days", type=int, default=365, help="how long the URL works (1-1825, default 365)")
+    what = fu.add_mutually_exclusive_group()
+    what.add_argument("--rotate", action="store_true",
+                      help="revoke every URL given out before for this commune, then print a new one")
+    what.add_argument("--revoke", action="store_true", help="revoke every URL of this commune (prints none)")
+    _common(fu)
+    fu.set_defaults(func=_wrap(run_feed_url))
     im = ssub.add_parser("import-ics", help="drafts from the events of an .ics file")
     im.add_argument("file", type=Path)
     im.add_argument("--programme", required=True, help="the programme every event plays")
-    im.add_argument("--target", action="append", required=True, dest="targets", metavar="GW[/DEV]")
+    im.add_argument("--target", action="append", required=True, dest="targets", metavar="GW[/DEV|/@GROUP]")
     im.add_argument("--volume", type=int, default=70)
     _common(im)
     im.set_defaults(func=_wrap(run_import))
@@ -253,8 +277,9 @@ def _register_api(sub: argparse._SubParsersAction, ssub: argparse._SubParsersAct
 def _schedule_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", required=True)
     p.add_argument("--programme", required=True, help="programme id (loaxa programme list)")
-    p.add_argument("--target", action="append", required=True, dest="targets", metavar="GW[/DEV]",
-                   help="a commune's gateway, or one speaker of it; repeatable")
+    p.add_argument("--target", action="append", required=True, dest="targets", metavar="GW[/DEV|/@GROUP]",
+                   help="a commune's gateway, one speaker of it, or a speaker group of it (GW/@GROUP); "
+                        "repeatable")
     p.add_argument("--rrule", help="RFC 5545 rule (none: once at --dtstart); check it with `schedule occurrences`")
     p.add_argument("--dtstart", required=True, help="the first occurrence")
     p.add_argument("--tz", default=None, help="IANA zone the rule is read in (default Asia/Ho_Chi_Minh)")
@@ -414,6 +439,29 @@ def run_export(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"{args.output}: {exc.strerror}") from exc
     print(f"wrote {args.output}")
+    return 0
+
+
+def run_feed_url(args: argparse.Namespace) -> int:
+    from scheduler.cli import Api
+
+    api = Api(args)
+    if args.revoke:
+        out = api.call("POST", f"/api/communes/{args.commune}/feed-url/revoke")
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"every feed URL of {args.commune} is revoked" if out["revoked"]
+                  else f"{args.commune} had no feed URL")
+        return 0
+    out = api.call("POST", f"/api/communes/{args.commune}/feed-url", json={"days": args.days, "rotate": args.rotate})
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    until = datetime.fromtimestamp(out["expires_at"] / 1000).astimezone()
+    print(out["url"])
+    print(f"works until {until:%Y-%m-%d} without a token; treat it like a password "
+          f"(revoke: loaxa schedule feed-url {args.commune} --revoke)", file=sys.stderr)
     return 0
 
 

@@ -112,3 +112,15 @@ class ScheduleRun(Base):
     position: Mapped[int] = mapped_column(Integer, doc="the programme item")
     broadcast_id: Mapped[str] = mapped_column(ForeignKey("broadcasts.id", ondelete="CASCADE"), unique=True)
     withdrawn: Mapped[bool] = mapped_column(Boolean, default=False, doc="cancelled because the schedule changed")
+
+
+class IcsFeed(Base):
+    """The signed ICS feed URL of one commune: ``generation`` is part of what is signed, so raising
+    it (rotating) makes every URL given out before refused. No secret is stored here."""
+
+    __tablename__ = "ics_feeds"
+
+    gateway_id: Mapped[str] = mapped_column(ForeignKey("gateways.id", ondelete="CASCADE"), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    rotated_at: Mapped[int] = mapped_column()
+    rotated_by: Mapped[str | None] = mapped_column(String(200))

@@ -69,7 +69,8 @@ class ScheduleIn(_In):
         default="normal", validate_default=True, description="0-9, or thông thường / ưu tiên / khẩn cấp"
     )
     volume: int = Field(default=70, ge=0, le=100)
-    targets: list[str] = Field(min_length=1, max_length=500)
+    targets: list[str] = Field(min_length=1, max_length=500,
+                               description='"GATEWAY", "GATEWAY/DEVICE" or "GATEWAY/@GROUP" (read at each occurrence)')
     conflict_order: int | None = Field(default=None, ge=0, le=1000)
 
     @field_validator("tz")

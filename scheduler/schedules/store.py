@@ -188,11 +188,15 @@ class ScheduleStore:
     # ------------------------------------------------------------ schedules
 
     def _check(self, s: Session, spec: ScheduleIn) -> Programme:
+        from scheduler.areas.resolve import check_groups
+
+        parsed: list[Target] = []
         for n, t in enumerate(spec.targets):
             try:
-                Target.parse(t)
+                parsed.append(Target.parse(t))
             except BadRequest as exc:
                 raise BadRequest(f"targets[{n}]: {exc}") from exc
+        check_groups(s, parsed)  # a group must exist when saved; its members are read at each occurrence
         p = s.get(Programme, spec.programme_id, options=[selectinload(Programme.items)])
         if p is None:
             raise BadRequest(f"programme_id: no programme {spec.programme_id}")
@@ -326,8 +330,10 @@ class ScheduleStore:
                 assert p is not None
                 known = all(i.duration_ms is not None for i in p.items)
                 duration = timedelta(milliseconds=sum(i.duration_ms or 0 for i in p.items)) if known else None
+                # a commune's feed names its own targets only, never another commune's speakers
+                shown = [t for t in row.targets if gateway is None or Target.parse(t).gateway == gateway]
                 events.append(IcsSchedule(f"{row.id}@loaxa", row.title, recurrence_of(row), duration, row.priority,
-                                          f"{p.title}; targets: {', '.join(row.targets)}"))
+                                          f"{p.title}; targets: {', '.join(shown)}"))
         return export_ics(events, name=f"Loa Xã {gateway}" if gateway else "Loa Xã")
 
     def import_ics(self, data: bytes, *, programme_id: str, targets: Sequence[str], created_by: str | None,
@@ -482,12 +488,17 @@ class ScheduleStore:
         rows = [row, *others]
         # the speakers a whole-gateway target reaches: those known, those named by any schedule, and
         # "*" (so that two whole-gateway targets collide even before any speaker is known)
+        from scheduler.areas.resolve import group_members
+
         universe: dict[str, set[str]] = {}
+        named: list[Target] = []
         for r in rows:
             for t in map(Target.parse, r.targets):
                 universe.setdefault(t.gateway, {"*"})
+                named.append(t)
                 if t.device is not None:
                     universe[t.gateway].add(t.device)
+        groups = group_members(s, named)  # as they are now: what the next occurrences would play on
         if universe:
             for gw, dev in s.execute(
                 select(Speaker.gateway_id, Speaker.device_id).where(Speaker.gateway_id.in_(list(universe)))
@@ -497,7 +508,10 @@ class ScheduleStore:
         def speakers(r: Schedule) -> frozenset[str]:
             out: set[str] = set()
             for t in map(Target.parse, r.targets):
-                devs = universe[t.gateway] if t.device is None else {t.device}
+                if t.group is not None:
+                    devs: set[str] = set(groups.get(t) or ())
+                else:
+                    devs = universe[t.gateway] if t.device is None else {t.device}
                 out.update(f"{t.gateway}/{d}" for d in devs)
             return frozenset(out)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 
 import scheduler.access.models  # its tables join Base.metadata
+import scheduler.areas.models  # its tables join Base.metadata
 import scheduler.fleet.models  # its tables join Base.metadata
 import scheduler.models
 import scheduler.schedules.models  # its tables join Base.metadata
