@@ -20,6 +20,8 @@ from datetime import date, datetime, time, timedelta
 from itertools import product
 from zoneinfo import ZoneInfo
 
+from scheduler.web.nav import N_
+
 WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
 KINDS = ("once", "daily", "except_sunday", "weekdays", "custom")
 ENDS = ("never", "until", "count")
@@ -65,15 +67,15 @@ def parse_times(text: str) -> list[time]:
             continue
         m = _TIME.match(part)
         if m is None:
-            raise PickerError("times", "Write each time of day as HH:MM, for example 06:00, 17:00.")
+            raise PickerError("times", N_("Write each time of day as HH:MM, for example 06:00, 17:00."))
         hour, minute = int(m.group(1)), int(m.group(2) or 0)
         if hour > 23 or minute > 59:
-            raise PickerError("times", "Write each time of day as HH:MM, for example 06:00, 17:00.")
+            raise PickerError("times", N_("Write each time of day as HH:MM, for example 06:00, 17:00."))
         out.add(time(hour, minute))
     if not out:
-        raise PickerError("times", "Give at least one time of day.")
+        raise PickerError("times", N_("Give at least one time of day."))
     if len(out) > MAX_TIMES:
-        raise PickerError("times", "At most 24 times a day.")
+        raise PickerError("times", N_("At most 24 times a day."))
     return sorted(out)
 
 
@@ -89,19 +91,19 @@ def build(p: Picker, tz: ZoneInfo) -> tuple[str | None, datetime, list[datetime]
     """(RRULE or None, DTSTART, RDATEs) of the choices; raises :class:`PickerError`."""
     times = sorted(set(p.times))
     if not times:
-        raise PickerError("times", "Give at least one time of day.")
+        raise PickerError("times", N_("Give at least one time of day."))
     if p.kind == "once":
         return None, _at(p.start, times[0], tz), [_at(p.start, t, tz) for t in times[1:]]
     if p.kind == "custom":
         rule = p.custom_rrule.strip().removeprefix("RRULE:")
         if not rule:
-            raise PickerError("custom_rrule", "Write the rule (RRULE) or choose another repetition.")
+            raise PickerError("custom_rrule", N_("Write the rule (RRULE) or choose another repetition."))
         return rule, _at(p.start, times[0], tz), []
     if p.kind not in KINDS:
-        raise PickerError("kind", "Choose how often it plays.")
+        raise PickerError("kind", N_("Choose how often it plays."))
     days = p.weekdays()
     if not days:
-        raise PickerError("days", "Tick at least one day of the week.")
+        raise PickerError("days", N_("Tick at least one day of the week."))
     hours = sorted({t.hour for t in times})
     minutes = sorted({t.minute for t in times})
     every_day = len(days) == 7
@@ -120,13 +122,13 @@ def build(p: Picker, tz: ZoneInfo) -> tuple[str | None, datetime, list[datetime]
         first += timedelta(days=1)
     if p.end == "until":
         if p.until is None:
-            raise PickerError("until", "Give the last day.")
+            raise PickerError("until", N_("Give the last day."))
         if p.until < first:
-            raise PickerError("until", "The last day is before the first time it plays.")
+            raise PickerError("until", N_("The last day is before the first time it plays."))
         parts.append("UNTIL=" + p.until.strftime("%Y%m%d"))
     elif p.end == "count":
         if p.count is None or not 1 <= p.count <= MAX_COUNT:
-            raise PickerError("count", "The number of times is from 1 to 10000.")
+            raise PickerError("count", N_("The number of times is from 1 to 10000."))
         parts.append(f"COUNT={p.count}")
     return ";".join(parts), _at(first, times[0], tz), []
 
