@@ -1,0 +1,133 @@
+"""*Lịch phát* and *Chờ duyệt* in a real browser against the whole demo (real brokers, two commune
+gateways, simulated speakers, the scheduler with its planner).
+
+The operator of xã An Bình makes a programme (two texts read aloud, reordered with the Up button),
+then the "06:00 and 17:00 every day except Sunday" schedule with the picker; the week and month
+views show exactly the occurrences python-dateutil gives for that rule; the other commune's
+operator cannot open it; the chairman of An Bình approves it on *Chờ duyệt*; the planner sends its
+occurrences and the gateway acknowledges the first one (the centre records the delivery).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import date, datetime, time, timedelta
+from time import monotonic
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from dateutil import rrule
+
+from tests.conftest import wait_until
+from tests.web.test_staff_pages import AN_BINH, Demo, assert_page_ok, demo, sign_in
+
+__all__ = ["demo"]  # the module-scoped demo fixture, started once for this file
+
+TZ = ZoneInfo("Asia/Ho_Chi_Minh")
+RULE = "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA;BYHOUR=6,17;BYMINUTE=0;BYSECOND=0"
+
+
+def expected(first_day: date, lo: datetime, hi: datetime) -> list[datetime]:
+    """The rule's times in [lo, hi) by python-dateutil, from the first non-Sunday on or after ``first_day``."""
+    while first_day.weekday() == 6:
+        first_day += timedelta(days=1)
+    start = datetime.combine(first_day, time(6, 0))
+    return [t.replace(tzinfo=TZ) for t in rrule.rrulestr(RULE, dtstart=start)
+            .between(lo.replace(tzinfo=None), hi.replace(tzinfo=None), inc=True) if t < hi.replace(tzinfo=None)]
+
+
+def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: Any, demo: Demo) -> None:
+    page = sign_in(browser, demo, "canbo-an-binh")
+    page.set_default_timeout(120_000)  # texts are read aloud when the programme is saved: slow on a busy CI machine
+    page.get_by_role("navigation").get_by_role("link", name="Lịch phát").click()
+    assert_page_ok(page, "schedule-empty-360")
+
+    # the programme editor: two texts, the second moved up with the button (no drag, no script needed)
+    page.get_by_role("link", name="Chương trình phát").click()
+    page.get_by_label("Tiêu đề", exact=True).fill("Bản tin thời sự")
+    page.get_by_role("button", name="Bỏ mục 1").click()
+    page.get_by_role("button", name="Thêm văn bản cần đọc").click()
+    page.get_by_label("Mục 1: văn bản cần đọc").fill("Phần hai: tin tức trong xã.")
+    page.get_by_role("button", name="Thêm văn bản cần đọc").click()
+    page.get_by_label("Mục 2: văn bản cần đọc").fill("Phần một: xin chào bà con.")
+    page.get_by_role("button", name="Đưa mục 2 lên").click()
+    assert page.get_by_label("Mục 1: văn bản cần đọc").input_value() == "Phần một: xin chào bà con."
+    assert_page_ok(page, "programme-360")
+    started = monotonic()
+    page.get_by_role("button", name="Lưu chương trình").click()
+    page.wait_for_url("**saved=1")
+    print(f"programme with two texts read aloud saved in {monotonic() - started:.1f} s")
+    page.get_by_role("link", name="Lập lịch phát").first.click()
+
+    # the schedule with the picker: its default choice is the one asked for; check, then save
+    page.get_by_label("Tiêu đề", exact=True).fill("Thời sự sáng chiều")
+    page.get_by_label("Các ngày trong tuần trừ Chủ nhật").check()
+    page.get_by_label("Giờ phát trong ngày (HH:MM, cách nhau bằng dấu phẩy)").fill("06:00, 17:00")
+    first_day = date.fromisoformat(page.get_by_label("Ngày bắt đầu").input_value())
+    assert page.locator(f"input[name=targets][value={AN_BINH}]").is_checked()
+    page.get_by_role("button", name="Kiểm tra giờ phát và trùng lịch").click()
+    assert page.get_by_text("Không trùng giờ: bạn có thể lưu.").is_visible()
+    upcoming = page.locator("ul.upcoming li").all_inner_texts()
+    lo = datetime.combine(first_day, time(0), tzinfo=TZ)
+    assert upcoming == [t.strftime("%d/%m/%Y %H:%M") for t in expected(first_day, lo, lo + timedelta(days=62))[:10]]
+    assert_page_ok(page, "schedule-form-360")
+    page.get_by_role("button", name="Lưu (chờ duyệt)").click()
+    page.wait_for_url("**/schedule?*saved=1")
+
+    # the week view: exactly dateutil's occurrences of the displayed week, shown dd/mm/yyyy HH:mm
+    monday = date.fromisoformat(page.locator("li.day").first.get_attribute("data-day") or "")
+    lo = datetime.combine(monday, time(0), tzinfo=TZ)
+    want = expected(first_day, lo, lo + timedelta(days=7))
+    occ = page.locator("li.occ")
+    shown = [datetime.fromisoformat(s) for s in occ.evaluate_all("els => els.map(e => e.dataset.start)")]
+    assert shown == want and want
+    assert occ.locator("time").all_inner_texts() == [t.strftime("%d/%m/%Y %H:%M") for t in want]
+    sid = occ.first.get_attribute("data-schedule")
+    assert sid
+    assert_page_ok(page, "schedule-week-360")
+
+    # the month view: the count of each day is dateutil's
+    page.get_by_role("link", name="Xem theo tháng").click()
+    cells = page.locator("td[data-day]")
+    days = cells.evaluate_all("els => els.map(e => [e.dataset.day, Number(e.dataset.count)])")
+    lo = datetime.combine(date.fromisoformat(days[0][0]), time(0), tzinfo=TZ)
+    hi = datetime.combine(date.fromisoformat(days[-1][0]) + timedelta(days=1), time(0), tzinfo=TZ)
+    per_day = Counter(t.date().isoformat() for t in expected(first_day, lo, hi))
+    assert {d: n for d, n in days if n} == dict(per_day)
+    assert_page_ok(page, "schedule-month-360")
+
+    # the other commune's operator cannot open it
+    other = sign_in(browser, demo, "canbo-phu-my")
+    resp = other.goto(f"{demo.url}/schedule/{sid}/edit")
+    assert resp is not None and resp.status == 404
+    other.context.close()
+
+    # the chairman approves it; the reason is required to reject (checked by the server too)
+    chair = sign_in(browser, demo, "chutich-an-binh")
+    chair.get_by_role("navigation").get_by_role("link", name="Chờ duyệt").click()
+    card = chair.locator(f"li[data-schedule='{sid}']")
+    assert card.get_by_text("Thời sự sáng chiều").is_visible()
+    assert card.get_by_text("06:00, 17:00").is_visible()
+    assert_page_ok(chair, "approvals-360")
+    card.get_by_role("button", name="Duyệt", exact=True).click()
+    chair.wait_for_url("**/approvals?done=approved")
+    assert chair.locator(f"li[data-schedule='{sid}']").count() == 0
+
+    # it reaches the gateway: the planner sends the first occurrence and the gateway acknowledges it
+    assert want[0] > datetime.now(TZ)  # the picker starts tomorrow
+    admin = sign_in(browser, demo, "admin")
+    bid = f"{sid}.v1.{int(want[0].timestamp() * 1000)}.0"  # the planner's id: schedule, version, time, item
+
+    def delivered() -> bool:
+        st = admin.request.get(f"{demo.url}/api/broadcasts/{bid}")
+        return st.status == 200 and any(g["gateway"] == AN_BINH and g["state"] == "delivered"
+                                        for g in st.json()["gateways"])
+
+    wait_until(delivered, timeout=120, interval=1.0, what=f"the first occurrence {bid} delivered to the gateway")
+    audit = admin.request.get(f"{demo.url}/api/audit?limit=100").json()
+    admin.context.close()
+    done = {(a["action"], a["actor"], a["target"]) for a in audit}
+    assert ("schedule.create", "canbo-an-binh", sid) in done
+    assert ("schedule.approve", "chutich-an-binh", sid) in done
+    chair.context.close()
+    page.context.close()
