@@ -165,7 +165,11 @@ async def calendar(request: Request, principal: CanReadSchedules, gateway: str |
             if gw not in s["gateway_ids"] or s["status"] == STATUS_REJECTED:
                 continue
             schedules.append(s)
-            times = await planner.dispatcher.store.call(planner.schedules.occurrences, s["id"], start, end)
+            try:
+                times = await planner.dispatcher.store.call(planner.schedules.occurrences, s["id"], start, end)
+            except ValueError as exc:  # a rule too dense for the window: listed below, not drawn
+                log.warning("schedule %s not drawn on the calendar: %s", s["id"], exc)
+                continue
             for t in times:
                 local = t.astimezone(tz)
                 by_day[local.date()].append({"start_ms": _ms(t), "iso": local.isoformat(), "clock":
@@ -370,7 +374,7 @@ async def save_schedule(request: Request, principal: CanWriteSchedules) -> Respo
     planner = _planner(request)
     form = await request.form(max_files=0, max_fields=1200)
     v = _read_form(form)
-    sid = v["sid"] if re.fullmatch(SID, v["sid"] or "-") else None
+    sid = v["sid"] if v["sid"] and re.fullmatch(SID, v["sid"]) else None
     writable = {c["id"] for c in await _communes(request, principal, "schedule:write")}
     old: dict[str, Any] | None = None
     if sid is not None:
@@ -395,8 +399,9 @@ async def save_schedule(request: Request, principal: CanWriteSchedules) -> Respo
         if v["action"] != "save":
             found = await store.call(planner.schedules.preview_conflicts, spec, now_ms(), sid)
             now = datetime.now(UTC)
-            upcoming = [_ms(t) for t in spec.recurrence().occurrences(
-                max(now, spec.dtstart), max(now, spec.dtstart) + timedelta(days=62), limit=PREVIEW_OCCURRENCES)]
+            since = max(now, spec.dtstart)
+            upcoming = [_ms(t) for t in spec.recurrence().occurrences(since, since + timedelta(days=62))]
+            upcoming = upcoming[:PREVIEW_OCCURRENCES]
             return await _schedule_form(request, principal, v, conflicts=_conflict_rows(request, found, titles, tz),
                                         checked=True, upcoming=upcoming)
         actions = ScheduleActions(planner)
@@ -564,8 +569,11 @@ async def _approvals_page(request: Request, principal: Principal, *, notice: str
         for s in await _visible_schedules(request, principal, "schedule:approve"):
             if s["status"] != STATUS_DRAFT or (areas is not None and not set(s["gateway_ids"]) <= areas):
                 continue
-            nxt = await planner.dispatcher.store.call(planner.schedules.occurrences, s["id"], now,
-                                                      now + timedelta(days=62))
+            try:
+                nxt = await planner.dispatcher.store.call(planner.schedules.occurrences, s["id"], now,
+                                                          now + timedelta(days=62))
+            except ValueError:
+                nxt = []
             s["next_ms"] = [_ms(t) for t in nxt[:5]]
             s["programme"] = programmes.get(s["programme_id"])
             s["picker"] = _values_of(s, tz)

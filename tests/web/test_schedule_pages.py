@@ -66,7 +66,7 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     first_day = date.fromisoformat(page.get_by_label("Ngày bắt đầu").input_value())
     assert page.locator(f"input[name=targets][value={AN_BINH}]").is_checked()
     page.get_by_role("button", name="Kiểm tra giờ phát và trùng lịch").click()
-    assert page.get_by_text("Không trùng giờ: bạn có thể lưu.").is_visible()
+    assert page.get_by_text("Không trùng giờ: bạn có thể lưu.").is_visible(), page.locator("main").inner_text()
     upcoming = page.locator("ul.upcoming li").all_inner_texts()
     lo = datetime.combine(first_day, time(0), tzinfo=TZ)
     assert upcoming == [t.strftime("%d/%m/%Y %H:%M") for t in expected(first_day, lo, lo + timedelta(days=62))[:10]]
@@ -109,6 +109,11 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     assert card.get_by_text("Thời sự sáng chiều").is_visible()
     assert card.get_by_text("06:00, 17:00").is_visible()
     assert_page_ok(chair, "approvals-360")
+    token = card.locator("input[name=csrf_token]").first.input_value()
+    url = f"{demo.url}/approvals/schedules/{sid}"
+    assert chair.request.post(url, form={"action": "reject", "reason": ""}).status == 403  # no CSRF token
+    assert chair.request.post(url, form={"csrf_token": token, "action": "reject", "reason": " "}).status == 400
+    chair.reload()
     card.get_by_role("button", name="Duyệt", exact=True).click()
     chair.wait_for_url("**/approvals?done=approved")
     assert chair.locator(f"li[data-schedule='{sid}']").count() == 0
