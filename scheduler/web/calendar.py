@@ -193,7 +193,7 @@ async def calendar(request: Request, principal: CanReadSchedules, gateway: str |
 def _form_defaults(tz: ZoneInfo) -> dict[str, Any]:
     tomorrow = datetime.now(tz).date() + timedelta(days=1)
     return {"sid": "", "version": "", "title": "", "programme_id": "", "kind": "except_sunday", "days": [],
-            "times": "06:00, 17:00", "start": tomorrow.isoformat(), "end": "never", "until": "", "count": "",
+            "times": "06:00, 17:00", "start": _day_text(tomorrow), "end": "never", "until": "", "count": "",
             "custom_rrule": "", "skip": "", "valid_from": "", "valid_until": "", "priority": "normal",
             "volume": 70, "targets": [], "conflict_order": ""}
 
@@ -209,11 +209,11 @@ def _values_of(row: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
         if not iso:
             return ""
         d = datetime.fromisoformat(iso).astimezone(tz).date()
-        return (d - timedelta(days=1) if minus else d).isoformat()
+        return _day_text(d - timedelta(days=1) if minus else d)
 
     return {"sid": row["id"], "version": row["version"], "title": row["title"], "programme_id": row["programme_id"],
-            "kind": p.kind, "days": p.days, "times": format_times(p.times), "start": p.start.isoformat(),
-            "end": p.end, "until": p.until.isoformat() if p.until else "", "count": p.count or "",
+            "kind": p.kind, "days": p.days, "times": format_times(p.times), "start": _day_text(p.start),
+            "end": p.end, "until": _day_text(p.until), "count": p.count or "",
             "custom_rrule": p.custom_rrule, "skip": ", ".join(date.fromisoformat(x).strftime("%d/%m/%Y")
                                                               for x in skip),
             "valid_from": day_of(row["valid_from"]), "valid_until": day_of(row["valid_until"], minus=True),
@@ -231,20 +231,29 @@ def _read_form(form: FormData) -> dict[str, Any]:
         "sid": one("sid", 64), "version": one("version", 8), "title": one("title"),
         "programme_id": one("programme_id", 64), "kind": one("kind", 16), "days": [
             d for d in form.getlist("days") if isinstance(d, str) and d in WEEKDAYS],
-        "times": one("times", 300), "start": one("start", 10), "end": one("end", 8) or "never",
-        "until": one("until", 10), "count": one("count", 6), "custom_rrule": one("custom_rrule", 500),
-        "skip": one("skip", 2000), "valid_from": one("valid_from", 10), "valid_until": one("valid_until", 10),
+        "times": one("times", 300), "start": one("start", 12), "end": one("end", 8) or "never",
+        "until": one("until", 12), "count": one("count", 6), "custom_rrule": one("custom_rrule", 500),
+        "skip": one("skip", 2000), "valid_from": one("valid_from", 12), "valid_until": one("valid_until", 12),
         "priority": one("priority", 16), "volume": int(volume) if volume.isdigit() else volume,
         "targets": [t for t in form.getlist("targets") if isinstance(t, str)][:500],
         "conflict_order": one("conflict_order", 5), "action": one("action", 16),
     }
 
 
+def _day_text(d: date | None) -> str:
+    """A day as the form shows it: dd/mm/yyyy, whatever the browser's own date format."""
+    return d.strftime("%d/%m/%Y") if d else ""
+
+
 def _date_field(text: str, name: str) -> date:
+    """``dd/mm/yyyy`` (also ``d/m/yyyy`` and ``yyyy-mm-dd``)."""
+    m = re.fullmatch(r"(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})", text.strip())
     try:
-        return date.fromisoformat(text)
+        if m is not None:
+            return date(int(m.group(3)), int(m.group(2)), int(m.group(1)))
+        return date.fromisoformat(text.strip())
     except ValueError:
-        raise PickerError(name, "Write the day as dd/mm/yyyy.") from None
+        raise PickerError(name, N_("Write the day as dd/mm/yyyy.")) from None
 
 
 def _skip_days(text: str) -> list[str]:

@@ -40,10 +40,12 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     page = sign_in(browser, demo, "canbo-an-binh")
     page.set_default_timeout(120_000)  # texts are read aloud when the programme is saved: slow on a busy CI machine
     page.get_by_role("navigation").get_by_role("link", name="Lịch phát").click()
+    page.wait_for_url("**/schedule")
     assert_page_ok(page, "schedule-empty-360")
 
     # the programme editor: two texts, the second moved up with the button (no drag, no script needed)
     page.get_by_role("link", name="Chương trình phát").click()
+    page.wait_for_url("**/schedule/programmes")
     page.get_by_label("Tiêu đề", exact=True).fill("Bản tin thời sự")
     page.get_by_role("button", name="Bỏ mục 1").click()
     page.get_by_role("button", name="Thêm văn bản cần đọc").click()
@@ -58,12 +60,13 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     page.wait_for_url("**saved=1")
     print(f"programme with two texts read aloud saved in {monotonic() - started:.1f} s")
     page.get_by_role("link", name="Lập lịch phát").first.click()
+    page.wait_for_url("**/schedule/new?*")
 
     # the schedule with the picker: its default choice is the one asked for; check, then save
     page.get_by_label("Tiêu đề", exact=True).fill("Thời sự sáng chiều")
     page.get_by_label("Các ngày trong tuần trừ Chủ nhật").check()
     page.get_by_label("Giờ phát trong ngày (HH:MM, cách nhau bằng dấu phẩy)").fill("06:00, 17:00")
-    first_day = date.fromisoformat(page.get_by_label("Ngày bắt đầu").input_value())
+    first_day = datetime.strptime(page.get_by_label("Ngày bắt đầu").input_value(), "%d/%m/%Y").date()
     assert page.locator(f"input[name=targets][value={AN_BINH}]").is_checked()
     page.get_by_role("button", name="Kiểm tra giờ phát và trùng lịch").click()
     assert page.get_by_text("Không trùng giờ: bạn có thể lưu.").is_visible(), page.locator("main").inner_text()
@@ -86,8 +89,17 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     assert sid
     assert_page_ok(page, "schedule-week-360")
 
+    # editing shows the choices that were made (the picker reads its own rule back)
+    page.locator("li.occ a").first.click()
+    page.wait_for_url("**/edit")
+    assert page.get_by_label("Các ngày trong tuần trừ Chủ nhật").is_checked()
+    assert page.get_by_label("Giờ phát trong ngày (HH:MM, cách nhau bằng dấu phẩy)").input_value() == "06:00, 17:00"
+    assert page.get_by_label("Không có ngày kết thúc").is_checked()
+    page.go_back(wait_until="load")
+
     # the month view: the count of each day is dateutil's
     page.get_by_role("link", name="Xem theo tháng").click()
+    page.wait_for_url("**view=month*")
     cells = page.locator("td[data-day]")
     days = cells.evaluate_all("els => els.map(e => [e.dataset.day, Number(e.dataset.count)])")
     lo = datetime.combine(date.fromisoformat(days[0][0]), time(0), tzinfo=TZ)
@@ -105,6 +117,7 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     # the chairman approves it; the reason is required to reject (checked by the server too)
     chair = sign_in(browser, demo, "chutich-an-binh")
     chair.get_by_role("navigation").get_by_role("link", name="Chờ duyệt").click()
+    chair.wait_for_url("**/approvals")
     card = chair.locator(f"li[data-schedule='{sid}']")
     assert card.get_by_text("Thời sự sáng chiều").is_visible()
     assert card.get_by_text("06:00, 17:00").is_visible()
