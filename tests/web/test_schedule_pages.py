@@ -5,7 +5,8 @@ The operator of xã An Bình makes a programme (two texts read aloud, reordered 
 then the "06:00 and 17:00 every day except Sunday" schedule with the picker; the week and month
 views show exactly the occurrences python-dateutil gives for that rule; the other commune's
 operator cannot open it; the chairman of An Bình approves it on *Chờ duyệt*; the planner sends its
-occurrences and the gateway acknowledges the first one (the centre records the delivery).
+occurrences and the gateway acknowledges the first one (the centre records the delivery). A CAP warning
+from a source that is not trusted waits in the same list and is approved there too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from zoneinfo import ZoneInfo
 from dateutil import rrule
 
 from tests.conftest import wait_until
+from tests.warnings_cap_support import flood_alert
 from tests.web.test_staff_pages import AN_BINH, Demo, assert_page_ok, demo, sign_in
 
 __all__ = ["demo"]  # the module-scoped demo fixture, started once for this file
@@ -114,7 +116,15 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     assert resp is not None and resp.status == 404
     other.context.close()
 
-    # the chairman approves it; the reason is required to reject (checked by the server too)
+    # a CAP warning from a source that is not trusted waits for approval in the same list
+    admin = sign_in(browser, demo, "admin")
+    csrf = next(c["value"] for c in admin.context.cookies() if c["name"] == "loaxa_csrf")
+    cap = admin.request.post(f"{demo.url}/api/cap", headers={"X-CSRF-Token": csrf, "Content-Type": "application/xml"},
+                             data=flood_alert(f"web-{sid}", polygon=None, geocode=AN_BINH))
+    assert cap.status == 202 and cap.json()["decision"] == "pending_approval", cap.text()
+    alert_id = cap.json()["id"]
+
+    # the chairman approves both; the reason is required to reject (checked by the server too)
     chair = sign_in(browser, demo, "chutich-an-binh")
     chair.get_by_role("navigation").get_by_role("link", name="Chờ duyệt").click()
     chair.wait_for_url("**/approvals")
@@ -130,10 +140,14 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     card.get_by_role("button", name="Duyệt", exact=True).click()
     chair.wait_for_url("**/approvals?done=approved")
     assert chair.locator(f"li[data-schedule='{sid}']").count() == 0
+    alert = chair.locator(f"li[data-alert='{alert_id}']")
+    assert alert.get_by_text("Cảnh báo lũ khẩn cấp trên sông Cái").is_visible()
+    alert.get_by_role("button", name="Duyệt và phát").click()
+    chair.wait_for_url("**/approvals?done=alert")
+    assert admin.request.get(f"{demo.url}/api/cap/{alert_id}").json()["state"] == "active"
 
     # it reaches the gateway: the planner sends the first occurrence and the gateway acknowledges it
     assert want[0] > datetime.now(TZ)  # the picker starts tomorrow
-    admin = sign_in(browser, demo, "admin")
     bid = f"{sid}.v1.{int(want[0].timestamp() * 1000)}.0"  # the planner's id: schedule, version, time, item
 
     def delivered() -> bool:
@@ -147,5 +161,6 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     done = {(a["action"], a["actor"], a["target"]) for a in audit}
     assert ("schedule.create", "canbo-an-binh", sid) in done
     assert ("schedule.approve", "chutich-an-binh", sid) in done
+    assert ("cap.approve", "chutich-an-binh", str(alert_id)) in done
     chair.context.close()
     page.context.close()
