@@ -141,7 +141,7 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     chair.wait_for_url("**/approvals?done=approved")
     assert chair.locator(f"li[data-schedule='{sid}']").count() == 0
     alert = chair.locator(f"li[data-alert='{alert_id}']")
-    assert alert.get_by_text("Cảnh báo lũ khẩn cấp trên sông Cái").is_visible()
+    assert alert.get_by_role("heading", name="Cảnh báo lũ khẩn cấp trên sông Cái").is_visible()
     alert.get_by_role("button", name="Duyệt và phát").click()
     chair.wait_for_url("**/approvals?done=alert")
     assert admin.request.get(f"{demo.url}/api/cap/{alert_id}").json()["state"] == "active"
