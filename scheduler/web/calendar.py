@@ -599,7 +599,8 @@ async def _approvals_page(request: Request, principal: Principal, *, notice: str
 async def approvals(request: Request, principal: CanApprove, done: str | None = None) -> HTMLResponse:
     notices = {"approved": tr(request, "Approved: the schedule is being sent to the gateways."),
                "rejected": tr(request, "Rejected: the person who wrote it sees your reason."),
-               "alert": tr(request, "The warning was approved and is being broadcast.")}
+               "alert": tr(request, "The warning was approved and is being broadcast."),
+               "alert-rejected": tr(request, "The warning was rejected: it is not broadcast.")}
     return await _approvals_page(request, principal, notice=notices.get(done or ""))
 
 
@@ -633,8 +634,9 @@ async def decide_schedule(request: Request, sid: ScheduleId, principal: CanAppro
 
 
 @router.post("/approvals/alerts/{alert_id}", response_class=HTMLResponse)
-async def approve_alert(request: Request, alert_id: int, principal: CanApprove) -> Response:
-    """Send the broadcast of a CAP alert that waits for approval (the intake's ``approve``, as the API)."""
+async def decide_alert(request: Request, alert_id: int, principal: CanApprove) -> Response:
+    """Send the broadcast of a CAP alert that waits for approval, or refuse it with a reason (the intake's
+    ``approve``/``reject``, audited as the API does)."""
     from scheduler.warnings.intake import CapRefused
 
     intake = getattr(request.app.state, "cap_intake", None)
@@ -644,15 +646,24 @@ async def approve_alert(request: Request, alert_id: int, principal: CanApprove) 
         return render(request, principal, "message.html", {
             "heading": tr(request, "Not found"), "message": tr(request, "There is no such warning waiting.")},
             status_code=404)
-    if (row.priority or 0) > PRIORITY_HIGH and not all(principal.can("broadcast:emergency", g) for g in gws):
+    form = await request.form(max_files=0, max_fields=10)
+    action, reason = form.get("action"), form.get("reason")
+    reason_text = reason.strip()[:500] if isinstance(reason, str) else ""
+    rejecting = action == "reject"
+    if not rejecting and (row.priority or 0) > PRIORITY_HIGH and not all(
+            principal.can("broadcast:emergency", g) for g in gws):
         raise PageForbidden("broadcast:emergency")
+    if rejecting and not reason_text:
+        return await _approvals_page(request, principal, status_code=400,
+                                     error=tr(request, "Write the reason for rejecting the warning."))
     try:
-        done = await intake.approve(alert_id, principal.name)
+        done = await (intake.reject(alert_id) if rejecting else intake.approve(alert_id, principal.name))
     except CapRefused as exc:
-        log.info("CAP alert %s not approved: %s", alert_id, exc.message)
+        log.info("CAP alert %s not decided: %s", alert_id, exc.message)
         return await _approvals_page(request, principal, status_code=409, error=tr(
             request, "The warning can no longer be approved (expired or replaced)."))
-    await get_access(request).audit(principal, "cap.approve", address=client_address(request), target=str(alert_id),
-                                    detail={"broadcast_id": done.broadcast_id, "gateways": done.gateways,
-                                            "via": "web"})
-    return RedirectResponse("/approvals?done=alert", status_code=303)
+    detail: dict[str, Any] = {"gateways": done.gateways, "via": "web"}
+    detail.update({"reason": reason_text} if rejecting else {"broadcast_id": done.broadcast_id})
+    await get_access(request).audit(principal, "cap.reject" if rejecting else "cap.approve",
+                                    address=client_address(request), target=str(alert_id), detail=detail)
+    return RedirectResponse("/approvals?done=" + ("alert-rejected" if rejecting else "alert"), status_code=303)
