@@ -1,12 +1,12 @@
 """*Lịch phát* and *Chờ duyệt* in a real browser against the whole demo (real brokers, two commune
 gateways, simulated speakers, the scheduler with its planner).
 
-The operator of xã An Bình makes a programme (two texts read aloud, reordered with the Up button),
+The operator of xã An Bình makes a programme (texts read aloud, reordered with the Up button, one removed),
 then the "06:00 and 17:00 every day except Sunday" schedule with the picker; the week and month
 views show exactly the occurrences python-dateutil gives for that rule; the other commune's
 operator cannot open it; the chairman of An Bình approves it on *Chờ duyệt*; the planner sends its
-occurrences and the gateway acknowledges the first one (the centre records the delivery). A CAP warning
-from a source that is not trusted waits in the same list and is approved there too.
+occurrences and the gateway acknowledges the first one (the centre records the delivery). Two CAP
+warnings from a source that is not trusted wait in the same list: one is approved, one rejected.
 """
 
 from __future__ import annotations
@@ -56,11 +56,14 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     page.get_by_label("Mục 2: văn bản cần đọc").fill("Phần một: xin chào bà con.")
     page.get_by_role("button", name="Đưa mục 2 lên").click()
     assert page.get_by_label("Mục 1: văn bản cần đọc").input_value() == "Phần một: xin chào bà con."
+    assert page.get_by_label("Mục 2: văn bản cần đọc").input_value() == "Phần hai: tin tức trong xã."
     assert_page_ok(page, "programme-360")
+    page.get_by_role("button", name="Bỏ mục 2").click()  # one text to read aloud keeps the test short
+    assert page.locator("ol.items > li").count() == 1
     started = monotonic()
     page.get_by_role("button", name="Lưu chương trình").click()
     page.wait_for_url("**saved=1")
-    print(f"programme with two texts read aloud saved in {monotonic() - started:.1f} s")
+    print(f"programme with a text read aloud saved in {monotonic() - started:.1f} s")
     page.get_by_role("link", name="Lập lịch phát").first.click()
     page.wait_for_url("**/schedule/new?*")
 
@@ -119,12 +122,16 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     # a CAP warning from a source that is not trusted waits for approval in the same list
     admin = sign_in(browser, demo, "admin")
     csrf = next(c["value"] for c in admin.context.cookies() if c["name"] == "loaxa_csrf")
-    cap = admin.request.post(f"{demo.url}/api/cap", headers={"X-CSRF-Token": csrf, "Content-Type": "application/xml"},
-                             data=flood_alert(f"web-{sid}", polygon=None, geocode=AN_BINH))
-    assert cap.status == 202 and cap.json()["decision"] == "pending_approval", cap.text()
-    alert_id = cap.json()["id"]
+    alert_ids = []
+    for n in (1, 2):
+        cap = admin.request.post(f"{demo.url}/api/cap", data=flood_alert(f"web-{sid}-{n}", polygon=None,
+                                                                          geocode=AN_BINH),
+                                 headers={"X-CSRF-Token": csrf, "Content-Type": "application/xml"})
+        assert cap.status == 202 and cap.json()["decision"] == "pending_approval", cap.text()
+        alert_ids.append(cap.json()["id"])
+    alert_id, refused_id = alert_ids
 
-    # the chairman approves both; the reason is required to reject (checked by the server too)
+    # the chairman decides; the reason is required to reject (checked by the server too)
     chair = sign_in(browser, demo, "chutich-an-binh")
     chair.get_by_role("navigation").get_by_role("link", name="Chờ duyệt").click()
     chair.wait_for_url("**/approvals")
@@ -145,6 +152,11 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     alert.get_by_role("button", name="Duyệt và phát").click()
     chair.wait_for_url("**/approvals?done=alert")
     assert admin.request.get(f"{demo.url}/api/cap/{alert_id}").json()["state"] == "active"
+    refused = chair.locator(f"li[data-alert='{refused_id}']")
+    refused.get_by_label("Lý do từ chối").fill("Tin chưa được xác minh")
+    refused.get_by_role("button", name="Từ chối").click()
+    chair.wait_for_url("**/approvals?done=alert-rejected")
+    assert admin.request.get(f"{demo.url}/api/cap/{refused_id}").json()["decision"] == "rejected"
 
     # it reaches the gateway: the planner sends the first occurrence and the gateway acknowledges it
     assert want[0] > datetime.now(TZ)  # the picker starts tomorrow
@@ -162,5 +174,6 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     assert ("schedule.create", "canbo-an-binh", sid) in done
     assert ("schedule.approve", "chutich-an-binh", sid) in done
     assert ("cap.approve", "chutich-an-binh", str(alert_id)) in done
+    assert ("cap.reject", "chutich-an-binh", str(refused_id)) in done
     chair.context.close()
     page.context.close()
