@@ -21,6 +21,7 @@ from dateutil import rrule
 
 from tests.conftest import wait_until
 from tests.warnings_cap_support import flood_alert
+from tests.web.support import PHONE
 from tests.web.test_staff_pages import AN_BINH, Demo, assert_page_ok, demo, sign_in
 
 __all__ = ["demo"]  # the module-scoped demo fixture, started once for this file
@@ -177,3 +178,26 @@ def test_operator_schedules_with_the_picker_and_the_approver_approves(browser: A
     assert ("cap.reject", "chutich-an-binh", str(refused_id)) in done
     chair.context.close()
     page.context.close()
+
+
+def test_the_picker_works_without_javascript(browser: Any, demo: Demo) -> None:
+    """Scripts off: every field of the picker is there, and "check" answers from the server."""
+    ctx = browser.new_context(viewport=PHONE, locale="vi-VN", java_script_enabled=False)
+    page = ctx.new_page()
+    page.goto(demo.url + "/login?next=/schedule/new")
+    page.get_by_label("Tên đăng nhập").fill("canbo-an-binh")
+    page.get_by_label("Mật khẩu").fill(demo.password("canbo-an-binh"))
+    page.get_by_role("button", name="Đăng nhập").click()
+    page.wait_for_url("**/schedule/new")
+    page.get_by_label("Vào các ngày chọn trong tuần").check()
+    page.get_by_label("Thứ Hai").check()
+    page.get_by_label("Thứ Năm").check()
+    page.get_by_label("Giờ phát trong ngày (HH:MM, cách nhau bằng dấu phẩy)").fill("7h30")
+    page.get_by_label("Một số lần").check()
+    page.get_by_label("Số lần phát").fill("3")
+    page.get_by_role("button", name="Kiểm tra giờ phát và trùng lịch").click()
+    page.wait_for_load_state()
+    shown = [datetime.strptime(t, "%d/%m/%Y %H:%M") for t in page.locator("ul.upcoming li").all_inner_texts()]
+    assert len(shown) == 3, page.locator("main").inner_text()
+    assert all(t.weekday() in (0, 3) and (t.hour, t.minute) == (7, 30) for t in shown)
+    ctx.close()
