@@ -189,6 +189,7 @@ def test_the_picker_works_without_javascript(browser: Any, demo: Demo) -> None:
     page.get_by_label("Mật khẩu").fill(demo.password("canbo-an-binh"))
     page.get_by_role("button", name="Đăng nhập").click()
     page.wait_for_url("**/schedule/new")
+    page.get_by_label("Tiêu đề", exact=True).fill("Phát thanh thứ Hai và thứ Năm")
     page.get_by_label("Vào các ngày chọn trong tuần").check()
     page.get_by_label("Thứ Hai").check()
     page.get_by_label("Thứ Năm").check()
