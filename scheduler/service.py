@@ -219,10 +219,12 @@ class Scheduler:
         routers.append(fleet_router(fleet, require, fleet_audit))
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
         app.state.fleet = fleet  # the web UI's fleet page reads its live state
+        app.state.planner = planner  # the web UI's schedule and approval pages act through it
         from scheduler.warnings.service import build_warnings
 
         warnings = build_warnings(cfg, dispatcher, library, access)
         routers.append(warnings.router)
+        app.state.cap_intake = warnings.intake  # the approval page lists and approves pending CAP alerts
         for router in routers:  # /metrics, /ioc/v1, /api/fleet, /api/alarms, /api/cap and warning rules
             app.include_router(router)
         return cls(cfg, astore, library, dispatcher, app, fleet, planner, ioc, warnings)

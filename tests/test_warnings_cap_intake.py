@@ -227,6 +227,25 @@ async def test_untrusted_source_waits_for_an_approver(centre: Centre) -> None:
     r = await centre.http.post(f"/api/cap/{body['id']}/approve")
     assert r.status_code == 409 and r.json()["element"] == "state"
 
+    # an approver may refuse one instead, with a reason (kept in the audit log); nothing plays
+    other = (await centre.post(flood_alert("tv-002", polygon=None, circle="10.41,105.91 3", effective=later),
+                               centre.untrusted)).json()
+    assert other["decision"] == "pending_approval"
+    r = await centre.http.post(f"/api/cap/{other['id']}/reject", json={"reason": " "})
+    assert r.status_code == 422
+    r = await centre.http.post(f"/api/cap/{other['id']}/reject", json={"reason": "tin chưa được xác minh"},
+                               headers=centre.untrusted)
+    assert r.status_code == 403
+    r = await centre.http.post(f"/api/cap/{other['id']}/reject", json={"reason": "tin chưa được xác minh"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["state"], r.json()["decision"], r.json()["broadcast_id"]) == ("done", "rejected",
+                                                                                     other["broadcast_id"])
+    r = await centre.http.post(f"/api/cap/{other['id']}/approve")
+    assert r.status_code == 409 and r.json()["element"] == "state"
+    await asyncio.sleep(1.0)
+    plans = [r for r in centre.gateways["xa-phu-my"].received if r.envelope.kind == "broadcast.plan"]
+    assert len(plans) == 1  # only the approved one's plan
+
 
 async def test_malformed_and_hostile_messages_are_refused(centre: Centre) -> None:
     for raw, element in ((XML_BOMB, "alert"), (XXE, "alert"),

@@ -22,6 +22,7 @@ from protocol.signing import now_ms
 from scheduler.access import permissions as perms
 from scheduler.access.deps import Principal, client_address, forbid, get_access, require
 from scheduler.db import BadRequest, NotFound, Target
+from scheduler.schedules.actions import ScheduleActions
 from scheduler.schedules.asrun import AsRunFilter, as_run, monthly_summary, to_csv
 from scheduler.schedules.conflicts import Overlap
 from scheduler.schedules.levels import EMERGENCY
@@ -67,9 +68,16 @@ def schedules_router(planner: Planner, *, timezone: str = "Asia/Ho_Chi_Minh") ->
     router = APIRouter(prefix="/api", tags=["schedules"])
     sch = planner.schedules
     astore = planner.dispatcher.store
+    actions = ScheduleActions(planner)
 
     async def audit(p: Principal, request: Request, action: str, target: str | None, **detail: Any) -> None:
         await get_access(request).audit(p, action, address=client_address(request), target=target, detail=detail)
+
+    def auditor(p: Principal, request: Request) -> Any:
+        async def write(action: str, target: str | None, detail: dict[str, Any]) -> None:
+            await audit(p, request, action, target, **detail)
+
+        return write
 
     async def need(request: Request, p: Principal, perm: str, gateways: set[str]) -> None:
         for gw in sorted(gateways):
@@ -95,8 +103,7 @@ def schedules_router(planner: Planner, *, timezone: str = "Asia/Ho_Chi_Minh") ->
     @router.post("/programmes", status_code=201, summary="Create a programme (ordered media / text items)")
     async def create_programme(request: Request, body: ProgrammeIn,
                                p: Annotated[Principal, Depends(require(perms.SCHEDULE_WRITE))]) -> dict[str, Any]:
-        pid = await astore.call(sch.create_programme, body, p.name, now_ms())
-        await audit(p, request, "programme.create", pid, title=body.title, items=len(body.items))
+        pid = await actions.create_programme(body, p.name, auditor(p, request))
         return await astore.call(sch.programme, pid)
 
     @router.get("/programmes", dependencies=[Depends(require(perms.SCHEDULE_READ))], summary="Programmes")
@@ -111,11 +118,7 @@ def schedules_router(planner: Planner, *, timezone: str = "Asia/Ho_Chi_Minh") ->
                                             "to draft)")
     async def update_programme(request: Request, pid: Annotated[str, PathParam(pattern=SID)], body: ProgrammeIn,
                                p: Annotated[Principal, Depends(require(perms.SCHEDULE_WRITE))]) -> dict[str, Any]:
-        back = await astore.call(sch.update_programme, pid, body, p.name, now_ms())
-        for sid in back:
-            await planner.withdraw(sid)
-        await audit(p, request, "programme.update", pid, title=body.title, items=len(body.items),
-                    schedules_back_to_draft=back)
+        back = await actions.update_programme(pid, body, p.name, auditor(p, request))
         return {**await astore.call(sch.programme, pid), "schedules_back_to_draft": back}
 
     @router.delete("/programmes/{pid}", status_code=204, summary="Remove a programme no schedule plays")
@@ -138,15 +141,13 @@ def schedules_router(planner: Planner, *, timezone: str = "Asia/Ho_Chi_Minh") ->
                 raise BadRequest("approve_now: only an emergency (khẩn cấp) schedule may skip approval")
             await need(request, p, perms.SCHEDULE_EMERGENCY, gws)
         spec = ScheduleIn.model_validate(body.model_dump(exclude={"approve_now"}))
-        now = now_ms()
         try:
-            sid = await astore.call(sch.create_schedule, spec, p.name, now)
+            sid = await actions.create_schedule(spec, p.name, auditor(p, request))
         except ConflictError as exc:
             raise conflict_response(exc) from exc
-        await audit(p, request, "schedule.create", sid, title=spec.title, targets=spec.targets,
-                    priority=spec.priority, rrule=spec.rrule)
         if body.approve_now:
-            out = await astore.call(sch.set_status, sid, STATUS_APPROVED, p.name, now, "emergency: approval bypassed")
+            out = await astore.call(sch.set_status, sid, STATUS_APPROVED, p.name, now_ms(),
+                                    "emergency: approval bypassed")
             await audit(p, request, "schedule.emergency_bypass", sid, title=spec.title, targets=spec.targets)
             planner.wake()
             return out
@@ -183,27 +184,18 @@ def schedules_router(planner: Planner, *, timezone: str = "Asia/Ho_Chi_Minh") ->
         await need(request, p, perms.SCHEDULE_WRITE, old | gws)
         known(gws)
         try:
-            out = await astore.call(sch.update_schedule, sid, body, p.name, now_ms())
+            return await actions.update_schedule(sid, body, p.name, auditor(p, request))
         except ConflictError as exc:
             raise conflict_response(exc) from exc
-        withdrawn = await planner.withdraw(sid)
-        await audit(p, request, "schedule.update", sid, version=out["version"], status=out["status"],
-                    targets=body.targets, withdrawn=len(withdrawn))
-        return out
 
     async def decide(request: Request, sid: str, p: Principal, status: str, body: Decision) -> dict[str, Any]:
         gws = await visible(p, sid, perms.SCHEDULE_APPROVE)
         await need(request, p, perms.SCHEDULE_APPROVE, gws)
         try:
-            out = await astore.call(sch.set_status, sid, status, p.name, now_ms(), body.reason, body.version)
+            return await actions.decide(sid, status, p.name, auditor(p, request), reason=body.reason,
+                                        version=body.version)
         except ConflictError as exc:
             raise conflict_response(exc) from exc
-        action = "schedule.approve" if status == STATUS_APPROVED else "schedule.reject"
-        withdrawn = [] if status == STATUS_APPROVED else await planner.withdraw(sid)
-        await audit(p, request, action, sid, version=out["version"], reason=body.reason, withdrawn=len(withdrawn))
-        if status == STATUS_APPROVED:
-            planner.wake()
-        return out
 
     @router.post("/schedules/{sid}/approve", summary="Approve (only approved schedules are sent)")
     async def approve(request: Request, sid: Annotated[str, PathParam(pattern=SID)],

@@ -45,6 +45,7 @@ from .models import (
     DECISION_LOGGED,
     DECISION_NO_MATCH,
     DECISION_PENDING,
+    DECISION_REJECTED,
     DECISION_SENT,
     STATE_ACTIVE,
     STATE_CANCELLED,
@@ -295,6 +296,19 @@ class CapIntake:
             await self.store.call(_update, self.db, row.id, state=STATE_ACTIVE, decision=DECISION_SENT,
                                   approved_by=approver, start_at=row.start_at)
             row.state, row.decision, row.approved_by = STATE_ACTIVE, DECISION_SENT, approver
+            return row
+
+    async def reject(self, alert_id: int) -> CapAlertRow:
+        """Refuse a pending alert: nothing plays (the caller checked the approver's permissions and audits
+        who refused it and why)."""
+        async with self._lock:
+            row: CapAlertRow | None = await self.store.call(_get, self.db, alert_id)
+            if row is None:
+                raise CapRefused(404, "id", f"no CAP alert {alert_id}")
+            if row.state != STATE_PENDING:
+                raise CapRefused(409, "state", f"alert {alert_id} is {row.state}, not waiting for approval")
+            await self.store.call(_update, self.db, row.id, state=STATE_DONE, decision=DECISION_REJECTED)
+            row.state, row.decision = STATE_DONE, DECISION_REJECTED
             return row
 
     async def get(self, alert_id: int) -> CapAlertRow | None:

@@ -21,6 +21,7 @@ DECISION_NO_MATCH = "no_match"  # no commune in its areas
 DECISION_EXPIRED = "expired"  # <expires> already passed
 DECISION_CANCELLED = "cancelled"  # a Cancel: what the referenced alerts started was stopped
 DECISION_DUPLICATE = "duplicate"  # the same sender,identifier,sent again
+DECISION_REJECTED = "rejected"  # an approver refused it (who and why: the audit log's cap.reject)
 
 #: Where an alert stands afterwards
 STATE_ACTIVE = "active"

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from protocol.ids import ID_PATTERN
 from protocol.models import PRIORITY_HIGH, MediaRef
@@ -41,6 +41,11 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 def _refused(exc: CapRefused) -> JSONResponse:
     return JSONResponse({"detail": exc.message, "element": exc.element}, status_code=exc.status)
+
+
+class CapRejection(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    reason: str = Field(min_length=1, max_length=500, description="why it is not broadcast (kept in the audit log)")
 
 
 def warnings_router(intake: CapIntake) -> APIRouter:
@@ -99,6 +104,23 @@ def warnings_router(intake: CapIntake) -> APIRouter:
             return _refused(exc)
         await get_access(request).audit(p, "cap.approve", address=client_address(request), target=str(alert_id),
                                         detail={"broadcast_id": done.broadcast_id, "gateways": done.gateways})
+        return done.public()
+
+    @r.post("/api/cap/{alert_id}/reject", summary="Refuse a CAP alert that waits for approval (with a reason)")
+    async def reject_cap(request: Request, alert_id: int, body: CapRejection,
+                         p: Annotated[Principal, Depends(require(perms.BROADCAST_APPROVE))]) -> Any:
+        row = await intake.get(alert_id)
+        if row is None:
+            raise HTTPException(404, f"no CAP alert {alert_id}")
+        from scheduler.http import require_areas
+
+        await require_areas(request, p, perms.BROADCAST_APPROVE, set(row.gateways or []))
+        try:
+            done = await intake.reject(alert_id)
+        except CapRefused as exc:
+            return _refused(exc)
+        await get_access(request).audit(p, "cap.reject", address=client_address(request), target=str(alert_id),
+                                        detail={"reason": body.reason, "gateways": done.gateways})
         return done.public()
 
     @r.put("/api/gateways/{gw}/warning-rules", summary="Send a gateway its local warning rules (replaces them)")

@@ -28,7 +28,7 @@ class NavItem:
 
 NAV: tuple[NavItem, ...] = (
     NavItem("/now", N_("Broadcast now"), "broadcast:create"),
-    NavItem("/schedule", N_("Schedule"), "schedule:write"),
+    NavItem("/schedule", N_("Schedule"), "schedule:read"),
     NavItem("/library", N_("Audio library"), "media:read"),
     NavItem("/approvals", N_("Awaiting approval"), "broadcast:approve"),
     NavItem("/log", N_("Broadcast log"), "broadcast:read"),

@@ -37,7 +37,7 @@ from scheduler.web import queries
 from scheduler.web.app import WebContext
 from scheduler.web.filters import format_datetime_ms
 from scheduler.web.labels import PRIORITIES, REASONS, SPEAKER_STATES, TERMINAL, priority_key
-from scheduler.web.nav import NAV, visible_nav
+from scheduler.web.nav import visible_nav
 from scheduler.web.render import safe_next
 from scheduler.web.session import (
     AUTHENTICATED,
@@ -584,22 +584,3 @@ async def fleet(request: Request, principal: CanReadFleet) -> HTMLResponse:
     else:
         gateways = await _gateways(request, principal, "fleet:read")
     return render(request, principal, "fleet.html", {"gateways": gateways})
-
-
-# ------------------------------------------------------------------ pages still to come
-
-
-@router.get("/schedule", response_class=HTMLResponse)
-async def schedule(request: Request, principal: Annotated[Principal, Depends(page("schedule:write"))]) -> HTMLResponse:
-    return _coming(request, principal, "/schedule")
-
-
-@router.get("/approvals", response_class=HTMLResponse)
-async def approvals(request: Request, principal: Annotated[Principal, Depends(page("broadcast:approve"))]
-                    ) -> HTMLResponse:
-    return _coming(request, principal, "/approvals")
-
-
-def _coming(request: Request, principal: Principal, path: str) -> HTMLResponse:
-    item = next(i for i in NAV if i.path == path)
-    return render(request, principal, "coming.html", {"item": item})

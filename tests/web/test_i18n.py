@@ -81,6 +81,7 @@ class _Role:
 
 def test_menu_shows_only_what_the_role_allows() -> None:
     assert visible_nav(None) == []
-    operator = _Role("broadcast:create", "schedule:write", "media:read", "broadcast:read", "fleet:read")
+    operator = _Role("broadcast:create", "schedule:read", "schedule:write", "media:read", "broadcast:read",
+                     "fleet:read")
     assert [i.path for i in visible_nav(operator)] == ["/now", "/schedule", "/library", "/log", "/fleet"]
     assert [i.path for i in visible_nav(_Role("fleet:read"))] == ["/fleet"]
