@@ -29,7 +29,7 @@ from loaxa.localsetup import gateway_config, make_signer, write_yaml
 from loaxa.servers import InfluxDB1, ServerUnavailable
 from protocol.signing import now_ms
 from scheduler.access.demo import create_demo_access
-from tests.conftest import spawn_loaxa, stop_process
+from tests.conftest import spawn_loaxa, stop_process, wait_until
 from tests.sched_support import Keys
 from tests.web.support import (
     PAGE_BUDGET,
@@ -197,7 +197,13 @@ def test_technician_sees_a_speaker_drop_live_sets_a_volume_and_acknowledges_the_
     # ---- the offline speaker's alarm: acknowledged with a note
     page.get_by_role("navigation").get_by_role("link", name="Cảnh báo").click()
     alarm = page.locator("section.alarm", has_text="loa mất kết nối")
-    alarm.wait_for(timeout=30_000)
+
+    def alarm_listed() -> bool:  # raised one evaluation after the rule's delay; this page is not live
+        if alarm.count() == 0:
+            page.reload()
+        return alarm.count() == 1
+
+    wait_until(alarm_listed, timeout=60, interval=1.0, what="the speaker_offline alarm on the alarms page")
     assert LOA1 in alarm.inner_text()
     assert_page_ok(page, "alarms-360")
     alarm.get_by_label("Ghi chú (bạn xử lý thế nào)").fill("đang đến kiểm tra")

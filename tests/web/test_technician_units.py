@@ -110,8 +110,8 @@ def test_every_technician_template_renders_in_both_languages() -> None:
             for lang in ("vi", "en"):
                 req = _request(path)
                 req.scope["query_string"] = f"lang={lang}".encode()
-                html = renderer.page(req, template, ctx, principal=_Tech(), csrf_token="t").body.decode()
+                html = bytes(renderer.page(req, template, ctx, principal=_Tech(), csrf_token="t").body).decode()
                 assert "</html>" in html, template
-    vi = renderer.page(_request("/fleet"), "fleet.html", {"gateways": [_gateway(full)], "connected": True,
-                                                          "live": True}, principal=_Tech()).body.decode()
+    vi = bytes(renderer.page(_request("/fleet"), "fleet.html", {"gateways": [_gateway(full)], "connected": True,
+                                                          "live": True}, principal=_Tech()).body).decode()
     assert "95 %" in vi and "81,0 °C" in vi and "chưa đồng bộ" in vi
