@@ -55,6 +55,7 @@ class Commune:
     lan: LanBroker
     tmp: Path
     password: str
+    operator_password: str
     sims: dict[str, subprocess.Popen[bytes]]
 
     def start_sim(self, dev: str) -> None:
@@ -114,7 +115,8 @@ def commune(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commune]:
             devices=devices, health_interval_s=HEALTH_S, uplink_auth=central.gateway_auth(GW),
             lan_auth=lan.gateway_auth()))
         gateway = spawn_loaxa("gateway", "run", "--config", str(gw_yaml), log=tmp / "gw.log")
-        c = Commune(sched, lan, tmp, access["accounts"]["kythuat"]["password"], {})
+        c = Commune(sched, lan, tmp, access["accounts"]["kythuat"]["password"],
+                    access["accounts"]["canbo-an-binh"]["password"], {})
         c.start_sim(LOA1)
         c.start_sim(LOA2)
         yield c
@@ -212,4 +214,24 @@ def test_technician_sees_a_speaker_drop_live_sets_a_volume_and_acknowledges_the_
     page.get_by_role("link", name="Đã ghi nhận").click()
     acked = page.locator("section.alarm", has_text="loa mất kết nối")
     assert "đang đến kiểm tra" in acked.inner_text() and "kythuat" in acked.inner_text()
+    ctx.close()
+
+
+def test_an_operator_sees_the_commune_but_may_not_act(browser: Any, commune: Commune) -> None:
+    """fleet:read without device:control: no action on the page, and a forged form is refused."""
+    ctx = browser.new_context(viewport=PHONE, locale="vi-VN")
+    page = ctx.new_page()
+    page.goto(commune.sched.url + "/")
+    page.get_by_label("Tên đăng nhập").fill("canbo-an-binh")
+    page.get_by_label("Mật khẩu").fill(commune.operator_password)
+    page.get_by_role("button", name="Đăng nhập").click()
+    page.get_by_role("button", name="Đăng xuất").wait_for()
+    page.goto(f"{commune.sched.url}/fleet/{GW}")
+    assert page.get_by_role("heading", name=COMMUNE).is_visible()
+    assert page.locator("form[action$='/action']").count() == 0
+    token = next(c["value"] for c in ctx.cookies() if c["name"] == "loaxa_csrf")
+    resp = page.request.post(f"{commune.sched.url}/fleet/{GW}/{LOA2}/action",
+                             form={"csrf_token": token, "action": "volume", "volume": "0", "confirm": "yes"})
+    assert resp.status == 403
+    assert page.request.get(f"{commune.sched.url}/fleet/xa-khac").status == 404
     ctx.close()
