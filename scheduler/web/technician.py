@@ -129,16 +129,20 @@ def _render_fragment(request: Request, template: str, context: dict[str, Any]) -
     return str(env.get_template(template).render(context))
 
 
-def _stamp(state: Any, areas: frozenset[str] | None) -> tuple[Any, ...]:
-    """Changes whenever anything the fleet page shows may have changed (the views count their updates)."""
-    return (state.connected, tuple(
-        (gid, v.version, tuple((d.device, d.version) for d in v.devices.values()))
-        for gid, v in sorted(state.gateways.items()) if areas is None or gid in areas))
+def _stamps(state: Any, areas: frozenset[str] | None) -> dict[str, tuple[Any, ...]]:
+    """Per gateway, what changes whenever its card may have changed (the views count their updates)."""
+    return {gid: (v.version, tuple((d.device, d.version) for d in v.devices.values()))
+            for gid, v in state.gateways.items() if areas is None or gid in areas}
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
 
 
 @router.get("/fleet/events")
 async def fleet_events(request: Request, principal: CanReadFleet) -> Response:
-    """Server-Sent Events: the fleet's table, rendered, each time a gateway or device reports."""
+    """Server-Sent Events: a gateway's card, rendered, each time the gateway or one of its devices
+    reports (only the cards that changed), and the scheduler's own link going down or up."""
     fleet = fleet_of(request)
     if fleet is None:
         return Response(status_code=404)
@@ -152,15 +156,27 @@ async def fleet_events(request: Request, principal: CanReadFleet) -> Response:
         try:
             loop = asyncio.get_running_loop()
             started = loop.time()
-            last_html = ""
+            sent: dict[str, tuple[Any, ...]] = {}
+            connected: bool | None = None
             while loop.time() - started < SSE_MAX_S:
-                seen = _stamp(state, areas)
-                html = _render_fragment(request, "partials/fleet_live.html", _fleet_context(request, principal))
-                if html != last_html:
-                    payload = json.dumps({"html": html, "at": now_ms()}, ensure_ascii=False)
-                    yield f"event: fleet\ndata: {payload}\n\n".encode()
-                    last_html = html
-                changed = await state.wait_for(lambda seen=seen: _stamp(state, areas) != seen, SSE_HEARTBEAT_S)
+                now_connected = state.connected
+                if now_connected != connected:  # every status may read "unknown" now, or again not
+                    yield _event("connected", {"connected": now_connected})
+                    connected, sent = now_connected, {}
+                current = _stamps(state, areas)
+                for gid in sorted(g for g, st in current.items() if sent.get(g) != st):
+                    view = state.gateways.get(gid)
+                    if view is None:
+                        continue
+                    html = _render_fragment(request, "partials/fleet_gateway.html",
+                                            {"g": _split_devices(state.gateway_dict(view))})
+                    yield _event("gateway", {"id": gid, "html": html, "at": now_ms()})
+                sent = current
+
+                def moved(seen: dict[str, tuple[Any, ...]] = current, was: bool = now_connected) -> bool:
+                    return state.connected != was or _stamps(state, areas) != seen
+
+                changed = await state.wait_for(moved, SSE_HEARTBEAT_S)
                 if await request.is_disconnected():
                     return
                 if changed is None:

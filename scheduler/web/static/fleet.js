@@ -1,15 +1,28 @@
-// Loa Xã web UI, the fleet page: swap in the table the server renders each time a device reports
-// (Server-Sent Events). Without JavaScript the page is the same, reloaded by hand.
+// Loa Xã web UI, the fleet page: each time a gateway or one of its devices reports, the server sends
+// that gateway's card, rendered (Server-Sent Events); it replaces the card on the page. Without
+// JavaScript the page is the same, reloaded by hand.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
   const live = document.querySelector("[data-fleet-live]");
   if (!live || !window.EventSource) return;
   const source = new EventSource(live.dataset.fleetLive);
-  source.addEventListener("fleet", (ev) => {
+  source.addEventListener("gateway", (ev) => {
     const msg = JSON.parse(ev.data);
-    // the fragment comes from our own server, rendered and escaped by its templates
-    live.innerHTML = msg.html;
+    // the card comes from our own server, rendered and escaped by its templates
+    const fresh = document.createElement("template");
+    fresh.innerHTML = msg.html;
+    const card = live.querySelector(`[data-gateway="${CSS.escape(msg.id)}"]`);
+    if (card) {
+      card.replaceWith(fresh.content);
+    } else {
+      live.querySelectorAll("[data-empty]").forEach((p) => p.remove());
+      live.appendChild(fresh.content);
+    }
     live.dataset.updated = String(msg.at);
+  });
+  source.addEventListener("connected", (ev) => {
+    const banner = live.querySelector("[data-disconnected]");
+    if (banner) banner.hidden = JSON.parse(ev.data).connected;
   });
 });
