@@ -157,11 +157,23 @@ def test_technician_sees_a_speaker_drop_live_sets_a_volume_and_acknowledges_the_
     # the gateway and both speakers come on line while the page is open: it follows by itself
     for dev in (LOA1, LOA2):
         page.wait_for_selector(f'{row(GW, dev)}[data-status="online"]', timeout=120_000)
+    assert page.evaluate("() => window.__sameDocument === true"), "the fleet page reloaded instead of updating"
     card = page.locator(f'section[data-gateway="{GW}"]')
     assert card.get_attribute("data-status") == "online"
     assert card.get_by_text("Ổ đĩa đã dùng").is_visible()  # the gateway's health is on the page
     assert page.locator(f"{row(GW, LOA1)} .volume").inner_text() == "70"
     assert_page_ok(page, "fleet-technician-360")
+
+    # ---- the commune page: speakers, the sensor's latest reading and its last 24 h as a chart
+    page.get_by_role("link", name=COMMUNE).click()
+    page.wait_for_url(f"**/fleet/{GW}")
+    assert page.locator(f'[data-reading="{SENSOR}/water_level_cm"] .value').inner_text().endswith(" cm")
+    assert page.locator("svg.chart polyline").count() >= 1
+    assert page.get_by_role("img", name=f"{SENSOR} · water_level_cm (cm)").count() == 1
+    assert_page_ok(page, "commune-360")
+    page.get_by_role("link", name="Tất cả thiết bị").click()
+    page.wait_for_selector(f'{row(GW, LOA1)}[data-status="online"]')
+    page.evaluate("() => { window.__sameDocument = true; }")
 
     # ---- a speaker dies: its row says so within the health interval, without a reload
     killed = time.monotonic()
@@ -173,13 +185,8 @@ def test_technician_sees_a_speaker_drop_live_sets_a_volume_and_acknowledges_the_
     assert page.locator(f"{row(GW, LOA1)} .status").inner_text() == "mất kết nối"
     assert page.locator(f'{row(GW, LOA2)}[data-status="online"]').count() == 1
 
-    # ---- the commune page: speakers, the sensor's latest reading and its last 24 h as a chart
     page.get_by_role("link", name=COMMUNE).click()
     page.wait_for_url(f"**/fleet/{GW}")
-    assert page.locator(f'[data-reading="{SENSOR}/water_level_cm"] .value').inner_text().endswith(" cm")
-    assert page.locator("svg.chart polyline").count() >= 1
-    assert page.get_by_role("img", name=f"{SENSOR} · water_level_cm (cm)").count() == 1
-    assert_page_ok(page, "commune-360")
 
     # ---- set loa-02's volume: a confirmation, then the speaker's own report
     speaker = page.locator(f'section[data-device="{GW}/{LOA2}"]')

@@ -3,7 +3,18 @@
 // JavaScript the page is the same, reloaded by hand.
 "use strict";
 
+// A confirmed order waits (up to the fleet's action timeout) for the speaker's own report: say so,
+// and do not send it twice.
+function setupWait(form) {
+  form.addEventListener("submit", () => {
+    const status = form.querySelector("[data-wait-status]");
+    if (status) status.textContent = form.dataset.wait;
+    form.querySelectorAll("button[type=submit]").forEach((b) => { b.disabled = true; });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("form[data-wait]").forEach(setupWait);
   const live = document.querySelector("[data-fleet-live]");
   if (!live || !window.EventSource) return;
   const source = new EventSource(live.dataset.fleetLive);
