@@ -8,6 +8,7 @@ than two buckets between points breaks the line: a sensor that was silent is not
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from markupsafe import Markup, escape
@@ -33,7 +34,8 @@ def _num(v: float) -> str:
 
 
 def line_chart(series: list[Series], *, title: str, unit: str | None, start_ms: int, end_ms: int,
-               gap_ms: int = 90 * 60 * 1000) -> Markup:
+               gap_ms: int = 90 * 60 * 1000, number: Callable[[float], str] = _num) -> Markup:
+    """``number`` writes the axis values (the page passes its locale's style: ``132,5`` in Vietnamese)."""
     values = [v for s in series for _, v in s.points]
     label = f"{title} ({unit})" if unit else title
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(label)}" '
@@ -58,9 +60,9 @@ def line_chart(series: list[Series], *, title: str, unit: str | None, start_ms: 
 
         suffix = f" {unit}" if unit else ""
         parts.append(f'<text x="{x0 - 4}" y="{y0 + 8}" font-size="10" fill="{TEXT}" text-anchor="end">'
-                     f"{escape(_num(hi))}</text>")
+                     f"{escape(number(hi))}</text>")
         parts.append(f'<text x="{x0 - 4}" y="{y1}" font-size="10" fill="{TEXT}" text-anchor="end">'
-                     f"{escape(_num(lo))}</text>")
+                     f"{escape(number(lo))}</text>")
         parts.append(f'<text x="{x0 + 4}" y="{y0 + 8}" font-size="10" fill="{TEXT}">{escape(suffix.strip())}</text>')
         for s in series:
             runs: list[list[tuple[float, float]]] = []

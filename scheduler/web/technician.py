@@ -31,6 +31,7 @@ from scheduler.fleet.alarms.lifecycle import LifecycleError
 from scheduler.fleet.routes import MAX_SILENCE_S
 from scheduler.fleet.store import alarm_dict
 from scheduler.web.chart import Series, line_chart
+from scheduler.web.filters import format_number
 from scheduler.web.nav import N_
 from scheduler.web.readings import commune_readings
 from scheduler.web.session import Principal, page
@@ -202,10 +203,15 @@ async def commune_page(request: Request, gw: GwPath, principal: CanReadFleet) ->
     ioc = getattr(request.app.state, "ioc", None)
     sensor_ids = [d["device"] for d in g["sensors"]]
     readings = await commune_readings(ioc.service if ioc is not None else None, gw, sensor_ids, now_ms())
+    locale = request.app.state.web.renderer.locale_of(request)
+
+    def number(v: float) -> str:
+        return format_number(v, locale, decimals=0 if abs(v) >= 100 or v == int(v) else 1)
+
     charts = []
     for chart in readings.charts:
         svg = line_chart([Series(chart.label, chart.points)], title=chart.label, unit=chart.unit,
-                         start_ms=readings.start_ms, end_ms=readings.end_ms)
+                         start_ms=readings.start_ms, end_ms=readings.end_ms, number=number)
         charts.append({"chart": chart, "svg": svg})
     return render(request, principal, "commune.html", {
         "g": g, "alarms": [alarm_dict(a) for a in alarms], "readings": readings, "charts": charts,

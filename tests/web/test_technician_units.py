@@ -34,6 +34,10 @@ def test_chart_is_a_named_image_and_breaks_the_line_at_gaps() -> None:
     assert svg.startswith("<svg") and 'role="img"' in svg and "<title>muc-nuoc · water_level_cm (cm)</title>" in svg
     assert svg.count("<polyline") == 2  # the silent hours are a gap, not a straight line
     assert "style=" not in svg  # the content security policy allows no inline style
+    assert ">4<" in svg and ">0<" in svg  # the highest and lowest value on the axis
+    vi = str(line_chart([Series("x", [(0, 1.5), (hour, 2.25)])], title="t", unit=None, start_ms=0, end_ms=hour,
+                        number=lambda v: f"{v:.1f}".replace(".", ",")))
+    assert ">2,2<" in vi or ">2,3<" in vi
     empty = str(line_chart([], title="<b>", unit=None, start_ms=0, end_ms=1))
     assert "<polyline" not in empty and "&lt;b&gt;" in empty
 
