@@ -182,7 +182,7 @@ def test_technician_sees_a_speaker_drop_live_sets_a_volume_and_acknowledges_the_
     shown_after = time.monotonic() - killed
     print(f"speaker shown off line {shown_after:.2f} s after its simulator was killed (health {HEALTH_S} s)")
     assert page.evaluate("() => window.__sameDocument === true"), "the fleet page reloaded instead of updating"
-    assert page.locator(f"{row(GW, LOA1)} .status").inner_text() == "mất kết nối"
+    assert page.locator(f"{row(GW, LOA1)} .status .state").inner_text() == "mất kết nối"
     assert page.locator(f'{row(GW, LOA2)}[data-status="online"]').count() == 1
 
     page.get_by_role("link", name=COMMUNE).click()
