@@ -242,3 +242,16 @@ def test_an_operator_sees_the_commune_but_may_not_act(browser: Any, commune: Com
     assert resp.status == 403
     assert page.request.get(f"{commune.sched.url}/fleet/xa-khac").status == 404
     ctx.close()
+
+
+def test_the_fleet_page_works_without_javascript(browser: Any, commune: Commune) -> None:
+    ctx = browser.new_context(viewport=PHONE, locale="vi-VN", java_script_enabled=False)
+    page = ctx.new_page()
+    page.goto(commune.sched.url + "/login")
+    page.get_by_label("Tên đăng nhập").fill("kythuat")
+    page.get_by_label("Mật khẩu").fill(commune.password)
+    page.get_by_role("button", name="Đăng nhập").click()
+    page.goto(commune.sched.url + "/fleet")
+    assert page.locator(f'{row(GW, LOA2)}[data-status="online"]').count() == 1
+    assert page.get_by_role("link", name="Tải lại để xem trạng thái mới nhất").is_visible()
+    ctx.close()
