@@ -276,6 +276,39 @@ async def device_action(request: Request, gw: GwPath, dev: DevPath, principal: C
     return render(request, principal, "action_result.html", ctx)
 
 
+GATEWAY_ACTIONS = ("ping", "health")
+
+
+@router.post("/fleet/{gw}/action", response_class=HTMLResponse)
+async def gateway_action(request: Request, gw: GwPath, principal: CanControl) -> Response:
+    """Ping the gateway or ask it for a fresh health report: signed commands that change nothing, so
+    they are sent without a confirmation; the page shows the answer (and the new health)."""
+    view = _gateway_view(request, principal, gw, DEVICE_CONTROL)
+    if view is None:
+        return _not_found(request, principal)
+    fleet = fleet_of(request)
+    form = await request.form(max_files=0, max_fields=5)
+    action = _form_text(form, "action", 16)
+    ctx: dict[str, Any] = {"action": action, "back": f"/fleet/{gw}"}
+    if action not in GATEWAY_ACTIONS:
+        return render(request, principal, "message.html", {
+            "heading": tr(request, "Not allowed"), "message": tr(request, "Choose an action."),
+        }, status_code=400)
+    audit_action = "fleet.ping" if action == "ping" else "fleet.health_report"
+    try:
+        result = await (fleet.actions.ping(gw, None) if action == "ping" else fleet.actions.health_report(gw))
+    except ActionError as exc:
+        await get_access(request).audit(principal, audit_action, address=client_address(request), target=gw,
+                                        detail={"via": "web", "refused": str(exc)})
+        ctx.update(g=fleet.state.gateway_dict(view, devices=False), refused=_action_refusal(request, exc))
+        return render(request, principal, "gateway_action.html", ctx, status_code=exc.status)
+    await get_access(request).audit(principal, audit_action, address=client_address(request), target=gw,
+                                    detail={"via": "web", "command_id": result["command_id"], "ok": result["ok"],
+                                            "error": result["error"]})
+    ctx.update(g=fleet.state.gateway_dict(view, devices=False), result=result)
+    return render(request, principal, "gateway_action.html", ctx)
+
+
 def _action_refusal(request: Request, exc: ActionError) -> str:
     if exc.status == 503:
         return tr(request, "The scheduler is not connected to the broker; nothing was sent. Try again shortly.")

@@ -200,6 +200,10 @@ def test_technician_sees_a_speaker_drop_live_sets_a_volume_and_acknowledges_the_
     assert page.locator("[data-result=ok]").inner_text().strip().startswith("Loa đình đã báo lại: âm lượng 35")
     assert page.locator("[data-volume]").inner_text() == "35"
     assert_page_ok(page, "action-result-360")
+    page.get_by_role("link", name="Quay lại trang xã").click()
+    page.get_by_role("button", name="Lấy báo cáo sức khoẻ mới").click()  # harmless: no confirmation
+    fresh = page.locator("[data-result=ok]").inner_text().strip()
+    assert fresh == "Bộ điều khiển của Xã An Bình đã gửi báo cáo sức khoẻ mới."
     page.get_by_role("link", name="Tất cả thiết bị").click()
     assert page.locator(f"{row(GW, LOA2)} .volume").inner_text() == "35"
 

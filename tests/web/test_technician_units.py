@@ -104,6 +104,11 @@ def test_every_technician_template_renders_in_both_languages() -> None:
                 "g": g, "d": g["speakers"][0], "action": "ping", "volume": None, "back": "/",
                 "result": {"ok": False, "ack": {"ok": True}, "elapsed_ms": 5},
                 "report": {"ok": False, "reason": "no_answer"}, "state": {}}),
+            ("/fleet/x/action", "gateway_action.html", {
+                "g": g, "action": "ping", "back": "/", "result": {"ok": True, "ack": {"ok": True, "rtt_ms": 40}}}),
+            ("/fleet/x/action", "gateway_action.html", {
+                "g": g, "action": "health", "back": "/", "result": {"ok": False, "ack": None}}),
+            ("/fleet/x/action", "gateway_action.html", {"g": g, "action": "health", "back": "/", "refused": "x"}),
             ("/alarms", "alarms.html", {
                 "view": "active", "views": ALARM_VIEWS, "alarms": [alarm], "communes": {"xa-an-binh": "Xã An Bình"},
                 "alarm_types": ALARM_TYPES, "severities": SEVERITIES, "silences": [silence],
