@@ -124,3 +124,18 @@ def test_every_technician_template_renders_in_both_languages() -> None:
     vi = bytes(renderer.page(_request("/fleet"), "fleet.html", {"gateways": [_gateway(full)], "connected": True,
                                                           "live": True}, principal=_Tech()).body).decode()
     assert "95 %" in vi and "81,0 °C" in vi and "chưa đồng bộ" in vi
+
+
+async def test_readings_unavailable_is_a_state_of_the_page_not_an_error() -> None:
+    from scheduler.ioc.client import InfluxError
+    from scheduler.web.readings import commune_readings
+
+    class Down:
+        async def visible_measurements(self, flt: Any) -> list[str]:
+            raise InfluxError("InfluxDB at http://127.0.0.1:1 did not answer")
+
+    none = await commune_readings(None, "xa-an-binh", [], 10**12)
+    assert not none.configured and none.error is None and none.charts == []
+    down = await commune_readings(Down(), "xa-an-binh", ["muc-nuoc"], 10**12)
+    assert down.configured and down.error is not None and "did not answer" in down.error
+    assert down.end_ms - down.start_ms == 24 * 3600 * 1000
