@@ -220,6 +220,7 @@ class Scheduler:
         app = create_app(dispatcher, library, access=access, timezone=cfg.scheduler.timezone)
         app.state.fleet = fleet  # the web UI's fleet page reads its live state
         app.state.planner = planner  # the web UI's schedule and approval pages act through it
+        app.state.ioc = ioc  # … and a commune page its readings (None without an influx: section)
         from scheduler.warnings.service import build_warnings
 
         warnings = build_warnings(cfg, dispatcher, library, access)

@@ -26,7 +26,7 @@ class WebContext:
 
 
 def mount_web(app: FastAPI, dispatcher: Dispatcher, library: MediaLibrary, *, timezone: str) -> None:
-    from scheduler.web import admin, calendar, pages, staff
+    from scheduler.web import admin, calendar, pages, staff, technician
 
     check_catalogues()
     app.state.web = WebContext(dispatcher, library, Renderer(timezone))
@@ -35,5 +35,6 @@ def mount_web(app: FastAPI, dispatcher: Dispatcher, library: MediaLibrary, *, ti
     app.include_router(staff.router)
     app.include_router(admin.router)
     app.include_router(calendar.router)
+    app.include_router(technician.router)
     for exc, handler in staff.EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exc, handler)

@@ -63,3 +63,8 @@ def register(env: Environment, locale: str, tz: str) -> None:
     env.filters["number"] = lambda v, decimals=None: format_number(v, locale, decimals=decimals)
     env.filters["duration"] = format_duration_ms
     env.filters["filesize"] = lambda n: format_bytes(n, locale)
+    from scheduler.web.i18n import translations
+    from scheduler.web.labels import reason_words
+
+    gettext = translations(locale).gettext
+    env.filters["reason"] = lambda r: reason_words(r, gettext)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from protocol.models import PRIORITY_EMERGENCY, PRIORITY_HIGH, PRIORITY_NORMAL
 from scheduler.web.nav import N_
 
@@ -24,14 +26,56 @@ GATEWAY_STATES: dict[str, str] = {
     "expired": N_("expired before delivery"),
 }
 
-#: Reasons a gateway or speaker gives, in words staff understand.
+#: Reasons a gateway or speaker gives, in words staff understand. A reason may join several codes
+#: with "; " (the speaker's own one first, e.g. "media_unavailable; no_start_report"): each is
+#: translated on its own (:func:`reason_words`).
 REASONS: dict[str, str] = {
     "media_unavailable": N_("the audio could not be fetched"),
+    "media_mismatch": N_("the audio received was not the one signed"),
+    "media_too_large": N_("the audio file is too large for the gateway"),
     "expired": N_("too late: the broadcast expired"),
     "cancelled": N_("cancelled"),
     "replay": N_("already received"),
     "bad_signature": N_("the signature was refused"),
+    "no_ack": N_("the speaker did not confirm the order"),
+    "no_start_report": N_("the speaker did not report that it started"),
+    "no_finish_report": N_("the speaker did not report that it finished"),
+    "went_offline": N_("the speaker went off line"),
+    "device_offline": N_("the speaker is off line"),
+    "device_error": N_("the speaker reported a fault"),
+    "missed_start": N_("the start time had already passed"),
+    "no_answer": N_("no answer"),
+    "not_pingable": N_("this device cannot be pinged"),
+    "preempted": N_("interrupted by a more urgent broadcast"),
 }
+#: "preempted by <broadcast id>", as the gateway writes it.
+PREEMPTED_BY = "preempted by "
+#: At most this many codes of one reason are translated (the rest is dropped, marked "…").
+MAX_REASON_PARTS = 8
+
+
+def reason_codes(reason: str | None) -> list[str]:
+    """The codes of a reason as stored ("a; b" → ["a", "b"]), empty parts dropped."""
+    if not reason:
+        return []
+    return [part.strip() for part in reason.split(";") if part.strip()]
+
+
+def reason_words(reason: str | None, gettext: Callable[[str], str]) -> str:
+    """A stored reason in the reader's words: each known code translated, unknown ones kept as sent."""
+    parts = reason_codes(reason)
+    out = []
+    for code in parts[:MAX_REASON_PARTS]:
+        if code in REASONS:
+            out.append(gettext(REASONS[code]))
+        elif code.startswith(PREEMPTED_BY):
+            out.append(gettext(REASONS["preempted"]))
+        else:
+            out.append(code[:200])
+    if len(parts) > MAX_REASON_PARTS:
+        out.append("…")
+    return "; ".join(out)
+
 
 #: Thông tư 39/2020/TT-BTTTT: three levels, on the 0–9 scale the wire uses.
 PRIORITIES: dict[str, tuple[int, str]] = {

@@ -33,6 +33,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("/approvals", N_("Awaiting approval"), "broadcast:approve"),
     NavItem("/log", N_("Broadcast log"), "broadcast:read"),
     NavItem("/fleet", N_("Devices"), "fleet:read"),
+    NavItem("/alarms", N_("Alarms"), "fleet:read"),
     NavItem("/admin", N_("Administration"), "accounts:admin"),
 )
 

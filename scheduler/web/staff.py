@@ -36,7 +36,8 @@ from scheduler.media import MediaError
 from scheduler.web import queries
 from scheduler.web.app import WebContext
 from scheduler.web.filters import format_datetime_ms
-from scheduler.web.labels import PRIORITIES, REASONS, SPEAKER_STATES, TERMINAL, priority_key
+from scheduler.web.i18n import translations
+from scheduler.web.labels import PRIORITIES, REASONS, SPEAKER_STATES, TERMINAL, priority_key, reason_words
 from scheduler.web.nav import visible_nav
 from scheduler.web.render import safe_next
 from scheduler.web.session import (
@@ -70,7 +71,6 @@ CanBroadcast = Annotated[Principal, Depends(page("broadcast:create"))]
 CanReadBroadcasts = Annotated[Principal, Depends(page("broadcast:read"))]
 CanReadMedia = Annotated[Principal, Depends(page("media:read"))]
 CanWriteMedia = Annotated[Principal, Depends(page("media:write"))]
-CanReadFleet = Annotated[Principal, Depends(page("fleet:read"))]
 BroadcastId = Annotated[str, PathParam(pattern=MESSAGE_ID_PATTERN)]
 
 
@@ -350,8 +350,10 @@ async def _board_status(request: Request, principal: Principal, bid: str) -> dic
     st["gateways"] = [d for d in st["gateways"] if d["gateway"] in readable]
     st["speakers"] = [s for s in st["speakers"] if s["gateway"] in readable]
     counts: dict[str, int] = {}
+    words = translations(web(request).renderer.locale_of(request)).gettext
     for sp in st["speakers"]:
         counts[sp["state"]] = counts.get(sp["state"], 0) + 1
+        sp["reason_text"] = reason_words(sp.get("reason"), words)  # the live board shows words, not codes
     st["summary"] = counts
     st["done"] = bool(st["cancelled"]) or (bool(st["speakers"]) and all(s["state"] in TERMINAL
                                                                           for s in st["speakers"]))
@@ -561,26 +563,4 @@ async def library_audio(request: Request, principal: CanReadMedia,
     return FileResponse(path, media_type=m.content_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
-# ------------------------------------------------------------------ fleet
-
-
-def _fleet_rows(live: Any, principal: Principal) -> list[dict[str, Any]]:
-    """The fleet's live state (scheduler/fleet/state.py) in the shape of the page: a status is
-    "unknown" (shown "not known yet") when the centre cannot know, never "off line" by default."""
-    rows = []
-    for g in live.snapshot(principal.gateways("fleet:read")):
-        speakers = [{"device": d["device"], "name": d["name"], "volume": d["volume"], "last_seen": d["last_seen"],
-                     "online": None if d["status"] == "unknown" else d["status"] == "online"}
-                    for d in g["devices"] if d["kind"] == "speaker"]
-        rows.append({**g, "speakers": speakers})
-    return rows
-
-
-@router.get("/fleet", response_class=HTMLResponse)
-async def fleet(request: Request, principal: CanReadFleet) -> HTMLResponse:
-    live = getattr(getattr(request.app.state, "fleet", None), "state", None)
-    if live is not None:
-        gateways = _fleet_rows(live, principal)
-    else:
-        gateways = await _gateways(request, principal, "fleet:read")
-    return render(request, principal, "fleet.html", {"gateways": gateways})
+# The fleet, commune pages, device actions and alarms: scheduler/web/technician.py.

@@ -56,9 +56,10 @@ class SchedulerProcess:
     log: Path
 
     @classmethod
-    def start(cls, tmp: Path, broker: CentralBroker, **sections: dict[str, Any]) -> SchedulerProcess:
+    def start(cls, tmp: Path, broker: CentralBroker, *, keys: Keys | None = None, gateways: tuple[str, ...] = (),
+              **sections: dict[str, Any]) -> SchedulerProcess:
         port = free_port()
-        cfg = scheduler_config_dict(tmp, broker, Keys(), port=port, **sections)
+        cfg = scheduler_config_dict(tmp, broker, keys or Keys(), port=port, gateways=gateways, **sections)
         path = tmp / "scheduler.yaml"
         path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
         log = tmp / "scheduler.log"

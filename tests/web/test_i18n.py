@@ -40,7 +40,7 @@ def test_raw_text_in_a_template_is_reported(tmp_path: Path) -> None:
 def test_vietnamese_catalogue_translates_the_menu() -> None:
     vi = translations("vi")
     assert [vi.gettext(item.label) for item in NAV] == [
-        "Phát ngay", "Lịch phát", "Thư viện âm thanh", "Chờ duyệt", "Nhật ký phát", "Thiết bị", "Quản trị",
+        "Phát ngay", "Lịch phát", "Thư viện âm thanh", "Chờ duyệt", "Nhật ký phát", "Thiết bị", "Cảnh báo", "Quản trị",
     ]
 
 
@@ -83,5 +83,6 @@ def test_menu_shows_only_what_the_role_allows() -> None:
     assert visible_nav(None) == []
     operator = _Role("broadcast:create", "schedule:read", "schedule:write", "media:read", "broadcast:read",
                      "fleet:read")
-    assert [i.path for i in visible_nav(operator)] == ["/now", "/schedule", "/library", "/log", "/fleet"]
-    assert [i.path for i in visible_nav(_Role("fleet:read"))] == ["/fleet"]
+    assert [i.path for i in visible_nav(operator)] == ["/now", "/schedule", "/library", "/log", "/fleet",
+                                                      "/alarms"]
+    assert [i.path for i in visible_nav(_Role("fleet:read"))] == ["/fleet", "/alarms"]

@@ -71,7 +71,7 @@ function setupBoard(board) {
       cell.className = "state state-" + sp.state;
       row.dataset.state = sp.state;
       const reason = row.querySelector(".reason");
-      if (reason) reason.textContent = sp.reason || "";
+      if (reason) reason.textContent = sp.reason_text || sp.reason || "";
     }
     for (const out of board.querySelectorAll("[data-count]")) {
       out.textContent = String((st.summary || {})[out.dataset.count] || 0);
