@@ -215,6 +215,10 @@ class Executor:
     def needed_media(self) -> set[str]:
         return {p.item.media.sha256 for p in self._plans.values()}
 
+    def pending_count(self) -> int:
+        """Plans accepted and not done yet (for the health message)."""
+        return len(self._plans)
+
     def _schedule(self, plan: StoredPlan) -> None:
         bid = plan.broadcast_id
         self._plans[bid] = plan
