@@ -115,7 +115,7 @@ async def test_a_daily_schedule_plays_every_day_with_the_wan_cut(tmp_path: Path,
                             health_interval_s=3600)
     # timeouts are read on the accelerated clock: give them room (one simulated minute is 33 real ms)
     gw_cfg["uplink"]["keepalive_s"] = gw_cfg["local_broker"]["keepalive_s"] = 3600
-    gw_cfg["broadcast"] = {"late_max_s": 3600, "report_grace_s": 600, "ack_timeout_s": 60, "retries": 20}
+    gw_cfg["broadcast"].update({"late_max_s": 3600, "report_grace_s": 600, "ack_timeout_s": 60, "retries": 20})
     runner = FakeClockGateway([str(write_yaml(tmp_path / "gw.yaml", gw_cfg)), lan.device_url,
                                str(lan.write_credentials(tmp_path / "speakers.json")), ",".join(SPEAKERS)],
                               tmp_path / "gw.log")
