@@ -269,6 +269,22 @@ def test_unreachable_media_reported_before_start(make_bench: Any) -> None:
     assert failed["loa-01"]["reason"] == "media_unavailable" and failed["loa-01"]["at"] <= start + 500
 
 
+def test_media_that_cannot_be_fetched_yet_is_tried_again_until_the_start(make_bench: Any) -> None:
+    """The centre answers 404 (or is unreachable) for a while: the plan keeps trying with back-off and
+    plays once the file is there, instead of failing media_unavailable at the first try."""
+    b = make_bench(1, settings={"media_retry_max_s": 1})
+    media = b.media.add(tone_wav(300), 300)
+    blob = b.media.blobs.pop(media.sha256)  # not there yet: 404
+    start = now_ms() + 9000
+    assert b.plan("b-later", media, start_at=start)["ok"] is True
+    wait_until(lambda: len([r for r in b.media.requests if r[0] == media.sha256]) >= 3, timeout=15,
+               what="the media asked for again")
+    assert not b.up.playback("b-later", "failed")
+    b.media.blobs[media.sha256] = blob
+    finished = b.wait_states("b-later", "finished", timeout=30)
+    assert finished["loa-01"]["at"] >= start
+
+
 def test_cancel_before_and_during_play(make_bench: Any) -> None:
     b = make_bench(2)
     long = b.media.add(tone_wav(5000), 5000)

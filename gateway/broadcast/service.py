@@ -63,7 +63,9 @@ class BroadcastService:
         settings = ExecutorSettings(
             now_lead_ms=self.cfg.now_lead_ms, dispatch_ahead_ms=self.cfg.dispatch_ahead_ms,
             late_max_ms=int(self.cfg.late_max_s * 1000), now_media_wait_ms=int(self.cfg.now_media_wait_s * 1000),
-            report_grace_ms=int(self.cfg.report_grace_s * 1000))
+            report_grace_ms=int(self.cfg.report_grace_s * 1000),
+            media_retry_first_ms=min(5000, int(self.cfg.media_retry_max_s * 1000)),
+            media_retry_max_ms=int(self.cfg.media_retry_max_s * 1000))
         self.executor = Executor(self.store, self.media, self.drivers, self.outbox, media_url=self._media_url,
                                  settings=settings)
         self._cache_bytes = 0
