@@ -33,6 +33,7 @@ class SlowFirstProxy:
         #: connections the client side closed while the broker's answers were still held
         self.closed_early: list[int] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -42,6 +43,7 @@ class SlowFirstProxy:
         self.connections += 1
         n = self.connections
         up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
+        self._writers += [writer, up_w]
         release = asyncio.get_running_loop().time() + (self.hold_s if n == 1 else 0)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, hold: bool) -> None:
@@ -65,6 +67,8 @@ class SlowFirstProxy:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in self._writers:  # a client still connected through us sees its connection end
+            w.close()
 
 
 async def test_a_timed_out_connect_is_closed_and_its_error_read(central_broker_factory: Any,
