@@ -1,7 +1,8 @@
 """The gateway process: two MQTT links, the command router, health, and the services that plug in.
 
 Services (telemetry, broadcast, serial nodes) live in their own packages and plug in through
-``attach(gw)``; this module only wires the links and runs everything until stopped.
+``attach(ctx)``, where ``ctx`` is a :class:`gateway.context.GatewayContext`: all a service may use of
+the gateway. This module only wires the links and runs everything until stopped.
 Online state follows Sparkplug's birth/death idea: a retained ``status`` ``online`` on every connect,
 ``offline`` as the MQTT will (crash, power cut, lost link) and on a clean stop.
 """
@@ -16,14 +17,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from pydantic import BaseModel
 
-from devices.base import SpeakerDriver
 from gateway.commands import CommandRouter, make_ack_sender
 from gateway.config import GatewayConfig
+from gateway.context import GatewayContext, ServiceAttach
 from gateway.health import HealthReporter
 from loaxa import __version__, sdnotify
 from loaxa.mqttlink import MqttLink
@@ -34,17 +35,34 @@ from protocol.topics import cmd_topic, event_topic, health_topic, status_topic
 
 log = logging.getLogger(__name__)
 
-#: Packages that add a service; each module has ``attach(gw: Gateway) -> None``. Missing ones are skipped.
-#: Order matters once: services that own speakers (serial nodes) attach before the broadcast service,
-#: which plays on every speaker in ``Gateway.speakers``.
+#: Packages that add a service; each module has ``attach(ctx: GatewayContext)``. Missing ones are
+#: skipped. The order does not matter: what one service offers another goes through a typed slot of
+#: the context, filled while attaching and read only when used (tests attach them in reverse).
 SERVICE_MODULES: tuple[str, ...] = (
     "gateway.telemetry.service",
     "gateway.serial.service",
     "devices.sensors.service",
     "gateway.broadcast.service",
     "gateway.fleet",
-    "gateway.warnings.service",  # needs telemetry (readings) and broadcast (playback): attaches last
+    "gateway.warnings.service",
 )
+
+if TYPE_CHECKING:  # mypy checks each service's attach against the context it is given
+    import devices.sensors.service
+    import gateway.broadcast.service
+    import gateway.fleet
+    import gateway.serial.service
+    import gateway.telemetry.service
+    import gateway.warnings.service
+
+    _TYPED_ATTACH: tuple[ServiceAttach, ...] = (
+        gateway.telemetry.service.attach,
+        gateway.serial.service.attach,
+        devices.sensors.service.attach,
+        gateway.broadcast.service.attach,
+        gateway.fleet.attach,
+        gateway.warnings.service.attach,
+    )
 
 
 class Gateway:
@@ -72,17 +90,13 @@ class Gateway:
         self._tasks: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self.services: list[str] = []
-        #: Every speaker behind this gateway, by device id, whatever drives it (LAN MQTT, serial node,
-        #: the Pi's own amplifier). Services that own speakers register them here; the broadcast
-        #: service plays on all of them and applies ``device.set`` to them.
-        self.speakers: dict[str, SpeakerDriver] = {}
         #: set by ``request_restart`` (the centre's ``gateway.restart``): run_gateway starts it again
         self.restart_requested = False
         self._stop: asyncio.Event | None = None
         #: what each service's ``attach`` returned, by short name ("broadcast", "telemetry", ...)
-        self.attached: dict[str, Any] = {}
-        #: media the cache must never evict although no plan needs it now (local warning rules)
-        self.pinned_media: set[str] = set()
+        self.attached: dict[str, object] = {}
+        #: all the services see of this gateway
+        self.context = GatewayContext(self)
 
     # ------------------------------------------------------------------ for services
 
@@ -127,8 +141,10 @@ class Gateway:
 
     def attach_services(self) -> None:
         for name, module in optional_modules(SERVICE_MODULES):
-            short = name.rsplit(".", 2)[-2]
-            self.attached[short] = module.attach(self)
+            parts = name.split(".")
+            short = parts[-2] if parts[-1] == "service" else parts[-1]
+            attach: ServiceAttach = module.attach
+            self.attached[short] = attach(self.context)
             self.services.append(short)
 
     async def _watchdog(self) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from devices.config import DeviceConfig, device_set_problems
 from gateway.broadcast.config import BroadcastSection
@@ -114,6 +115,28 @@ class GatewayConfig(StrictModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _speakers_fetch_from_the_gateway(self) -> GatewayConfig:
+        """IP speakers fetch media over HTTP from the URL in their play command: without a media
+        server on the gateway that is the centre's URL, and a broadcast whose file the gateway holds
+        fails ``media_unavailable`` whenever the centre is unreachable (issue 15). Refused, not
+        defaulted: only the technician knows the address the speakers reach the Pi at."""
+        speakers = [d.id for d in self.devices if d.type == "ip_speaker"]
+        bc = self.broadcast
+        if not speakers or (bc.media_listen and bc.media_public_url):
+            return self
+        field = "media_public_url" if not bc.media_public_url else "media_listen"
+        named = ", ".join(speakers[:3]) + (", …" if len(speakers) > 3 else "")
+        msg = (f"{len(speakers)} IP speaker(s) ({named}) fetch media over HTTP: set broadcast.media_public_url "
+               "to the gateway's LAN address as the speakers reach it (e.g. \"http://192.168.10.1:8091\") and "
+               "broadcast.media_listen to where the gateway serves its media cache (e.g. \"0.0.0.0:8091\"); "
+               "without them the speakers are told to fetch from the centre and fail media_unavailable "
+               "whenever it is unreachable")
+        # located at the missing field, or at the section when there is no broadcast section at all
+        loc = ("broadcast", field) if "broadcast" in self.model_fields_set else ("broadcast",)
+        raise ValidationError.from_exception_data("GatewayConfig", [InitErrorDetails(
+            type=PydanticCustomError("media_not_local", msg), loc=loc, input=None)])
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:

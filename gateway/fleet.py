@@ -1,4 +1,4 @@
-"""What the gateway does for the centre's fleet view and remote actions: ``attach(gw)``.
+"""What the gateway does for the centre's fleet view and remote actions: ``attach(ctx)``.
 
 * **Device list.** Every health report carries ``devices``: each device of the gateway's
   configuration with its kind (speaker / sensor / other). The centre lists a configured speaker
@@ -10,9 +10,10 @@
   has no state of its own; the gateway publishes one for it.
 * **Remote actions** (signed commands, checked by the router like every command):
   ``ping`` with ``targets`` asks each device and sends one ``device_report`` event per device;
-  ``device.set`` with ``source`` selects the input on speakers that have one (volume and power still
-  go through the broadcast service); ``health.report`` publishes a fresh health report now;
-  ``gateway.restart`` acks, stops the gateway cleanly and starts it again (``Gateway.request_restart``).
+  ``device.set`` (this service owns the command) selects the input with ``source`` on speakers that
+  have one and applies volume and power through the broadcast service (the context's ``playback``);
+  ``health.report`` publishes a fresh health report now;
+  ``gateway.restart`` acks, stops the gateway cleanly and starts it again (``ctx.request_restart``).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
+from gateway.context import GatewayContext
 from protocol.errors import ProtocolError
 from protocol.limits import parse_json
 from protocol.models import (
@@ -57,6 +59,13 @@ SENSOR_TYPES = frozenset({"mqtt_sensor", "sim_sensor", "modbus_rtu", "gpio_rain_
                           "pi_health"})
 
 
+@runtime_checkable
+class SourceSelect(Protocol):
+    """A speaker with more than one input (IP speakers with FM / line in)."""
+
+    async def set_source(self, source: str) -> None: ...
+
+
 def _refuse(reason: str, message: str) -> Exception:
     from gateway.commands import CommandRefused
 
@@ -73,16 +82,17 @@ def listing_of(dev: Any) -> DeviceListing:
 
 
 class FleetService:
-    def __init__(self, gw: Any) -> None:
-        self.gw = gw
-        self.listing = [listing_of(d) for d in gw.config.devices]
-        self.configured = {d.id: d for d in gw.config.devices}
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.listing = [listing_of(d) for d in ctx.config.devices]
+        self.configured = {d.id: d for d in ctx.config.devices}
         self._last_sent: dict[str, float] = {}
         self._latest: dict[str, str] = {}
         self._flushers: dict[str, asyncio.Task[None]] = {}
         self.relayed = 0
         self.relay_refused = 0
-        gw.local.subscribe(filter_devices(gw.id, "state"), self._on_lan_state, qos=1)
+        self._restart: asyncio.TimerHandle | None = None
+        ctx.local.subscribe(filter_devices(ctx.id, "state"), self._on_lan_state, qos=1)
 
     # ---------------------------------------------------------------- health
 
@@ -102,7 +112,7 @@ class FleetService:
             return
         if dev is None or dev not in self.configured:
             return  # an unconfigured device says nothing to the centre
-        drv = self.gw.speakers.get(dev)
+        drv = self.ctx.speakers.get(dev)
         if drv is not None and type(drv).__name__ == "SerialNodeDriver":
             return  # publishes its own state on the uplink
         payload = msg.payload if isinstance(msg.payload, bytes | bytearray) else str(msg.payload or "").encode()
@@ -143,11 +153,11 @@ class FleetService:
             return
         self._last_sent[dev] = time.monotonic()
         self.relayed += 1
-        await self.gw.uplink.publish(device_topic(self.gw.id, dev, "state"), payload, qos=1, retain=True)
+        await self.ctx.uplink.publish(device_topic(self.ctx.id, dev, "state"), payload, qos=1, retain=True)
 
     async def publish_own_states(self) -> None:
         """Speakers with no state of their own (the Pi's amplifier): the gateway speaks for them."""
-        for dev, drv in list(self.gw.speakers.items()):
+        for dev, drv in list(self.ctx.speakers.items()):
             if type(drv).__name__ != "Amplifier":
                 continue
             power = getattr(drv, "manual_power", None)
@@ -172,7 +182,7 @@ class FleetService:
         await asyncio.gather(*(self._ping_one(env.id, dev) for dev in ids))
 
     async def _ping_one(self, cmd_id: str, dev: str) -> None:
-        drv = self.gw.speakers.get(dev)
+        drv = self.ctx.speakers.get(dev)
         started = time.monotonic()
         ok, reason, state = False, None, None
         ping = getattr(drv, "ping", None)
@@ -191,39 +201,38 @@ class FleetService:
             reason = None if ok else "offline"
         report = DeviceReport(command_id=cmd_id, device=dev, ok=ok, reason=reason, at=now_ms(),
                               rtt_ms=int((time.monotonic() - started) * 1000) if ok else None, state=state)
-        await self.gw.publish_event(report)
+        await self.ctx.publish_event(report)
 
     async def on_set(self, env: Envelope, body: BaseModel) -> None:
         assert isinstance(body, DeviceSetBody)
         ids = self._targets(body.targets)
         if body.source is not None:
-            unable = [d for d in ids if not hasattr(self.gw.speakers.get(d), "set_source")]
+            unable = [d for d in ids if not isinstance(self.ctx.speakers.get(d), SourceSelect)]
             if unable:
                 raise _refuse("unsupported", f"cannot select a source on {', '.join(unable)}")
         if body.volume is not None or body.power is not None:
-            if self._broadcast_set is None:
+            playback = self.ctx.playback
+            if playback is None:
                 raise _refuse("unsupported", "this gateway has no speaker service")
-            plain = DeviceSetBody(targets=body.targets, volume=body.volume, power=body.power)
-            await self._broadcast_set(env, plain)
+            await playback.apply_device_set(DeviceSetBody(targets=body.targets, volume=body.volume, power=body.power))
         if body.source is not None:
-            results = await asyncio.gather(*(self.gw.speakers[d].set_source(body.source) for d in ids),
-                                           return_exceptions=True)
+            source = body.source
+            selectors = [cast(SourceSelect, self.ctx.speakers[d]) for d in ids]  # checked above
+            results = await asyncio.gather(*(s.set_source(source) for s in selectors), return_exceptions=True)
             failed = [f"{d} ({r})" for d, r in zip(ids, results, strict=True) if isinstance(r, Exception)]
             if failed:
                 raise _refuse("device_error", f"source not set on {', '.join(failed)}")
         await self.publish_own_states()
 
     async def on_health_report(self, env: Envelope, body: BaseModel) -> None:
-        await self.gw.health.report_once()
+        await self.ctx.report_health()
 
     async def on_restart(self, env: Envelope, body: BaseModel) -> None:
         assert isinstance(body, GatewayRestartBody)
         log.warning("restart asked by the centre (command %s%s)", env.id,
                     f": {body.reason}" if body.reason else "")
-        task = asyncio.get_running_loop().call_later(RESTART_DELAY_S, self.gw.request_restart)
+        task = asyncio.get_running_loop().call_later(RESTART_DELAY_S, self.ctx.request_restart)
         self._restart = task
-
-    _broadcast_set: Any = None
 
     async def run(self) -> None:
         with contextlib.suppress(Exception):
@@ -231,13 +240,12 @@ class FleetService:
         await asyncio.Event().wait()
 
 
-def attach(gw: Any) -> FleetService:
-    svc = FleetService(gw)
-    svc._broadcast_set = gw.commands.handler("device.set")  # the broadcast service's, when it is attached
-    gw.commands.register("ping", svc.on_ping)
-    gw.commands.register("device.set", svc.on_set)
-    gw.commands.register("health.report", svc.on_health_report)
-    gw.commands.register("gateway.restart", svc.on_restart)
-    gw.health.add_provider(svc.health)
-    gw.add_task(svc.run, name="fleet")
+def attach(ctx: GatewayContext) -> FleetService:
+    svc = FleetService(ctx)
+    ctx.register_command("ping", svc.on_ping)
+    ctx.register_command("device.set", svc.on_set)
+    ctx.register_command("health.report", svc.on_health_report)
+    ctx.register_command("gateway.restart", svc.on_restart)
+    ctx.add_health(svc.health)
+    ctx.add_task(svc.run, name="fleet")
     return svc

@@ -35,9 +35,11 @@ def gateway_config(
     lan_auth: tuple[str, str] | None = None,
     media_port: int | None = None,
 ) -> dict[str, Any]:
-    """A gateway config (as a dict ready for YAML) for servers on this machine. With ``media_port``
-    the gateway serves its verified media cache there and tells its speakers to fetch from it, so a
-    broadcast whose media the gateway holds plays with the whole centre gone (issue 15)."""
+    """A gateway config (as a dict ready for YAML) for servers on this machine. The gateway serves
+    its verified media cache on ``media_port`` and tells its speakers to fetch from it, so a broadcast
+    whose media the gateway holds plays with the whole centre gone (issue 15). The gateway refuses a
+    config with IP speakers and no media server, so with IP speakers and no ``media_port`` a free
+    port is taken."""
     cfg: dict[str, Any] = {
         "gateway": {"id": gw_id, "data_dir": str(data_dir)},
         "uplink": {"url": uplink_url, "keepalive_s": 10},
@@ -56,6 +58,10 @@ def gateway_config(
         cfg["local_broker"]["password"] = {"value": lan_auth[1]}
     if influx:
         cfg["influx"] = influx
+    if media_port is None and any(d.get("type") == "ip_speaker" for d in devices or []):
+        from loaxa.servers import free_port
+
+        media_port = free_port()
     if media_port:
         cfg["broadcast"] = {"media_listen": f"127.0.0.1:{media_port}",
                             "media_public_url": f"http://127.0.0.1:{media_port}"}

@@ -6,12 +6,18 @@ runs ``on_connect`` hooks (e.g. publish a retained "online" status), and queues 
 the broker is unreachable (in memory, bounded, oldest dropped and counted), flushing them in order on
 reconnect. The session is persistent (``clean_start=False`` with a session expiry) so QoS 1 messages
 sent to us while we were away are delivered when we come back.
+
+Each connection attempt uses a new ``aiomqtt.Client``; one that is done with (connection lost, a
+failed publish, a connect that timed out) is *retired*: a connect that timed out may still complete
+later and would leave a ghost connection under our client id, and aiomqtt's disconnection error would
+stay unread ("Future exception was never retrieved … MqttCodeError" in the log).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -67,8 +73,10 @@ class MqttLink:
         max_queue: int = 10_000,
         max_inflight: int = 100,
         manual_ack: bool = False,
+        connect_timeout_s: float = 10.0,
     ) -> None:
         self.endpoint = endpoint
+        self.connect_timeout_s = connect_timeout_s
         self.client_id = client_id
         self.will = will
         self.name = name
@@ -153,7 +161,7 @@ class MqttLink:
         kw: dict[str, Any] = self.endpoint.client_kwargs()
         kw["identifier"] = self.endpoint.client_id or self.client_id
         client = aiomqtt.Client(**kw, will=self.will, clean_start=False, properties=props,
-                                max_inflight_messages=self._max_inflight, timeout=10)
+                                max_inflight_messages=self._max_inflight, timeout=self.connect_timeout_s)
         # aiomqtt logs a WARNING for every publish made while more than 10 are in flight: a gateway
         # telling 50 speakers to play at once would spend more CPU on those lines than on MQTT
         client.pending_calls_threshold = max(self._max_inflight, 10) * 2
@@ -184,8 +192,9 @@ class MqttLink:
         """Stay connected until cancelled."""
         backoff = 0.5
         while True:
+            client = self._client_for_connect()
             try:
-                async with self._client_for_connect() as client:
+                async with client:
                     for topic_filter, qos, _ in self._subs:
                         await client.subscribe(topic_filter, qos)
                     self._client = client
@@ -203,6 +212,7 @@ class MqttLink:
             finally:
                 self._client = None
                 self.connected.clear()
+                _retire(client)
             self.reconnects += 1
             # exponential backoff with "equal jitter", never longer than the endpoint's reconnect_max_s:
             # a broker that comes back is used again within that time
@@ -241,3 +251,21 @@ class MqttLink:
                 await self._send(client, _Pending(topic, encode_payload(payload), 1, retain, None))
             except aiomqtt.MqttError:
                 break
+
+
+def _retire(client: aiomqtt.Client) -> None:
+    """``client`` is never used again. aiomqtt keeps the error of a lost connection in a future that
+    it reads only while messages are awaited: after a failed publish or flush, or a connect that timed
+    out and completed later, nobody reads it and asyncio logs "Future exception was never retrieved"
+    when the client is collected. Read it (now, or when it is set), and close what a timed-out connect
+    left open so that it cannot complete into a ghost connection under our client id."""
+    disconnected: asyncio.Future[None] = client._disconnected  # aiomqtt has no public handle on it
+    disconnected.add_done_callback(_read_outcome)
+    if not disconnected.done():  # the connect failed: paho may still hold a socket that is connecting
+        with contextlib.suppress(Exception):
+            client._client.disconnect()
+
+
+def _read_outcome(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()

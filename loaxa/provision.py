@@ -456,10 +456,22 @@ def gateway_yaml(state: CommuneState, trusted: list[tuple[str, str]], *, ca: boo
         "trust": {"keys": [{"id": kid, "public_key": pub} for kid, pub in trusted]},
         "devices": devices,
     }
-    if state.media_public_url:
-        cfg["broadcast"] = {"media_listen": f"0.0.0.0:{_port_of(state.media_public_url)}",
-                            "media_public_url": state.media_public_url}
+    media_url = state.media_public_url
+    if media_url is None and any(d.type == "ip_speaker" for d in state.devices):
+        # the speakers reach the Pi at lan_address already (their broker listener is bound there), so
+        # that is where they fetch media too; the gateway refuses IP speakers without a media server
+        media_url = f"http://{_url_host(state.lan_address)}:{DEFAULT_MEDIA_PORT}"
+    if media_url:
+        cfg["broadcast"] = {"media_listen": f"0.0.0.0:{_port_of(media_url)}", "media_public_url": media_url}
     return cfg
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+#: where a provisioned gateway serves its media cache to the speakers, unless --media-url says otherwise
+DEFAULT_MEDIA_PORT = 8091
 
 
 def _port_of(url: str) -> int:

@@ -69,7 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--lan-address", help="the Pi's LAN address for the devices' listener (default 192.168.10.1)")
     a.add_argument("--lan-port", type=int, help="the devices' listener port (default 1883)")
     a.add_argument("--local-port", type=int, help="the gateway's loopback listener port (default 1883)")
-    a.add_argument("--media-url", help="URL the speakers fetch media from on the Pi, e.g. http://192.168.10.1:8091")
+    a.add_argument("--media-url", help="URL the speakers fetch media from on the Pi (default with IP speakers: "
+                   "http://LAN-ADDRESS:8091)")
     a.add_argument("--api", help="the running scheduler, to register the gateway at once (default http://127.0.0.1:PORT)")
     a.add_argument("--token-file", type=Path, help="an API token with gateway:admin (loaxa tokens create)")
     _server_args(a)

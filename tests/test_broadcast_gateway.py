@@ -160,6 +160,8 @@ def test_plays_on_time_with_central_broker_down(make_bench: Any) -> None:
     b.central.start()  # the reports queued on the gateway reach the centre once the link is back
     b.wait_states("b-cut", "finished", timeout=40)
     assert set(b.up.playback("b-cut", "started")) == set(b.speakers)
+    # no unread error of an abandoned MQTT client (tests/test_mqttlink_retire.py has the cause)
+    assert "never retrieved" not in (b.tmp / "gw.log").read_text()
 
 
 def test_plays_on_time_after_gateway_restart(make_bench: Any) -> None:
@@ -267,6 +269,22 @@ def test_unreachable_media_reported_before_start(make_bench: Any) -> None:
     assert b.plan("b-missing", media, start_at=start)["ok"] is True
     failed = b.wait_states("b-missing", "failed")
     assert failed["loa-01"]["reason"] == "media_unavailable" and failed["loa-01"]["at"] <= start + 500
+
+
+def test_media_that_cannot_be_fetched_yet_is_tried_again_until_the_start(make_bench: Any) -> None:
+    """The centre answers 404 (or is unreachable) for a while: the plan keeps trying with back-off and
+    plays once the file is there, instead of failing media_unavailable at the first try."""
+    b = make_bench(1, settings={"media_retry_max_s": 1})
+    media = b.media.add(tone_wav(300), 300)
+    blob = b.media.blobs.pop(media.sha256)  # not there yet: 404
+    start = now_ms() + 9000
+    assert b.plan("b-later", media, start_at=start)["ok"] is True
+    wait_until(lambda: len([r for r in b.media.requests if r[0] == media.sha256]) >= 3, timeout=15,
+               what="the media asked for again")
+    assert not b.up.playback("b-later", "failed")
+    b.media.blobs[media.sha256] = blob
+    finished = b.wait_states("b-later", "finished", timeout=30)
+    assert finished["loa-01"]["at"] >= start
 
 
 def test_cancel_before_and_during_play(make_bench: Any) -> None:

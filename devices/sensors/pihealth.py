@@ -179,7 +179,7 @@ def collect_health(data_dir: Path, paths: HealthPaths = HealthPaths()) -> dict[s
 
 
 def health_provider(data_dir: Path, paths: HealthPaths = HealthPaths()) -> Callable[[], dict[str, Any]]:
-    """For ``gw.health.add_provider(...)``: the Pi's metrics merged into every health report."""
+    """For ``ctx.add_health(...)``: the Pi's metrics merged into every health report."""
     return lambda: collect_health(data_dir, paths)
 
 

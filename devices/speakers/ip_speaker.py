@@ -44,7 +44,7 @@ class Link(Protocol):
 
     def subscribe(self, topic_filter: str, handler: Any, qos: int = 1) -> Any: ...
 
-    async def publish(self, topic: str, payload: bytes | str | BaseModel, qos: int = 1,
+    async def publish(self, topic: str, payload: bytes | str | BaseModel, *, qos: int = 1,
                       retain: bool = False) -> Any: ...
 
 

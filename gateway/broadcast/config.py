@@ -18,6 +18,9 @@ class BroadcastSection(StrictModel):
         "(late); older ones are reported skipped (missed_start)"))
     now_media_wait_s: float = Field(default=120, ge=1, le=3600, description=(
         "how long a 'now' broadcast waits for its media before it is reported failed"))
+    media_retry_max_s: float = Field(default=300, ge=0.5, le=3600, description=(
+        "media that cannot be fetched is tried again until the broadcast's start, the pause doubling "
+        "from 5 s up to this long; only then is the broadcast reported failed (media_unavailable)"))
     report_grace_s: float = Field(default=15, ge=1, le=600, description=(
         "a speaker that has not reported the end this long after the planned end is reported failed"))
     ack_timeout_s: float = Field(default=1.0, gt=0, le=60, description="IP speaker ack timeout per try")

@@ -53,6 +53,10 @@ class ExecutorSettings:
     report_grace_ms: int = 15_000
     preempt_early_ms: int = 50
     keep_done_ms: int = 30 * 24 * 3600 * 1000  # finished plans stay in the store this long
+    #: media that cannot be fetched (centre unreachable, 404) is tried again, the pause doubling from
+    #: the first to the longest, until the plan's deadline (its start; a ``now`` plan's media wait)
+    media_retry_first_ms: int = 5_000
+    media_retry_max_ms: int = 300_000
 
 
 @dataclass
@@ -215,6 +219,10 @@ class Executor:
     def needed_media(self) -> set[str]:
         return {p.item.media.sha256 for p in self._plans.values()}
 
+    def pending_count(self) -> int:
+        """Plans accepted and not done yet (for the health message)."""
+        return len(self._plans)
+
     def _schedule(self, plan: StoredPlan) -> None:
         bid = plan.broadcast_id
         self._plans[bid] = plan
@@ -261,9 +269,8 @@ class Executor:
         # outage) gets a moment, then the late-start rule decides
         deadline = (plan.received_at + self.s.now_media_wait_ms if plan.now_plan
                     else max(plan.start_at, now_ms() + 1000))
-        task = self.media.prefetch(item.media)
         try:
-            path = await asyncio.wait_for(asyncio.shield(task), max(0.0, (deadline - now_ms()) / 1000))
+            path = await self._fetch_until(plan, deadline)
         except TimeoutError:
             reason, msg = "media_unavailable", f"media {item.media.url} not in the cache before the start"
         except MediaError as exc:
@@ -281,6 +288,31 @@ class Executor:
             f"broadcast {plan.broadcast_id} will not play on {len(devs)} speaker(s): {msg}"),
             details={"broadcast_id": plan.broadcast_id, "sha256": item.media.sha256, "url": item.media.url}))
         return None
+
+    async def _fetch_until(self, plan: StoredPlan, deadline: int) -> object:
+        """The verified local path of the plan's media, fetching it until ``deadline`` (epoch ms): a
+        fetch that fails ``media_unavailable`` is tried again after a pause (doubling up to
+        ``media_retry_max_ms``) while the deadline allows, so a plan days ahead is not failed because
+        the centre was unreachable for an hour. Bytes that do not match (``media_mismatch``) fail at
+        once. Raises the last :class:`MediaError`, or ``TimeoutError`` when a fetch is still running
+        at the deadline."""
+        media = plan.item.media
+        pause = self.s.media_retry_first_ms
+        while True:
+            task = self.media.prefetch(media)
+            try:
+                return await asyncio.wait_for(asyncio.shield(task), max(0.0, (deadline - now_ms()) / 1000))
+            except MediaError as exc:
+                left = deadline - now_ms()
+                if exc.reason != "media_unavailable" or left <= 0:
+                    raise
+                wait = min(pause, left)
+                log.warning("plan %s: %s; trying again in %.0f s (%.0f s before the start)", plan.broadcast_id,
+                            exc, wait / 1000, left / 1000)
+                await asyncio.sleep(wait / 1000)
+                pause = min(pause * 2, self.s.media_retry_max_ms)
+                if now_ms() >= deadline:
+                    raise
 
     async def _dispatch(self, plan: StoredPlan, path: object) -> None:
         await sleep_until(plan.start_at - self.s.dispatch_ahead_ms)

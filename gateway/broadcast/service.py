@@ -1,9 +1,11 @@
-"""Plugs the broadcast path into the gateway: ``attach(gw)``.
+"""Plugs the broadcast path into the gateway: ``attach(ctx)``.
 
-Registers the handlers of ``broadcast.plan``, ``broadcast.cancel`` and ``device.set`` on the
-gateway's command router (which has already checked signature, key, expiry and replay), builds the
-speaker drivers from the ``devices`` of the config (``ip_speaker``, ``amplifier``), and runs the
-executor, the event outbox and (if configured) the media server for the speakers.
+Registers the handlers of ``broadcast.plan`` and ``broadcast.cancel`` on the gateway's command
+router (which has already checked signature, key, expiry and replay), builds the speaker drivers
+from the ``devices`` of the config (``ip_speaker``, ``amplifier``), and runs the executor, the event
+outbox and (if configured) the media server for the speakers. It is the context's ``playback``
+(:class:`gateway.context.Playback`): local warning rules play through it, and the fleet service's
+``device.set`` applies volume and power through it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel
+
 from devices.base import SpeakerDriver
 from devices.speakers.ip_speaker import IpSpeakerHub
 from gateway.broadcast.config import BroadcastSection
@@ -21,7 +25,8 @@ from gateway.broadcast.executor import Executor, ExecutorSettings
 from gateway.broadcast.media import MediaCache
 from gateway.broadcast.outbox import Outbox
 from gateway.broadcast.store import PlanStore
-from protocol.models import BroadcastCancelBody, BroadcastPlanBody, DeviceSetBody, Envelope, MediaRef
+from gateway.context import GatewayContext
+from protocol.models import BroadcastCancelBody, BroadcastPlanBody, DeviceSetBody, Envelope, MediaRef, PlanItem
 from protocol.topics import event_topic
 
 log = logging.getLogger(__name__)
@@ -34,17 +39,17 @@ def _refuse(reason: str, message: str) -> Exception:
 
 
 class BroadcastService:
-    def __init__(self, gw: Any) -> None:
-        self.gw = gw
-        cfg = gw.config
-        self.cfg: BroadcastSection = getattr(cfg, "broadcast", None) or BroadcastSection()
-        data_dir = gw.data_dir
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.cfg: BroadcastSection = cfg.broadcast
+        data_dir = ctx.data_dir
         self.store = PlanStore(data_dir / "broadcast.sqlite")
         self.media = MediaCache(data_dir / "media", cfg.media.max_bytes,
-                                pinned=lambda: self.executor.needed_media() | set(getattr(gw, "pinned_media", ())))
-        self.hub = IpSpeakerHub(gw.id, gw.local)
-        # the gateway's speaker registry: serial-node speakers are in it already; ours join them
-        self.drivers: dict[str, SpeakerDriver] = gw.speakers
+                                pinned=lambda: self.executor.needed_media() | ctx.pinned_media)
+        self.hub = IpSpeakerHub(ctx.id, ctx.local)
+        # the gateway's speaker registry, shared with the services that own speakers (serial nodes)
+        self.drivers: dict[str, SpeakerDriver] = ctx.speakers
         for dev in cfg.devices:
             if dev.type == "ip_speaker":
                 self.drivers[dev.id] = self.hub.add(dev.id, ack_timeout_s=self.cfg.ack_timeout_s,
@@ -54,11 +59,13 @@ class BroadcastService:
 
                 self.drivers[dev.id] = Amplifier(dev)
         self.hub.subscribe()  # before the LAN link connects; MqttLink re-subscribes on reconnect
-        self.outbox = Outbox(self.store, self._publish_event, connected=getattr(gw.uplink, "connected", None))
+        self.outbox = Outbox(self.store, self._publish_event, connected=ctx.uplink.connected)
         settings = ExecutorSettings(
             now_lead_ms=self.cfg.now_lead_ms, dispatch_ahead_ms=self.cfg.dispatch_ahead_ms,
             late_max_ms=int(self.cfg.late_max_s * 1000), now_media_wait_ms=int(self.cfg.now_media_wait_s * 1000),
-            report_grace_ms=int(self.cfg.report_grace_s * 1000))
+            report_grace_ms=int(self.cfg.report_grace_s * 1000),
+            media_retry_first_ms=min(5000, int(self.cfg.media_retry_max_s * 1000)),
+            media_retry_max_ms=int(self.cfg.media_retry_max_s * 1000))
         self.executor = Executor(self.store, self.media, self.drivers, self.outbox, media_url=self._media_url,
                                  settings=settings)
         self._cache_bytes = 0
@@ -69,7 +76,7 @@ class BroadcastService:
         return media.url
 
     async def _publish_event(self, payload: str) -> bool:
-        return bool(await self.gw.uplink.publish(event_topic(self.gw.id), payload, qos=1))
+        return bool(await self.ctx.uplink.publish(event_topic(self.ctx.id), payload, qos=1))
 
     # ---------------------------------------------------------------- commands
 
@@ -85,7 +92,22 @@ class BroadcastService:
         result = await self.executor.cancel(body.broadcast_ids)
         log.info("cancel %s: %s", env.id, result)
 
-    async def on_set(self, env: Envelope, body: DeviceSetBody) -> None:
+    # ---------------------------------------------------------------- Playback (for the other services)
+
+    @property
+    def media_max_bytes(self) -> int:
+        return self.media.max_bytes
+
+    async def ensure_media(self, media: MediaRef) -> None:
+        await self.media.ensure(media)
+
+    async def play_local(self, item: PlanItem) -> None:
+        await self.executor.accept(item, None)
+
+    async def queue_event(self, event: BaseModel) -> None:
+        await self.outbox.put(event)
+
+    async def apply_device_set(self, body: DeviceSetBody) -> None:
         targets = None if body.targets == "*" or "*" in body.targets else list(body.targets)
         missing = [t for t in targets or [] if t not in self.drivers]
         if missing:
@@ -100,7 +122,7 @@ class BroadcastService:
         return {
             "speakers_online": sum(1 for d in self.drivers.values() if d.online),
             "speakers_total": len(self.drivers),
-            "broadcasts_pending": len(self.executor._plans),
+            "broadcasts_pending": self.executor.pending_count(),
             "media_cache_bytes": self._cache_bytes,
             "events_sent": self.outbox.sent,
             "speaker_cmd_retries": sum(s.stats_["retries"] for s in self.hub.speakers.values()),
@@ -165,11 +187,11 @@ class BroadcastService:
             await runner.cleanup()
 
 
-def attach(gw: Any) -> BroadcastService:
-    svc = BroadcastService(gw)
-    gw.commands.register("broadcast.plan", svc.on_plan)
-    gw.commands.register("broadcast.cancel", svc.on_cancel)
-    gw.commands.register("device.set", svc.on_set)
-    gw.health.add_provider(svc.health)
-    gw.add_task(svc.run)
+def attach(ctx: GatewayContext) -> BroadcastService:
+    svc = BroadcastService(ctx)
+    ctx.register_command("broadcast.plan", svc.on_plan)
+    ctx.register_command("broadcast.cancel", svc.on_cancel)
+    ctx.provide_playback(svc)  # device.set is the fleet service's command; it calls apply_device_set
+    ctx.add_health(svc.health)
+    ctx.add_task(svc.run, name="broadcast")
     return svc

@@ -1,11 +1,11 @@
-"""Plugs serial nodes into the gateway: ``attach(gw)``.
+"""Plugs serial nodes into the gateway: ``attach(ctx)``.
 
 One :class:`~firmware_bridge.link.BusMaster` per serial port (kept open, reopened when the adapter
 comes back), one :class:`SerialNodeDriver` per ``serial_node`` device. Readings go into the gateway's
-reading sink (``gw.reading_sink``, set by the telemetry service: the same spool and InfluxDB path as
-every other sensor); device state is published retained on ``loaxa/v1/{gw}/dev/{dev}/state``; node
+reading sink (``ctx.reading_sink``, provided by the telemetry service: the same spool and InfluxDB
+path as every other sensor); device state is published retained on ``loaxa/v1/{gw}/dev/{dev}/state``; node
 events and offline/online changes become alarms on ``loaxa/v1/{gw}/event``. Speaker nodes join the
-gateway's speaker registry (``gw.speakers``), so broadcasts play on them and ``device.set`` reaches
+gateway's speaker registry (``ctx.speakers``), so broadcasts play on them and ``device.set`` reaches
 them through the broadcast service like any other speaker.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 from devices.serial_node.config import SerialNodeConfig, bus_problems
 from firmware_bridge.link import BusMaster
+from gateway.context import GatewayContext
 from gateway.serial.control import SOCKET_NAME, ControlRequest, ControlServer
 from gateway.serial.driver import SerialNodeDriver
 from protocol.models import AlarmEvent, DeviceState
@@ -29,11 +30,11 @@ log = logging.getLogger(__name__)
 
 
 class SerialService:
-    def __init__(self, gw: Any, nodes: list[SerialNodeConfig]) -> None:
+    def __init__(self, ctx: GatewayContext, nodes: list[SerialNodeConfig]) -> None:
         problems = bus_problems(nodes)
         if problems:
             raise ValueError("; ".join(problems))
-        self.gw = gw
+        self.ctx = ctx
         self.buses: dict[str, BusMaster] = {}
         self.drivers: dict[str, SerialNodeDriver] = {}
         for n in nodes:
@@ -44,10 +45,10 @@ class SerialService:
             self.drivers[n.id] = SerialNodeDriver(n, bus, on_state=self._publish_state, on_alarm=self._alarm)
 
     async def _publish_state(self, device_id: str, state: DeviceState) -> None:
-        await self.gw.uplink.publish(device_topic(self.gw.id, device_id, "state"), state, qos=1, retain=True)
+        await self.ctx.uplink.publish(device_topic(self.ctx.id, device_id, "state"), state, qos=1, retain=True)
 
     async def _alarm(self, alarm: AlarmEvent) -> None:
-        await self.gw.publish_event(alarm)
+        await self.ctx.publish_event(alarm)
 
     def health(self) -> Mapping[str, Any]:
         out: dict[str, Any] = {
@@ -90,7 +91,7 @@ class SerialService:
         return asdict(result)
 
     async def run(self) -> None:
-        control = ControlServer(Path(self.gw.data_dir) / SOCKET_NAME, self.control)
+        control = ControlServer(Path(self.ctx.data_dir) / SOCKET_NAME, self.control)
         try:
             await control.start()
         except OSError as exc:
@@ -101,7 +102,7 @@ class SerialService:
             await control.close()
 
     async def _run(self) -> None:
-        sink = getattr(self.gw, "reading_sink", None)
+        sink = self.ctx.reading_sink
         if sink is None:
             log.warning("no telemetry service: serial node readings are not stored (state and alarms still are)")
         tasks = [asyncio.create_task(b.run(), name=f"serial-bus {p}") for p, b in self.buses.items()]
@@ -116,14 +117,13 @@ class SerialService:
                 await d.close()
 
 
-def attach(gw: Any) -> SerialService | None:
-    nodes = [d for d in gw.config.devices if isinstance(d, SerialNodeConfig)]
+def attach(ctx: GatewayContext) -> SerialService | None:
+    nodes = [d for d in ctx.config.devices if isinstance(d, SerialNodeConfig)]
     if not nodes:
         return None
-    svc = SerialService(gw, nodes)
-    gw.serial = svc
+    svc = SerialService(ctx, nodes)
     # speakers join the gateway's registry: the broadcast service plays on them and applies device.set
-    gw.speakers.update({d: drv for d, drv in svc.drivers.items() if drv.cfg.role != "sensor"})
-    gw.health.add_provider(svc.health)
-    gw.add_task(svc.run, name="serial")
+    ctx.speakers.update({d: drv for d, drv in svc.drivers.items() if drv.cfg.role != "sensor"})
+    ctx.add_health(svc.health)
+    ctx.add_task(svc.run, name="serial")
     return svc

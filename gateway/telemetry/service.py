@@ -1,6 +1,6 @@
 """The telemetry service: spool + MQTT ingest + polled drivers + InfluxDB delivery + health.
 
-``attach(gw)`` plugs it into the gateway (``gateway.app.SERVICE_MODULES``); ``python -m
+``attach(ctx)`` plugs it into the gateway (``gateway.app.SERVICE_MODULES``); ``python -m
 gateway.telemetry --config gateway.yaml`` runs it alone (tests, benchmark, a Pi without speakers).
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 from devices.base import SensorDriver
 from devices.config import MqttSensorConfig
 from gateway.config import GatewayConfig, InfluxSection
+from gateway.context import GatewayContext
 from loaxa.clock import now_ms
 from protocol.models import AlarmEvent, Reading
 from protocol.topics import device_topic, filter_devices
@@ -67,6 +68,7 @@ class TelemetryService:
         writer: Writer | None = None,
         health_source: Callable[[], Mapping[str, Any]] | None = None,
         clock_synced: Callable[[], bool | None] = kernel_clock_synced,
+        observers: list[Callable[[Sequence[tuple[int, str, str, str]]], None]] | None = None,
     ) -> None:
         self.config = config
         self.gateway_id = config.gateway.id
@@ -123,7 +125,8 @@ class TelemetryService:
         self.started = asyncio.Event()
         #: called with every batch of accepted rows before the spool commit (local warning rules);
         #: on the event loop, so they must be quick and must not block
-        self.observers: list[Callable[[Sequence[tuple[int, str, str, str]]], None]] = []
+        self.observers: list[Callable[[Sequence[tuple[int, str, str, str]]], None]] = (
+            observers if observers is not None else [])
 
     # ------------------------------------------------------------------ accepting
 
@@ -536,41 +539,40 @@ class TelemetryService:
             await self.spool.close()
 
 
-def _build_drivers(gw: Any) -> list[SensorDriver]:
-    """The sensor drivers of this gateway: ``gw.sensor_drivers`` if the gateway built them already,
-    else ``devices.sensors.build_sensor_drivers`` (Modbus, GPIO, 1-wire, Pi health, simulated)."""
-    given = getattr(gw, "sensor_drivers", None)
-    if given is not None:
-        return list(given)
+def _build_drivers(ctx: GatewayContext) -> list[SensorDriver]:
+    """The sensor drivers of this gateway, from ``devices.sensors.build_sensor_drivers`` (Modbus,
+    GPIO, 1-wire, Pi health, simulated); none when that package is absent from this build."""
     try:
         from devices.sensors import build_sensor_drivers
     except ModuleNotFoundError as exc:
         if exc.name is not None and "devices.sensors".startswith(exc.name):
             return []
         raise
-    drivers: list[SensorDriver] = build_sensor_drivers(gw.config.devices, gateway_id=gw.id, data_dir=Path(gw.data_dir))
-    gw.sensor_drivers = drivers
+    drivers: list[SensorDriver] = build_sensor_drivers(ctx.config.devices, gateway_id=ctx.id, data_dir=ctx.data_dir)
     return drivers
 
 
-def attach(gw: Any) -> TelemetryService:
+def attach(ctx: GatewayContext) -> TelemetryService:
     """Plug telemetry into the gateway (``gateway.app.SERVICE_MODULES``): the spool, the MQTT ingest,
     the InfluxDB writer and the sensor drivers run as one gateway task; the service's counters join
-    the retained ``health``; ``gw.reading_sink`` is the sink for any other in-process producer."""
+    the retained ``health``; it provides the context's reading sink (for any other in-process
+    producer), calls the context's reading observers, and lists its drivers in ``ctx.sensor_drivers``."""
 
     def last_health() -> Mapping[str, Any]:
-        last = getattr(gw.health, "last", None)
+        last = ctx.last_health()
         return last.model_dump() if last is not None else {}
 
+    drivers = _build_drivers(ctx)
     svc = TelemetryService(
-        gw.config,
-        data_dir=Path(gw.data_dir),
-        publish_event=gw.publish_event,
-        drivers=_build_drivers(gw),
+        ctx.config,
+        data_dir=ctx.data_dir,
+        publish_event=ctx.publish_event,
+        drivers=drivers,
         health_source=last_health,
+        observers=ctx.reading_observers,
     )
-    gw.health.add_provider(svc.health)
-    gw.add_task(svc.run, name="telemetry")
-    gw.telemetry = svc
-    gw.reading_sink = svc.accept_polled
+    ctx.sensor_drivers.extend(drivers)
+    ctx.provide_reading_sink(svc.accept_polled)
+    ctx.add_health(svc.health)
+    ctx.add_task(svc.run, name="telemetry")
     return svc

@@ -1,15 +1,18 @@
-"""Plugs local warning rules into the gateway: ``attach(gw)``.
+"""Plugs local warning rules into the gateway: ``attach(ctx)``.
 
 - ``warning.rules`` (signed, like every command) replaces the rule set, after every rule's media is
   verified in the gateway's media cache (fetched now, while the uplink is up, if it is not there yet);
   the media stays pinned in the cache for as long as a rule names it.
-- Telemetry calls :meth:`WarningService.observe` with every batch of readings it has accepted, before
-  the spool commit, on the event loop: the rules are evaluated there, in memory, and a rule that
-  starts or clears is handed to this service's task, which stores the new state and acts.
+- Telemetry calls :meth:`WarningService.observe` (one of the context's ``reading_observers``) with
+  every batch of readings it has accepted, before the spool commit, on the event loop: the rules are
+  evaluated there, in memory, and a rule that starts or clears is handed to this service's task, which
+  stores the new state and acts.
 - A warning plays as a local broadcast (``warn-{rule}-{started_at}-{n}``) through the broadcast
-  executor, so it pre-empts by priority and reports ``playback`` like any other broadcast; the
-  ``warning`` events (``started``, ``repeated``, ``cleared``, ``suppressed``) go through the broadcast
-  outbox, which keeps them on disk until the centre is reachable.
+  service (the context's ``playback``), so it pre-empts by priority and reports ``playback`` like any
+  other broadcast; the ``warning`` events (``started``, ``repeated``, ``cleared``, ``suppressed``) go
+  through the broadcast outbox, which keeps them on disk until the centre is reachable.
+- Without the broadcast service, ``warning.rules`` is refused (``unsupported``); without telemetry,
+  rules never see a reading (both are logged when the service starts).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.context import GatewayContext, Playback
 from gateway.telemetry.lineproto import parse_fields
 from loaxa.clock import now_ms
 from protocol.models import Envelope, PlanItem, WarningEvent, WarningRule, WarningRulesBody
@@ -41,10 +45,9 @@ def _refuse(reason: str, message: str) -> Exception:
 
 
 class WarningService:
-    def __init__(self, gw: Any, broadcast: Any) -> None:
-        self.gw = gw
-        self.broadcast = broadcast
-        self.store = WarningStore(gw.data_dir / "warnings.sqlite")
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.store = WarningStore(ctx.data_dir / "warnings.sqlite")
         self.rules: dict[str, WarningRule] = {r.id: r for r in self.store.rules()}
         stored = self.store.states()
         self.states: dict[str, RuleState] = {rid: stored.get(rid, RuleState()) for rid in self.rules}
@@ -61,21 +64,27 @@ class WarningService:
             by.setdefault(r.device, []).append(r)
         self._by_device = by
 
+    def _playback(self) -> Playback:
+        playback = self.ctx.playback
+        if playback is None:
+            raise _refuse("unsupported", "local warning rules need the broadcast service, which this gateway lacks")
+        return playback
+
     def _pin(self) -> None:
-        pinned: set[str] = getattr(self.gw, "pinned_media", set())
+        pinned = self.ctx.pinned_media
         pinned.clear()
         pinned.update(r.media.sha256 for r in self.rules.values())
 
     # ---------------------------------------------------------------- command
 
     async def on_rules(self, env: Envelope, body: WarningRulesBody) -> None:
-        media = self.broadcast.media
+        playback = self._playback()
         for rule in body.rules:  # every rule's media on disk and verified before the set is accepted
-            if rule.media.bytes > media.max_bytes:
+            if rule.media.bytes > playback.media_max_bytes:
                 raise _refuse("media_too_large", f"rule {rule.id}: media of {rule.media.bytes} bytes is larger "
-                              f"than the cache ({media.max_bytes} bytes)")
+                              f"than the cache ({playback.media_max_bytes} bytes)")
             try:
-                await media.ensure(rule.media)
+                await playback.ensure_media(rule.media)
             except Exception as exc:
                 raise _refuse("media_unavailable", f"rule {rule.id}: media {rule.media.sha256[:12]} is not in the "
                               f"cache and could not be fetched: {exc}") from exc
@@ -133,7 +142,7 @@ class WarningService:
         ev = WarningEvent(rule_id=rule.id, state=state, at=now_ms(), device=rule.device,  # type: ignore[arg-type]
                           field=rule.field, value=value, broadcast_id=broadcast_id, plays=st.plays, reason=reason)
         log.warning("warning %s %s (%s)", rule.id, state, reason or "")
-        await self.broadcast.outbox.put(ev)
+        await self._playback().queue_event(ev)
 
     async def _transition(self, tr: Transition) -> None:
         rule = self.rules.get(tr.rule_id)
@@ -171,7 +180,7 @@ class WarningService:
         st.plays += 1
         st.last_play_at = now
         await asyncio.to_thread(self.store.save_state, rule.id, st)  # before playing: no replay after a crash
-        await self.broadcast.executor.accept(item, None)
+        await self._playback().play_local(item)
         self.stats["plays"] += 1
         await self._event(rule, state, first_value, st, broadcast_id=bid, reason=why)
 
@@ -183,6 +192,10 @@ class WarningService:
                 await self._play_if_due(rule, st, now)
 
     async def run(self) -> None:
+        if self.ctx.playback is None:
+            log.warning("no broadcast service: local warning rules are refused")
+        if self.ctx.reading_sink is None:
+            log.warning("no telemetry service: local warning rules never see a reading")
         loop = asyncio.get_running_loop()
         next_tick = loop.time()
         try:
@@ -209,15 +222,10 @@ class WarningService:
                 "warnings_played": self.stats["plays"]}
 
 
-def attach(gw: Any) -> WarningService | None:
-    broadcast = getattr(gw, "attached", {}).get("broadcast")
-    telemetry = getattr(gw, "telemetry", None)
-    if broadcast is None or telemetry is None:
-        log.warning("local warning rules need the telemetry and broadcast services; not enabled")
-        return None
-    svc = WarningService(gw, broadcast)
-    telemetry.observers.append(svc.observe)
-    gw.commands.register("warning.rules", svc.on_rules)
-    gw.health.add_provider(svc.health)
-    gw.add_task(svc.run, name="warnings")
+def attach(ctx: GatewayContext) -> WarningService:
+    svc = WarningService(ctx)
+    ctx.reading_observers.append(svc.observe)
+    ctx.register_command("warning.rules", svc.on_rules)
+    ctx.add_health(svc.health)
+    ctx.add_task(svc.run, name="warnings")
     return svc

@@ -115,6 +115,7 @@ async def test_commune_add_install_broadcast_remove(tmp_path: Path, central_brok
         rc = await run_loaxa("commune", "add", NEW, "--name", "Xã Ba", "--speakers", "2",
                              "--sensor", "mucnuoc-ba:water_level", "--lan-address", "127.0.0.1",
                              "--lan-port", str(lan_port), "--local-port", str(local_port),
+                             "--media-url", f"http://127.0.0.1:{free_port()}",
                              "--api", api, "--token-file", str(tmp_path / "token"), *server_args, log=log)
         assert rc == 0, log.read_text()
         bundle = etc / "communes" / NEW / f"bundle-{NEW}.tar.gz"

@@ -57,7 +57,7 @@ async def test_gateway_health_reports_sensors_and_pi(tmp_path: Path, central_bro
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
     assert "sensors" in gw.services
-    assert [d.device_id for d in gw.sensor_drivers] == ["sim-song", "nhiet-do-tu"]  # type: ignore[attr-defined]
+    assert [d.device_id for d in gw.context.sensor_drivers] == ["sim-song", "nhiet-do-tu"]
     h = next(h for h in healths if h.get("sensors_total") == 2 and h.get("sensors_online") == 1)
     Health.model_validate(h)
     assert "does not exist" in h["sensor_faults"]["nhiet-do-tu"]
