@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import Table, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, selectinload
 
 from protocol.ids import validate_id
@@ -60,6 +60,10 @@ from scheduler.store.engine import make_engine as make_engine
 from scheduler.store.engine import make_sessionmaker
 
 log = logging.getLogger(__name__)
+
+#: the tables themselves, for Core statements
+GATEWAY_DELIVERIES: Table = GatewayDelivery.__table__  # type: ignore[assignment]
+SPEAKER_DELIVERIES: Table = SpeakerDelivery.__table__  # type: ignore[assignment]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -531,10 +535,11 @@ class Store:
             for rows in chunks(named, 2000):  # a speaker named as a target is registered by it
                 insert_ignore(s, Speaker.__table__, list(rows))
             # a few bulk statements, whatever the number of gateways and speakers
+            # Core inserts of the tables (the ORM's bulk insert does per-row bookkeeping: 2-3x the time)
             for rows in chunks(plans, 2000):
-                s.execute(insert(GatewayDelivery), rows)
+                s.execute(insert(GATEWAY_DELIVERIES), rows)
             for rows in chunks(speakers, 5000):
-                s.execute(insert(SpeakerDelivery), rows)
+                s.execute(insert(SPEAKER_DELIVERIES), rows)
             return bid, out
 
     def _ensure_gateways(self, s: Session, ids: list[str]) -> None:
