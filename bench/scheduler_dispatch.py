@@ -1,29 +1,45 @@
 """Benchmark: one broadcast to a province's (or a nation's) worth of gateways, through a real
 Mosquitto and a real database (SQLite, or a throwaway PostgreSQL with ``--db postgresql``).
 
-The broker runs WITHOUT accounts (``anonymous=True``), stated here on purpose: one simulated fleet
-process plays every gateway, and the production ACL would need one connection per gateway account
-(10,000 for the national case), which would measure the simulator rather than the scheduler. The
-scheduler itself is the production one (``Scheduler.build``), configured with every gateway.
+The broker runs with accounts and the production ACL: the scheduler logs in as ``scheduler`` with the
+``acl.example`` block, every gateway's block is in the ACL (``central_acl``), client ids are bound
+to user names, and the broker has the queue settings of ``configs/mosquitto/central.conf.example``
+(autosave as Debian's default). The simulated fleet is the one exception, said here on purpose: each
+fleet process (``--fleet-procs``) plays thousands of gateways over ONE connection, so it logs in
+with a bench account ``bench-fleet-N`` whose block is the production gateway block with ``+`` in place
+of the gateway id. The production rule "a gateway writes only its own topics" cannot be kept by one
+connection playing many gateways, and a connection per gateway (10,000 for the national case, each
+with paho's thread) would measure the simulator rather than the scheduler. Everything the scheduler
+does (its account, its ACL, its subscriptions) is as in production.
 
-The simulated fleet (``--fleet-procs`` processes, paho's network thread each) publishes the
-retained online status and speaker states, acks every plan, and reports ``started`` + ``finished``
-for every speaker as soon as its gateway's plan arrives. Measured (seconds from the request):
+The simulated fleet (paho's network thread in each process) publishes the retained online status and
+speaker states, acks every plan, and reports ``started`` + ``finished`` for every speaker. By default
+it reports as soon as its gateway's plan arrives; with ``--hold-reports`` it holds them, the bench
+stops reading the scheduler's socket, the fleet publishes the whole burst (the broker keeps it in the
+scheduler's persistent session), and the bench starts reading again: the ingest is then measured
+without the simulator in the way. Measured (seconds from the request):
 
 * ``create_s``: the HTTP answer of POST /api/broadcasts;
 * ``publish_all_s``: every gateway has received its plan (clocked in the fleet);
-* ``all_delivered_s``: every gateway's ack is recorded in the database;
+* ``all_delivered_s``: every gateway's ack is recorded (committed) in the database;
 * ``all_finished_s``: every speaker's ``finished`` is recorded;
-* ``reports_per_s``: playback reports recorded per second, from the fleet's first report to the last
+* ``reports_per_s``: playback reports recorded per second, from the fleet's first report (with
+  ``--hold-reports``: from the moment the scheduler reads again, every report queued) to the last
   one recorded (``ingest_s``);
 * ``status_read_s``: GET /api/broadcasts/{id} with every speaker row;
 * ``max_rss_mb``: peak memory of this process (the scheduler; the fleet runs in its own processes).
 
+What is recorded is counted on the scheduler's database thread as each batch commits (no polling
+queries competing with the scheduler), and checked against the database at the end.
+``BENCH_PYSPY=OUT.txt`` samples the scheduler with py-spy (``BENCH_PYSPY_AT=resume``: only the held
+burst's ingest).
+
 ``--baseline REF`` runs the same measurement, in a subprocess, with the scheduler code of git commit
 REF (checked out in a temporary worktree) and prints both rows. Usage::
 
-    python bench/scheduler_dispatch.py --gateways 1000 --speakers 15 --baseline 9f23817
-    python bench/scheduler_dispatch.py --gateways 10000 --speakers 15 --db postgresql --fleet-procs 2
+    python bench/scheduler_dispatch.py --gateways 1000 --speakers 15 --baseline fd33d2e
+    python bench/scheduler_dispatch.py --gateways 1000 --speakers 15 --hold-reports
+    python bench/scheduler_dispatch.py --gateways 10000 --speakers 15 --db postgresql --fleet-procs 2 --hold-reports
 
 Prints figures and, last, one JSON line (with ``baseline`` when asked for).
 """

@@ -178,6 +178,15 @@ WHERE gateway_id = :gw AND device_id = :dev
 """
 
 
+#: a gateway's status (retained ``loaxa/v1/{gw}/status``); applied in arrival order, so the last wins
+GATEWAY_STATUS_SQL = """
+UPDATE gateways SET last_seen = :now, status = :state, status_ts = :ts,
+  version = CASE WHEN :has_version = 1 THEN :version ELSE version END,
+  commune = CASE WHEN :has_commune = 1 THEN :commune ELSE commune END
+WHERE id = :gw
+"""
+
+
 def driver_sql(s: Session, sql: str) -> str:
     """``sql`` written with ``:name`` parameters, for this connection's driver (run with
     ``exec_driver_sql``: many rows at once without SQLAlchemy's per-row work)."""
@@ -208,6 +217,8 @@ class _ReportBatch:
     plan_speakers: list[dict[str, Any]] = field(default_factory=list)
     #: parameters of :data:`SPEAKER_STATE_SQL` (speakers' retained states)
     speakers: list[dict[str, Any]] = field(default_factory=list)
+    #: parameters of :data:`GATEWAY_STATUS_SQL` (gateways' retained statuses), in arrival order
+    statuses: list[dict[str, Any]] = field(default_factory=list)
 
 
 C = TypeVar("C")
@@ -325,20 +336,21 @@ class Store:
         Messages are taken in arrival order (the broker keeps one topic in order), not by ``ts``: a
         Raspberry Pi without a clock battery may boot with its clock in the past.
         """
-        row = self._gateway(s, gw)
-        row.last_seen = now
-        row.status = status.state
-        row.status_ts = status.ts
-        if status.version:
-            row.version = status.version[:64]
+        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
         commune = status.commune
-        if isinstance(commune, str) and commune:
-            row.commune = commune[:200]
+        has_commune = isinstance(commune, str) and bool(commune)
+        batch.statuses.append({
+            "gw": gw, "now": now, "state": status.state, "ts": status.ts,
+            "has_version": int(bool(status.version)), "version": (status.version or "")[:64],
+            "has_commune": int(has_commune), "commune": str(commune)[:200] if has_commune else "",
+        })
         return status.state == "online"
 
     def record_status(self, gw: str, status: Status, now: int) -> bool:
         with self.session() as s, s.begin():
-            return self._status(s, gw, status, now)
+            online = self._status(s, gw, status, now)
+            self._write_reports(s)
+            return online
 
     def register_gateways(self, entries: Iterable[tuple[str, str | None]]) -> None:
         """Create (or name the commune of) the configured gateways: the only way a gateway row is
@@ -856,6 +868,9 @@ class Store:
         executemany(s, ANSWER_COMMAND_SQL, batch.answers)
         executemany(s, PLAN_SPEAKERS_SQL, batch.plan_speakers)
         executemany(s, ADVANCE_SPEAKER_SQL, batch.updates)
+        if batch.statuses:
+            self._ensure_gateways(s, sorted({p["gw"] for p in batch.statuses}))
+            executemany(s, GATEWAY_STATUS_SQL, batch.statuses)
         if batch.speakers:
             fresh = {(p["gw"], p["dev"]): None for p in batch.speakers}
             self._ensure_gateways(s, sorted({g for g, _ in fresh}))
@@ -863,6 +878,7 @@ class Store:
                 insert_ignore(s, Speaker.__table__, list(rows))
             executemany(s, SPEAKER_STATE_SQL, batch.speakers)
         batch.retries, batch.answers, batch.plan_speakers, batch.updates, batch.speakers = [], [], [], [], []
+        batch.statuses = []
 
     def record_playback(self, gw: str, ev: PlaybackEvent, now: int) -> str | None:
         with self.session() as s, s.begin():
@@ -887,7 +903,10 @@ class Store:
         if isinstance(what, dict):
             assert item.device is not None
             return self._speaker(s, gw, item.device, what, now)
-        self._write_reports(s)  # keep arrival order between queued messages and a status
+        # A status is queued for one bulk statement too; it writes only its gateway's row, which none
+        # of the other queued statements writes, so nothing needs flushing first. (Flushing here, and
+        # a query + an UPDATE per status, cost several round trips per gateway while a fleet's retained
+        # statuses and speaker states were learned: 10,000 gateways took half an hour on PostgreSQL.)
         return self._status(s, gw, what, now)
 
     def apply(self, items: Sequence[Incoming], now: int) -> list[Any]:
