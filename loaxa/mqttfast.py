@@ -140,7 +140,15 @@ class _Reader:
             msg._topic.decode("utf-8")
         except UnicodeDecodeError:
             return self.orig_handle_publish()  # paho reports such a topic its own way
-        c._handle_on_message(msg)
+        matcher_root = getattr(c._on_message_filtered, "_root", None)
+        on_message = c.on_message
+        if on_message is not None and matcher_root is not None and not matcher_root._children:
+            # no per-topic callbacks (aiomqtt adds none): straight to on_message, without paho's
+            # walk of its empty topic tree for every message
+            with c._in_callback_mutex:
+                on_message(c, c._userdata, msg)
+        else:
+            c._handle_on_message(msg)
         if qos == 1 and not c._manual_ack:
             self.acks.append(mid)
         return MQTTErrorCode.MQTT_ERR_SUCCESS

@@ -106,7 +106,10 @@ async def test_burst_from_a_persistent_session_arrives_whole_in_order_and_acknow
     await rx.wait_until(lambda: len(rx.got) >= n, f"all {n} queued messages")
     assert [m.payload for m in rx.got] == [p for _, p in items]
     assert all(str(m.topic) == f"loaxa/v1/{GW}/event" and m.qos == 1 and not m.retain for m in rx.got)
-    # every one was acknowledged (in batched PUBACKs): after a reconnect only a new marker comes
+    # every one was acknowledged (in batched PUBACKs): after a reconnect only a new marker comes. The
+    # broker handles one connection's packets in order, so once a publish of ours is acknowledged, so
+    # are the PUBACKs written before it (without this barrier a stop could close the connection first)
+    assert await rx.link.publish(f"loaxa/v1/{GW}/cmd", b"{}", qos=1)
     await rx.stop()
     rx.got.clear()
     await rx.start()
