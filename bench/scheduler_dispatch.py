@@ -56,6 +56,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,8 @@ from scheduler.service import Scheduler  # noqa: E402
 from tests.sched_support import Keys, add_token, bearer, make_tone, scheduler_config_dict  # noqa: E402
 
 FLEET_PREFIX = "bench-fleet-"
+#: publishes one fleet process leaves unacknowledged at most (paho's message ids are 16-bit)
+OUTSTANDING_MAX = 20_000
 
 
 def fleet_acl_block(name: str) -> str:
@@ -123,17 +126,37 @@ def fleet(port: int, account: tuple[str, str], gateways: list[str], speakers: in
     answered: set[str] = set()
     held: list[tuple[str, str]] = []
     report_mids: set[int] = set()
+    # paho numbers messages with 16-bit ids and REFUSES a publish whose id is still queued: more than
+    # ~65,000 outstanding publishes in one client lose messages silently. From the main thread the
+    # fleet therefore waits while OUTSTANDING_MAX are unacknowledged.
+    outstanding = threading.Condition()
+    unacked = 0
 
-    def publish_reports(c: paho.Client, items: list[tuple[str, str]]) -> None:
+    def send(c: paho.Client, topic: str, payload: str, *, retain: bool = False, wait: bool = True) -> int:
+        nonlocal unacked
+        with outstanding:
+            while wait and unacked >= OUTSTANDING_MAX:
+                outstanding.wait(1.0)
+            unacked += 1
+        info = c.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != 0:
+            raise RuntimeError(f"fleet: publish to {topic} refused by paho (code {info.rc})")
+        return int(info.mid)
+
+    def publish_reports(c: paho.Client, items: list[tuple[str, str]], wait: bool) -> None:
         with lock:
             if not stats[1]:
                 stats[1] = time.time()
         for topic, payload in items:
-            report_mids.add(c.publish(topic, payload, qos=1).mid)
+            report_mids.add(send(c, topic, payload, wait=wait))
         with lock:
             stats[2] = time.time()
 
     def on_publish(_c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        nonlocal unacked
+        with outstanding:
+            unacked -= 1
+            outstanding.notify_all()
         if mid in report_mids:
             report_mids.discard(mid)
             with lock:
@@ -142,7 +165,7 @@ def fleet(port: int, account: tuple[str, str], gateways: list[str], speakers: in
     def on_message(c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         gw = parse_topic(msg.topic).gateway
         env = json.loads(msg.payload)
-        c.publish(ack_topic(gw), Ack(id=env["id"], ok=True, ts=now_ms()).model_dump_json(), qos=1)
+        send(c, ack_topic(gw), Ack(id=env["id"], ok=True, ts=now_ms()).model_dump_json(), wait=False)
         if env["kind"] != "broadcast.plan" or gw in answered:
             return
         answered.add(gw)
@@ -155,8 +178,8 @@ def fleet(port: int, account: tuple[str, str], gateways: list[str], speakers: in
              .model_dump_json())
             for state in ("started", "finished") for i in range(speakers)
         ]
-        if release is None:
-            publish_reports(c, items)
+        if release is None:  # from paho's own thread: it cannot wait for acknowledgements here
+            publish_reports(c, items, wait=False)
         else:
             held.extend(items)
 
@@ -172,17 +195,15 @@ def fleet(port: int, account: tuple[str, str], gateways: list[str], speakers: in
         c.subscribe(f"loaxa/v1/{gw}/cmd", qos=1)
     c.loop_start()
     for gw in gateways:
-        c.publish(status_topic(gw), Status(state="online", ts=now_ms()).model_dump_json(), qos=1, retain=True)
+        send(c, status_topic(gw), Status(state="online", ts=now_ms()).model_dump_json(), retain=True)
         for i in range(speakers):
-            c.publish(
-                device_topic(gw, f"loa-{i}", "state"), json.dumps({"online": True, "volume": 70}), qos=1, retain=True
-            )
+            send(c, device_topic(gw, f"loa-{i}", "state"), json.dumps({"online": True, "volume": 70}), retain=True)
     ready.release()
     if release is not None:
         release.wait()
         while len(answered) < len(gateways):
             time.sleep(0.05)
-        publish_reports(c, held)
+        publish_reports(c, held, wait=True)
     while True:
         time.sleep(1)
 
