@@ -122,3 +122,15 @@ def test_a_fleet_learned_from_retained_messages_costs_a_few_statements(store: St
     assert statements <= 20, f"{statements} statements for one batch of {len(gws)} gateways"
     rows = {g["id"]: g for g in store.gateways()}
     assert all(rows[g]["status"] == "online" and len(rows[g]["speakers"]) == len(DEVS) for g in gws)
+
+
+def test_a_national_broadcast_can_name_every_gateway() -> None:
+    """10,000 communes' gateways in one POST /api/broadcasts (the limit was 1,000 targets)."""
+    from pydantic import ValidationError
+
+    from scheduler.http import MAX_TARGETS, BroadcastIn
+
+    sha = "a" * 64
+    assert len(BroadcastIn(media_sha256=sha, targets=[f"xa-{i:05d}" for i in range(10_000)]).targets) == 10_000
+    with pytest.raises(ValidationError):
+        BroadcastIn(media_sha256=sha, targets=["xa-1"] * (MAX_TARGETS + 1))
