@@ -221,6 +221,28 @@ class _ReportBatch:
     statuses: list[dict[str, Any]] = field(default_factory=list)
 
 
+def copy_speaker_rows(s: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert new speaker rows with PostgreSQL's COPY, in the session's transaction (psycopg 3). An
+    ``executemany`` INSERT sends one statement per row: 5 s for a national broadcast's 150,000 rows."""
+    if not rows:
+        return
+    raw = s.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(
+        "COPY speaker_deliveries (broadcast_id, gateway_id, device_id, state) FROM STDIN"
+    ) as copy:
+        for r in rows:
+            copy.write_row((r["broadcast_id"], r["gateway_id"], r["device_id"], r["state"]))
+
+
+def _batch_of(s: Session) -> _ReportBatch:
+    """The batch state of this transaction (made once: ``setdefault`` would build one per message)."""
+    batch: _ReportBatch | None = s.info.get("reports")
+    if batch is None:
+        batch = s.info["reports"] = _ReportBatch()
+    return batch
+
+
 C = TypeVar("C")
 
 
@@ -336,7 +358,7 @@ class Store:
         Messages are taken in arrival order (the broker keeps one topic in order), not by ``ts``: a
         Raspberry Pi without a clock battery may boot with its clock in the past.
         """
-        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
+        batch = _batch_of(s)
         commune = status.commune
         has_commune = isinstance(commune, str) and bool(commune)
         batch.statuses.append({
@@ -372,7 +394,7 @@ class Store:
     def _speaker(self, s: Session, gw: str, dev: str, state: dict[str, Any], now: int) -> None:
         """Register or refresh a speaker from its retained device state (queued for the batch's bulk
         statements: a fleet of 150,000 speakers is learned in a few seconds)."""
-        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
+        batch = _batch_of(s)
         name = state.get("name")
         online = state.get("online")
         volume = state.get("volume")
@@ -550,8 +572,11 @@ class Store:
             # Core inserts of the tables (the ORM's bulk insert does per-row bookkeeping: 2-3x the time)
             for rows in chunks(plans, 2000):
                 s.execute(insert(GATEWAY_DELIVERIES), rows)
-            for rows in chunks(speakers, 5000):
-                s.execute(insert(SPEAKER_DELIVERIES), rows)
+            if s.get_bind().dialect.name == "postgresql":
+                copy_speaker_rows(s, speakers)  # COPY: 150,000 rows in a fraction of a second
+            else:
+                for rows in chunks(speakers, 5000):
+                    s.execute(insert(SPEAKER_DELIVERIES), rows)
             return bid, out
 
     def _ensure_gateways(self, s: Session, ids: list[str]) -> None:
@@ -714,7 +739,7 @@ class Store:
 
     def _prefetch_commands(self, s: Session, ids: Iterable[str]) -> None:
         """Load, in one query per 900 ids, the commands the acks of a batch answer."""
-        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
+        batch = _batch_of(s)
         wanted = sorted({i for i in ids if i not in batch.commands})
         gd = GatewayDelivery
         for chunk in chunks(wanted):
@@ -735,7 +760,7 @@ class Store:
         Every change is conditional (an open command is answered once; its speakers follow only the
         state the command is in now), so the same ack applied twice, or by two scheduler workers at
         once, changes the rows once."""
-        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
+        batch = _batch_of(s)
         if ack.id not in batch.commands:
             self._prefetch_commands(s, [ack.id])
         d = batch.commands[ack.id]
@@ -783,7 +808,7 @@ class Store:
     def _prefetch_reports(self, s: Session, items: Sequence[Incoming]) -> None:
         """Load, in two queries, the plans and speaker rows the playback reports of a batch are about."""
         pairs = {(i.message.broadcast_id, i.gateway) for i in items if isinstance(i.message, PlaybackEvent)}
-        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
+        batch = _batch_of(s)
         pairs -= set(batch.plans)
         if not pairs:
             return
@@ -814,7 +839,7 @@ class Store:
 
         The statement moves a speaker only forwards (by rank), so a report applied twice, out of
         order, or by two scheduler workers at once leaves the row as if applied once in order."""
-        batch: _ReportBatch = s.info.setdefault("reports", _ReportBatch())
+        batch = _batch_of(s)
         key = (ev.broadcast_id, gw)
         if key not in batch.plans:
             self._prefetch_reports(s, [Incoming(gw, ev)])
