@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -30,10 +31,14 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel
 
 from loaxa.mqttconf import MqttEndpoint
+from loaxa.mqttfast import queue_pubacks, speed_up
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[aiomqtt.Message], Awaitable[None]]
+T = TypeVar("T")
+#: Message Expiry properties by value (:meth:`MqttLink._expiry`)
+_EXPIRY_PROPS: dict[int, Properties] = {}
 Payload = bytes | str | BaseModel
 
 
@@ -41,6 +46,26 @@ def encode_payload(payload: Payload) -> bytes:
     if isinstance(payload, BaseModel):
         return payload.model_dump_json(exclude_none=True).encode("utf-8")
     return payload.encode("utf-8") if isinstance(payload, str) else payload
+
+
+@functools.lru_cache(maxsize=256)
+def _filter_levels(topic_filter: str) -> tuple[str, ...]:
+    """The levels of a subscription filter, without a ``$share/<group>/`` prefix."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    return tuple(topic_filter.split("/"))
+
+
+def topic_matches(filter_levels: tuple[str, ...], levels: list[str]) -> bool:
+    """Whether a topic (split in levels) matches a filter (split, ``+`` and ``#`` wildcards)."""
+    if levels and levels[0].startswith("$") and filter_levels and filter_levels[0] in ("+", "#"):
+        return False  # MQTT: wildcards at the first level never match $SYS-like topics
+    for i, f in enumerate(filter_levels):
+        if f == "#":
+            return True
+        if i >= len(levels) or (f != "+" and f != levels[i]):
+            return False
+    return len(levels) == len(filter_levels)
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,10 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._pending_subs: set[asyncio.Task[Any]] = set()
         self._routes: dict[str, list[tuple[str, Handler]]] = {}
+        self._memo_of: aiomqtt.Message | None = None
+        self._memo: dict[str, Any] = {}
+        #: per connection: message id -> what to do when its PUBACK comes (:meth:`publish_many`)
+        self._bulk_acks: dict[int, dict[int, Callable[[], None]]] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -129,17 +158,83 @@ class MqttLink:
         self._enqueue(item)
         return False
 
+    async def publish_many(self, items: list[tuple[str, bytes, int | None]], *, window: int = 500,
+                           timeout_s: float = 30.0) -> list[bool]:
+        """Publish many QoS 1 messages (topic, payload, expiry in seconds or None) now, at most ``window``
+        awaiting their PUBACK; for each, whether the broker acknowledged it. Nothing is queued for a
+        later connection: the caller keeps what was not acknowledged (e.g. in its database).
+
+        Straight through paho, without aiomqtt's per-publish future and bookkeeping (which grow with
+        the number in flight: a national broadcast is 10,000 publishes)."""
+        result = [False] * len(items)
+        client = self._client
+        if client is None:
+            return result
+        bulk = self._bulk_acks.get(id(client))
+        if bulk is None:
+            return result
+        paho_client = client._client
+        free = asyncio.Event()
+        in_flight = 0
+        loop = asyncio.get_running_loop()
+
+        def acked(i: int) -> Callable[[], None]:
+            def done() -> None:
+                nonlocal in_flight
+                result[i] = True
+                in_flight -= 1
+                free.set()
+            return done
+
+        deadline = loop.time() + timeout_s
+        window = max(1, min(window, self._max_inflight))
+        for i, (topic, payload, expiry_s) in enumerate(items):
+            while in_flight >= window:
+                free.clear()
+                left = deadline - loop.time()
+                if left <= 0 or self._client is not client:
+                    return result
+                try:
+                    await asyncio.wait_for(free.wait(), min(left, 1.0))
+                except TimeoutError:
+                    continue
+            if self._client is not client:
+                return result
+            props = None if expiry_s is None else self._expiry(max(1, int(expiry_s)))
+            info = paho_client.publish(topic, payload, qos=1, properties=props)
+            if info.rc != 0:
+                log.info("%s: publish to %s failed (code %s)", self.name, topic, info.rc)
+                return result
+            bulk[info.mid] = acked(i)
+            in_flight += 1
+            deadline = loop.time() + timeout_s
+        while in_flight > 0 and loop.time() < deadline and self._client is client:
+            free.clear()
+            try:
+                await asyncio.wait_for(free.wait(), min(deadline - loop.time(), 1.0))
+            except TimeoutError:
+                continue
+        return result
+
     def _enqueue(self, item: _Pending) -> None:
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
         self._queue.append(item)
 
     @staticmethod
-    async def _send(client: aiomqtt.Client, item: _Pending) -> None:
-        props = None
-        if item.expiry_s is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.MessageExpiryInterval = max(1, int(item.expiry_s))
+    def _expiry(expiry_s: int) -> Properties:
+        """PUBLISH properties with this Message Expiry, made once per value (paho only reads them)."""
+        props = _EXPIRY_PROPS.get(expiry_s)
+        if props is None:
+            if len(_EXPIRY_PROPS) >= 4096:
+                _EXPIRY_PROPS.clear()
+            props = _EXPIRY_PROPS[expiry_s] = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = expiry_s
+        return props
+
+    @classmethod
+    async def _send(cls, client: aiomqtt.Client, item: _Pending) -> None:
+        props = None if item.expiry_s is None else cls._expiry(max(1, int(item.expiry_s)))
         await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain, properties=props,
                              timeout=30)
 
@@ -167,6 +262,19 @@ class MqttLink:
         client.pending_calls_threshold = max(self._max_inflight, 10) * 2
         if self.manual_ack:
             client._client.manual_ack_set(True)  # paho's own switch; aiomqtt does not wrap it
+        speed_up(client._client)  # chunked reads, lean decoding, batched PUBACKs (loaxa.mqttfast)
+        aiomqtt_on_publish = client._client.on_publish
+        bulk: dict[int, Callable[[], None]] = {}
+
+        def on_publish(c: Any, userdata: Any, mid: int, *rest: Any) -> None:
+            done = bulk.pop(mid, None)
+            if done is not None:
+                done()
+            elif aiomqtt_on_publish is not None:
+                aiomqtt_on_publish(c, userdata, mid, *rest)
+
+        client._client.on_publish = on_publish
+        self._bulk_acks[id(client)] = bulk
         return client
 
     # ------------------------------------------------------------------ manual acknowledgement
@@ -188,6 +296,18 @@ class MqttLink:
         except (ValueError, OSError) as exc:  # a closing socket: the broker sends it again
             log.debug("%s: could not acknowledge message %d: %s", self.name, token.mid, exc)
 
+    def ack_many(self, tokens: list[AckToken | None]) -> None:
+        """Acknowledge many taken messages in one write (those of the current connection; after a
+        reconnect the broker sends the others again)."""
+        client = self._client
+        mids = [t.mid for t in tokens if t is not None and t.client is client and t.qos == 1]
+        if client is None or not mids:
+            return
+        try:
+            queue_pubacks(client._client, mids)
+        except (ValueError, OSError) as exc:  # a closing socket: the broker sends them again
+            log.debug("%s: could not acknowledge %d message(s): %s", self.name, len(mids), exc)
+
     async def run(self) -> None:
         """Stay connected until cancelled."""
         backoff = 0.5
@@ -204,12 +324,19 @@ class MqttLink:
                         await hook()
                     await self._flush(client)
                     backoff = 0.5
+                    incoming = client._queue  # aiomqtt's own queue of received messages
                     async for message in client.messages:
                         await self._dispatch(message)
+                        # what else arrived in the same turn, without aiomqtt's task and wait per
+                        # message (three loop turns each: most of the cost of a small message)
+                        while not incoming.empty():
+                            await self._dispatch(incoming.get_nowait())
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc)
                 log.warning("%s: connection to %s lost or refused: %s", self.name, self.endpoint.url, exc)
             finally:
+                if self._client is not None:
+                    self._bulk_acks.pop(id(self._client), None)
                 self._client = None
                 self.connected.clear()
                 _retire(client)
@@ -225,11 +352,24 @@ class MqttLink:
         topic = message.topic.value
         found = self._routes.get(topic)
         if found is None:
-            found = [(f, h) for f, _q, h in self._subs if message.topic.matches(f)]
+            levels = topic.split("/")
+            found = [(f, h) for f, _q, h in self._subs if topic_matches(_filter_levels(f), levels)]
             if len(self._routes) >= 4096:
                 self._routes.clear()
             self._routes[topic] = found
         return found
+
+    def memo(self, message: aiomqtt.Message, key: str, make: Callable[[], T]) -> T:
+        """What ``make`` derives from ``message`` (its parsed topic, its JSON, a model), computed once
+        for all the handlers of that message: several subscribers of one topic (the dispatcher and the
+        fleet both read every playback report) then parse it once. An exception is not remembered."""
+        if self._memo_of is not message:
+            self._memo_of, self._memo = message, {}
+        try:
+            return cast(T, self._memo[key])
+        except KeyError:
+            value = self._memo[key] = make()
+            return value
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         self._taken = False

@@ -56,9 +56,9 @@ INBOX_SIZE = 50_000
 BATCH_MAX = 2000
 #: ...gathered for at most this long once the first one is there (a lone ack waits this much more).
 BATCH_WAIT_S = 0.005
-#: Publishes awaiting their PUBACK at once when sending many commands (the QoS 1 in-flight window;
-#: the MQTT client queues beyond its own ``max_inflight``).
-PUBLISH_WINDOW = 1000
+#: Publishes awaiting their PUBACK at once when sending many commands (the QoS 1 in-flight window,
+#: at most the MQTT client's own ``max_inflight``).
+PUBLISH_WINDOW = 500
 
 #: Speakers are told apart from sensors by a retained state carrying one of these keys.
 SPEAKER_STATE_KEYS = ("volume", "playing")
@@ -239,21 +239,19 @@ class Dispatcher:
 
     async def send(self, out: Sequence[Outgoing]) -> int:
         """Publish commands now, pipelined (up to :data:`PUBLISH_WINDOW` awaiting their PUBACK); those
-        whose publish succeeds are marked sent, in one statement. Returns how many went."""
-        sent: list[str] = []
-        window = asyncio.Semaphore(PUBLISH_WINDOW)
-
-        async def one(o: Outgoing) -> None:
-            async with window:
-                if not self.link.connected.is_set():
-                    return  # not queued in memory: the database has it, and it goes when the gateway is online
-                remaining_s = math.ceil((o.expires_at - now_ms()) / 1000)
-                if remaining_s <= 0:
-                    return
-                if await self.link.publish(cmd_topic(o.gateway), o.envelope, qos=1, expiry_s=remaining_s):
-                    sent.append(o.command_id)
-
-        await asyncio.gather(*(one(o) for o in out))
+        the broker acknowledged are marked sent, in one statement. Returns how many went."""
+        if not self.link.connected.is_set():
+            return 0  # not queued in memory: the database has them, and they go when the gateway is online
+        now = now_ms()
+        items: list[tuple[str, bytes, int | None]] = []
+        going: list[Outgoing] = []
+        for o in out:
+            remaining_s = math.ceil((o.expires_at - now) / 1000)
+            if remaining_s > 0:
+                items.append((cmd_topic(o.gateway), o.envelope.encode(), remaining_s))
+                going.append(o)
+        acked = await self.link.publish_many(items, window=PUBLISH_WINDOW)
+        sent = [o.command_id for o, ok in zip(going, acked, strict=True) if ok]
         if sent:
             await self.store.call(self.db.mark_sent, sent, now_ms())
             self.sent += len(sent)
@@ -296,7 +294,7 @@ class Dispatcher:
 
     def _gateway_of(self, msg: aiomqtt.Message) -> str | None:
         try:
-            gw = parse_topic(str(msg.topic)).gateway
+            gw = self.link.memo(msg, "topic", lambda: parse_topic(str(msg.topic))).gateway
         except ProtocolError as exc:
             log.warning("ignoring message on %s: %s", msg.topic, exc)
             return None
@@ -307,7 +305,7 @@ class Dispatcher:
         if gw is None or not msg.payload:
             return
         try:
-            status = parse_payload(bytes(msg.payload), Status)
+            status = self.link.memo(msg, "status", lambda: parse_payload(bytes(msg.payload), Status))
         except ProtocolError as exc:
             log.warning("bad status on %s: %s", msg.topic, exc)
             return
@@ -318,7 +316,7 @@ class Dispatcher:
         if gw is None:
             return
         try:
-            ack = parse_payload(bytes(msg.payload), Ack)
+            ack = self.link.memo(msg, "ack", lambda: parse_payload(bytes(msg.payload), Ack))
         except ProtocolError as exc:
             log.warning("bad ack on %s: %s", msg.topic, exc)
             return
@@ -334,7 +332,7 @@ class Dispatcher:
         if gw is None:
             return
         try:
-            data = parse_json(bytes(msg.payload))
+            data = self.link.memo(msg, "json", lambda: parse_json(bytes(msg.payload)))
         except ProtocolError as exc:
             log.warning("bad event on %s: %s", msg.topic, exc)
             return
@@ -348,7 +346,7 @@ class Dispatcher:
         if not isinstance(data, dict) or data.get("kind") != "playback":
             return  # alarms and other events are not the dispatcher's business
         try:
-            ev = PlaybackEvent.model_validate(data)
+            ev = self.link.memo(msg, "playback", lambda: PlaybackEvent.model_validate(data))
         except ValueError as exc:
             log.warning("bad playback event on %s: %s", msg.topic, exc)
             return
@@ -356,7 +354,7 @@ class Dispatcher:
 
     async def _on_device_state(self, msg: aiomqtt.Message) -> None:
         try:
-            t = parse_topic(str(msg.topic))
+            t = self.link.memo(msg, "topic", lambda: parse_topic(str(msg.topic)))
         except ProtocolError:
             return
         if t.device is None or not msg.payload or not self._known(t.gateway, msg.topic):
@@ -392,8 +390,7 @@ class Dispatcher:
             results = await self._apply_batch(batch)
             if results is None:
                 continue
-            for _, token in taken:
-                self.link.ack(token)
+            self.link.ack_many([token for _, token in taken])
             self.received += len(batch)
             online: list[str] = []
             for item, result in zip(batch, results, strict=True):

@@ -79,10 +79,14 @@ class GatewayIn(BaseModel):
     commune: str | None = Field(default=None, max_length=200, description="e.g. Xã An Bình")
 
 
+#: targets of one broadcast at most: a national emergency names every commune's gateway (~10,000)
+MAX_TARGETS = 20_000
+
+
 class BroadcastIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     media_sha256: str = Field(pattern=SHA256_PATTERN, description="from POST /api/media or /api/tts")
-    targets: list[str] = Field(min_length=1, max_length=1000,
+    targets: list[str] = Field(min_length=1, max_length=MAX_TARGETS,
                                description='"GATEWAY", "GATEWAY/DEVICE" or "GATEWAY/@GROUP" (a speaker group)')
     start_at: int | datetime | None = Field(
         default=None, description="null: now; epoch ms, or ISO 8601 (no zone: the scheduler's time zone)"

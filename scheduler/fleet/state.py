@@ -227,8 +227,8 @@ class FleetState:
     # ------------------------------------------------------------ incoming
 
     def _gateway_of(self, msg: aiomqtt.Message) -> tuple[str, str | None] | None:
-        try:
-            t = parse_topic(str(msg.topic))
+        try:  # parsed once for every subscriber of the message (MqttLink.memo)
+            t = self.link.memo(msg, "topic", lambda: parse_topic(str(msg.topic)))
         except ProtocolError:
             return None
         known = self.known_gateways()
@@ -242,7 +242,7 @@ class FleetState:
         if where is None or not msg.payload:
             return
         try:
-            status = parse_payload(bytes(msg.payload), Status)
+            status = self.link.memo(msg, "status", lambda: parse_payload(bytes(msg.payload), Status))
         except ProtocolError as exc:
             log.warning("fleet: bad status on %s: %s", msg.topic, exc)
             return
@@ -359,7 +359,7 @@ class FleetState:
         if where is None:
             return
         try:
-            data = parse_json(bytes(msg.payload))
+            data = self.link.memo(msg, "json", lambda: parse_json(bytes(msg.payload)))
             cmd_id = data.get("id") if isinstance(data, dict) else None
             if not isinstance(cmd_id, str) or cmd_id not in self.acks:
                 return  # not a command an action waits for (the dispatcher has its own)
@@ -375,12 +375,12 @@ class FleetState:
             return
         gw = where[0]
         try:
-            data = parse_json(bytes(msg.payload))
+            data = self.link.memo(msg, "json", lambda: parse_json(bytes(msg.payload)))
             if not isinstance(data, dict):
                 return
             kind = data.get("kind")
             if kind == "playback":
-                self.apply_playback(gw, PlaybackEvent.model_validate(data))
+                self.apply_playback(gw, self.link.memo(msg, "playback", lambda: PlaybackEvent.model_validate(data)))
             elif kind == "alarm":
                 self.apply_alarm(gw, AlarmEvent.model_validate(data))
             elif kind == "device_report":
