@@ -55,7 +55,6 @@ from loaxa.localsetup import gateway_config, make_signer, write_yaml  # noqa: E4
 from protocol.models import PRIORITY_NORMAL, BroadcastPlanBody, MediaRef, PlanItem  # noqa: E402
 from tests.broadcast_env import Recorder, tone_wav  # noqa: E402
 
-
 #: lone gateways (the CPU and RSS measurements) are numbered from here on
 LONE_INDEX = 900
 

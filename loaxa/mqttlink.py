@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel
 
 from loaxa.mqttconf import MqttEndpoint
@@ -29,6 +31,73 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[aiomqtt.Message], Awaitable[None]]
 Payload = bytes | str | BaseModel
+#: how long a QoS 1/2 publish waits for the broker's acknowledgement before it counts as failed
+PUBLISH_TIMEOUT_S = 30.0
+
+
+#: attributes of a paho ``Properties`` that are not MQTT properties
+_PROPERTIES_OWN = frozenset({"packetType", "types", "names", "properties"})
+
+
+def speed_up_paho() -> bool:
+    """Make paho's ``Properties()`` and ``ReasonCode()`` cheap. paho builds the same lookup tables (27
+    property names, their types, the packets they belong to; 40-odd reason codes) for every MQTT 5
+    message sent or received and walks them on every read: about 100 µs of CPU per message, more
+    than the rest of paho's work on it, for a gateway several messages per speaker and broadcast
+    (docs/broadcast.md, CPU budget). The tables are only ever read, so every instance can share one
+    copy, and a reason code built from a name is looked up once. Applied only when both classes still
+    have exactly the layout this was written for (paho-mqtt 2.x); returns whether it applied."""
+    props: Any = Properties
+    codes: Any = ReasonCode
+    if getattr(props, "_loaxa_shared", False):
+        return True
+    probe = props(PacketTypes.PUBLISH)
+    code_probe = codes(PacketTypes.PUBACK)
+    if set(vars(probe)) != _PROPERTIES_OWN or set(vars(code_probe)) != {"names", "packetType", "value"}:
+        log.info("paho's Properties/ReasonCode have another layout: left as they are")
+        return False
+    types, names, properties = probe.types, probe.names, probe.properties
+    setattr_ = object.__setattr__
+
+    def props_init(self: Any, packetType: int) -> None:
+        setattr_(self, "packetType", packetType)
+        setattr_(self, "types", types)
+        setattr_(self, "names", names)
+        setattr_(self, "properties", properties)
+
+    def props_clear(self: Any) -> None:
+        # the properties set are exactly the instance attributes other than paho's own four
+        d = vars(self)
+        for key in [k for k in d if k not in _PROPERTIES_OWN]:
+            del d[key]
+
+    def props_is_empty(self: Any) -> bool:
+        return all(k in _PROPERTIES_OWN for k in vars(self))
+
+    code_init = codes.__init__
+    code_names = codes.names
+    known: dict[tuple[int, str], int] = {}
+
+    def reason_init(self: Any, packetType: int, aName: str = "Success", identifier: int = -1) -> None:
+        value = known.get((packetType, aName)) if identifier == -1 else None
+        if value is None:
+            code_init(self, packetType, aName, identifier)
+            if identifier == -1:
+                known[(packetType, aName)] = self.value
+            return
+        self.names = code_names
+        self.packetType = packetType
+        self.value = value
+
+    props.__init__ = props_init
+    props.clear = props_clear
+    props.isEmpty = props_is_empty
+    codes.__init__ = reason_init
+    props._loaxa_shared = True
+    return True
+
+
+speed_up_paho()
 
 
 def encode_payload(payload: Payload) -> bytes:
@@ -89,6 +158,8 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._pending_subs: set[asyncio.Task[Any]] = set()
         self._routes: dict[str, list[tuple[str, Handler]]] = {}
+        #: QoS 1/2 publishes of the current connection waiting for their PUBACK, by message id
+        self._unacked: dict[int, asyncio.Future[None]] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -126,14 +197,73 @@ class MqttLink:
             self.dropped += 1
         self._queue.append(item)
 
-    @staticmethod
-    async def _send(client: aiomqtt.Client, item: _Pending) -> None:
+    def _start(self, client: aiomqtt.Client, item: _Pending) -> asyncio.Future[None] | None:
+        """Hand ``item`` to paho (it is written out by the event loop's writer callback) and return the
+        future of its acknowledgement, or None for QoS 0 (nothing to wait for: the socket write is
+        the end of it). This is aiomqtt's ``publish`` without a task, an event and a timer per message:
+        a gateway sends several messages per speaker and broadcast (docs/broadcast.md, CPU budget)."""
         props = None
         if item.expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = max(1, int(item.expiry_s))
-        await client.publish(item.topic, item.payload, qos=item.qos, retain=item.retain, properties=props,
-                             timeout=30)
+        info = client._client.publish(item.topic, item.payload, item.qos, item.retain, props)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, f"could not publish to {item.topic}")
+        if item.qos == 0 or info.is_published():
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unacked[info.mid] = fut
+        return fut
+
+    async def _send(self, client: aiomqtt.Client, item: _Pending) -> None:
+        fut = self._start(client, item)
+        if fut is not None:
+            await self._acked(fut)
+
+    @staticmethod
+    async def _acked(fut: asyncio.Future[None]) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await fut
+        except TimeoutError:
+            raise aiomqtt.MqttError(f"no acknowledgement within {PUBLISH_TIMEOUT_S:g} s") from None
+
+    def _on_publish(self, mid: int) -> None:
+        """paho's ``on_publish`` (PUBACK received, or a QoS 0 message written): wake its waiter."""
+        fut = self._unacked.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _connection_lost(self) -> None:
+        for fut in self._unacked.values():
+            if not fut.done():
+                fut.set_exception(aiomqtt.MqttError("connection lost before the broker acknowledged"))
+                fut.exception()  # marked as seen: whoever still awaits it gets the error, nobody else logs it
+        self._unacked.clear()
+
+    async def publish_many(self, topic: str, payloads: list[Payload], *, qos: int = 1) -> int:
+        """Publish ``payloads`` to ``topic`` in order, all in flight at once, and wait for them; returns
+        how many, from the first, the broker acknowledged (0 when not connected: nothing is queued,
+        the caller keeps the rest, e.g. in its persistent outbox)."""
+        client = self._client
+        if client is None or self._queue:
+            return 0
+        futs: list[asyncio.Future[None] | None] = []
+        try:
+            for payload in payloads:
+                futs.append(self._start(client, _Pending(topic, encode_payload(payload), qos, False, None)))
+        except aiomqtt.MqttError as exc:
+            log.info("%s: publish to %s failed (%s)", self.name, topic, exc)
+        done = 0
+        try:
+            for fut in futs:
+                if fut is not None:
+                    await self._acked(fut)
+                done += 1
+        except aiomqtt.MqttError as exc:
+            log.info("%s: %d of %d publishes to %s unconfirmed (%s)", self.name, len(payloads) - done,
+                     len(payloads), topic, exc)
+        return done
 
     async def _flush(self, client: aiomqtt.Client) -> None:
         while self._queue:
@@ -159,6 +289,14 @@ class MqttLink:
         client.pending_calls_threshold = max(self._max_inflight, 10) * 2
         if self.manual_ack:
             client._client.manual_ack_set(True)  # paho's own switch; aiomqtt does not wrap it
+        inner = client._client.on_publish  # aiomqtt's, for its own publishes (none of ours)
+
+        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+            self._on_publish(mid)
+            if inner is not None:
+                inner(c, userdata, mid, reason, properties)
+
+        client._client.on_publish = on_publish
         return client
 
     # ------------------------------------------------------------------ manual acknowledgement
@@ -203,6 +341,7 @@ class MqttLink:
             finally:
                 self._client = None
                 self.connected.clear()
+                self._connection_lost()
             self.reconnects += 1
             # exponential backoff with "equal jitter", never longer than the endpoint's reconnect_max_s:
             # a broker that comes back is used again within that time

@@ -54,7 +54,8 @@ class BroadcastService:
 
                 self.drivers[dev.id] = Amplifier(dev)
         self.hub.subscribe()  # before the LAN link connects; MqttLink re-subscribes on reconnect
-        self.outbox = Outbox(self.store, self._publish_event, connected=getattr(gw.uplink, "connected", None))
+        self.outbox = Outbox(self.store, self._publish_event, connected=getattr(gw.uplink, "connected", None),
+                             publish_many=self._publish_events)
         settings = ExecutorSettings(
             now_lead_ms=self.cfg.now_lead_ms, dispatch_ahead_ms=self.cfg.dispatch_ahead_ms,
             late_max_ms=int(self.cfg.late_max_s * 1000), now_media_wait_ms=int(self.cfg.now_media_wait_s * 1000),
@@ -70,6 +71,9 @@ class BroadcastService:
 
     async def _publish_event(self, payload: str) -> bool:
         return bool(await self.gw.uplink.publish(event_topic(self.gw.id), payload, qos=1))
+
+    async def _publish_events(self, payloads: list[str]) -> int:
+        return int(await self.gw.uplink.publish_many(event_topic(self.gw.id), list(payloads), qos=1))
 
     # ---------------------------------------------------------------- commands
 
