@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
@@ -37,6 +38,12 @@ from protocol.models import Ack, DeviceCommand, DeviceState, PlaybackEvent, Play
 from protocol.topics import device_topic, filter_devices, parse_topic
 
 log = logging.getLogger(__name__)
+
+#: ``await report_many([(device, broadcast_id, state, at, reason), ...])``: several playback reports at once
+ReportMany = Callable[[Sequence[tuple[str, str, PlaybackState, int, str | None]]], Awaitable[None]]
+#: how long the hub gathers playback reports before it hands them on together: a commune's speakers
+#: report ``started`` at one instant, over a few ms of MQTT packets
+REPORT_GATHER_S = 0.005
 
 
 class Link(Protocol):
@@ -68,9 +75,12 @@ class IpSpeaker(SpeakerDriver):
     async def start(self, report: PlaybackReport) -> None:
         self._report = report
 
-    async def _emit(self, bid: str, state: PlaybackState, at: int, reason: str | None) -> None:
+    def _note(self, bid: str, state: PlaybackState) -> None:
         if state in ("finished", "failed", "preempted", "skipped"):
             self._active.discard(bid)
+
+    async def _emit(self, bid: str, state: PlaybackState, at: int, reason: str | None) -> None:
+        self._note(bid, state)
         if self._report is not None:
             await self._report(self.device_id, bid, state, at, reason)
 
@@ -172,6 +182,10 @@ class IpSpeakerHub:
         self.speakers: dict[str, IpSpeaker] = {}
         self.bad_messages = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        #: when set (the broadcast executor's ``report_many``), the speakers' playback reports are
+        #: handed on in batches, in arrival order, instead of one task per report
+        self.report_many: ReportMany | None = None
+        self._reports: list[PlaybackEvent] = []
 
     def add(self, device_id: str, **kw: Any) -> IpSpeaker:
         spk = IpSpeaker(self.gateway_id, device_id, self.link, **kw)
@@ -199,14 +213,32 @@ class IpSpeakerHub:
                 ev = PlaybackEvent.model_validate(data)
                 if ev.device != spk.device_id:
                     raise ProtocolError(f"event names device {ev.device!r}")
-                self._later(spk.on_event(ev))
+                if self.report_many is None:
+                    self._later(spk.on_event(ev))
+                else:
+                    if not self._reports:
+                        asyncio.get_running_loop().call_later(REPORT_GATHER_S, self._hand_on)
+                    self._reports.append(ev)
             elif parsed.kind == "state":
                 if not msg.payload:
                     return
-                self._later(spk.on_state(DeviceState.model_validate(data)))
+                state = DeviceState.model_validate(data)
+                self._hand_on()  # reports received before this state go first (offline after finished)
+                self._later(spk.on_state(state))
         except (ProtocolError, ValidationError) as exc:
             self.bad_messages += 1
             log.warning("ignored message on %s: %s", topic, exc)
+
+    def _hand_on(self) -> None:
+        batch, self._reports = self._reports, []
+        if batch:
+            self._later(self._report_batch(batch))
+
+    async def _report_batch(self, batch: list[PlaybackEvent]) -> None:
+        assert self.report_many is not None
+        for ev in batch:
+            self.speakers[ev.device]._note(ev.broadcast_id, ev.state)
+        await self.report_many([(ev.device, ev.broadcast_id, ev.state, ev.at, ev.reason) for ev in batch])
 
     def _later(self, coro: Any) -> None:
         """Handle a report without holding up the LAN message loop (acks of other speakers must not

@@ -62,6 +62,7 @@ class BroadcastService:
             report_grace_ms=int(self.cfg.report_grace_s * 1000))
         self.executor = Executor(self.store, self.media, self.drivers, self.outbox, media_url=self._media_url,
                                  settings=settings)
+        self.hub.report_many = self.executor.report_many  # the speakers' reports in batches
         self._cache_bytes = 0
 
     def _media_url(self, media: MediaRef) -> str:

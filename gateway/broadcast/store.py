@@ -31,6 +31,9 @@ from protocol.models import PlanItem, refined_reason
 
 T = TypeVar("T")
 
+#: (broadcast_id, device, state, at, reason, event JSON) for :meth:`PlanStore.advance_many`
+Advance = tuple[str, str, str, int | None, str | None, str | None]
+
 TERMINAL = frozenset({"finished", "failed", "preempted", "skipped"})
 #: how far an outcome has got; a report never moves an outcome backwards
 RANK = {"pending": 0, "sent": 1, "started": 2, "finished": 3, "failed": 3, "preempted": 3, "skipped": 3}
@@ -291,6 +294,14 @@ class PlanStore:
                       event: str | None = None) -> bool:
         """Move an outcome forward (never backwards) and queue ``event`` in the same transaction."""
         return bool(await self._run(self._advance_sync, broadcast_id, device, state, at, reason, event))
+
+    def _advance_many_sync(self, rows: list[Advance]) -> list[bool]:
+        return [self._advance_sync(*row) for row in rows]
+
+    async def advance_many(self, rows: Iterable[Advance]) -> list[bool]:
+        """:meth:`advance` for several outcomes as one operation (in order): what each returned."""
+        result: list[bool] = await self._run(self._advance_many_sync, list(rows))
+        return result
 
     # ---------------------------------------------------------------- outbox
 
