@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import random
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[aiomqtt.Message], Awaitable[None]]
 Payload = bytes | str | BaseModel
+#: most packets read in one turn of the event loop (then the loop serves others and comes back)
+PACKETS_PER_TURN = 64
 #: how long a QoS 1/2 publish waits for the broker's acknowledgement before it counts as failed
 PUBLISH_TIMEOUT_S = 30.0
 
@@ -160,6 +163,8 @@ class MqttLink:
         self._routes: dict[str, list[tuple[str, Handler]]] = {}
         #: QoS 1/2 publishes of the current connection waiting for their PUBACK, by message id
         self._unacked: dict[int, asyncio.Future[None]] = {}
+        #: whether the current connection reads its packets in bulk (plain TCP; see _read_in_bulk)
+        self.bulk_reads = False
 
     # ------------------------------------------------------------------ set-up
 
@@ -327,13 +332,22 @@ class MqttLink:
                     for topic_filter, qos, _ in self._subs:
                         await client.subscribe(topic_filter, qos)
                     self._client = client
+                    self.bulk_reads = _read_in_bulk(client)
                     self.connected.set()
                     log.info("%s: connected to %s", self.name, self.endpoint.url)
                     for hook in self._on_connect:
                         await hook()
                     await self._flush(client)
                     backoff = 0.5
-                    async for message in client.messages:
+                    # messages already received are taken straight from the queue; aiomqtt's iterator
+                    # (a task and a wait per message) only when there is none
+                    queue: asyncio.Queue[aiomqtt.Message] = client._queue
+                    messages = client.messages
+                    while True:
+                        try:
+                            message = queue.get_nowait()
+                        except asyncio.QueueEmpty:
+                            message = await anext(messages)
                         await self._dispatch(message)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc)
@@ -380,3 +394,53 @@ class MqttLink:
                 await self._send(client, _Pending(topic, encode_payload(payload), 1, retain, None))
             except aiomqtt.MqttError:
                 break
+
+
+def _read_in_bulk(client: aiomqtt.Client) -> bool:
+    """Read every MQTT packet waiting on a plain TCP connection in one turn of the event loop, from
+    one ``recv`` of up to 64 kB, instead of aiomqtt's one packet per turn and paho's three or four
+    ``recv`` calls per packet (a command byte, the length bytes, the rest). The 50 reports of a
+    commune's speakers then cost a few system calls and loop turns, not hundreds. TLS connections
+    keep aiomqtt's reader (an SSL socket buffers on its own). Returns whether it applied."""
+    pc: Any = client._client
+    sock = pc._sock
+    if type(sock) is not socket.socket:  # TLS, websockets: left as they are
+        return False
+    loop = asyncio.get_running_loop()
+    fd = sock.fileno()
+    pending = bytearray()  # read from the socket, not yet handed to paho
+
+    def recv(bufsize: int) -> bytes:
+        nonlocal pending
+        if not pending:
+            if pc._sock is None:
+                raise ConnectionError("the connection is closed")
+            data = pc._sock.recv(65536)  # BlockingIOError when there is nothing: paho's "again"
+            if len(data) <= bufsize:
+                return bytes(data)
+            pending = bytearray(data)
+        out = bytes(pending[:bufsize])
+        del pending[:bufsize]
+        return out
+
+    def on_readable() -> None:
+        try:
+            for _ in range(PACKETS_PER_TURN):
+                if pc._sock is None:
+                    return
+                rc = pc._packet_read()
+                if rc > 0:
+                    pc._loop_rc_handle(rc)
+                    return
+                if rc == paho.MQTT_ERR_AGAIN:
+                    return
+            if pending:  # the kernel may have nothing more to say: do not wait for epoll
+                loop.call_soon(on_readable)
+        except Exception as exc:  # as aiomqtt's reader: a broken connection ends the session
+            if not client._disconnected.done():
+                client._disconnected.set_exception(exc)
+
+    pc._sock_recv = recv
+    loop.remove_reader(fd)
+    loop.add_reader(fd, on_readable)
+    return True

@@ -19,6 +19,10 @@ def _refuse_constant(name: str) -> Any:
     raise PayloadError(f"{name} is not allowed in a payload", reason="not_finite")
 
 
+#: one decoder for every payload (``json.loads`` with an option builds a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def parse_json(raw: bytes | bytearray | str, *, limit: int = MAX_PAYLOAD_BYTES) -> Any:
     """Parse a payload as JSON after checking its size; NaN and Infinity are refused."""
     size = len(raw.encode("utf-8")) if isinstance(raw, str) else len(raw)
@@ -26,7 +30,9 @@ def parse_json(raw: bytes | bytearray | str, *, limit: int = MAX_PAYLOAD_BYTES) 
         raise PayloadError(f"payload of {size} bytes exceeds the limit of {limit} bytes", reason="too_large")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
-        return json.loads(text, parse_constant=_refuse_constant)
+        if text.startswith("\ufeff"):  # as json.loads
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _DECODER.decode(text)
     except UnicodeDecodeError as exc:
         raise PayloadError(f"payload is not UTF-8: {exc}", reason="not_utf8") from exc
     except json.JSONDecodeError as exc:
