@@ -23,6 +23,7 @@ One :class:`IpSpeakerHub` per gateway subscribes to the three device topics once
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +56,21 @@ class Link(Protocol):
                       retain: bool = False) -> Any: ...
 
 
+def _time_out(fut: asyncio.Future[Ack | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def play_command_json(cmd_id: str, ts: int, req: PlayRequest) -> str:
+    """``DeviceCommand(op="play", ...).model_dump_json(exclude_none=True)`` without building the
+    model: every value is the gateway's own (a plan it accepted), so validating it again for every
+    speaker only costs CPU (tests/test_broadcast_events.py checks the output is the same)."""
+    return json.dumps({"id": cmd_id, "op": "play", "ts": ts, "broadcast_id": req.broadcast_id, "url": req.media_url,
+                       "sha256": req.sha256, "start_at": req.start_at_ms, "volume": req.volume,
+                       "priority": req.priority, "duration_ms": req.duration_ms, "repeat": req.repeat},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
 class IpSpeaker(SpeakerDriver):
     def __init__(self, gateway_id: str, device_id: str, link: Link, *, ack_timeout_s: float = 1.0,
                  retries: int = 3) -> None:
@@ -66,7 +82,7 @@ class IpSpeaker(SpeakerDriver):
         self.online = False
         self.state: DeviceState | None = None
         self._report: PlaybackReport | None = None
-        self._acks: dict[str, asyncio.Future[Ack]] = {}
+        self._acks: dict[str, asyncio.Future[Ack | None]] = {}
         #: broadcasts this speaker was told to play and has not ended yet
         self._active: set[str] = set()
         self.stats_: dict[str, int] = {"commands": 0, "retries": 0, "no_ack": 0, "refused": 0}
@@ -86,33 +102,44 @@ class IpSpeaker(SpeakerDriver):
 
     async def command(self, cmd: DeviceCommand) -> Ack | None:
         """Send ``cmd`` until the speaker acks it; None after the last retry."""
-        fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        self._acks[cmd.id] = fut
+        return await self._command(cmd.id, cmd.model_dump_json(exclude_none=True))
+
+    async def _command(self, cmd_id: str, payload: str) -> Ack | None:
+        """Send ``payload`` (the JSON of a command with id ``cmd_id``, the same bytes on every retry)
+        until the speaker acks it; None after the last retry."""
+        loop = asyncio.get_running_loop()
         self.stats_["commands"] += 1
-        payload = cmd.model_dump_json(exclude_none=True)  # serialised once, the same bytes on every retry
         try:
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.stats_["retries"] += 1
+                # resolved by the ack (a late ack of an earlier attempt too: same id) or, with None,
+                # by the timer: one future and one timer per attempt, no task
+                fut: asyncio.Future[Ack | None] = loop.create_future()
+                self._acks[cmd_id] = fut
                 # QoS 0: the speaker's ack is the delivery receipt and a missing one is retried, so a
                 # broker PUBACK would only cost the gateway a packet per speaker
                 await self.link.publish(self._topic, payload, qos=0)
-                try:
-                    async with asyncio.timeout(self.ack_timeout_s):
-                        return await asyncio.shield(fut)
-                except TimeoutError:
-                    continue
+                if fut.done():
+                    ack = fut.result()
+                else:
+                    timer = loop.call_later(self.ack_timeout_s, _time_out, fut)
+                    try:
+                        ack = await fut
+                    finally:
+                        timer.cancel()
+                if ack is not None:
+                    return ack
             self.stats_["no_ack"] += 1
             return None
         finally:
-            self._acks.pop(cmd.id, None)
+            self._acks.pop(cmd_id, None)
 
     async def play(self, req: PlayRequest) -> None:
-        cmd = DeviceCommand(id=uuid.uuid4().hex, op="play", ts=now_ms(), broadcast_id=req.broadcast_id,
-                            url=req.media_url, sha256=req.sha256, start_at=req.start_at_ms, volume=req.volume,
-                            priority=req.priority, duration_ms=req.duration_ms, repeat=req.repeat)
+        cmd_id = uuid.uuid4().hex
+        payload = play_command_json(cmd_id, now_ms(), req)  # our own values: no model to validate them again
         self._active.add(req.broadcast_id)
-        ack = await self.command(cmd)
+        ack = await self._command(cmd_id, payload)
         if ack is None:
             await self._emit(req.broadcast_id, "failed", now_ms(), "no_ack")
         elif not ack.ok:
