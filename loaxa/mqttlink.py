@@ -432,9 +432,9 @@ def _read_in_bulk(client: aiomqtt.Client) -> bool:
                 if rc > 0:
                     pc._loop_rc_handle(rc)
                     return
-                if rc == paho.MQTT_ERR_AGAIN:
-                    return
-            if pending:  # the kernel may have nothing more to say: do not wait for epoll
+                if rc == paho.MQTT_ERR_AGAIN:  # the socket is drained, or a packet is still coming
+                    break
+            if pending:  # bytes already read wait here, not in the kernel: epoll would not say so
                 loop.call_soon(on_readable)
         except Exception as exc:  # as aiomqtt's reader: a broken connection ends the session
             if not client._disconnected.done():

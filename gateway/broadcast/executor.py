@@ -336,7 +336,9 @@ class Executor:
 
     async def _play_on(self, dev: str, plan: StoredPlan, path: object) -> str | None:
         """Play ``plan`` on ``dev`` when its slot allows; returns ``dev`` once the driver took the
-        command (the caller records ``sent``), None when it failed."""
+        command at the plan's start (the caller records ``sent`` for the whole commune at once),
+        None when it failed or when it had to wait for the speaker (then it records ``sent`` itself,
+        not held up by the others)."""
         item = plan.item
         bid = plan.broadcast_id
         start = plan.start_at
@@ -369,6 +371,9 @@ class Executor:
         except Exception as exc:  # a driver bug must not stop the other speakers
             log.exception("driver %s failed to play %s", dev, bid)
             await self.report(dev, bid, "failed", now_ms(), f"driver_error: {exc}"[:200])
+            return None
+        if start != plan.start_at:  # it waited behind another broadcast
+            await self.store.advance(bid, dev, "sent", None, None)
             return None
         return dev
 
