@@ -89,7 +89,13 @@ class Outbox:
                 await asyncio.sleep(1.0)
             finally:
                 if last is not None:
-                    await self.store.outbox_delete(last)
+                    # not awaited: the next peek, queued after it, shares its transaction and sees it done
+                    self.store.outbox_delete_soon(last).add_done_callback(_log_failed_delete)
+
+
+def _log_failed_delete(fut: asyncio.Future[object]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:  # the events are sent again: duplicates, no loss
+        log.warning("event outbox: could not delete sent events: %s", fut.exception())
 
 
 class _Stop(Exception):
