@@ -3,7 +3,10 @@
 Starts one central Mosquitto, then per commune a Mosquitto, a real gateway process
 (``loaxa gateway run``) and a simulated-speaker process (``loaxa sim speakers``: all speakers of a
 commune on one event loop, one MQTT connection each), by default 50 gateways × 20 speakers = 1,000
-speakers. The centre's part is played by this script: it signs ``broadcast.plan`` commands with
+speakers. Every broker runs as production runs it (loaxa/brokers.py): the central broker with the
+production ACL and an account per gateway, each commune broker with its ACL, the gateway's account and
+one account per speaker (the simulators log in with ``--credentials``). The centre's part is played by
+this script, logged in as ``scheduler``: it signs ``broadcast.plan`` commands with
 protocol.signing and publishes them to every gateway, and serves the media over HTTP. Measured, once
 the fleet is at rest after its start-up:
 
@@ -47,10 +50,17 @@ from loaxa.clock import now_ms
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loaxa.brokers import SCHEDULER_USER, CentralBroker, LanBroker  # noqa: E402
 from loaxa.localsetup import gateway_config, make_signer, write_yaml  # noqa: E402
-from loaxa.servers import Mosquitto  # noqa: E402
 from protocol.models import PRIORITY_NORMAL, BroadcastPlanBody, MediaRef, PlanItem  # noqa: E402
 from tests.broadcast_env import Recorder, tone_wav  # noqa: E402
+
+#: lone gateways (the CPU and RSS measurements) are numbered from here on
+LONE_INDEX = 900
+
+
+def gateway_id(index: int) -> str:
+    return f"xa-{index:03d}"
 
 
 def pct(values: Sequence[float], p: float) -> float:
@@ -222,19 +232,23 @@ def plan_stages(communes: list[Commune], bid: str, t0: int,
 
 
 class Commune:
-    def __init__(self, work: Path, index: int, speakers: int, central: Mosquitto, signer: Any, *,
+    def __init__(self, work: Path, index: int, speakers: int, central: CentralBroker, signer: Any, *,
                  root: Path = ROOT, profile: Path | None = None) -> None:
-        self.gw = f"xa-{index:03d}"
+        self.gw = gateway_id(index)
         self.root = root
         self.profile = profile
         self.sim_args: list[str] = []
         self.dir = work / self.gw
-        self.lan = Mosquitto(self.dir / "lan", anonymous=True).start()
         self.speakers = [f"loa-{i:02d}" for i in range(1, speakers + 1)]
+        # as in production: the commune's ACL, the gateway's own account on the loopback listener and
+        # one account per speaker on the device listener (client id = device id)
+        self.lan = LanBroker(self.dir / "lan", gateway_id=self.gw, devices=list(self.speakers)).start()
+        self.credentials = self.lan.write_credentials(self.dir / "speakers.json")
         media_port = port_below_ephemeral(20000 + 7 * index)
         cfg = gateway_config(self.gw, data_dir=self.dir / "data", uplink_url=central.url, lan_url=self.lan.url,
                              signer=signer, devices=[{"id": s, "type": "ip_speaker"} for s in self.speakers],
-                             health_interval_s=5)
+                             health_interval_s=5, uplink_auth=central.gateway_auth(self.gw),
+                             lan_auth=self.lan.gateway_auth())
         cfg["broadcast"] = {"media_listen": f"127.0.0.1:{media_port}",
                             "media_public_url": f"http://127.0.0.1:{media_port}"}
         self.config = write_yaml(self.dir / "gw.yaml", cfg)
@@ -244,8 +258,9 @@ class Commune:
     def start(self) -> None:
         self.gateway = spawn(["gateway", "run", "--config", str(self.config)], self.dir / "gw.log", root=self.root,
                              profile=self.profile)
-        self.sim = spawn(["sim", "speakers", "--broker", self.lan.url, "--gateway", self.gw,
-                          "--count", str(len(self.speakers)), *self.sim_args], self.dir / "sim.log")
+        self.sim = spawn(["sim", "speakers", "--broker", self.lan.device_url, "--gateway", self.gw,
+                          "--count", str(len(self.speakers)), "--credentials", str(self.credentials),
+                          *self.sim_args], self.dir / "sim.log")
 
     def stop(self) -> None:
         for p in (self.sim, self.gateway):
@@ -287,7 +302,7 @@ def finished_count(rec: Recorder, gw: str, bid: str) -> int:
     return len(rec.on(f"{gw}/event", lambda p: p.get("broadcast_id") == bid and p.get("state") == "finished"))
 
 
-def measure_gateway(work: Path, index: int, speakers: int, central: Mosquitto, rec: Recorder, signer: Any,
+def measure_gateway(work: Path, index: int, speakers: int, central: CentralBroker, rec: Recorder, signer: Any,
                     media_srv: MediaDir, broadcasts: int, root: Path, profile_dir: Path | None) -> dict[str, Any]:
     """One gateway with ``speakers`` speakers, alone on the machine: CPU seconds it spends per
     broadcast (command → every speaker's ``finished`` at the centre; new media each time, so the
@@ -335,7 +350,7 @@ def measure_gateway(work: Path, index: int, speakers: int, central: Mosquitto, r
     return out
 
 
-def run_fleet(args: argparse.Namespace, work: Path, central: Mosquitto, rec: Recorder, signer: Any,
+def run_fleet(args: argparse.Namespace, work: Path, central: CentralBroker, rec: Recorder, signer: Any,
               media_srv: MediaDir, communes: list[Commune]) -> dict[str, Any]:
     total = args.gateways * args.speakers
     t_boot = time.monotonic()
@@ -500,7 +515,10 @@ def clock_offsets(communes: list[Commune], rec: Recorder, probes: int = 3) -> di
 
     best: dict[tuple[str, str], tuple[float, int]] = {}  # (gw, dev) → (rtt, offset)
     for c in communes:
-        cl = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        # the probe speaks as the gateway (its account on the loopback listener, another client id)
+        cl = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                         client_id=f"clock-probe-{c.gw}")
+        cl.username_pw_set(*c.lan.gateway_auth())
         cl.connect("127.0.0.1", c.lan.port)
         cl.loop_start()
         try:
@@ -590,8 +608,13 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))  # clean up the fleet on SIGTERM too
 
     work = Path(tempfile.mkdtemp(prefix="loaxa-fanout-"))
-    central = Mosquitto(work / "central", anonymous=True).start()
-    rec = Recorder(central.port)
+    sizes = [int(x) for x in args.cpu_sizes.split(",") if x.strip()]
+    lone = [LONE_INDEX + k + 1 for k in range(len(sizes) * (2 if args.baseline else 1))]
+    # the production central broker: an account per gateway (known up front: no reload per commune),
+    # this script as the ``scheduler`` account (reads everything, writes only commands)
+    central = CentralBroker(work / "central", gateways=[gateway_id(i) for i in [*range(1, args.gateways + 1), *lone]])
+    central.start()
+    rec = Recorder(central.port, user=central.user(SCHEDULER_USER))
     media_srv = MediaDir(work / "central-media")
     signer = make_signer()
     communes: list[Commune] = []
@@ -604,8 +627,7 @@ def main() -> int:
             for c in communes:  # free the cores for the lone-gateway measurements
                 c.stop()
             communes.clear()
-        sizes = [int(x) for x in args.cpu_sizes.split(",") if x.strip()]
-        index = 900
+        index = LONE_INDEX
         for n in sizes:
             for root, prefix in [(ROOT, ""), *([(args.baseline.resolve(), "main_")] if args.baseline else [])]:
                 index += 1

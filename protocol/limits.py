@@ -30,6 +30,8 @@ def parse_json(raw: bytes | bytearray | str, *, limit: int = MAX_PAYLOAD_BYTES) 
         raise PayloadError(f"payload of {size} bytes exceeds the limit of {limit} bytes", reason="too_large")
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        if text.startswith("\ufeff"):  # as json.loads
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
         return _DECODER.decode(text)
     except UnicodeDecodeError as exc:
         raise PayloadError(f"payload is not UTF-8: {exc}", reason="not_utf8") from exc

@@ -36,12 +36,14 @@ from pydantic import ValidationError
 from devices.sim.credentials import device_endpoint
 from loaxa.clock import now_ms, sleep_until
 from loaxa.mqttconf import MqttEndpoint
+from loaxa.mqttfast import share_property_tables
 from protocol.errors import ProtocolError
 from protocol.limits import parse_json
 from protocol.models import Ack, DeviceCommand, DeviceState, PlaybackEvent, PlaybackState
 from protocol.topics import device_topic
 
 log = logging.getLogger(__name__)
+share_property_tables()  # a simulator process runs a whole commune's speakers: paho's per-message tables add up
 
 FAULTS = ("no-ack", "refuse", "die-mid-play")
 #: a simulated speaker reports ``started`` this long after it started (its timestamp is the start)

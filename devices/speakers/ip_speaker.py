@@ -23,8 +23,10 @@ One :class:`IpSpeakerHub` per gateway subscribes to the three device topics once
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
@@ -38,6 +40,12 @@ from protocol.topics import device_topic, filter_devices, parse_topic
 
 log = logging.getLogger(__name__)
 
+#: ``await report_many([(device, broadcast_id, state, at, reason), ...])``: several playback reports at once
+ReportMany = Callable[[Sequence[tuple[str, str, PlaybackState, int, str | None]]], Awaitable[None]]
+#: how long the hub gathers playback reports before it hands them on together: a commune's speakers
+#: report ``started`` at one instant, over a few ms of MQTT packets
+REPORT_GATHER_S = 0.005
+
 
 class Link(Protocol):
     """What the driver needs of the gateway's link to the commune broker (``loaxa.mqttlink.MqttLink``)."""
@@ -46,6 +54,21 @@ class Link(Protocol):
 
     async def publish(self, topic: str, payload: bytes | str | BaseModel, *, qos: int = 1,
                       retain: bool = False) -> Any: ...
+
+
+def _time_out(fut: asyncio.Future[Ack | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def play_command_json(cmd_id: str, ts: int, req: PlayRequest) -> str:
+    """``DeviceCommand(op="play", ...).model_dump_json(exclude_none=True)`` without building the
+    model: every value is the gateway's own (a plan it accepted), so validating it again for every
+    speaker only costs CPU (tests/test_broadcast_events.py checks the output is the same)."""
+    return json.dumps({"id": cmd_id, "op": "play", "ts": ts, "broadcast_id": req.broadcast_id, "url": req.media_url,
+                       "sha256": req.sha256, "start_at": req.start_at_ms, "volume": req.volume,
+                       "priority": req.priority, "duration_ms": req.duration_ms, "repeat": req.repeat},
+                      separators=(",", ":"), ensure_ascii=False)
 
 
 class IpSpeaker(SpeakerDriver):
@@ -59,7 +82,7 @@ class IpSpeaker(SpeakerDriver):
         self.online = False
         self.state: DeviceState | None = None
         self._report: PlaybackReport | None = None
-        self._acks: dict[str, asyncio.Future[Ack]] = {}
+        self._acks: dict[str, asyncio.Future[Ack | None]] = {}
         #: broadcasts this speaker was told to play and has not ended yet
         self._active: set[str] = set()
         self.stats_: dict[str, int] = {"commands": 0, "retries": 0, "no_ack": 0, "refused": 0}
@@ -68,41 +91,55 @@ class IpSpeaker(SpeakerDriver):
     async def start(self, report: PlaybackReport) -> None:
         self._report = report
 
-    async def _emit(self, bid: str, state: PlaybackState, at: int, reason: str | None) -> None:
+    def _note(self, bid: str, state: PlaybackState) -> None:
         if state in ("finished", "failed", "preempted", "skipped"):
             self._active.discard(bid)
+
+    async def _emit(self, bid: str, state: PlaybackState, at: int, reason: str | None) -> None:
+        self._note(bid, state)
         if self._report is not None:
             await self._report(self.device_id, bid, state, at, reason)
 
     async def command(self, cmd: DeviceCommand) -> Ack | None:
         """Send ``cmd`` until the speaker acks it; None after the last retry."""
-        fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        self._acks[cmd.id] = fut
+        return await self._command(cmd.id, cmd.model_dump_json(exclude_none=True))
+
+    async def _command(self, cmd_id: str, payload: str) -> Ack | None:
+        """Send ``payload`` (the JSON of a command with id ``cmd_id``, the same bytes on every retry)
+        until the speaker acks it; None after the last retry."""
+        loop = asyncio.get_running_loop()
         self.stats_["commands"] += 1
-        payload = cmd.model_dump_json(exclude_none=True)  # serialised once, the same bytes on every retry
         try:
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.stats_["retries"] += 1
+                # resolved by the ack (a late ack of an earlier attempt too: same id) or, with None,
+                # by the timer: one future and one timer per attempt, no task
+                fut: asyncio.Future[Ack | None] = loop.create_future()
+                self._acks[cmd_id] = fut
                 # QoS 0: the speaker's ack is the delivery receipt and a missing one is retried, so a
                 # broker PUBACK would only cost the gateway a packet per speaker
                 await self.link.publish(self._topic, payload, qos=0)
-                try:
-                    async with asyncio.timeout(self.ack_timeout_s):
-                        return await asyncio.shield(fut)
-                except TimeoutError:
-                    continue
+                if fut.done():
+                    ack = fut.result()
+                else:
+                    timer = loop.call_later(self.ack_timeout_s, _time_out, fut)
+                    try:
+                        ack = await fut
+                    finally:
+                        timer.cancel()
+                if ack is not None:
+                    return ack
             self.stats_["no_ack"] += 1
             return None
         finally:
-            self._acks.pop(cmd.id, None)
+            self._acks.pop(cmd_id, None)
 
     async def play(self, req: PlayRequest) -> None:
-        cmd = DeviceCommand(id=uuid.uuid4().hex, op="play", ts=now_ms(), broadcast_id=req.broadcast_id,
-                            url=req.media_url, sha256=req.sha256, start_at=req.start_at_ms, volume=req.volume,
-                            priority=req.priority, duration_ms=req.duration_ms, repeat=req.repeat)
+        cmd_id = uuid.uuid4().hex
+        payload = play_command_json(cmd_id, now_ms(), req)  # our own values: no model to validate them again
         self._active.add(req.broadcast_id)
-        ack = await self.command(cmd)
+        ack = await self._command(cmd_id, payload)
         if ack is None:
             await self._emit(req.broadcast_id, "failed", now_ms(), "no_ack")
         elif not ack.ok:
@@ -172,6 +209,10 @@ class IpSpeakerHub:
         self.speakers: dict[str, IpSpeaker] = {}
         self.bad_messages = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        #: when set (the broadcast executor's ``report_many``), the speakers' playback reports are
+        #: handed on in batches, in arrival order, instead of one task per report
+        self.report_many: ReportMany | None = None
+        self._reports: list[PlaybackEvent] = []
 
     def add(self, device_id: str, **kw: Any) -> IpSpeaker:
         spk = IpSpeaker(self.gateway_id, device_id, self.link, **kw)
@@ -199,14 +240,32 @@ class IpSpeakerHub:
                 ev = PlaybackEvent.model_validate(data)
                 if ev.device != spk.device_id:
                     raise ProtocolError(f"event names device {ev.device!r}")
-                self._later(spk.on_event(ev))
+                if self.report_many is None:
+                    self._later(spk.on_event(ev))
+                else:
+                    if not self._reports:
+                        asyncio.get_running_loop().call_later(REPORT_GATHER_S, self._hand_on)
+                    self._reports.append(ev)
             elif parsed.kind == "state":
                 if not msg.payload:
                     return
-                self._later(spk.on_state(DeviceState.model_validate(data)))
+                state = DeviceState.model_validate(data)
+                self._hand_on()  # reports received before this state go first (offline after finished)
+                self._later(spk.on_state(state))
         except (ProtocolError, ValidationError) as exc:
             self.bad_messages += 1
             log.warning("ignored message on %s: %s", topic, exc)
+
+    def _hand_on(self) -> None:
+        batch, self._reports = self._reports, []
+        if batch:
+            self._later(self._report_batch(batch))
+
+    async def _report_batch(self, batch: list[PlaybackEvent]) -> None:
+        assert self.report_many is not None
+        for ev in batch:
+            self.speakers[ev.device]._note(ev.broadcast_id, ev.state)
+        await self.report_many([(ev.device, ev.broadcast_id, ev.state, ev.at, ev.reason) for ev in batch])
 
     def _later(self, coro: Any) -> None:
         """Handle a report without holding up the LAN message loop (acks of other speakers must not

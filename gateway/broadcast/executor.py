@@ -30,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from devices.base import PlayRequest, SpeakerDriver
 from gateway.broadcast.media import MediaCache, MediaError
@@ -42,6 +44,24 @@ from loaxa.clock import now_ms, sleep_until
 from protocol.models import AlarmEvent, MediaRef, PlanItem, PlaybackEvent, PlaybackState
 
 log = logging.getLogger(__name__)
+
+#: one driver report: (device, broadcast_id, state, at, reason)
+Report = tuple[str, str, PlaybackState, int, str | None]
+
+
+def playback_json(broadcast_id: str, device: str, state: str, at: int, reason: str | None,
+                  scheduled_at: int | None) -> str:
+    """``PlaybackEvent(...).model_dump_json(exclude_none=True)`` without building the model: the
+    values are the gateway's own (ids it accepted, states it knows), so validating them again for
+    every speaker's every report only costs CPU (tests/test_broadcast_events.py checks the output
+    is the same)."""
+    ev: dict[str, object] = {"kind": "playback", "broadcast_id": broadcast_id, "device": device, "state": state,
+                             "at": at}
+    if reason is not None:
+        ev["reason"] = reason
+    if scheduled_at is not None:
+        ev["scheduled_at"] = scheduled_at
+    return json.dumps(ev, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass
@@ -191,19 +211,32 @@ class Executor:
     async def report(self, device: str, broadcast_id: str, state: PlaybackState, at: int,
                      reason: str | None = None) -> None:
         """The drivers' ``PlaybackReport``: record, forward to the centre, free the slot on an end."""
-        plan = self._plans.get(broadcast_id)
-        scheduled = plan.start_at if plan is not None else None
-        event = PlaybackEvent(broadcast_id=broadcast_id, device=device, state=state, at=at, reason=reason,
-                              scheduled_at=scheduled)
-        if await self.store.advance(broadcast_id, device, state, at, reason, event.model_dump_json(exclude_none=True)):
-            self.stats[state] = self.stats.get(state, 0) + 1
+        await self.report_many([(device, broadcast_id, state, at, reason)])
+
+    async def report_many(self, reports: Sequence[Report]) -> None:
+        """Several reports at once, in order (the speakers of a commune start, and end, at one
+        instant): one plan store operation, one outbox wake-up, one pass over the slots."""
+        rows = []
+        for device, bid, state, at, reason in reports:
+            plan = self._plans.get(bid)
+            rows.append((bid, device, state, at, reason,
+                         playback_json(bid, device, state, at, reason, plan.start_at if plan is not None else None)))
+        applied = await self.store.advance_many(rows)
+        ended: list[tuple[str, str]] = []
+        for (device, bid, state, _at, reason), ok in zip(reports, applied, strict=True):
+            if ok:
+                self.stats[state] = self.stats.get(state, 0) + 1
+                log.info("playback %s on %s: %s%s", bid, device, state, f" ({reason})" if reason else "")
+            if state in TERMINAL:
+                ended.append((device, bid))
+        if any(applied):
             self.outbox.wake()
-            log.info("playback %s on %s: %s%s", broadcast_id, device, state, f" ({reason})" if reason else "")
-        if state in TERMINAL:
-            ended = self._ended.get(broadcast_id)
-            if ended is not None:
-                ended.set()
-            await self._release(device, broadcast_id)
+        if ended:
+            for _dev, bid in ended:
+                event = self._ended.get(bid)
+                if event is not None:
+                    event.set()
+            await self._release_many(ended)
 
     # ------------------------------------------------------------------ internals
 
@@ -240,8 +273,8 @@ class Executor:
                          only: Iterable[str] = ("pending", "sent", "started")) -> list[str]:
         at = now_ms()
         devs = [d for d, o in (await self.store.outcomes(bid)).items() if o.state in set(only)]
-        for dev in devs:
-            await self.report(dev, bid, state, at, reason)
+        if devs:
+            await self.report_many([(dev, bid, state, at, reason) for dev in devs])
         return devs
 
     async def _run_plan(self, plan: StoredPlan) -> None:
@@ -329,11 +362,15 @@ class Executor:
             if out.state == "started":  # restart while it played: the device reports its end itself
                 continue
             jobs.append(self._play_on(dev, plan, path))
-        await asyncio.gather(*jobs)
+        sent = [dev for dev in await asyncio.gather(*jobs) if dev is not None]
+        if sent:  # one store operation for the whole commune, not one per speaker
+            await self.store.advance_many([(bid, dev, "sent", None, None, None) for dev in sent])
 
-    async def _play_on(self, dev: str, plan: StoredPlan, path: object) -> None:
-        from pathlib import Path
-
+    async def _play_on(self, dev: str, plan: StoredPlan, path: object) -> str | None:
+        """Play ``plan`` on ``dev`` when its slot allows; returns ``dev`` once the driver took the
+        command at the plan's start (the caller records ``sent`` for the whole commune at once),
+        None when it failed or when it had to wait for the speaker (then it records ``sent`` itself,
+        not held up by the others)."""
         item = plan.item
         bid = plan.broadcast_id
         start = plan.start_at
@@ -366,8 +403,11 @@ class Executor:
         except Exception as exc:  # a driver bug must not stop the other speakers
             log.exception("driver %s failed to play %s", dev, bid)
             await self.report(dev, bid, "failed", now_ms(), f"driver_error: {exc}"[:200])
-            return
-        await self.store.advance(bid, dev, "sent", None, None)
+            return None
+        if start != plan.start_at:  # it waited behind another broadcast
+            await self.store.advance(bid, dev, "sent", None, None)
+            return None
+        return dev
 
     async def _preempt_at(self, dev: str, victim: str, by: str, start: int) -> None:
         await sleep_until(start - self.s.preempt_early_ms)
@@ -385,11 +425,15 @@ class Executor:
             log.exception("driver %s failed to stop %s", dev, bid)
             await self.report(dev, bid, state, now_ms(), reason)
 
-    async def _release(self, dev: str, bid: str) -> None:
+    async def _release_many(self, ended: Iterable[tuple[str, str]]) -> None:
         async with self._changed:
-            slot = self._slots.get(dev)
-            if slot is not None and slot.broadcast_id == bid:
-                del self._slots[dev]
+            freed = False
+            for dev, bid in ended:
+                slot = self._slots.get(dev)
+                if slot is not None and slot.broadcast_id == bid:
+                    del self._slots[dev]
+                    freed = True
+            if freed:
                 self._changed.notify_all()
 
     async def _wait_ends(self, plan: StoredPlan) -> None:
@@ -413,9 +457,8 @@ class Executor:
             deadline = max([plan.end_at + self.s.report_grace_ms, *ends])
             if now_ms() >= deadline:
                 at = now_ms()
-                for dev, out in open_.items():
-                    why = "no_finish_report" if out.state == "started" else "no_start_report"
-                    await self.report(dev, bid, "failed", at, why)
+                await self.report_many([(dev, bid, "failed", at, "no_finish_report" if out.state == "started"
+                                         else "no_start_report") for dev, out in open_.items()])
                 return
             # woken by the reports themselves (no polling while a broadcast plays); the timeout
             # re-checks slots that moved and the deadline

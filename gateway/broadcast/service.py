@@ -59,7 +59,8 @@ class BroadcastService:
 
                 self.drivers[dev.id] = Amplifier(dev)
         self.hub.subscribe()  # before the LAN link connects; MqttLink re-subscribes on reconnect
-        self.outbox = Outbox(self.store, self._publish_event, connected=ctx.uplink.connected)
+        self.outbox = Outbox(self.store, self._publish_event, connected=ctx.uplink.connected,
+                             publish_many=self._publish_events)
         settings = ExecutorSettings(
             now_lead_ms=self.cfg.now_lead_ms, dispatch_ahead_ms=self.cfg.dispatch_ahead_ms,
             late_max_ms=int(self.cfg.late_max_s * 1000), now_media_wait_ms=int(self.cfg.now_media_wait_s * 1000),
@@ -68,6 +69,7 @@ class BroadcastService:
             media_retry_max_ms=int(self.cfg.media_retry_max_s * 1000))
         self.executor = Executor(self.store, self.media, self.drivers, self.outbox, media_url=self._media_url,
                                  settings=settings)
+        self.hub.report_many = self.executor.report_many  # the speakers' reports in batches
         self._cache_bytes = 0
 
     def _media_url(self, media: MediaRef) -> str:
@@ -77,6 +79,16 @@ class BroadcastService:
 
     async def _publish_event(self, payload: str) -> bool:
         return bool(await self.ctx.uplink.publish(event_topic(self.ctx.id), payload, qos=1))
+
+    async def _publish_events(self, payloads: list[str]) -> int:
+        topic = event_topic(self.ctx.id)
+        acked = await self.ctx.uplink.publish_many([(topic, p.encode(), None) for p in payloads])
+        n = 0  # how many, from the first, the broker acknowledged (the outbox keeps the rest)
+        for ok in acked:
+            if not ok:
+                break
+            n += 1
+        return n
 
     # ---------------------------------------------------------------- commands
 

@@ -31,6 +31,9 @@ from protocol.models import PlanItem, refined_reason
 
 T = TypeVar("T")
 
+#: (broadcast_id, device, state, at, reason, event JSON) for :meth:`PlanStore.advance_many`
+Advance = tuple[str, str, str, int | None, str | None, str | None]
+
 TERMINAL = frozenset({"finished", "failed", "preempted", "skipped"})
 #: how far an outcome has got; a report never moves an outcome backwards
 RANK = {"pending": 0, "sent": 1, "started": 2, "finished": 3, "failed": 3, "preempted": 3, "skipped": 3}
@@ -113,13 +116,17 @@ class PlanStore:
         self._thread.start()
         self.commits = 0
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    def _submit(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        """Queue an operation now (it runs after everything submitted before it); its future."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_later(self.gather_s, self._hand_over)
         self._pending.append(_Op(fn, args, fut, loop))
-        return await fut
+        return fut
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await self._submit(fn, *args)
 
     def _hand_over(self) -> None:
         ops, self._pending = self._pending, []
@@ -292,6 +299,14 @@ class PlanStore:
         """Move an outcome forward (never backwards) and queue ``event`` in the same transaction."""
         return bool(await self._run(self._advance_sync, broadcast_id, device, state, at, reason, event))
 
+    def _advance_many_sync(self, rows: list[Advance]) -> list[bool]:
+        return [self._advance_sync(*row) for row in rows]
+
+    async def advance_many(self, rows: Iterable[Advance]) -> list[bool]:
+        """:meth:`advance` for several outcomes as one operation (in order): what each returned."""
+        result: list[bool] = await self._run(self._advance_many_sync, list(rows))
+        return result
+
     # ---------------------------------------------------------------- outbox
 
     async def outbox_put(self, payload: str) -> None:
@@ -310,6 +325,11 @@ class PlanStore:
 
     async def outbox_delete(self, upto_seq: int) -> None:
         await self._run(self._outbox_delete_sync, upto_seq)
+
+    def outbox_delete_soon(self, upto_seq: int) -> asyncio.Future[Any]:
+        """:meth:`outbox_delete` queued without waiting: whatever is submitted after it (the next
+        ``outbox_peek``) sees it done, and both share one transaction."""
+        return self._submit(self._outbox_delete_sync, upto_seq)
 
     def _outbox_delete_sync(self, upto_seq: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE seq<=?", (upto_seq,))
