@@ -57,6 +57,7 @@ COMMAND_INDEX: dict[str, str] = {
     "audit": "scheduler.access.cli",
     "db": "scheduler.store.cli",
     "schedule": "scheduler.schedules.cli",
+    "groups": "scheduler.areas.cli",
     "programme": "scheduler.schedules.cli",
     "report": "scheduler.schedules.cli",
     "tts": "scheduler.media.cli",
