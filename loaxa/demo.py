@@ -52,6 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="also write the endpoints (URLs, ports, database, credentials of the demo) as JSON")
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="where to keep the demo's data (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the data directory when stopping")
+    p.add_argument("--no-example-schedules", dest="example_schedules", action="store_false",
+                   help="do not create the example daily programme and notice (see Lịch phát)")
     p.add_argument("--http-port", type=int, default=8080, help="port of the scheduler's web UI and API (default 8080)")
     p.set_defaults(func=run)
 
@@ -281,9 +283,11 @@ def run(args: argparse.Namespace) -> int:
         from loaxa import demo_schedules, demo_warnings
 
         if "scheduler" in ep:
-            print("\n".join(demo_warnings.banner_lines(ep) + demo_schedules.banner_lines(ep)), flush=True)
+            print("\n".join(demo_warnings.banner_lines(ep)
+                            + (demo_schedules.banner_lines(ep) if args.example_schedules else [])), flush=True)
         demo_warnings.start(ep, stopping)
-        demo_schedules.start(ep, stopping)
+        if args.example_schedules:
+            demo_schedules.start(ep, stopping)
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stopping.is_set():
             problems = demo.check_children()

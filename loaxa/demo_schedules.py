@@ -2,7 +2,7 @@
 
 Once the scheduler is up, a background thread does what a commune's staff would do on the first
 day, through the same HTTP API as the web UI: the operator of the first commune (``canbo-…``)
-makes a programme read aloud by TTS, saves "06:00 and 17:00 every day except Sunday" as a draft,
+makes a programme read aloud by TTS, saves "06:30 and 17:30 every day except Sunday" as a draft,
 and its chairman (``chutich-…``) approves it, so the calendar (Lịch phát) shows a week of
 occurrences and the gateway receives its signed horizon. A second, one-off notice is left as a
 draft, so the approval page (Chờ duyệt) has something waiting.
@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
-DAILY_RULE = "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA;BYHOUR=6,17;BYMINUTE=0;BYSECOND=0"
+DAILY_RULE = "FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA;BYHOUR=6,17;BYMINUTE=30;BYSECOND=0"
 NEWS_TEXT = ("Đài truyền thanh xã xin kính chào bà con. Ủy ban nhân dân xã tổ chức họp dân tại nhà văn hóa "
              "thôn lúc 19h30 tối thứ bảy tuần này. Kính mời bà con đến dự đầy đủ.")
 
@@ -61,11 +61,11 @@ def seed(url: str, accounts: dict[str, Any], gateway: str, stopping: threading.E
         if not _login(http, operator, accounts[operator]["password"], stopping, deadline):
             return "scheduler not reachable"
         news = _programme(http, "Bản tin thời sự của xã", NEWS_TEXT)
-        first = today.replace(hour=6)  # a rule's start must be one of its occurrences (RFC 5545)
+        first = today.replace(hour=6, minute=30)  # a rule's start must be one of its occurrences (RFC 5545)
         while first.weekday() == 6:  # Sunday
             first += timedelta(days=1)
         r = http.post("/api/schedules", json={
-            "title": "Bản tin sáng và chiều (trừ Chủ nhật)", "programme_id": news, "rrule": DAILY_RULE,
+            "title": "Bản tin 6h30 và 17h30 (trừ Chủ nhật)", "programme_id": news, "rrule": DAILY_RULE,
             "dtstart": first.isoformat(), "priority": "thông thường", "volume": 70, "targets": [gateway]})
         if r.status_code != 201:
             return f"daily schedule refused: HTTP {r.status_code}: {r.text[:200]}"
@@ -110,7 +110,7 @@ def banner_lines(endpoints: dict[str, Any]) -> list[str]:
         return []
     gateway = next(iter(endpoints["gateways"]))
     short = gateway.removeprefix("xa-")
-    return ["", f"Schedules (Lịch phát): {gateway} gets a daily programme at 06:00 and 17:00 except Sunday,",
+    return ["", f"Schedules (Lịch phát): {gateway} gets a daily programme at 06:30 and 17:30 except Sunday,",
             f"  approved by chutich-{short}; a one-off notice waits in Chờ duyệt. Check a rule without a server:",
             "  loaxa schedule occurrences --rrule 'FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR,SA;BYHOUR=6,17;BYMINUTE=0' "
             "--dtstart 2026-12-07T00:00+07:00 --from 2026-12-07T00:00+07:00 --to 2026-12-14T00:00+07:00 --json"]

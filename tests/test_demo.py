@@ -126,7 +126,7 @@ def test_demo_runs_and_reports_endpoints(tmp_path: Path) -> None:
         listed = run_loaxa("schedule", "list", "--login", "admin", "--json", env=admin)
         assert listed.returncode == 0, listed.stderr
         by_status = {(s["title"], s["status"]) for s in json.loads(listed.stdout)}
-        assert by_status == {("Bản tin sáng và chiều (trừ Chủ nhật)", "approved"), ("Thông báo họp dân", "draft")}
+        assert by_status == {("Bản tin 6h30 và 17h30 (trừ Chủ nhật)", "approved"), ("Thông báo họp dân", "draft")}
         proc.terminate()  # Ctrl-C, as a newcomer would stop it
         assert proc.wait(90) == 0, (tmp_path / "demo.log").read_text()[-3000:]
         # a clean stop: each gateway said offline on its way out

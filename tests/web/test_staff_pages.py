@@ -48,8 +48,9 @@ class Demo:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     tmp = tmp_path_factory.mktemp("demo")
     ep_file = tmp / "endpoints.json"
+    # without the example schedules: the schedule page tests make their own and count every occurrence
     proc = spawn_loaxa("demo", "--for", "900", "--endpoints-file", str(ep_file), "--data-dir", str(tmp / "d"),
-                       "--http-port", "0", log=tmp / "demo.log")
+                       "--http-port", "0", "--no-example-schedules", log=tmp / "demo.log")
     try:
         wait_until(lambda: proc.poll() is None and ep_file.exists() and ep_file.stat().st_size > 0, timeout=120,
                    what=f"the demo's endpoints file (log: {tmp / 'demo.log'})")
