@@ -134,7 +134,7 @@ class Recorder:
         # that what is published while the recorder reconnects is queued for it, not lost
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
-        self.client.connect("127.0.0.1", self.port, clean_start=True, properties=props)
+        self.client.connect("127.0.0.1", self.port, clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
         self.client.loop_start()
 
     def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:

@@ -276,6 +276,12 @@ async def test_alerts_from_a_polled_atom_feed(centre: Centre) -> None:
     centre.feed.publish([("feed-001", alert), ("feed-002", cancel)])
     await centre.gateways["xa-phu-my"].wait_for(1, "broadcast.cancel", within=40)
     assert centre.cancels("xa-phu-my") == [bid]
+
+    async def cancelled() -> bool:  # the cancel goes out to the gateways, then the alert's state is stored
+        alerts = {a["identifier"]: a for a in (await centre.http.get("/api/cap")).json()}
+        return bool(alerts.get("feed-001", {}).get("state") == "cancelled")
+
+    await wait_for_async(cancelled, within=20, what="feed-001 recorded as cancelled")
     alerts = {a["identifier"]: a for a in (await centre.http.get("/api/cap")).json()}
     assert alerts["feed-001"]["source"] == "feed:kttv-tinh" and alerts["feed-001"]["state"] == "cancelled"
     assert len(centre.plans("xa-phu-my")) == 1  # polled again and again, sent once
