@@ -138,7 +138,7 @@ class Scheduler:
         if unlisted:
             # registered through the API, or (before this version) created from any topic heard
             log.warning("gateways in the database but not under 'gateways' in the config (still served; "
-                        "check them with 'loaxa gateways'): %s", ", ".join(unlisted[:50]))
+                        "check them with 'loaxa scheduler gateways'): %s", ", ".join(unlisted[:50]))
         library = MediaLibrary(
             data_dir / "media",
             max_bytes=cfg.http.max_upload_bytes,
