@@ -236,10 +236,15 @@ async def test_untrusted_source_waits_for_an_approver(centre: Centre) -> None:
     r = await centre.http.post(f"/api/cap/{other['id']}/reject", json={"reason": "tin chưa được xác minh"},
                                headers=centre.untrusted)
     assert r.status_code == 403
-    r = await centre.http.post(f"/api/cap/{other['id']}/reject", json={"reason": "tin chưa được xác minh"})
-    assert r.status_code == 200, r.text
-    assert (r.json()["state"], r.json()["decision"], r.json()["broadcast_id"]) == ("done", "rejected",
-                                                                                     other["broadcast_id"])
+    # the approver refuses it from the command line: `loaxa warnings cap reject ID --reason …`
+    env = {"LOAXA_URL": str(centre.http.base_url), "LOAXA_TOKEN": centre.http.headers["Authorization"].split()[1]}
+    out = await asyncio.to_thread(run_loaxa, "warnings", "cap", "reject", str(other["id"]),
+                                  "--reason", "tin chưa được xác minh", env=env)
+    assert out.returncode == 0 and "rejected" in out.stdout, out.stdout + out.stderr
+    alerts = {a["id"]: a for a in (await centre.http.get("/api/cap")).json()}
+    assert (alerts[other["id"]]["state"], alerts[other["id"]]["decision"]) == ("done", "rejected")
+    denied = await asyncio.to_thread(run_loaxa, "warnings", "cap", "reject", str(other["id"]), env=env)
+    assert denied.returncode == 2 and "--reason" in denied.stderr  # a reason is required
     r = await centre.http.post(f"/api/cap/{other['id']}/approve")
     assert r.status_code == 409 and r.json()["element"] == "state"
     await asyncio.sleep(1.0)

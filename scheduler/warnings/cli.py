@@ -1,4 +1,4 @@
-"""``loaxa warnings rules set|check`` and ``loaxa warnings cap send|list|approve``.
+"""``loaxa warnings rules set|check`` and ``loaxa warnings cap send|list|approve|reject``.
 
 Like ``loaxa broadcast``, these talk to the RUNNING scheduler over its HTTP API (``--url`` or
 ``LOAXA_URL``; an API token in ``LOAXA_TOKEN``/``--token-file`` or ``--login``).
@@ -97,6 +97,12 @@ def run_cap_approve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_cap_reject(args: argparse.Namespace) -> int:
+    _api(args).call("POST", f"/api/cap/{args.id}/reject", json={"reason": args.reason})
+    print(f"alert {args.id}: rejected, nothing is broadcast ({args.reason})")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from scheduler.cli import _add_common, _handle
 
@@ -117,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("file", type=Path)
     c.set_defaults(func=_handle(run_rules_check))
     rules.set_defaults(func=lambda _a: (rules.print_help(), 2)[1])
-    cap = wsub.add_parser("cap", help="send, list and approve CAP 1.2 alerts")
+    cap = wsub.add_parser("cap", help="send, list, approve and reject CAP 1.2 alerts")
     csub = cap.add_subparsers(title="commands", metavar="CMD")
     send = csub.add_parser("send", help="post a CAP 1.2 XML file to the scheduler (token with cap:submit)")
     send.add_argument("file", type=Path)
@@ -131,6 +137,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ap.add_argument("id", type=int)
     _add_common(ap)
     ap.set_defaults(func=_handle(run_cap_approve))
+    rj = csub.add_parser("reject", help="refuse an alert waiting for approval: nothing is broadcast",
+                         description="Refuse a CAP alert that waits for approval (an untrusted source). The "
+                                     "reason is kept in the audit log, e.g. --reason 'không thuộc địa bàn'.")
+    rj.add_argument("id", type=int)
+    rj.add_argument("--reason", required=True, help="why it is not broadcast (1-500 characters)")
+    _add_common(rj)
+    rj.set_defaults(func=_handle(run_cap_reject))
     cap.set_defaults(func=lambda _a: (cap.print_help(), 2)[1])
     w.set_defaults(func=lambda _a: (w.print_help(), 2)[1])
 
