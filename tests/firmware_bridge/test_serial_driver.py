@@ -4,7 +4,6 @@ readings into the sink, SET, events into alarms, offline and back by itself, pla
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -105,9 +104,9 @@ async def test_bus_of_speaker_and_sensor(pty_factory: Callable[..., PtyDevice]) 
     finally:
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        # bounded: a task that ignored its cancellation fails the test instead of hanging the suite
+        _, stuck = await asyncio.wait(tasks, timeout=10)
+        assert not stuck, f"tasks still running 10 s after cancel: {stuck}"
 
 
 def test_config_and_bus_conflicts(tmp_path: Path) -> None:
