@@ -42,8 +42,8 @@ from scheduler.schedules.store import ScheduleStore
 from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
-#: How long a clean stop may take before the process exits anyway (uvicorn waits for open requests).
-STOP_TIMEOUT_S = 15.0
+#: How long a clean stop may take before the process exits anyway (uvicorn waits for open requests); below the 15 s a test or systemd gives it.
+STOP_TIMEOUT_S = 10.0
 
 
 def base_url(cfg: SchedulerConfig) -> str:
@@ -263,7 +263,7 @@ class Scheduler:
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
-                timeout_graceful_shutdown=5,  # live pages (SSE) would otherwise hold a stop forever
+                timeout_graceful_shutdown=3,  # live pages (SSE) would otherwise hold a stop forever
             )
         )
         stop = stop or asyncio.Event()
