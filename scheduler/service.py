@@ -42,7 +42,8 @@ from scheduler.schedules.store import ScheduleStore
 from scheduler.store.migrate import MigrationError
 
 log = logging.getLogger(__name__)
-#: How long a clean stop may take before the process exits anyway (uvicorn waits for open requests); below the 15 s a test or systemd gives it.
+#: How long a clean stop may take before the process exits anyway (uvicorn waits for open
+#: requests); below the 15 s that callers (tests, the demo) give it.
 STOP_TIMEOUT_S = 10.0
 
 
