@@ -132,8 +132,8 @@ def password_line(username: str, password: str, *, salt: bytes | None = None, it
 class Mosquitto(_Process):
     """A Mosquitto broker on 127.0.0.1 with a password file and an ACL (``users`` and ``acl_text``).
 
-    ``anonymous=True`` (no accounts at all) is only for pure unit tests of a client; everything that
-    claims to test the system runs with accounts and the production ACL (:mod:`loaxa.brokers`).
+    There is no anonymous mode: every test, bench and the demo run with accounts and the production
+    ACL (:mod:`loaxa.brokers`).
     ``bind_clientid`` sets ``use_username_as_clientid`` on the main listener; ``device_port=-1`` adds
     a second listener (for the devices of a commune LAN) on which the client id is the user name.
     """
@@ -143,7 +143,6 @@ class Mosquitto(_Process):
     persistence: bool = True
     #: a whole ACL file's text; when given it replaces the per-user ``acl`` lines
     acl_text: str | None = None
-    anonymous: bool = False
     bind_clientid: bool = False
     device_port: int = 0
     #: persistence settings (``autosave_interval``, ...) replacing the defaults below, e.g. the
@@ -206,13 +205,10 @@ class Mosquitto(_Process):
             lines = [ln for ln in lines if ln.split(" ", 1)[0] not in self.conf_overrides]
             lines += [f"{k} {v}" for k, v in self.conf_overrides.items()]
         lines += _run_as_self()
-        if self.users:
-            passwd, acl = self._write_accounts()
-            lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
-        elif self.anonymous:
-            lines.append("allow_anonymous true")
-        else:
-            raise ValueError("a Mosquitto needs accounts (users=...); anonymous=True is for pure unit tests only")
+        if not self.users:
+            raise ValueError("a Mosquitto needs accounts (users=...): no broker here is anonymous")
+        passwd, acl = self._write_accounts()
+        lines += ["allow_anonymous false", f"password_file {passwd}", f"acl_file {acl}"]
         conf = self.workdir / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
